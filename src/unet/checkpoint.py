@@ -1,0 +1,98 @@
+"""Checkpoints: a model's config, weights and the facts prediction needs, loaded safely.
+
+A checkpoint is a plain dict of tensors, numbers and strings::
+
+    {"format": "unet-checkpoint", "version": 1, "config": {...UNetConfig...},
+     "state_dict": {...}, "metadata": {"normalization": {...}, "threshold": 0.5, ...}}
+
+It is read with ``torch.load(weights_only=True)``, which refuses arbitrary pickled objects,
+so a checkpoint from an untrusted source cannot run code.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import UserInputError
+from .io import atomic_path
+from .model import UNet, UNetConfig
+from .normalization import Normalization
+
+FORMAT = "unet-checkpoint"
+VERSION = 1
+
+
+def save_model(model: UNet, path: str | Path, **metadata: Any) -> None:
+    """Save ``model`` with its config; ``metadata`` (plain values) is stored beside it.
+
+    Unless given, ``normalization`` defaults to the standard percentile normalisation.
+    The write is atomic: a crash leaves any previous file at ``path`` intact.
+    """
+    metadata.setdefault("normalization", Normalization().to_dict())
+    if isinstance(metadata["normalization"], Normalization):
+        metadata["normalization"] = metadata["normalization"].to_dict()
+    state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": _unwrap(model).config.to_dict(),
+        "state_dict": state,
+        "metadata": metadata,
+    }
+    save_payload(payload, path)
+
+
+def save_payload(payload: dict, path: str | Path) -> None:
+    """``torch.save`` a plain dict atomically (temp file + fsync + rename)."""
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_payload(path: str | Path) -> dict:
+    """Read a checkpoint dict with ``weights_only=True``; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"{path}: no such checkpoint file")
+    if not zipfile.is_zipfile(path):
+        raise UserInputError(f"{path}: not a checkpoint (not a PyTorch archive, or truncated)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserInputError(
+            f"{path}: refused: the checkpoint holds Python objects other than tensors and plain values, "
+            "which could run code when loaded"
+        ) from e
+    except Exception as e:  # noqa: BLE001 - corrupt or truncated: refused the same way
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserInputError(f"{path}: not a readable checkpoint ({reason})") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UserInputError(f"{path}: not a U-Net checkpoint of this tool (no '{FORMAT}' marker)")
+    if payload.get("version", 0) > VERSION:
+        raise UserInputError(f"{path}: checkpoint version {payload['version']} is newer than this tool ({VERSION})")
+    return payload
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet, dict]:
+    """Rebuild the saved model (eval mode) -> (model, metadata)."""
+    payload = load_payload(path)
+    try:
+        config = UNetConfig.from_dict(payload["config"])
+        model = UNet(config=config)
+        model.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserInputError(f"{path}: checkpoint does not match its architecture ({first})") from e
+    model.to(device).eval()
+    return model, dict(payload.get("metadata", {}))
+
+
+def _unwrap(model: torch.nn.Module) -> UNet:
+    """The UNet inside a DistributedDataParallel or torch.compile wrapper."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
+    return model  # type: ignore[return-value]

@@ -1,0 +1,138 @@
+"""Reading and writing images: PNG, TIFF pages and stacks, folders of them; atomic writes.
+
+Every image is returned as an array (N, C, H, W) in its stored dtype: N slices (1 for a
+single image, the pages of a multi-page TIFF stack), C channels. What cannot be read
+raises `UserInputError` naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+from .errors import UserInputError
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def list_images(path: str | Path) -> list[Path]:
+    """A file -> [file]; a folder -> its image files sorted by name. Errors name the path."""
+    path = Path(path)
+    if not path.exists():
+        raise UserInputError(f"{path}: no such file or folder")
+    if path.is_file():
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise UserInputError(f"{path}: not an image file (expected {', '.join(IMAGE_SUFFIXES)})")
+        return [path]
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UserInputError(f"{path}: the folder holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read one image file -> (N, C, H, W) in its stored dtype.
+
+    PNG/JPEG/BMP: N = 1; grey gives C = 1, RGB(A) C = 3 (4). TIFF: the first series, with
+    tifffile's axes: samples/channels ('S', 'C') become C, any other leading axes
+    (pages, Z, time) become N.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"{path}: no such file")
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            array = _read_tiff(path)
+        else:
+            array = _read_pil(path)
+    except UserInputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file for the user
+        raise UserInputError(f"{path}: cannot read the image ({type(e).__name__}: {e})") from e
+    if array.shape[-1] == 0 or array.shape[-2] == 0:
+        raise UserInputError(f"{path}: the image is empty (shape {array.shape[-2:]})")
+    return array
+
+
+def _read_pil(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("P", "PA"):
+            im = im.convert("RGBA" if "transparency" in im.info or im.mode == "PA" else "RGB")
+        elif im.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
+            im = im.convert("L" if im.mode == "1" else "RGB")
+        array = np.asarray(im)
+    if array.ndim == 2:
+        return array[None, None]
+    return np.moveaxis(array, -1, 0)[None]  # (H, W, C) -> (1, C, H, W)
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        axes = series.axes
+        array = series.asarray()
+    if "Y" not in axes or "X" not in axes:
+        raise UserInputError(f"{path}: TIFF has no Y/X axes (axes {axes!r})")
+    # Move channel axes next to Y, X and fold every other axis into N.
+    channel_axes = [i for i, a in enumerate(axes) if a in "SC"]
+    other = [i for i, a in enumerate(axes) if a not in "SCYX"]
+    order = other + channel_axes + [axes.index("Y"), axes.index("X")]
+    array = np.transpose(array, order)
+    h, w = array.shape[-2:]
+    n = int(np.prod([array.shape[i] for i in range(len(other))])) if other else 1
+    c = int(np.prod(array.shape[len(other) : -2])) if channel_axes else 1
+    return array.reshape(n, c, h, w)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
+
+    A crash or error leaves ``path`` as it was (or absent) and no temporary file behind.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_image(path: str | Path, array: np.ndarray, axes: str | None = None) -> None:
+    """Write atomically: (H, W), (C, H, W) or a stack (N, H, W) / (N, C, H, W).
+
+    ``.png``: one 8- or 16-bit image (grey, or C = 3/4). ``.tif``: any dtype, one page per
+    slice; ``axes`` (tifffile's letters, e.g. "QYX" for a stack, "CYX" for class maps)
+    is recorded so that `read_image` reads the array back with the same meaning.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    with atomic_path(path) as tmp:
+        if suffix == ".png":
+            if array.ndim == 3 and array.shape[0] in (3, 4):
+                array = np.moveaxis(array, 0, -1)
+            elif array.ndim == 3 and array.shape[0] == 1:
+                array = array[0]
+            if array.ndim not in (2, 3) or array.dtype not in (np.uint8, np.uint16):
+                raise ValueError(f"PNG needs a 2D 8/16-bit image, got {array.shape} {array.dtype}")
+            Image.fromarray(array).save(tmp, format="PNG")
+        elif suffix in TIFF_SUFFIXES:
+            metadata = {"axes": axes} if axes else {}
+            tifffile.imwrite(tmp, array, photometric="minisblack", metadata=metadata)
+        else:
+            raise ValueError(f"cannot write {path}: unknown format {suffix!r} (use .png or .tif)")

@@ -1,0 +1,57 @@
+"""Per-image intensity normalisation, the same in training and prediction.
+
+Images of any bit depth (8/16-bit, float) are mapped per image and per channel so that the
+``low`` percentile goes to 0 and the ``high`` percentile to 1. The settings are stored in
+every checkpoint, so prediction normalises exactly as training did.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+# Percentiles are estimated on at most this many pixels per image (a regular subsample),
+# so that a 16384^2 image costs no full-size float copy.
+_MAX_SAMPLES = 4_000_000
+
+
+@dataclass(frozen=True)
+class Normalization:
+    low: float = 1.0  # percentile (0-100) mapped to 0
+    high: float = 99.0  # percentile (0-100) mapped to 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.low < self.high <= 100.0:
+            raise ValueError(f"need 0 <= low < high <= 100 percentiles, got {self.low}, {self.high}")
+
+    def to_dict(self) -> dict:
+        return {"kind": "percentile", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Normalization":
+        return cls(low=float(d["low"]), high=float(d["high"]))
+
+    def statistics(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel (low, high) values of ``image`` (C, H, W); each array has shape (C,)."""
+        c, h, w = image.shape
+        step = max(1, math.ceil(math.sqrt(h * w / _MAX_SAMPLES)))
+        sample = np.asarray(image[:, ::step, ::step]).reshape(c, -1)
+        lo, hi = np.percentile(sample, [self.low, self.high], axis=1).astype(np.float32)
+        return lo, hi
+
+
+def apply_normalization(image: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """(C, H, W) array of any dtype -> float32 with ``low`` at 0 and ``high`` at 1 per channel."""
+    scale = np.where(high > low, high - low, 1.0).astype(np.float32)
+    out = image.astype(np.float32)  # a copy: the caller's array is never changed
+    out -= low[:, None, None]
+    out /= scale[:, None, None]
+    return out
+
+
+def normalize(image: np.ndarray, normalization: Normalization) -> np.ndarray:
+    """Normalise a whole (C, H, W) image with its own percentiles."""
+    lo, hi = normalization.statistics(image)
+    return apply_normalization(image, lo, hi)

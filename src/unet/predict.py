@@ -1,0 +1,181 @@
+"""`unet predict`: segment image files with a saved model and write the results.
+
+Each input file maps to one output file of the same name in the output folder; a
+multi-page TIFF stack gives a multi-page TIFF out. What is written:
+
+- one output class, default: the foreground probability, calibrated so that 0.5 is the
+  decision threshold chosen on the validation slices in training (stored in the
+  checkpoint); 8-bit PNG (round(p * 255)) or float32 TIFF.
+- one output class with ``threshold``: a mask, 255 where the calibrated probability
+  is above it, else 0 (uint8).
+- several classes: PNG holds the arg-max class id per pixel (uint8); TIFF the float32
+  probabilities (C, H, W).
+
+All outputs are checked before any is written: an existing file is only replaced with
+``overwrite=True``, so a mistake never destroys earlier results.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import load_model
+from .errors import UserInputError
+from .io import TIFF_SUFFIXES, list_images, read_image, write_image
+from .normalization import Normalization
+from .tiling import predict_tiled
+
+log = logging.getLogger(__name__)
+
+
+def calibrate(prob: np.ndarray, threshold: float) -> np.ndarray:
+    """Monotone piecewise-linear map of [0, 1] onto itself sending ``threshold`` to 0.5.
+
+    Training with the border weight map shifts the best decision threshold away from 0.5;
+    calibrating the written map keeps "foreground = p > 0.5" true for every downstream tool.
+    """
+    if threshold == 0.5:
+        return prob
+    t = float(np.clip(threshold, 1e-6, 1 - 1e-6))
+    low = prob * (0.5 / t)
+    high = 0.5 + (prob - t) * (0.5 / (1 - t))
+    return np.where(prob <= t, low, high).astype(np.float32)
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """'cpu', 'cuda', 'cuda:N' or None (CUDA where present); a clear error if CUDA is absent."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserInputError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise UserInputError(f"--device {device}: not a device name ({e})") from e
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    tile_size: int | None = None  # px; None: the tool's choice
+    batch_size: int = 4  # tiles per forward pass
+    tta: bool = False  # average over the 8 flips / rotations
+    threshold: float | None = None  # write masks at this calibrated probability
+    format: str = "auto"  # "png", "tif" or "auto" (the input's own kind)
+    precision: str = "fp32"
+    overwrite: bool = False
+
+
+def output_path(source: Path, out_dir: Path, fmt: str, n_slices: int) -> Path:
+    """Same name as the input, with the suffix of the written format (stacks are TIFF)."""
+    if fmt == "auto":
+        fmt = "tif" if source.suffix.lower() in TIFF_SUFFIXES else "png"
+    if n_slices > 1:
+        fmt = "tif"
+    return out_dir / f"{source.stem}.{fmt}"
+
+
+def encode(prob: np.ndarray, suffix: str, threshold: float | None) -> np.ndarray:
+    """Probabilities (C, H, W) -> the array to write (see the module docstring)."""
+    if prob.shape[0] > 1:
+        if suffix == ".png" or threshold is not None:
+            return prob.argmax(axis=0).astype(np.uint8)
+        return prob
+    p = prob[0]
+    if threshold is not None:
+        return np.where(p > threshold, 255, 0).astype(np.uint8)
+    if suffix == ".png":
+        return np.rint(p * 255).astype(np.uint8)
+    return p
+
+
+def predict_files(
+    model_path: str | Path,
+    input_path: str | Path,
+    out_dir: str | Path,
+    options: PredictOptions = PredictOptions(),
+    device: str | None = None,
+) -> list[Path]:
+    """Segment every image in ``input_path`` (file or folder) into ``out_dir``; return the outputs."""
+    dev = resolve_device(device)
+    model, metadata = load_model(model_path, dev)
+    normalization = Normalization.from_dict(metadata.get("normalization", Normalization().to_dict()))
+    model_threshold = float(metadata.get("threshold", 0.5))
+    sources = list_images(input_path)
+    out_dir = Path(out_dir)
+    input_dir = Path(input_path) if Path(input_path).is_dir() else Path(input_path).parent
+    if out_dir.resolve() == input_dir.resolve():
+        raise UserInputError(f"{out_dir}: the output folder is the input folder; choose another --out")
+    if options.format not in ("auto", "png", "tif"):
+        raise UserInputError(f"--format {options.format}: use png, tif or auto")
+
+    # Read (and discard) every input first, so that every problem is found before anything
+    # is written; prediction reads them again one by one, keeping memory to one image.
+    shapes = []
+    for src in sources:
+        img = read_image(src)
+        _check_image(src, img, model.config.in_channels)
+        shapes.append(img.shape)
+        del img
+    targets = [output_path(src, out_dir, options.format, shape[0]) for src, shape in zip(sources, shapes)]
+    if len(set(targets)) != len(targets):
+        raise UserInputError(f"{input_path}: two inputs share a name and would write the same output")
+    if not options.overwrite:
+        for t in targets:
+            if t.exists():
+                raise UserInputError(f"{t}: already exists (use --overwrite to replace it)")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserInputError(f"{out_dir}: cannot create the output folder ({e.strerror})") from e
+
+    total = sum(shape[0] for shape in shapes)
+    written = []
+    with tqdm(total=total, desc="predict", unit="image", disable=total < 2) as bar:
+        for src, target in zip(sources, targets):
+            slices = []
+            for page in read_image(src):
+                prob = predict_tiled(
+                    model,
+                    page,
+                    tile_size=options.tile_size,
+                    batch_size=options.batch_size,
+                    tta=options.tta,
+                    normalization=normalization,
+                    precision=options.precision,
+                    progress=total == 1,
+                )
+                if prob.shape[0] == 1:
+                    prob = calibrate(prob, model_threshold)
+                slices.append(encode(prob, target.suffix, options.threshold))
+                bar.update(1)
+            if len(slices) == 1:
+                axes = "CYX" if slices[0].ndim == 3 else None
+                _write(target, slices[0], axes)
+            else:
+                axes = "QCYX" if slices[0].ndim == 3 else "QYX"
+                _write(target, np.stack(slices), axes)
+            written.append(target)
+            log.debug("wrote %s", target)
+    return written
+
+
+def _check_image(src: Path, img: np.ndarray, in_channels: int) -> None:
+    if img.shape[1] != in_channels:
+        raise UserInputError(f"{src}: the image has {img.shape[1]} channel(s) but the model expects {in_channels}")
+    if img.dtype.kind == "f" and not np.isfinite(img).all():
+        raise UserInputError(f"{src}: the image holds NaN or infinite values")
+    if img.dtype.kind not in "uif":
+        raise UserInputError(f"{src}: unsupported pixel type {img.dtype}")
+
+
+def _write(target: Path, array: np.ndarray, axes: str | None) -> None:
+    try:
+        write_image(target, array, axes=axes)
+    except OSError as e:
+        raise UserInputError(f"{target}: cannot write ({e.strerror or e})") from e

@@ -1,0 +1,258 @@
+"""Overlap-tile prediction with mirror extrapolation (the paper's Fig. 2), seamless by design.
+
+The image is cut into output tiles that cover it exactly; each tile's network input is the
+output window plus the net's context (its halo) on every side, read from the image extended
+by mirror reflection where the window leaves the image. Tiles are batched through the net.
+
+Why the result is seamless: every tile origin lies on one grid of ``2**depth`` px (16 for the
+paper's net), so every max-pooling window in every tile lines up with the pooling windows a
+single pass over the whole mirror-extended image would use. A valid-convolution net is then
+exactly shift-equivariant between tiles, and each output pixel gets the value the whole pass
+would give it (up to float rounding, ~1e-6), whatever the tile size or batch size. Tiles
+step by a multiple of the grid and overlap by less than one grid step; where they overlap
+they compute the same values.
+
+For ``padding="same"`` the outermost ``margin`` px of each tile output see the zero padding;
+they are discarded (margin = halo rounded up to the grid) so the same guarantee holds.
+
+Memory: the input is never copied whole: each tile is gathered from the image by index (the
+mirror is an index map), normalised on its own with the whole image's percentiles, and the
+only full-size array is the float32 output (which may be a memory map, ``out=``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import UserInputError
+from .model import UNet, probabilities
+from .normalization import Normalization, apply_normalization
+
+DEFAULT_TILE_SIZE = 572  # the paper's tile; rounded to the nearest valid size of each net
+
+
+@dataclass(frozen=True)
+class TileLayout:
+    """Where tiles go along one image axis (all sizes in px).
+
+    ``input_size``: network input per tile; ``output_size``: the part of its output that is
+    kept; ``context``: input pixels before the first kept output pixel; ``origins``: the
+    image coordinate of each tile's first kept output pixel.
+    """
+
+    input_size: int
+    output_size: int
+    context: int
+    origins: tuple[int, ...]
+
+
+def tile_layout(model_like, length: int, tile_size: int) -> TileLayout:
+    """Lay tiles along an axis of ``length`` px, on the net's pooling grid.
+
+    ``model_like`` needs ``config`` (depth, padding), ``halo`` and ``output_size(n)``.
+    """
+    cfg = model_like.config
+    grid = 2**cfg.depth
+    if not model_like.valid_input_size(tile_size) == tile_size:
+        near = sorted({model_like.valid_input_size(tile_size, "down"), model_like.valid_input_size(tile_size, "up")})
+        raise UserInputError(
+            f"tile size {tile_size} is not a valid input for this net (every pooling must be exact); "
+            f"use {' or '.join(map(str, near))}"
+        )
+    context, kept = _context_and_kept(model_like, tile_size)
+    stride = (kept // grid) * grid
+    if kept >= length:
+        origins: list[int] = [0]
+    else:
+        if stride < grid:
+            smallest = tile_size
+            while _context_and_kept(model_like, smallest)[1] < grid:
+                smallest = model_like.valid_input_size(smallest + 1, "up")
+            raise UserInputError(
+                f"tile size {tile_size} is too small: it keeps {max(kept, 0)} px of output per tile, "
+                f"less than the pooling grid of {grid} px; use a tile size of at least {smallest}"
+            )
+        origins = list(range(0, length - kept + 1, stride))
+        if origins[-1] + kept < length:
+            # One last tile on the grid reaching the end (it may read a few mirrored px).
+            origins.append(math.ceil((length - kept) / grid) * grid)
+    return TileLayout(tile_size, kept, context, tuple(origins))
+
+
+def reflect_indices(start: int, size: int, length: int) -> np.ndarray:
+    """Indices into an axis of ``length`` px for positions start..start+size-1, mirrored.
+
+    Mirroring without repeating the edge pixel (NumPy's ``pad(mode="reflect")``), applied
+    as often as needed, so a 1-px image or a tile far wider than the image still works.
+    """
+    idx = np.arange(start, start + size)
+    if length == 1:
+        return np.zeros_like(idx)
+    period = 2 * (length - 1)
+    idx = np.abs(idx) % period
+    return np.where(idx >= length, period - idx, idx)
+
+
+def default_tile_size(model_like, height: int, width: int) -> int:
+    """The paper's 572 px tile (nearest valid size), or the smallest valid tile holding the image."""
+    default = model_like.valid_input_size(DEFAULT_TILE_SIZE)
+    longest = max(height, width)
+    n = model_like.valid_input_size(1, "up")
+    while n < default and _context_and_kept(model_like, n)[1] < longest:
+        n = model_like.valid_input_size(n + 1, "up")
+    return min(n, default)
+
+
+def _context_and_kept(model_like, tile_size: int) -> tuple[int, int]:
+    """(input px before the first kept output px, kept output px) for one tile."""
+    cfg = model_like.config
+    if cfg.padding == "valid":
+        return model_like.halo, model_like.output_size(tile_size)
+    # Same padding: drop the border that sees zero padding, rounded up to keep the grid.
+    grid = 2**cfg.depth
+    margin = math.ceil(model_like.halo / grid) * grid
+    return margin, tile_size - 2 * margin
+
+
+# The 8 symmetries of the square, as (rotations by 90 degrees, flip) pairs.
+_DIHEDRAL = [(k, f) for f in (False, True) for k in range(4)]
+
+
+def _apply(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    if flip:
+        x = torch.flip(x, dims=(-1,))
+    return torch.rot90(x, k, dims=(-2, -1))
+
+
+def _undo(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    x = torch.rot90(x, -k, dims=(-2, -1))
+    return torch.flip(x, dims=(-1,)) if flip else x
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def predict_tiled(
+    model: UNet,
+    image: np.ndarray,
+    *,
+    tile_size: int | None = None,
+    batch_size: int = 4,
+    tta: bool = False,
+    device: str | torch.device | None = None,
+    normalization: Normalization | None = None,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    out: np.ndarray | None = None,
+    progress: bool = False,
+) -> np.ndarray:
+    """Segment an image of any size seamlessly: (H, W) or (C, H, W) -> (C_out, H, W) float32.
+
+    Args:
+        model: a `UNet` (or anything with its ``config``, ``halo``, ``output_size`` and
+            ``valid_input_size``); run in eval mode, its training mode is restored after.
+        image: (H, W) or (C, H, W) of any dtype; C must equal the net's ``in_channels``.
+        tile_size: network input per tile (px, a valid input size of the net); default the
+            paper's 572, or a smaller tile where the image fits in one.
+        batch_size: tiles per forward pass (bounds memory).
+        tta: average over the 8 flips / 90-degree rotations (the paper's averaging).
+        device: where to run; default the model's device (the model is moved if given).
+        normalization: percentile normalisation computed on the whole image and applied per
+            tile; None feeds the image as float32 unchanged.
+        precision: "fp32", "bf16" or "fp16" autocast.
+        channels_last: run the net in channels-last memory format (faster on CPUs/GPUs).
+        out: optional (C_out, H, W) float32 array (e.g. a memory map) to write into.
+        progress: show a progress bar over the tiles.
+
+    Returns:
+        probabilities (C_out, H, W) float32: sigmoid for one output channel, softmax otherwise.
+
+    Note:
+        The result does not depend on ``tile_size`` or ``batch_size`` (to ~1e-6): see the
+        module docstring for why the 2**depth tile grid makes this exact.
+    """
+    if image.ndim == 2:
+        image = image[None]
+    if image.ndim != 3:
+        raise UserInputError(f"expected an image (H, W) or (C, H, W), got shape {tuple(image.shape)}")
+    channels, height, width = image.shape
+    cfg = model.config
+    if channels != cfg.in_channels:
+        raise UserInputError(f"the image has {channels} channel(s) but the model expects {cfg.in_channels}")
+    if height < 1 or width < 1:
+        raise UserInputError(f"the image is empty (shape {tuple(image.shape)})")
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+    if batch_size < 1:
+        raise UserInputError(f"batch size must be >= 1, got {batch_size}")
+    tile = tile_size or default_tile_size(model, height, width)
+    rows, cols = tile_layout(model, height, tile), tile_layout(model, width, tile)
+
+    if device is not None:
+        model.to(device)
+    dev = next(model.parameters()).device
+    if out is None:
+        out = np.empty((cfg.out_channels, height, width), dtype=np.float32)
+    elif out.shape != (cfg.out_channels, height, width):
+        raise ValueError(f"out must have shape {(cfg.out_channels, height, width)}, got {out.shape}")
+    if normalization is not None:
+        low, high = normalization.statistics(image)
+
+    def read_tile(y: int, x: int) -> np.ndarray:
+        r = reflect_indices(y - rows.context, tile, height)
+        c = reflect_indices(x - cols.context, tile, width)
+        t = image[:, r[:, None], c[None, :]]
+        if normalization is not None:
+            return apply_normalization(t, low, high)
+        return t.astype(np.float32, copy=False)
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        if channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with _autocast(dev, precision):
+            p = probabilities(model(batch).float())
+        if cfg.padding == "same":
+            m = rows.context
+            p = p[..., m : m + rows.output_size, m : m + cols.output_size]
+        return p
+
+    positions = [(y, x) for y in rows.origins for x in cols.origins]
+    was_training = model.training
+    model.eval()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
+    bar = tqdm(total=len(positions), desc="tiles", unit="tile", disable=not progress, leave=False)
+    try:
+        with torch.inference_mode():
+            for chunk in _chunks(positions, batch_size):
+                batch = torch.from_numpy(np.stack([read_tile(y, x) for y, x in chunk])).to(dev)
+                if tta:
+                    probs = sum(_undo(forward(_apply(batch, k, f)), k, f) for k, f in _DIHEDRAL) / len(_DIHEDRAL)
+                else:
+                    probs = forward(batch)
+                probs = probs.cpu().numpy()
+                for (y, x), p in zip(chunk, probs):
+                    h = min(rows.output_size, height - y)
+                    w = min(cols.output_size, width - x)
+                    out[:, y : y + h, x : x + w] = p[:, :h, :w]
+                bar.update(len(chunk))
+    finally:
+        bar.close()
+        model.train(was_training)
+    return out
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
