@@ -33,18 +33,22 @@ def save_model(model: UNet, path: str | Path, **metadata: Any) -> None:
     Unless given, ``normalization`` defaults to the standard percentile normalisation.
     The write is atomic: a crash leaves any previous file at ``path`` intact.
     """
+    save_payload(model_payload(model, **metadata), path)
+
+
+def model_payload(model: UNet, **metadata: Any) -> dict:
+    """The checkpoint dict for ``model`` (see the module docstring); extra keys may be added."""
     metadata.setdefault("normalization", Normalization().to_dict())
     if isinstance(metadata["normalization"], Normalization):
         metadata["normalization"] = metadata["normalization"].to_dict()
     state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
-    payload = {
+    return {
         "format": FORMAT,
         "version": VERSION,
         "config": _unwrap(model).config.to_dict(),
         "state_dict": state,
         "metadata": metadata,
     }
-    save_payload(payload, path)
 
 
 def save_payload(payload: dict, path: str | Path) -> None:

@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from .errors import UserInputError
+from .errors import Interrupted, UserInputError
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
@@ -50,6 +50,81 @@ def _run_predict(args: argparse.Namespace) -> None:
     print(f"wrote {len(written)} file(s) to {args.out}")
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a U-Net on your images and labels (see --preset)")
+    d = p.add_argument_group("data")
+    d.add_argument("--data", help="folder with images/ and labels/ (matching names, PNG or TIFF)")
+    d.add_argument("--images", help="or: an image stack / folder ...")
+    d.add_argument("--labels", help="... and its label stack / folder")
+    d.add_argument("--val", help="a separate validation folder with images/ and labels/")
+    d.add_argument("--val-fraction", type=float, default=0.2, help="last fraction of slices to validate on (default: 0.2)")
+    d.add_argument("--classes", type=int, help="number of classes for integer class-id labels (default: binary)")
+    r = p.add_argument_group("run")
+    r.add_argument("--out", default="runs/unet", help="run folder (default: runs/unet)")
+    r.add_argument("--resume", metavar="RUN", help="continue the run in this folder exactly where it stopped")
+    r.add_argument("--overwrite", action="store_true", help="reuse a non-empty run folder")
+    r.add_argument("--preset", default="fast", help="fast (CPU minutes, default), paper or seed")
+    r.add_argument("--epochs", type=int, help="epochs (default: from the preset)")
+    r.add_argument("--time-limit", help="stop cleanly after this long, e.g. 15m (calibration included)")
+    r.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    r.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if present)")
+    r.add_argument("--precision", default="auto", help="auto (bf16 on CPUs with it, AMP on CUDA), fp32, bf16, fp16")
+    r.add_argument("--workers", type=int, help="DataLoader worker processes for augmentation (default: 1 on 2 cores)")
+    r.add_argument("--select-by", default="score", help="best.pt by: score (pixel + adapted Rand error, default), "
+                   "loss, pixel_error, adapted_rand_error, rand_error, v_rand, dice")
+    r.add_argument("--no-calibrate-tta", action="store_true", help="choose the threshold without TTA at the end")
+    m = p.add_argument_group("model and optimisation (default: from the preset)")
+    m.add_argument("--width", type=int, help="channels at the first level")
+    m.add_argument("--depth", type=int, default=4, help="poolings (default: 4)")
+    m.add_argument("--padding", choices=["valid", "same"], default="valid")
+    m.add_argument("--up-mode", choices=["transpose", "bilinear"], default="transpose")
+    m.add_argument("--dropout", type=float)
+    m.add_argument("--tile-size", type=int, help="network input per tile (px)")
+    m.add_argument("--batch-size", type=int)
+    m.add_argument("--samples-per-epoch", type=int)
+    m.add_argument("--loss", help="weighted-ce (paper), ce, bce or dice")
+    m.add_argument("--optimizer", help="sgd, adam or adamw")
+    m.add_argument("--lr", type=float)
+    m.add_argument("--momentum", type=float)
+    m.add_argument("--weight-map", action=argparse.BooleanOptionalAction, help="the paper's border weight map")
+    m.add_argument("--elastic", action=argparse.BooleanOptionalAction, help="elastic deformation")
+    m.add_argument("--flips", action=argparse.BooleanOptionalAction, help="flips and 90-degree rotations")
+    m.add_argument("--grey", action=argparse.BooleanOptionalAction, help="grey-value changes")
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    from .train import TrainConfig, parse_duration, train
+
+    names = ["data", "images", "labels", "val", "val_fraction", "classes", "out", "preset", "epochs", "seed", "device",
+             "precision", "workers", "select_by", "width", "depth", "padding", "up_mode", "dropout", "tile_size",
+             "batch_size", "samples_per_epoch", "loss", "optimizer", "lr", "momentum", "weight_map", "elastic", "flips",
+             "grey"]
+    cfg = TrainConfig(**{n: getattr(args, n) for n in names if getattr(args, n) is not None},
+                      time_limit=parse_duration(args.time_limit) if args.time_limit else None,
+                      calibrate_tta=not args.no_calibrate_tta)
+    run = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    print(f"model: {run / 'best.pt'}")
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="ISBI 2012 metrics, Dice/IoU, and an HTML report of the errors")
+    p.add_argument("--pred", required=True, help="probability maps / masks: a folder or a stack (as unet predict writes)")
+    p.add_argument("--labels", required=True, help="truth: a folder (matched by name) or a stack (by slice)")
+    p.add_argument("--threshold", type=float, default=0.5, help="foreground = map > threshold (default: 0.5)")
+    p.add_argument("--json", help="write all metrics, curves and best thresholds to this JSON file")
+    p.add_argument("--report", metavar="DIR", help="write a self-contained HTML report (DIR/index.html)")
+    p.add_argument("--images", help="the input images, shown in the report")
+    p.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    from .evaluate import run_evaluate
+
+    run_evaluate(args.pred, args.labels, threshold=args.threshold, json_path=args.json, report_dir=args.report,
+                 images=args.images)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unet", description="U-Net for microscopy: train, segment images of any size, evaluate."
@@ -57,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
     _add_predict(sub)
+    _add_evaluate(sub)
     return parser
 
 
@@ -74,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"unet {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"unet {args.command}: {e}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print(f"unet {args.command}: interrupted", file=sys.stderr)
         return 130

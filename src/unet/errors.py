@@ -7,3 +7,7 @@ exception is a bug and keeps its traceback (shown with ``--debug``).
 
 class UserInputError(Exception):
     """A problem with the user's input: the message names the file or option and the fix."""
+
+
+class Interrupted(Exception):
+    """A run stopped on request (SIGINT/SIGTERM); its state was saved to resume from."""

@@ -1,0 +1,104 @@
+"""Augmentation of training tiles: the paper's elastic deformation, flips, rotations, grey values.
+
+Image, label and weight map are transformed together, so they stay aligned: the image
+with bicubic interpolation, the label with nearest neighbour (order 0) so class ids stay
+ids, the weight map bilinearly. All functions take a NumPy Generator, so a tile's
+augmentation is a pure function of its seed (repeatable runs, exact resume).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    elastic: bool = True  # the paper's elastic deformation
+    elastic_grid: int = 3  # displacement vectors on a coarse grid x grid (paper: 3 x 3)
+    elastic_sigma: float = 10.0  # std of the displacements in px (paper: 10)
+    flips: bool = True  # random horizontal/vertical flips and 90-degree rotations
+    grey: bool = True  # random brightness, contrast and gamma
+    grey_strength: float = 0.15  # scale of the brightness/contrast/gamma changes
+
+    @classmethod
+    def none(cls) -> "Augmentation":
+        return cls(elastic=False, flips=False, grey=False)
+
+
+def displacement_field(rng: np.random.Generator, size: int, grid: int, sigma: float) -> np.ndarray:
+    """(2, size, size) per-pixel displacements (px): Gaussian vectors on a coarse grid,
+    interpolated bicubically over the tile, as in the paper."""
+    coarse = rng.normal(0.0, sigma, size=(2, grid, grid))
+    # zoom with order 3 and grid_mode=False maps the grid's corners onto the tile's corners.
+    return np.stack([ndimage.zoom(c, size / grid, order=3, mode="nearest", grid_mode=True) for c in coarse])[
+        :, :size, :size
+    ]
+
+
+def elastic_coordinates(rng: np.random.Generator, size: int, margin: int, grid: int, sigma: float) -> np.ndarray:
+    """(2, size, size) sampling coordinates into a region of size + 2 * margin px."""
+    yy, xx = np.meshgrid(np.arange(size, dtype=np.float32), np.arange(size, dtype=np.float32), indexing="ij")
+    d = displacement_field(rng, size, grid, sigma)
+    # Keep samples inside the region so no edge padding is ever sampled.
+    return np.clip(np.stack([yy + margin + d[0], xx + margin + d[1]]), 0, size + 2 * margin - 1)
+
+
+def flip_rotate(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """Apply the same random one of the 8 flips / 90-degree rotations to each (..., H, W) array."""
+    k = int(rng.integers(4))
+    flip = bool(rng.integers(2))
+    out = []
+    for a in arrays:
+        if flip:
+            a = a[..., ::-1]
+        out.append(np.ascontiguousarray(np.rot90(a, k, axes=(-2, -1))))
+    return out
+
+
+def grey_values(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """Random contrast (x (1 +- s)), brightness (+- s) and gamma (2^(+-s)) on a [0, 1]-ish image."""
+    contrast = 1.0 + rng.uniform(-strength, strength)
+    brightness = rng.uniform(-strength, strength)
+    gamma = 2.0 ** rng.uniform(-strength, strength)
+    lo, hi = float(image.min()), float(image.max())
+    span = hi - lo if hi > lo else 1.0
+    unit = (image - lo) / span
+    unit = np.power(np.clip(unit, 0, 1), gamma, dtype=np.float32)
+    return ((unit * span + lo) * contrast + brightness).astype(np.float32)
+
+
+def augment_region(
+    image: np.ndarray,
+    label: np.ndarray,
+    weight: np.ndarray,
+    size: int,
+    out_size: int,
+    margin: int,
+    aug: Augmentation,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Turn a region (C, S, S) / (S, S) / (S, S), S = size + 2 * margin, into one training tile.
+
+    Returns the image tile (C, size, size) and the label and weight (out_size, out_size) at
+    its centre (the net's output window).
+    """
+    if aug.flips:
+        image, label, weight = flip_rotate([image, label, weight], rng)
+    lo = margin + (size - out_size) // 2
+    if aug.elastic:
+        coords = elastic_coordinates(rng, size, margin, aug.elastic_grid, aug.elastic_sigma)
+        image = np.stack([ndimage.map_coordinates(c, coords, order=3, mode="mirror") for c in image])
+        centre = coords[:, lo - margin : lo - margin + out_size, lo - margin : lo - margin + out_size]
+        label = ndimage.map_coordinates(label, centre, order=0, mode="mirror")
+        weight = ndimage.map_coordinates(weight, centre, order=1, mode="mirror")
+    else:
+        image = image[:, margin : margin + size, margin : margin + size]
+        label = label[lo : lo + out_size, lo : lo + out_size]
+        weight = weight[lo : lo + out_size, lo : lo + out_size]
+    image = image.astype(np.float32)
+    if aug.grey:
+        image = grey_values(image, rng, aug.grey_strength)
+    return image, np.ascontiguousarray(label), np.ascontiguousarray(weight, dtype=np.float32)

@@ -1,0 +1,235 @@
+"""Training data: image/label pairs from folders or stacks, label meaning, splits, random tiles.
+
+Labels are read in one of three ways:
+  - binary: 0 = background / membrane, any non-zero value = foreground (ISBI: 255 = interior);
+  - class ids 0..N-1 with ``n_classes = N`` (``--classes N``);
+  - instance ids (more than two values, no ``--classes``): one integer per cell, 0 =
+    background; touching cells are kept apart by a 1-px background border, as the paper
+    prepared its cell data, and the weight map's d1, d2 are computed from the ids.
+
+Training tiles are drawn at random centres (every pixel can be a centre) from the images
+extended by mirror reflection; the label and weight map are the net's output window at the
+tile's centre. A tile is a pure function of ``(seed, index)``, so runs repeat exactly,
+whatever the number of DataLoader workers, and resume exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from .augment import Augmentation, augment_region
+from .errors import UserInputError
+from .io import list_images, read_image
+from .normalization import Normalization, normalize
+from .tiling import reflect_indices
+from .weights import border_weight_map, cells_from_mask
+
+
+@dataclass
+class LabelledImage:
+    name: str
+    image: np.ndarray  # (C, H, W) float32, normalised
+    classes: np.ndarray  # (H, W) int64 class ids (binary: 0 background, 1 foreground)
+    weight: np.ndarray  # (H, W) float32 loss weight (the border weight map, or class balance)
+
+
+def read_pairs(
+    data: str | Path | None = None, images: str | Path | None = None, labels: str | Path | None = None
+) -> list[tuple[str, np.ndarray, np.ndarray, Path]]:
+    """Read (name, image (C, H, W), label (H, W), image path) for every slice.
+
+    Either ``data`` (a folder with ``images/`` and ``labels/`` holding files of matching
+    names) or ``images`` and ``labels`` (two files or folders: stacks match page by page).
+    """
+    if data is not None:
+        data = Path(data)
+        images, labels = data / "images", data / "labels"
+        for p in (images, labels):
+            if not p.is_dir():
+                raise UserInputError(f"{p}: missing; --data needs a folder with images/ and labels/")
+    if images is None or labels is None:
+        raise UserInputError("give --data DIR, or both --images and --labels")
+    image_files, label_files = list_images(images), list_images(labels)
+    if Path(images).is_dir():
+        by_stem = {p.stem: p for p in label_files}
+        missing = [p.name for p in image_files if p.stem not in by_stem]
+        if missing:
+            raise UserInputError(f"{labels}: no label for image(s) {', '.join(missing[:5])}")
+        label_files = [by_stem[p.stem] for p in image_files]
+    elif len(image_files) != len(label_files):
+        raise UserInputError(f"{labels}: {len(label_files)} label file(s) for {len(image_files)} image file(s)")
+    pairs = []
+    for ip, lp in zip(image_files, label_files):
+        img, lab = read_image(ip), read_image(lp)
+        if img.shape[0] != lab.shape[0]:
+            raise UserInputError(f"{lp}: {lab.shape[0]} label slice(s) for {img.shape[0]} image slice(s) in {ip}")
+        if lab.shape[1] != 1:
+            raise UserInputError(f"{lp}: a label image must have one channel, not {lab.shape[1]}")
+        if img.shape[-2:] != lab.shape[-2:]:
+            raise UserInputError(f"{lp}: label size {lab.shape[-2:]} differs from the image's {img.shape[-2:]} ({ip})")
+        if img.dtype.kind == "f" and not np.isfinite(img).all():
+            raise UserInputError(f"{ip}: the image holds NaN or infinite values")
+        for k in range(img.shape[0]):
+            name = ip.stem if img.shape[0] == 1 else f"{ip.stem}[{k}]"
+            pairs.append((name, img[k], lab[k, 0], ip))
+    return pairs
+
+
+def interpret_labels(label: np.ndarray, n_classes: int | None, source: str = "label") -> tuple[np.ndarray, np.ndarray]:
+    """A raw label (H, W) -> (class ids (H, W) int64, cells (H, W) int32 for the weight map)."""
+    if label.dtype.kind == "f":
+        if not np.all(np.isfinite(label)) or not np.all(label == np.round(label)):
+            raise UserInputError(f"{source}: label values must be integers")
+        label = label.astype(np.int64)
+    if label.min() < 0:
+        raise UserInputError(f"{source}: negative label value {label.min()}")
+    if n_classes is not None and n_classes > 2:
+        if label.max() >= n_classes:
+            raise UserInputError(f"{source}: label value {label.max()} but --classes {n_classes} allows 0..{n_classes - 1}")
+        classes = label.astype(np.int64)
+        return classes, cells_from_mask(classes > 0)
+    values = np.unique(label)
+    if len(values) <= 2:
+        foreground = label > 0
+        return foreground.astype(np.int64), cells_from_mask(foreground)
+    if n_classes == 2:
+        raise UserInputError(f"{source}: {len(values)} label values for --classes 2 (expected 0 and one other)")
+    # Instance ids: separate touching cells by a background border before training.
+    ids = label.astype(np.int64)
+    ids[touching_borders(ids)] = 0
+    return (ids > 0).astype(np.int64), ids.astype(np.int32)
+
+
+def touching_borders(ids: np.ndarray) -> np.ndarray:
+    """Pixels of a cell that touch (8-neighbourhood) a cell with a smaller non-zero id.
+
+    Removing them leaves a 1-px background line between every two touching cells.
+    """
+    h, w = ids.shape
+    padded = np.pad(ids, 1)
+    border = np.zeros((h, w), bool)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy == dx == 0:
+                continue
+            nb = padded[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
+            border |= (nb > 0) & (nb < ids)
+    return border
+
+
+def prepare(
+    pairs: list[tuple[str, np.ndarray, np.ndarray, Path]],
+    n_classes: int,
+    normalization: Normalization,
+    weight_map: bool,
+    w0: float = 10.0,
+    sigma: float = 5.0,
+) -> list[LabelledImage]:
+    """Normalise images, interpret labels and compute each image's weight map once."""
+    items = []
+    for name, image, label, path in pairs:
+        classes, cells = interpret_labels(label, n_classes, source=str(path))
+        weight = border_weight_map(cells, w0 if weight_map else 0.0, sigma, n_classes, classes)
+        if not weight_map:
+            weight = np.ones_like(weight)
+        items.append(LabelledImage(name, normalize(image, normalization), classes, weight))
+    return items
+
+
+def split(items: list, val_fraction: float) -> tuple[list, list]:
+    """The last ``round(val_fraction * n)`` items (at least one) validate, as the seed did."""
+    if not 0 < val_fraction < 1:
+        raise UserInputError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
+    n_val = max(1, round(val_fraction * len(items)))
+    if n_val >= len(items):
+        raise UserInputError(f"{len(items)} labelled image(s) are too few to hold out {n_val} for validation")
+    return items[:-n_val], items[-n_val:]
+
+
+def checksum(paths: list[Path]) -> str:
+    """sha256 over the bytes of the given files, in order (recorded in config.json)."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(Path(p).read_bytes())
+    return h.hexdigest()
+
+
+class TileDataset(Dataset):
+    """Training tiles: item ``index`` is a deterministic function of ``(seed, index)``.
+
+    Random mode: an image chosen with probability proportional to its area and a centre
+    uniform over its pixels. ``centre_crop`` mode (the seed's recipe): image
+    ``index % n``, centred. Returns (image (C, T, T), label (O, O) int64, weight (O, O)).
+    """
+
+    def __init__(
+        self,
+        items: list[LabelledImage],
+        tile_size: int,
+        out_size: int,
+        augmentation: Augmentation,
+        seed: int,
+        centre_crop: bool = False,
+    ):
+        self.items, self.tile_size, self.out_size = items, tile_size, out_size
+        self.aug, self.seed, self.centre_crop = augmentation, seed, centre_crop
+        areas = np.array([it.classes.size for it in items], np.float64)
+        self.p = areas / areas.sum()
+        # Room for the elastic displacements (4 standard deviations) around the tile.
+        self.margin = int(math.ceil(4 * augmentation.elastic_sigma)) if augmentation.elastic else 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        rng = np.random.default_rng([self.seed, index])
+        if self.centre_crop:
+            item = self.items[index % len(self.items)]
+            h, w = item.classes.shape
+            cy, cx = h // 2, w // 2
+        else:
+            item = self.items[int(rng.choice(len(self.items), p=self.p))]
+            h, w = item.classes.shape
+            cy, cx = int(rng.integers(h)), int(rng.integers(w))
+        size = self.tile_size + 2 * self.margin
+        y0, x0 = cy - size // 2, cx - size // 2
+        r, c = reflect_indices(y0, size, h), reflect_indices(x0, size, w)
+        image = item.image[:, r[:, None], c[None, :]]
+        label = item.classes[r[:, None], c[None, :]]
+        # Pixels outside the image (mirrored) carry no loss: labels are the image's own.
+        inside = ((y0 + np.arange(size)) >= 0) & ((y0 + np.arange(size)) < h)
+        inside = inside[:, None] & (((x0 + np.arange(size)) >= 0) & ((x0 + np.arange(size)) < w))[None, :]
+        weight = item.weight[r[:, None], c[None, :]] * inside
+        image, label, weight = augment_region(
+            image, label, weight, self.tile_size, self.out_size, self.margin, self.aug, rng
+        )
+        return torch.from_numpy(image), torch.from_numpy(label.astype(np.int64)), torch.from_numpy(weight)
+
+
+class EpochSampler(Sampler[int]):
+    """Indices ``epoch * n .. epoch * n + n - 1`` (each a fresh tile), split across ranks.
+
+    With ``num_replicas`` processes, rank r takes every num_replicas-th index, so the
+    ranks together see exactly the tiles one process would.
+    """
+
+    def __init__(self, samples_per_epoch: int, rank: int = 0, num_replicas: int = 1):
+        self.n, self.rank, self.replicas, self.epoch = samples_per_epoch, rank, num_replicas, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        start = self.epoch * self.n
+        return iter(range(start + self.rank, start + self.n, self.replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.replicas))

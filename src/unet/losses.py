@@ -1,0 +1,43 @@
+"""Losses for (N, C, H, W) logits against (N, H, W) int64 class ids and (N, H, W) weights.
+
+Every loss ignores pixels of weight 0 (outside the image, mirrored). The plain ones use the
+weight only as that mask; ``weighted-ce`` uses it fully (the paper's border weight map).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+LOSSES = ("weighted-ce", "ce", "bce", "dice")
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: str) -> torch.Tensor:
+    """Mean loss over the pixels with weight > 0. One output channel means sigmoid / BCE."""
+    if kind not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {kind!r}")
+    logits = logits.float()
+    mask = (weight > 0).float()
+    count = mask.sum().clamp_min(1.0)
+    if kind == "dice":
+        return _soft_dice_loss(logits, target, mask)
+    w = weight if kind == "weighted-ce" else mask
+    if logits.shape[1] == 1:
+        per_pixel = F.binary_cross_entropy_with_logits(logits[:, 0], target.float(), reduction="none")
+    else:
+        per_pixel = F.cross_entropy(logits, target, reduction="none")
+    return (per_pixel * w).sum() / count
+
+
+def _soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 - soft Dice of the foreground (binary) or mean over classes (multi-class)."""
+    if logits.shape[1] == 1:
+        probs = torch.sigmoid(logits)
+        onehot = target[:, None].float()
+    else:
+        probs = torch.softmax(logits, dim=1)
+        onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()
+    m = mask[:, None]
+    inter = (probs * onehot * m).sum(dim=(0, 2, 3))
+    total = ((probs + onehot) * m).sum(dim=(0, 2, 3))
+    return 1 - ((2 * inter + 1) / (total + 1)).mean()

@@ -1,0 +1,507 @@
+"""Training: a plain loop over random tiles, validation on whole images, a run folder.
+
+The run folder holds ``config.json`` (every setting, the package version, the data's
+checksum), ``last.pt`` (model + optimiser + RNG + position: ``--resume`` continues
+exactly), ``best.pt`` (by ``select_by`` on the validation images), ``metrics.csv``,
+``curves.png`` and TensorBoard events (``tb/``).
+
+Validation predicts each whole validation image exactly as ``unet predict`` does
+(overlap-tile, mirror extension), sweeps the decision threshold, and keeps the best
+threshold with the model: the border weight map and class balancing move it away from
+0.5, and ``unet predict`` writes probabilities calibrated so that 0.5 is this threshold.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from . import __version__, metrics
+from .augment import Augmentation
+from .checkpoint import load_payload, model_payload, save_model, save_payload
+from .data import EpochSampler, TileDataset, checksum, prepare, read_pairs, split
+from .errors import Interrupted, UserInputError
+from .losses import LOSSES, segmentation_loss
+from .model import UNet, UNetConfig, init_he
+from .normalization import Normalization
+from .predict import resolve_device
+from .presets import preset
+from .tiling import predict_tiled
+
+log = logging.getLogger(__name__)
+
+SELECT_BY = ("score", "loss", "pixel_error", "adapted_rand_error", "rand_error", "v_rand", "dice")
+_MAXIMISE = {"v_rand", "dice"}
+THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run. ``None`` means "from the preset"; see presets.py."""
+
+    out: str = "runs/unet"  # run folder
+    data: str | None = None  # folder with images/ and labels/
+    images: str | None = None  # or: images (file/stack/folder) ...
+    labels: str | None = None  # ... and labels
+    val: str | None = None  # a separate validation folder (images/, labels/)
+    val_fraction: float = 0.2  # else: the last slices validate
+    preset: str = "fast"
+    classes: int | None = None  # class count for integer class-id labels (>2); None: binary
+    in_channels: int | None = None  # image channels (default: as the data)
+    width: int | None = None
+    depth: int = 4
+    padding: str = "valid"
+    up_mode: str = "transpose"
+    dropout: float | None = None
+    tile_size: int | None = None  # network input px (a valid size; rounded to one)
+    batch_size: int | None = None
+    epochs: int | None = None
+    samples_per_epoch: int | None = None  # tiles per epoch (0: one per training image)
+    centre_crop: bool | None = None  # the seed's fixed centre crops instead of random tiles
+    loss: str | None = None
+    optimizer: str | None = None
+    lr: float | None = None
+    momentum: float | None = None  # SGD momentum (paper: 0.99)
+    weight_decay: float = 0.0
+    elastic: bool | None = None
+    flips: bool | None = None
+    grey: bool | None = None
+    weight_map: bool | None = None  # the paper's border weight map in the loss
+    w0: float = 10.0
+    sigma: float = 5.0
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    device: str | None = None
+    workers: int | None = None
+    seed: int = 0
+    time_limit: float | None = None  # seconds for the whole run, calibration included
+    select_by: str = "score"  # score = pixel_error + adapted_rand_error at the best threshold
+    calibrate_tta: bool = True  # choose the final threshold on TTA predictions, as predict --tta
+    normalization: dict = field(default_factory=lambda: Normalization().to_dict())
+
+    def resolved(self) -> "TrainConfig":
+        """Fill ``None`` fields from the preset and check every value."""
+        values = preset(self.preset)
+        base = dict(momentum=0.9, centre_crop=False, workers=None)
+        out = dataclasses.replace(self)
+        for name, value in {**base, **values}.items():
+            if getattr(out, name) is None:
+                setattr(out, name, value)
+        if out.loss not in LOSSES:
+            raise UserInputError(f"--loss {out.loss}: choose one of {', '.join(LOSSES)}")
+        if out.optimizer not in ("sgd", "adam", "adamw"):
+            raise UserInputError(f"--optimizer {out.optimizer}: choose sgd, adam or adamw")
+        if out.select_by not in SELECT_BY:
+            raise UserInputError(f"--select-by {out.select_by}: choose one of {', '.join(SELECT_BY)}")
+        if out.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise UserInputError(f"--precision {out.precision}: choose auto, fp32, bf16 or fp16")
+        for name in ("batch_size", "epochs", "width"):
+            if getattr(out, name) < 1:
+                raise UserInputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(out, name)}")
+        if out.classes is not None and out.classes < 2:
+            raise UserInputError(f"--classes must be >= 2, got {out.classes}")
+        return out
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '15m', '1.5h' -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    t = text.strip().lower()
+    try:
+        if t and t[-1] in units:
+            return float(t[:-1]) * units[t[-1]]
+        return float(t)
+    except ValueError:
+        raise UserInputError(f"--time-limit {text}: use e.g. 900, 15m or 1.5h") from None
+
+
+def cpu_has_bf16() -> bool:
+    """True where the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def choose_precision(precision: str, device: torch.device) -> str:
+    """auto: bf16 on CPUs with bf16 instructions, bf16/fp16 AMP on CUDA, else fp32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return torch.autocast(device_type=device.type, enabled=False)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def learning_rate(base: float, progress: float) -> float:
+    """Cosine decay from ``base`` to 0 over progress 0 -> 1, after a 2% linear warm-up."""
+    progress = min(max(progress, 0.0), 1.0)
+    warm = min(1.0, progress / 0.02) if progress < 0.02 else 1.0
+    return base * warm * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM set a flag: the current step finishes, last.pt is written, then exit."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, object] = {}
+
+    def __enter__(self) -> "_StopRequest":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("stopping after this step (press Ctrl-C again to abort)")
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _load_data(cfg: TrainConfig):
+    norm = Normalization.from_dict(cfg.normalization)
+    n_classes = cfg.classes or 2
+    pairs = read_pairs(cfg.data, cfg.images, cfg.labels)
+    items = prepare(pairs, n_classes, norm, cfg.weight_map, cfg.w0, cfg.sigma)
+    paths = sorted({p for *_, p in pairs})
+    if cfg.val:
+        val_pairs = read_pairs(cfg.val)
+        val_items = prepare(val_pairs, n_classes, norm, cfg.weight_map, cfg.w0, cfg.sigma)
+        paths += sorted({p for *_, p in val_pairs})
+        train_items = items
+    else:
+        train_items, val_items = split(items, cfg.val_fraction)
+    channels = {it.image.shape[0] for it in train_items + val_items}
+    if len(channels) != 1:
+        raise UserInputError(f"{cfg.data or cfg.images}: images have different channel counts {sorted(channels)}")
+    return train_items, val_items, channels.pop(), checksum(paths)
+
+
+@dataclass
+class Validation:
+    loss: float
+    threshold: float
+    pixel_error: float
+    adapted_rand_error: float
+    rand_error: float
+    v_rand: float
+    dice: float
+
+    @property
+    def score(self) -> float:
+        return self.pixel_error + self.adapted_rand_error
+
+    def value(self, name: str) -> float:
+        return self.score if name == "score" else getattr(self, name)
+
+
+def validate(model: UNet, items, cfg: TrainConfig, precision: str, tta: bool = False) -> Validation:
+    """Predict whole validation images as `unet predict` does; sweep the threshold."""
+    probs, truths, losses = [], [], []
+    for it in items:
+        p = predict_tiled(model, it.image, batch_size=cfg.batch_size, tta=tta, precision=precision,
+                          channels_last=precision != "fp32")
+        logits = torch.logit(torch.from_numpy(p).clamp(1e-6, 1 - 1e-6)) if p.shape[0] == 1 else torch.log(
+            torch.from_numpy(p).clamp_min(1e-8))
+        losses.append(
+            float(segmentation_loss(logits[None], torch.from_numpy(it.classes)[None], torch.from_numpy(it.weight)[None],
+                                    cfg.loss))
+        )
+        probs.append(p[0] if p.shape[0] == 1 else 1.0 - p[0])  # foreground = not class 0
+        truths.append(it.classes > 0)
+    best_t, best = 0.5, math.inf
+    for t in THRESHOLDS:
+        pe = float(np.mean([metrics.pixel_error(p, g, t) for p, g in zip(probs, truths)]))
+        are = float(np.mean([metrics.adapted_rand_error(p, g, t) for p, g in zip(probs, truths)]))
+        if pe + are < best:
+            best_t, best, best_pe, best_are = t, pe + are, pe, are
+    return Validation(
+        loss=float(np.mean(losses)),
+        threshold=float(best_t),
+        pixel_error=best_pe,
+        adapted_rand_error=best_are,
+        rand_error=metrics.rand_error(probs, truths, thresholds=[best_t]).value,
+        v_rand=metrics.v_rand(probs, truths, thresholds=[best_t]).value,
+        dice=float(np.mean([metrics.dice(p, g, best_t) for p, g in zip(probs, truths)])),
+    )
+
+
+CSV_FIELDS = ["epoch", "step", "train_loss", "val_loss", "val_pixel_error", "val_dice", "val_adapted_rand_error",
+              "val_rand_error", "val_v_rand", "val_threshold", "lr", "seconds"]
+
+
+def train(cfg: TrainConfig, resume: str | Path | None = None, overwrite: bool = False,
+          stop_after_steps: int | None = None) -> Path:
+    """Train and return the run folder. ``resume``: a run folder to continue exactly.
+
+    ``stop_after_steps`` stops (as a signal would) after that many optimiser steps in
+    this call: for tests of exact resumption.
+    """
+    t_start = time.monotonic()
+    state = None
+    if resume is not None:
+        run = Path(resume)
+        state = load_payload(run / "last.pt")
+        saved = json.loads((run / "config.json").read_text())["train"]
+        overrides = {k: v for k, v in dataclasses.asdict(cfg).items() if k in ("epochs", "time_limit", "device", "workers") and v is not None}
+        cfg = dataclasses.replace(TrainConfig(**{k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}), **overrides)
+        cfg.out = str(run)  # the run stays where it is, whatever its config says
+    cfg = cfg.resolved()
+    run = Path(cfg.out)
+    if state is None and run.exists() and any(run.iterdir()) and not overwrite:
+        raise UserInputError(f"{run}: the run folder exists and is not empty (use --resume {run}, or --overwrite)")
+    device = resolve_device(cfg.device)
+    precision = choose_precision(cfg.precision, device)
+    if precision == "fp16" and device.type != "cuda":
+        raise UserInputError("--precision fp16 needs CUDA; use bf16 or fp32 on a CPU")
+    torch.manual_seed(cfg.seed)
+
+    train_items, val_items, channels, data_sha = _load_data(cfg)
+    model_cfg = UNetConfig(
+        in_channels=channels, out_channels=1 if (cfg.classes or 2) == 2 else cfg.classes, depth=cfg.depth,
+        width=cfg.width, padding=cfg.padding, up_mode=cfg.up_mode, dropout=cfg.dropout,
+    )
+    model = init_he(UNet(config=model_cfg))
+    tile = model.valid_input_size(cfg.tile_size)
+    out_size = model.output_size(tile) if cfg.padding == "valid" else tile
+    if tile != cfg.tile_size:
+        log.info("tile size %d -> %d (nearest size with exact poolings)", cfg.tile_size, tile)
+    model.to(device)
+    channels_last = precision in ("bf16", "fp16")
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = _build_optimizer(cfg, model)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+
+    aug = Augmentation(elastic=cfg.elastic, flips=cfg.flips, grey=cfg.grey)
+    dataset = TileDataset(train_items, tile, out_size, aug, cfg.seed, centre_crop=cfg.centre_crop)
+    per_epoch = cfg.samples_per_epoch or len(train_items)
+    steps_per_epoch = math.ceil(per_epoch / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    sampler = EpochSampler(per_epoch)
+    workers = cfg.workers if cfg.workers is not None else (1 if (os.cpu_count() or 1) <= 2 else min(4, (os.cpu_count() or 2) - 1))
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers,
+                        persistent_workers=workers > 0, pin_memory=device.type == "cuda",
+                        # Its own generator, so that creating an iterator never draws from the
+                        # global RNG that dropout uses (exact resume mid-epoch).
+                        generator=torch.Generator().manual_seed(cfg.seed))
+
+    epoch, step, elapsed_before, best_value = 0, 0, 0.0, None
+    if state is not None:
+        tr = state["training"]
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(tr["optimizer"])
+        scaler.load_state_dict(tr["scaler"])
+        torch.set_rng_state(tr["torch_rng"])
+        epoch, step, elapsed_before, best_value = tr["epoch"], tr["step"], tr["elapsed"], tr["best_value"]
+        log.info("resuming %s at epoch %d, step %d", run, epoch, step)
+    else:
+        run.mkdir(parents=True, exist_ok=True)
+        for stale in ("metrics.csv", "best.pt", "last.pt"):
+            (run / stale).unlink(missing_ok=True)
+        (run / "config.json").write_text(json.dumps(
+            {"train": dataclasses.asdict(cfg), "model": model_cfg.to_dict(), "tile_size": tile, "output_size": out_size,
+             "precision": precision, "device": str(device), "version": __version__, "data_sha256": data_sha,
+             "train_images": [it.name for it in train_items], "val_images": [it.name for it in val_items]}, indent=2))
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run / "tb"))
+    meta = dict(normalization=cfg.normalization, tile_size=tile, preset=cfg.preset, version=__version__)
+    val_seconds = None
+    log.info("training %s: %d train / %d val images, tile %d -> %d, batch %d, %s, %s on %s",
+             cfg.preset, len(train_items), len(val_items), tile, out_size, cfg.batch_size, cfg.loss, precision, device)
+
+    def time_left() -> float:
+        if cfg.time_limit is None:
+            return math.inf
+        return cfg.time_limit - (elapsed_before + time.monotonic() - t_start)
+
+    def reserve() -> float:
+        """Seconds to keep for the last validation and the TTA threshold calibration."""
+        if val_seconds is None:
+            return 0.0
+        return val_seconds * (1 + (8 if cfg.calibrate_tta else 0)) + 5
+
+    def save_last(epoch_: int, step_: int) -> None:
+        payload = model_payload(model, **meta, threshold=best_threshold)
+        payload["training"] = dict(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+                                   torch_rng=torch.get_rng_state(), epoch=epoch_, step=step_,
+                                   elapsed=elapsed_before + time.monotonic() - t_start, best_value=best_value)
+        save_payload(payload, run / "last.pt")
+
+    best_threshold = 0.5
+    stopped = None
+    steps_this_call = 0
+    with _StopRequest() as stop:
+        while epoch < cfg.epochs and stopped is None:
+            skip = step - epoch * steps_per_epoch  # steps of this epoch already done (resume mid-epoch)
+            sampler.set_epoch(epoch)
+            model.train()
+            t_epoch, losses = time.monotonic(), []
+            bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                       unit="step", disable=None)
+            for i, (x, y, w) in enumerate(loader):
+                if i < skip:
+                    continue
+                x = x.to(device, non_blocking=True)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                y, w = y.to(device, non_blocking=True), w.to(device, non_blocking=True)
+                progress = step / total_steps
+                if cfg.time_limit is not None:
+                    progress = max(progress, (cfg.time_limit - time_left()) / max(cfg.time_limit - reserve(), 1.0))
+                lr = learning_rate(cfg.lr, progress)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                with _autocast(device, precision):
+                    logits = model(x)
+                loss = segmentation_loss(logits, y, w, cfg.loss)
+                if not torch.isfinite(loss):
+                    save_last(epoch, step)
+                    raise UserInputError(
+                        f"the loss became {loss.item()} at step {step}; lower --lr (last good state in {run / 'last.pt'})")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                step += 1
+                steps_this_call += 1
+                losses.append(loss.item())
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{lr:.2e}")
+                bar.update(1)
+                if stop.requested or (stop_after_steps is not None and steps_this_call >= stop_after_steps):
+                    stopped = "signal"
+                    break
+                if time_left() <= reserve():
+                    stopped = "time"
+                    break
+            bar.close()
+            if stopped == "signal":
+                save_last(epoch, step)
+                break
+            epoch_done = stopped is None
+            if epoch_done:
+                epoch += 1
+            t_val = time.monotonic()
+            v = validate(model, val_items, cfg, precision)
+            val_seconds = time.monotonic() - t_val
+            value = v.value(cfg.select_by)
+            improved = best_value is None or (value > best_value if cfg.select_by in _MAXIMISE else value < best_value)
+            if improved:
+                best_value, best_threshold = value, v.threshold
+                save_model(model, run / "best.pt", **meta, threshold=v.threshold, val=dataclasses.asdict(v), epoch=epoch)
+            save_last(epoch, step)
+            seconds = time.monotonic() - t_epoch
+            row = dict(epoch=epoch, step=step, train_loss=float(np.mean(losses)) if losses else math.nan,
+                       val_loss=v.loss, val_pixel_error=v.pixel_error, val_dice=v.dice,
+                       val_adapted_rand_error=v.adapted_rand_error, val_rand_error=v.rand_error, val_v_rand=v.v_rand,
+                       val_threshold=v.threshold, lr=lr, seconds=round(seconds, 2))
+            _append_csv(run / "metrics.csv", row)
+            for k, val in row.items():
+                if k not in ("epoch", "step"):
+                    writer.add_scalar(k, val, step)
+            log.info("epoch %3d  step %5d  loss %.4f  val loss %.4f  pixel err %.4f  adapted rand %.4f  dice %.4f  "
+                     "t=%.2f  %.0fs%s", epoch, step, row["train_loss"], v.loss, v.pixel_error, v.adapted_rand_error,
+                     v.dice, v.threshold, seconds, "  *" if improved else "")
+            plot_curves(run / "metrics.csv", run / "curves.png")
+    writer.close()
+    if stopped == "signal":
+        raise Interrupted(f"stopped at step {step}; resume with --resume {run}")
+    if cfg.calibrate_tta and (run / "best.pt").exists():
+        _calibrate_best(run, val_items, cfg, precision, device)
+    log.info("done in %.0f s: %s", elapsed_before + time.monotonic() - t_start, run / "best.pt")
+    return run
+
+
+def _calibrate_best(run: Path, val_items, cfg: TrainConfig, precision: str, device: torch.device) -> None:
+    """Choose best.pt's threshold on TTA predictions, as `unet predict --tta` will make them."""
+    from .checkpoint import load_model
+
+    model, meta = load_model(run / "best.pt", device)
+    if precision != "fp32":
+        model.to(memory_format=torch.channels_last)
+    v = validate(model, val_items, cfg, precision, tta=True)
+    meta.update(threshold=v.threshold, val_tta=dataclasses.asdict(v))
+    save_model(model, run / "best.pt", **meta)
+    log.info("best.pt with TTA: threshold %.2f  pixel err %.4f  adapted rand %.4f  rand %.4f  v_rand %.4f",
+             v.threshold, v.pixel_error, v.adapted_rand_error, v.rand_error, v.v_rand)
+
+
+def _append_csv(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def plot_curves(csv_path: Path, png_path: Path) -> None:
+    """Loss and validation metrics per epoch, written atomically as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .io import atomic_path
+
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    col = {k: [float(r[k]) for r in rows] for k in CSV_FIELDS}
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    a.plot(col["epoch"], col["train_loss"], label="train loss")
+    a.plot(col["epoch"], col["val_loss"], label="val loss")
+    a.set_xlabel("epoch")
+    a.set_yscale("log")
+    a.legend()
+    a.set_title("loss")
+    for k in ("val_pixel_error", "val_adapted_rand_error", "val_rand_error"):
+        b.plot(col["epoch"], col[k], label=k[4:])
+    b.plot(col["epoch"], [1 - d for d in col["val_dice"]], label="1 - dice")
+    b.set_xlabel("epoch")
+    b.set_yscale("log")
+    b.legend()
+    b.set_title("validation errors (at the best threshold)")
+    fig.tight_layout()
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)

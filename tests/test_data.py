@@ -1,0 +1,93 @@
+import numpy as np
+import pytest
+import torch
+
+from unet import Normalization, UserInputError
+from unet.augment import Augmentation
+from unet.data import EpochSampler, TileDataset, interpret_labels, prepare, read_pairs, split, touching_borders
+from unet.io import write_image
+from unet.synthetic import synthetic_em, write_dataset
+
+
+def test_binary_labels_foreground_is_nonzero():
+    classes, cells = interpret_labels(np.array([[0, 255], [255, 0]], np.uint8), None)
+    assert np.array_equal(classes, [[0, 1], [1, 0]]) and cells.max() == 2  # 4-connected
+
+
+def test_instance_ids_touching_cells_get_a_border():
+    ids = np.zeros((6, 9), np.uint16)
+    ids[1:5, 1:4] = 7
+    ids[1:5, 4:7] = 3  # touches cell 7
+    ids[0, 8] = 9
+    classes, cells = interpret_labels(ids, None)
+    assert classes[:, 3].sum() == 0 and classes[1:5, 4].all()  # one border column, on the larger id's side
+    assert set(np.unique(cells)) == {0, 3, 7, 9}
+    assert touching_borders(ids).sum() == 4
+
+
+def test_class_ids_are_checked():
+    classes, _ = interpret_labels(np.array([[0, 1], [2, 2]]), 3)
+    assert classes.max() == 2
+    with pytest.raises(UserInputError, match="--classes 3"):
+        interpret_labels(np.array([[0, 5]]), 3, source="lab.png")
+    with pytest.raises(UserInputError, match="integers"):
+        interpret_labels(np.array([[0.5, 1.0]]), None)
+
+
+def test_folder_pairs_and_mismatches(tmp_path):
+    write_dataset(tmp_path / "d", 3, 48, seed=0)
+    pairs = read_pairs(tmp_path / "d")
+    assert [p[0] for p in pairs] == ["00", "01", "02"] and pairs[0][1].shape == (1, 48, 48)
+    (tmp_path / "d" / "labels" / "02.png").unlink()
+    with pytest.raises(UserInputError, match="no label for image"):
+        read_pairs(tmp_path / "d")
+    write_image(tmp_path / "d" / "labels" / "02.png", np.zeros((10, 10), np.uint8))
+    with pytest.raises(UserInputError, match="differs from the image"):
+        read_pairs(tmp_path / "d")
+
+
+def test_stacks_pair_page_by_page(tmp_path):
+    rng = np.random.default_rng(0)
+    pairs = [synthetic_em(rng, 40) for _ in range(4)]
+    write_image(tmp_path / "im.tif", np.stack([p[0] for p in pairs]), axes="QYX")
+    write_image(tmp_path / "lab.tif", np.stack([p[1] for p in pairs]), axes="QYX")
+    got = read_pairs(images=tmp_path / "im.tif", labels=tmp_path / "lab.tif")
+    assert len(got) == 4 and np.array_equal(got[2][2], pairs[2][1])
+
+
+def test_split_takes_the_last_slices():
+    train, val = split(list(range(24)), 0.2)
+    assert val == [19, 20, 21, 22, 23] and len(train) == 19
+    with pytest.raises(UserInputError):
+        split([1], 0.2)
+
+
+def _items(n=3, size=64):
+    rng = np.random.default_rng(1)
+    pairs = [(f"{i}", synthetic_em(rng, size)[0][None], synthetic_em(rng, size)[1], f"{i}.png") for i in range(n)]
+    return prepare(pairs, 2, Normalization(), weight_map=True)
+
+
+def test_tiles_are_deterministic_and_shaped():
+    ds = TileDataset(_items(), 60, 20, Augmentation(), seed=3)
+    a, b = ds[17], ds[17]
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert a[0].shape == (1, 60, 60) and a[1].shape == (20, 20) and a[2].shape == (20, 20)
+    assert not torch.equal(ds[18][0], a[0])
+
+
+def test_centre_crop_mode_cycles_images():
+    items = _items()
+    ds = TileDataset(items, 40, 20, Augmentation.none(), seed=0, centre_crop=True)
+    label = ds[1][1].numpy()
+    assert np.array_equal(label, items[1].classes[22:42, 22:42])
+
+
+def test_epoch_sampler_splits_ranks_without_overlap():
+    one = list(EpochSampler(10).__iter__())
+    s0, s1 = EpochSampler(10, 0, 2), EpochSampler(10, 1, 2)
+    for s in (s0, s1):
+        s.set_epoch(0)
+    assert sorted(list(s0) + list(s1)) == one
+    s0.set_epoch(2)
+    assert list(s0)[0] == 20

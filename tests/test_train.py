@@ -1,0 +1,90 @@
+"""Training end to end on tiny synthetic data: run folder, exact resume, presets, CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from unet import load_model
+from unet.cli import main
+from unet.synthetic import write_dataset
+from unet.train import TrainConfig, learning_rate, parse_duration, train
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("syn"), 5, 64, seed=0)
+
+
+def tiny(data, out, **kw) -> TrainConfig:
+    base = dict(out=str(out), data=str(data), width=4, depth=2, tile_size=76, batch_size=2, samples_per_epoch=4,
+                epochs=3, precision="fp32", workers=0, calibrate_tta=False, lr=1e-3, dropout=0.2)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_run_folder_has_everything(tmp_path, data):
+    run = train(tiny(data, tmp_path / "run", calibrate_tta=True))
+    for name in ("config.json", "last.pt", "best.pt", "metrics.csv", "curves.png"):
+        assert (run / name).is_file(), name
+    assert any((run / "tb").iterdir())
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["train"]["width"] == 4 and len(cfg["data_sha256"]) == 64 and cfg["version"]
+    assert cfg["val_images"] == ["04"]
+    rows = (run / "metrics.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("epoch,step,train_loss,val_loss,val_pixel_error,val_dice") and len(rows) == 4
+    model, meta = load_model(run / "best.pt")
+    assert 0 < meta["threshold"] < 1 and meta["normalization"]["kind"] == "percentile" and "val_tta" in meta
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, data):
+    whole = train(tiny(data, tmp_path / "whole", elastic=True, flips=True))
+    part = tmp_path / "part"
+    from unet.errors import Interrupted
+
+    with pytest.raises(Interrupted):
+        train(tiny(data, part, elastic=True, flips=True), stop_after_steps=3)  # stops mid-epoch 2
+    train(TrainConfig(), resume=part)
+    a = torch.load(whole / "last.pt", weights_only=True)["state_dict"]
+    b = torch.load(part / "last.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_seed_preset_runs_end_to_end(tmp_path, data):
+    run = train(TrainConfig(out=str(tmp_path / "seed"), data=str(data), preset="seed", width=4, depth=2, epochs=2,
+                            tile_size=60, precision="fp32", workers=0, calibrate_tta=False))
+    assert json.loads((run / "config.json").read_text())["tile_size"] == 60
+    assert (run / "best.pt").exists()
+
+
+def test_paper_preset_with_weight_map_and_sgd(tmp_path, data):
+    run = train(tiny(data, tmp_path / "paper", preset="paper", lr=None, batch_size=None, samples_per_epoch=2, epochs=1))
+    cfg = json.loads((run / "config.json").read_text())["train"]
+    assert cfg["optimizer"] == "sgd" and cfg["momentum"] == 0.99 and cfg["loss"] == "weighted-ce" and cfg["weight_map"]
+
+
+def test_existing_run_folder_is_not_overwritten(tmp_path, data, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "precious.txt").write_text("keep")
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--width", "4"]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert (tmp_path / "run" / "precious.txt").read_text() == "keep"
+
+
+def test_cli_train_then_predict(tmp_path, data):
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "r"), "--width", "4", "--depth", "2",
+            "--tile-size", "76", "--epochs", "1", "--samples-per-epoch", "2", "--precision", "fp32", "--workers", "0"]
+    assert main(args) == 0
+    assert main(["predict", "--model", str(tmp_path / "r" / "best.pt"), "--input", str(data / "images"),
+                 "--out", str(tmp_path / "p"), "--tta"]) == 0
+    assert len(list((tmp_path / "p").iterdir())) == 5
+
+
+def test_schedule_and_durations():
+    assert learning_rate(1.0, 0.5) == pytest.approx(0.5)
+    assert learning_rate(1.0, 1.0) == pytest.approx(0.0)
+    assert learning_rate(1.0, 0.0) == 0.0 and learning_rate(1.0, 0.01) == pytest.approx(0.5, abs=0.01)
+    assert parse_duration("15m") == 900 and parse_duration("1.5h") == 5400 and parse_duration("90") == 90
+    assert np.isfinite(parse_duration("2s"))
