@@ -103,3 +103,14 @@ def test_calibration_moves_the_threshold_to_one_half():
     c = calibrate(p, 0.2)
     assert np.allclose(c, [0.0, 0.25, 0.5, 0.75, 1.0])
     assert np.all(np.diff(c) > 0)
+
+
+def test_instances_are_label_images(tmp_path, model_path, rng):
+    write_image(tmp_path / "x.png", (rng.random((50, 40)) * 255).astype(np.uint8))
+    for method in ("watershed", "components"):
+        out = tmp_path / method
+        assert main(["predict", "--model", str(model_path), "--input", str(tmp_path / "x.png"), "--out", str(out),
+                     "--instances", method]) == 0
+        labels = read_image(out / "x.tif")
+        assert labels.shape == (1, 1, 50, 40) and labels.dtype in (np.uint16, np.uint32)
+        assert labels.max() >= 1

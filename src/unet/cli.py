@@ -31,6 +31,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast precision (default: fp32)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present, else cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--channels", choices=["strict", "convert"], default="strict",
+                   help="strict: the image must have the model's channels (default); convert: RGB -> grey")
+    p.add_argument("--instances", nargs="?", const="watershed", choices=["watershed", "components"],
+                   help="write cell label images (TIFF): seeded watershed (default) or connected components")
     p.set_defaults(run=_run_predict)
 
 
@@ -45,6 +49,8 @@ def _run_predict(args: argparse.Namespace) -> None:
         format=args.format,
         precision=args.precision,
         overwrite=args.overwrite,
+        instances=args.instances,
+        convert_channels=args.channels == "convert",
     )
     written = predict_files(args.model, args.input, args.out, options, device=args.device)
     print(f"wrote {len(written)} file(s) to {args.out}")
@@ -72,6 +78,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--workers", type=int, help="DataLoader worker processes for augmentation (default: 1 on 2 cores)")
     r.add_argument("--select-by", default="score", help="best.pt by: score (pixel + adapted Rand error, default), "
                    "loss, pixel_error, adapted_rand_error, rand_error, v_rand, dice")
+    r.add_argument("--devices", type=int, default=1,
+                   help="train in N processes with DistributedDataParallel (runs torchrun; GPUs or CPU)")
+    r.add_argument("--dist-timeout", type=float, default=300.0,
+                   help="seconds a process waits for the others before the job fails (default: 300)")
+    r.add_argument("--skip-nonfinite", action="store_true", help="skip steps with a NaN/inf loss instead of stopping")
     r.add_argument("--no-calibrate-tta", action="store_true", help="choose the threshold without TTA at the end")
     m = p.add_argument_group("model and optimisation (default: from the preset)")
     m.add_argument("--width", type=int, help="channels at the first level")
@@ -86,6 +97,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--optimizer", help="sgd, adam or adamw")
     m.add_argument("--lr", type=float)
     m.add_argument("--momentum", type=float)
+    m.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=True, help="BatchNorm (default: on)")
     m.add_argument("--weight-map", action=argparse.BooleanOptionalAction, help="the paper's border weight map")
     m.add_argument("--elastic", action=argparse.BooleanOptionalAction, help="elastic deformation")
     m.add_argument("--flips", action=argparse.BooleanOptionalAction, help="flips and 90-degree rotations")
@@ -93,18 +105,41 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_train)
 
 
-def _run_train(args: argparse.Namespace) -> None:
+def _run_train(args: argparse.Namespace) -> int | None:
+    import os
+
     from .train import TrainConfig, parse_duration, train
+
+    if args.devices > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        from .distributed import launch
+
+        argv = _without_option(args.argv, "--devices")
+        return launch(args.devices, argv)
 
     names = ["data", "images", "labels", "val", "val_fraction", "classes", "out", "preset", "epochs", "seed", "device",
              "precision", "workers", "select_by", "width", "depth", "padding", "up_mode", "dropout", "tile_size",
              "batch_size", "samples_per_epoch", "loss", "optimizer", "lr", "momentum", "weight_map", "elastic", "flips",
-             "grey"]
+             "grey", "batch_norm", "dist_timeout"]
     cfg = TrainConfig(**{n: getattr(args, n) for n in names if getattr(args, n) is not None},
                       time_limit=parse_duration(args.time_limit) if args.time_limit else None,
-                      calibrate_tta=not args.no_calibrate_tta)
+                      calibrate_tta=not args.no_calibrate_tta, skip_nonfinite=args.skip_nonfinite)
     run = train(cfg, resume=args.resume, overwrite=args.overwrite)
-    print(f"model: {run / 'best.pt'}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"model: {run / 'best.pt'}")
+    return None
+
+
+def _without_option(argv: list[str], name: str) -> list[str]:
+    """argv without ``name VALUE`` / ``name=VALUE`` (to hand the rest to torchrun)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == name:
+            skip = True
+        elif not a.startswith(name + "="):
+            out.append(a)
+    return out
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -125,27 +160,83 @@ def _run_evaluate(args: argparse.Namespace) -> None:
                  images=args.images)
 
 
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="synthetic data -> train a few minutes -> segment -> measure (no download)")
+    p.add_argument("--out", default="demo", help="folder for everything the demo writes (default: demo)")
+    p.add_argument("--minutes", type=float, default=2.0, help="training time (default: 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(args.out, args.minutes, args.seed)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a model to ONNX or TorchScript (dynamic height/width)")
+    p.add_argument("--model", required=True, help="checkpoint (e.g. RUN/best.pt)")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--out", required=True, help="output file (e.g. model.onnx)")
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    from .export import export_model
+
+    diff = export_model(args.model, args.out, args.format)
+    print(f"wrote {args.out}; parity with PyTorch fp32: max |dprob| = {diff:.2e}")
+    if diff > 1e-4:
+        raise RuntimeError(f"exported model differs from PyTorch by {diff:.2e} > 1e-4")
+
+
+def _add_benchmark(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("benchmark", help="prediction speed: reference loop, MONAI, predict_tiled, ONNX Runtime, limit")
+    p.add_argument("--quick", action="store_true", help="smaller workloads (1024^2 and 6 x 512^2)")
+    p.add_argument("--json", help="write the rows and the machine to this JSON file")
+    p.add_argument("--width", type=int, default=64, help="net width (default: 64, the paper's)")
+    p.add_argument("--precision", default="auto", help="fast path precision: auto, fp32, bf16")
+    p.set_defaults(run=_run_benchmark)
+
+
+def _run_benchmark(args: argparse.Namespace) -> None:
+    from .benchmark import run_benchmark
+
+    run_benchmark(quick=args.quick, width=args.width, json_path=args.json, precision=args.precision)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unet", description="U-Net for microscopy: train, segment images of any size, evaluate."
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("--max-pixels", type=int, default=None,
+                        help="largest image accepted, in pixels (default: 1e9; a decompression-bomb guard)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_demo(sub)
     _add_train(sub)
     _add_predict(sub)
     _add_evaluate(sub)
+    _add_export(sub)
+    _add_benchmark(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr
     )
     try:
-        args.run(args)
+        if args.max_pixels is not None:
+            from .io import set_max_pixels
+
+            set_max_pixels(args.max_pixels)
+        code = args.run(args)
     except UserInputError as e:
         if args.debug:
             raise
@@ -157,4 +248,4 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"unet {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0

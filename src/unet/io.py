@@ -8,6 +8,7 @@ raises `UserInputError` naming the file and the problem.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
@@ -20,6 +21,26 @@ from PIL import Image
 from .errors import UserInputError
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+
+# Refuse images whose header declares more pixels than this (a "decompression bomb": a
+# small file that would expand to more memory than the machine has). Pillow's own check
+# is replaced by this one, which also covers TIFF; `set_max_pixels` (--max-pixels) raises it.
+MAX_PIXELS = 1_000_000_000
+Image.MAX_IMAGE_PIXELS = None
+
+
+def set_max_pixels(n: int) -> None:
+    """Change the largest accepted image (pixels per image, header-declared)."""
+    global MAX_PIXELS
+    MAX_PIXELS = int(n)
+
+
+def _check_size(path: Path, height: int, width: int, count: int = 1) -> None:
+    if height * width * count > MAX_PIXELS:
+        raise UserInputError(
+            f"{path}: {count} x {height} x {width} pixels exceeds the limit of {MAX_PIXELS:,} "
+            "(a decompression-bomb guard; raise it with --max-pixels)"
+        )
 TIFF_SUFFIXES = (".tif", ".tiff")
 
 
@@ -64,6 +85,7 @@ def read_image(path: str | Path) -> np.ndarray:
 
 def _read_pil(path: Path) -> np.ndarray:
     with Image.open(path) as im:
+        _check_size(path, im.height, im.width)
         im.load()
         if im.mode in ("P", "PA"):
             im = im.convert("RGBA" if "transparency" in im.info or im.mode == "PA" else "RGB")
@@ -79,6 +101,9 @@ def _read_tiff(path: Path) -> np.ndarray:
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         axes = series.axes
+        if "Y" in axes and "X" in axes:
+            shape = dict(zip(axes, series.shape))
+            _check_size(path, shape["Y"], shape["X"], int(np.prod(series.shape)) // (shape["Y"] * shape["X"]))
         array = series.asarray()
     if "Y" not in axes or "X" not in axes:
         raise UserInputError(f"{path}: TIFF has no Y/X axes (axes {axes!r})")
@@ -93,6 +118,22 @@ def _read_tiff(path: Path) -> np.ndarray:
     return array.reshape(n, c, h, w)
 
 
+def match_channels(image: np.ndarray, channels: int, path: str | Path, convert: bool) -> np.ndarray:
+    """(..., C, H, W) -> the model's channel count. Without ``convert`` a mismatch is an error;
+    with it, RGB(A) becomes grey (ITU-R 601 luma, alpha dropped) and grey is repeated."""
+    have = image.shape[-3]
+    if have == channels:
+        return image
+    if convert and channels == 1 and have in (3, 4):
+        rgb = image[..., :3, :, :].astype(np.float32)
+        grey = 0.299 * rgb[..., 0, :, :] + 0.587 * rgb[..., 1, :, :] + 0.114 * rgb[..., 2, :, :]
+        return grey[..., None, :, :]
+    if convert and have == 1:
+        return np.repeat(image, channels, axis=-3)
+    hint = "" if convert else " (--channels convert turns RGB into grey)"
+    raise UserInputError(f"{path}: the image has {have} channel(s) but the model expects {channels}{hint}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
@@ -100,6 +141,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     A crash or error leaves ``path`` as it was (or absent) and no temporary file behind.
     """
     path = Path(path)
+    # Temporary files left by a process killed mid-write (SIGKILL skips `finally`).
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.part{glob.escape(path.suffix)}"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)

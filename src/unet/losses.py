@@ -13,12 +13,17 @@ LOSSES = ("weighted-ce", "ce", "bce", "dice")
 
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: str) -> torch.Tensor:
-    """Mean loss over the pixels with weight > 0. One output channel means sigmoid / BCE."""
+    """Mean over all output pixels, those of weight 0 contributing nothing. One output
+    channel means sigmoid / BCE.
+
+    The divisor is the pixel count, not the count of weighted pixels, so that the mean over
+    a batch split across processes (DDP averages their gradients) equals the mean over the
+    whole batch in one process.
+    """
     if kind not in LOSSES:
         raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {kind!r}")
     logits = logits.float()
     mask = (weight > 0).float()
-    count = mask.sum().clamp_min(1.0)
     if kind == "dice":
         return _soft_dice_loss(logits, target, mask)
     w = weight if kind == "weighted-ce" else mask
@@ -26,7 +31,7 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.
         per_pixel = F.binary_cross_entropy_with_logits(logits[:, 0], target.float(), reduction="none")
     else:
         per_pixel = F.cross_entropy(logits, target, reduction="none")
-    return (per_pixel * w).sum() / count
+    return (per_pixel * w).sum() / per_pixel.numel()
 
 
 def _soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,8 @@ multi-page TIFF stack gives a multi-page TIFF out. What is written:
   checkpoint); 8-bit PNG (round(p * 255)) or float32 TIFF.
 - one output class with ``threshold``: a mask, 255 where the calibrated probability
   is above it, else 0 (uint8).
+- ``instances`` ("watershed" or "components"): a label image of cells (uint16, or uint32
+  past 65535 cells) as TIFF, 0 = boundary (see instances.py).
 - several classes: PNG holds the arg-max class id per pixel (uint8); TIFF the float32
   probabilities (C, H, W).
 
@@ -18,6 +20,7 @@ All outputs are checked before any is written: an existing file is only replaced
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +30,8 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_model
 from .errors import UserInputError
-from .io import TIFF_SUFFIXES, list_images, read_image, write_image
+from .instances import probabilities_to_instances
+from .io import TIFF_SUFFIXES, list_images, match_channels, read_image, write_image
 from .normalization import Normalization
 from .tiling import predict_tiled
 
@@ -69,10 +73,14 @@ class PredictOptions:
     format: str = "auto"  # "png", "tif" or "auto" (the input's own kind)
     precision: str = "fp32"
     overwrite: bool = False
+    instances: str | None = None  # "watershed" or "components": write cell labels (TIFF)
+    convert_channels: bool = False  # RGB -> grey (or grey -> repeated) to fit the model
 
 
 def output_path(source: Path, out_dir: Path, fmt: str, n_slices: int) -> Path:
     """Same name as the input, with the suffix of the written format (stacks are TIFF)."""
+    if fmt == "instances":
+        return out_dir / f"{source.stem}.tif"
     if fmt == "auto":
         fmt = "tif" if source.suffix.lower() in TIFF_SUFFIXES else "png"
     if n_slices > 1:
@@ -80,8 +88,12 @@ def output_path(source: Path, out_dir: Path, fmt: str, n_slices: int) -> Path:
     return out_dir / f"{source.stem}.{fmt}"
 
 
-def encode(prob: np.ndarray, suffix: str, threshold: float | None) -> np.ndarray:
+def encode(prob: np.ndarray, suffix: str, threshold: float | None, instances: str | None = None) -> np.ndarray:
     """Probabilities (C, H, W) -> the array to write (see the module docstring)."""
+    if instances is not None:
+        foreground = prob[0] if prob.shape[0] == 1 else 1.0 - prob[0]
+        labels = probabilities_to_instances(foreground, instances, 0.5 if threshold is None else threshold)
+        return labels.astype(np.uint16) if labels.max() < 2**16 else labels
     if prob.shape[0] > 1:
         if suffix == ".png" or threshold is not None:
             return prob.argmax(axis=0).astype(np.uint8)
@@ -103,14 +115,23 @@ def predict_files(
 ) -> list[Path]:
     """Segment every image in ``input_path`` (file or folder) into ``out_dir``; return the outputs."""
     dev = resolve_device(device)
-    model, metadata = load_model(model_path, dev)
+    if Path(model_path).suffix.lower() == ".onnx":
+        from .export import OnnxModel
+
+        if not Path(model_path).is_file():
+            raise UserInputError(f"{model_path}: no such model file")
+        model = OnnxModel(model_path)
+        metadata = model.metadata
+    else:
+        model, metadata = load_model(model_path, dev)
     normalization = Normalization.from_dict(metadata.get("normalization", Normalization().to_dict()))
     model_threshold = float(metadata.get("threshold", 0.5))
     sources = list_images(input_path)
     out_dir = Path(out_dir)
-    input_dir = Path(input_path) if Path(input_path).is_dir() else Path(input_path).parent
-    if out_dir.resolve() == input_dir.resolve():
-        raise UserInputError(f"{out_dir}: the output folder is the input folder; choose another --out")
+    if Path(input_path).is_dir():
+        input_dir = Path(input_path).resolve()
+        if out_dir.resolve() == input_dir or input_dir in out_dir.resolve().parents:
+            raise UserInputError(f"{out_dir}: the output folder is inside the input folder {input_path}; choose another --out")
     if options.format not in ("auto", "png", "tif"):
         raise UserInputError(f"--format {options.format}: use png, tif or auto")
 
@@ -119,10 +140,15 @@ def predict_files(
     shapes = []
     for src in sources:
         img = read_image(src)
-        _check_image(src, img, model.config.in_channels)
+        _check_image(src, img)
+        match_channels(img[:1], model.config.in_channels, src, options.convert_channels)
         shapes.append(img.shape)
         del img
-    targets = [output_path(src, out_dir, options.format, shape[0]) for src, shape in zip(sources, shapes)]
+    fmt = "instances" if options.instances else options.format
+    targets = [output_path(src, out_dir, fmt, shape[0]) for src, shape in zip(sources, shapes)]
+    for src, t in zip(sources, targets):
+        if t.resolve() == src.resolve():
+            raise UserInputError(f"{t}: the output would replace its own input; choose another --out")
     if len(set(targets)) != len(targets):
         raise UserInputError(f"{input_path}: two inputs share a name and would write the same output")
     if not options.overwrite:
@@ -133,6 +159,8 @@ def predict_files(
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserInputError(f"{out_dir}: cannot create the output folder ({e.strerror})") from e
+    if not os.access(out_dir, os.W_OK):
+        raise UserInputError(f"{out_dir}: the output folder is not writable")
 
     total = sum(shape[0] for shape in shapes)
     written = []
@@ -140,6 +168,7 @@ def predict_files(
         for src, target in zip(sources, targets):
             slices = []
             for page in read_image(src):
+                page = match_channels(page, model.config.in_channels, src, options.convert_channels)
                 prob = predict_tiled(
                     model,
                     page,
@@ -152,7 +181,7 @@ def predict_files(
                 )
                 if prob.shape[0] == 1:
                     prob = calibrate(prob, model_threshold)
-                slices.append(encode(prob, target.suffix, options.threshold))
+                slices.append(encode(prob, target.suffix, options.threshold, options.instances))
                 bar.update(1)
             if len(slices) == 1:
                 axes = "CYX" if slices[0].ndim == 3 else None
@@ -165,9 +194,7 @@ def predict_files(
     return written
 
 
-def _check_image(src: Path, img: np.ndarray, in_channels: int) -> None:
-    if img.shape[1] != in_channels:
-        raise UserInputError(f"{src}: the image has {img.shape[1]} channel(s) but the model expects {in_channels}")
+def _check_image(src: Path, img: np.ndarray) -> None:
     if img.dtype.kind == "f" and not np.isfinite(img).all():
         raise UserInputError(f"{src}: the image holds NaN or infinite values")
     if img.dtype.kind not in "uif":

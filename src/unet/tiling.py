@@ -36,6 +36,7 @@ from .model import UNet, probabilities
 from .normalization import Normalization, apply_normalization
 
 DEFAULT_TILE_SIZE = 572  # the paper's tile; rounded to the nearest valid size of each net
+MAX_DEFAULT_TILE = 892  # largest tile the tool picks by itself (memory: ~0.5 GB per tile at width 64, bf16)
 
 
 @dataclass(frozen=True)
@@ -100,14 +101,25 @@ def reflect_indices(start: int, size: int, length: int) -> np.ndarray:
     return np.where(idx >= length, period - idx, idx)
 
 
-def default_tile_size(model_like, height: int, width: int) -> int:
-    """The paper's 572 px tile (nearest valid size), or the smallest valid tile holding the image."""
-    default = model_like.valid_input_size(DEFAULT_TILE_SIZE)
-    longest = max(height, width)
+def default_tile_size(model_like, height: int, width: int, max_tile: int = MAX_DEFAULT_TILE) -> int:
+    """The valid tile size (<= ``max_tile`` px) that computes the fewest input pixels in all.
+
+    Larger tiles waste less on their halo (a 572 tile keeps 46% of its area, a 892 tile
+    69%), but an image that fits one small tile should not pay for a large one. The cost
+    counted is tiles x tile area, with the tile layout `predict_tiled` will really use.
+    """
+    best, best_cost = None, math.inf
     n = model_like.valid_input_size(1, "up")
-    while n < default and _context_and_kept(model_like, n)[1] < longest:
+    while n <= max(max_tile, model_like.valid_input_size(1, "up")):
+        kept = _context_and_kept(model_like, n)[1]
+        grid = 2**model_like.config.depth
+        if kept >= grid or kept >= max(height, width):
+            count = len(tile_layout(model_like, height, n).origins) * len(tile_layout(model_like, width, n).origins)
+            cost = count * n * n
+            if cost < best_cost:
+                best, best_cost = n, cost
         n = model_like.valid_input_size(n + 1, "up")
-    return min(n, default)
+    return best if best is not None else model_like.valid_input_size(DEFAULT_TILE_SIZE)
 
 
 def _context_and_kept(model_like, tile_size: int) -> tuple[int, int]:
@@ -164,7 +176,7 @@ def predict_tiled(
             ``valid_input_size``); run in eval mode, its training mode is restored after.
         image: (H, W) or (C, H, W) of any dtype; C must equal the net's ``in_channels``.
         tile_size: network input per tile (px, a valid input size of the net); default the
-            paper's 572, or a smaller tile where the image fits in one.
+            valid size up to 892 px that computes the fewest pixels for this image.
         batch_size: tiles per forward pass (bounds memory).
         tta: average over the 8 flips / 90-degree rotations (the paper's averaging).
         device: where to run; default the model's device (the model is moved if given).
@@ -221,7 +233,9 @@ def predict_tiled(
         if channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with _autocast(dev, precision):
-            p = probabilities(model(batch).float())
+            y = model(batch).float()
+        # An exported model (export.OnnxModel) already ends in sigmoid/softmax.
+        p = y if getattr(model, "outputs_probabilities", False) else probabilities(y)
         if cfg.padding == "same":
             m = rows.context
             p = p[..., m : m + rows.output_size, m : m + cols.output_size]

@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from . import __version__, metrics
+from . import __version__, distributed, metrics
 from .augment import Augmentation
 from .checkpoint import load_payload, model_payload, save_model, save_payload
 from .data import EpochSampler, TileDataset, checksum, prepare, read_pairs, split
@@ -90,6 +90,9 @@ class TrainConfig:
     time_limit: float | None = None  # seconds for the whole run, calibration included
     select_by: str = "score"  # score = pixel_error + adapted_rand_error at the best threshold
     calibrate_tta: bool = True  # choose the final threshold on TTA predictions, as predict --tta
+    skip_nonfinite: bool = False  # skip steps whose loss is NaN/inf instead of stopping
+    batch_norm: bool = True  # BatchNorm after each convolution
+    dist_timeout: float = 300.0  # seconds a collective call waits for the other processes
     normalization: dict = field(default_factory=lambda: Normalization().to_dict())
 
     def resolved(self) -> "TrainConfig":
@@ -231,28 +234,32 @@ class Validation:
         return self.score if name == "score" else getattr(self, name)
 
 
-def validate(model: UNet, items, cfg: TrainConfig, precision: str, tta: bool = False) -> Validation:
-    """Predict whole validation images as `unet predict` does; sweep the threshold."""
-    probs, truths, losses = [], [], []
+def validation_maps(model: UNet, items, cfg: TrainConfig, precision: str, tta: bool = False) -> list[tuple]:
+    """Predict whole validation images as `unet predict` does -> [(name, foreground map, truth, loss)]."""
+    out = []
     for it in items:
         p = predict_tiled(model, it.image, batch_size=cfg.batch_size, tta=tta, precision=precision,
                           channels_last=precision != "fp32")
-        logits = torch.logit(torch.from_numpy(p).clamp(1e-6, 1 - 1e-6)) if p.shape[0] == 1 else torch.log(
-            torch.from_numpy(p).clamp_min(1e-8))
-        losses.append(
-            float(segmentation_loss(logits[None], torch.from_numpy(it.classes)[None], torch.from_numpy(it.weight)[None],
-                                    cfg.loss))
-        )
-        probs.append(p[0] if p.shape[0] == 1 else 1.0 - p[0])  # foreground = not class 0
-        truths.append(it.classes > 0)
-    best_t, best = 0.5, math.inf
+        prob = torch.from_numpy(p)
+        logits = torch.logit(prob.clamp(1e-6, 1 - 1e-6)) if p.shape[0] == 1 else torch.log(prob.clamp_min(1e-8))
+        loss = float(segmentation_loss(logits[None], torch.from_numpy(it.classes)[None],
+                                       torch.from_numpy(it.weight)[None], cfg.loss))
+        foreground = p[0] if p.shape[0] == 1 else 1.0 - p[0]  # foreground = not class 0
+        out.append((it.name, foreground, it.classes > 0, loss))
+    return out
+
+
+def score_validation(maps: list[tuple]) -> Validation:
+    """Sweep the decision threshold; keep the one with the least pixel + adapted Rand error."""
+    probs, truths = [m[1] for m in maps], [m[2] for m in maps]
+    best_t, best, best_pe, best_are = 0.5, math.inf, math.nan, math.nan
     for t in THRESHOLDS:
         pe = float(np.mean([metrics.pixel_error(p, g, t) for p, g in zip(probs, truths)]))
         are = float(np.mean([metrics.adapted_rand_error(p, g, t) for p, g in zip(probs, truths)]))
         if pe + are < best:
             best_t, best, best_pe, best_are = t, pe + are, pe, are
     return Validation(
-        loss=float(np.mean(losses)),
+        loss=float(np.mean([m[3] for m in maps])),
         threshold=float(best_t),
         pixel_error=best_pe,
         adapted_rand_error=best_are,
@@ -262,31 +269,68 @@ def validate(model: UNet, items, cfg: TrainConfig, precision: str, tta: bool = F
     )
 
 
+def validate(model: UNet, items, cfg: TrainConfig, precision: str, tta: bool = False,
+             ctx: distributed.Context = distributed.Context()) -> Validation:
+    """Validation on whole images; with several processes each predicts its share and the
+    maps are gathered, so every rank scores the same full set."""
+    mine = validation_maps(model, items[ctx.rank :: ctx.world], cfg, precision, tta)
+    shares = ctx.gather(mine)
+    order = {it.name: i for i, it in enumerate(items)}
+    maps = sorted((m for share in shares for m in share), key=lambda m: order[m[0]])
+    return score_validation(maps)
+
+
 CSV_FIELDS = ["epoch", "step", "train_loss", "val_loss", "val_pixel_error", "val_dice", "val_adapted_rand_error",
               "val_rand_error", "val_v_rand", "val_threshold", "lr", "seconds"]
+
+
+def _resume_config(cfg: TrainConfig, run: Path) -> TrainConfig:
+    """The saved run's settings; only epochs, time limit, device and workers may change."""
+    try:
+        saved = json.loads((run / "config.json").read_text())["train"]
+    except (OSError, ValueError, KeyError) as e:
+        raise UserInputError(f"{run / 'config.json'}: cannot resume from this run folder ({e})") from e
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    overrides = {k: v for k, v in dataclasses.asdict(cfg).items()
+                 if k in ("epochs", "time_limit", "device", "workers") and v is not None}
+    resumed = dataclasses.replace(TrainConfig(**{k: v for k, v in saved.items() if k in known}), **overrides)
+    resumed.out = str(run)  # the run stays where it is, whatever its config says
+    return resumed
 
 
 def train(cfg: TrainConfig, resume: str | Path | None = None, overwrite: bool = False,
           stop_after_steps: int | None = None) -> Path:
     """Train and return the run folder. ``resume``: a run folder to continue exactly.
 
-    ``stop_after_steps`` stops (as a signal would) after that many optimiser steps in
-    this call: for tests of exact resumption.
+    Under torchrun (WORLD_SIZE > 1) each process trains its share of every batch with
+    DistributedDataParallel. ``stop_after_steps`` stops (as a signal would) after that
+    many optimiser steps in this call: for tests of exact resumption.
     """
     t_start = time.monotonic()
     state = None
     if resume is not None:
         run = Path(resume)
         state = load_payload(run / "last.pt")
-        saved = json.loads((run / "config.json").read_text())["train"]
-        overrides = {k: v for k, v in dataclasses.asdict(cfg).items() if k in ("epochs", "time_limit", "device", "workers") and v is not None}
-        cfg = dataclasses.replace(TrainConfig(**{k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}), **overrides)
-        cfg.out = str(run)  # the run stays where it is, whatever its config says
+        cfg = _resume_config(cfg, run)
     cfg = cfg.resolved()
     run = Path(cfg.out)
     if state is None and run.exists() and any(run.iterdir()) and not overwrite:
         raise UserInputError(f"{run}: the run folder exists and is not empty (use --resume {run}, or --overwrite)")
-    device = resolve_device(cfg.device)
+    ctx, device = distributed.init(resolve_device(cfg.device), cfg.dist_timeout)
+    try:
+        return _train(cfg, run, state, ctx, device, t_start, stop_after_steps)
+    except RuntimeError as e:
+        if ctx.active and ("gloo" in str(e).lower() or "nccl" in str(e).lower() or "connection" in str(e).lower()
+                           or isinstance(e, getattr(torch.distributed, "DistError", ()))):
+            raise UserInputError(f"a process of the distributed job failed ({str(e).splitlines()[0]}); "
+                                 f"resume with --resume {run}") from e
+        raise
+    finally:
+        distributed.finish()
+
+
+def _train(cfg: TrainConfig, run: Path, state: dict | None, ctx: distributed.Context, device: torch.device,
+           t_start: float, stop_after_steps: int | None) -> Path:
     precision = choose_precision(cfg.precision, device)
     if precision == "fp16" and device.type != "cuda":
         raise UserInputError("--precision fp16 needs CUDA; use bf16 or fp32 on a CPU")
@@ -295,58 +339,65 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, overwrite: bool = 
     train_items, val_items, channels, data_sha = _load_data(cfg)
     model_cfg = UNetConfig(
         in_channels=channels, out_channels=1 if (cfg.classes or 2) == 2 else cfg.classes, depth=cfg.depth,
-        width=cfg.width, padding=cfg.padding, up_mode=cfg.up_mode, dropout=cfg.dropout,
+        width=cfg.width, padding=cfg.padding, up_mode=cfg.up_mode, dropout=cfg.dropout, batch_norm=cfg.batch_norm,
     )
-    model = init_he(UNet(config=model_cfg))
-    tile = model.valid_input_size(cfg.tile_size)
-    out_size = model.output_size(tile) if cfg.padding == "valid" else tile
+    raw = init_he(UNet(config=model_cfg))
+    tile = raw.valid_input_size(cfg.tile_size)
+    out_size = raw.output_size(tile) if cfg.padding == "valid" else tile
     if tile != cfg.tile_size:
         log.info("tile size %d -> %d (nearest size with exact poolings)", cfg.tile_size, tile)
-    model.to(device)
+    raw.to(device)
     channels_last = precision in ("bf16", "fp16")
     if channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer = _build_optimizer(cfg, model)
+        raw.to(memory_format=torch.channels_last)
+    optimizer = _build_optimizer(cfg, raw)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
 
     aug = Augmentation(elastic=cfg.elastic, flips=cfg.flips, grey=cfg.grey)
     dataset = TileDataset(train_items, tile, out_size, aug, cfg.seed, centre_crop=cfg.centre_crop)
     per_epoch = cfg.samples_per_epoch or len(train_items)
-    steps_per_epoch = math.ceil(per_epoch / cfg.batch_size)
+    steps_per_epoch = math.ceil(per_epoch / (cfg.batch_size * ctx.world))
     total_steps = steps_per_epoch * cfg.epochs
-    sampler = EpochSampler(per_epoch)
-    workers = cfg.workers if cfg.workers is not None else (1 if (os.cpu_count() or 1) <= 2 else min(4, (os.cpu_count() or 2) - 1))
+    sampler = EpochSampler(per_epoch, ctx.rank, ctx.world)
+    cpus = os.cpu_count() or 1
+    workers = cfg.workers if cfg.workers is not None else (1 if cpus <= 2 else min(4, cpus // ctx.world - 1))
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers,
                         persistent_workers=workers > 0, pin_memory=device.type == "cuda",
                         # Its own generator, so that creating an iterator never draws from the
                         # global RNG that dropout uses (exact resume mid-epoch).
                         generator=torch.Generator().manual_seed(cfg.seed))
 
-    epoch, step, elapsed_before, best_value = 0, 0, 0.0, None
+    epoch, step, elapsed_before, best_value, best_threshold = 0, 0, 0.0, None, 0.5
     if state is not None:
         tr = state["training"]
-        model.load_state_dict(state["state_dict"])
+        raw.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(tr["optimizer"])
         scaler.load_state_dict(tr["scaler"])
         torch.set_rng_state(tr["torch_rng"])
         epoch, step, elapsed_before, best_value = tr["epoch"], tr["step"], tr["elapsed"], tr["best_value"]
+        best_threshold = state["metadata"].get("threshold", 0.5)
         log.info("resuming %s at epoch %d, step %d", run, epoch, step)
-    else:
+    elif ctx.is_main:
         run.mkdir(parents=True, exist_ok=True)
         for stale in ("metrics.csv", "best.pt", "last.pt"):
             (run / stale).unlink(missing_ok=True)
         (run / "config.json").write_text(json.dumps(
             {"train": dataclasses.asdict(cfg), "model": model_cfg.to_dict(), "tile_size": tile, "output_size": out_size,
-             "precision": precision, "device": str(device), "version": __version__, "data_sha256": data_sha,
-             "train_images": [it.name for it in train_items], "val_images": [it.name for it in val_items]}, indent=2))
+             "precision": precision, "device": str(device), "processes": ctx.world, "version": __version__,
+             "data_sha256": data_sha, "train_images": [it.name for it in train_items],
+             "val_images": [it.name for it in val_items]}, indent=2))
+    model = distributed.wrap(raw, ctx, device)
 
-    from torch.utils.tensorboard import SummaryWriter
+    writer = None
+    if ctx.is_main:
+        from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(run / "tb"))
+        writer = SummaryWriter(str(run / "tb"))
     meta = dict(normalization=cfg.normalization, tile_size=tile, preset=cfg.preset, version=__version__)
     val_seconds = None
-    log.info("training %s: %d train / %d val images, tile %d -> %d, batch %d, %s, %s on %s",
-             cfg.preset, len(train_items), len(val_items), tile, out_size, cfg.batch_size, cfg.loss, precision, device)
+    log.info("training %s: %d train / %d val images, tile %d -> %d, batch %d x %d process(es), %s, %s on %s",
+             cfg.preset, len(train_items), len(val_items), tile, out_size, cfg.batch_size, ctx.world, cfg.loss,
+             precision, device)
 
     def time_left() -> float:
         if cfg.time_limit is None:
@@ -360,13 +411,14 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, overwrite: bool = 
         return val_seconds * (1 + (8 if cfg.calibrate_tta else 0)) + 5
 
     def save_last(epoch_: int, step_: int) -> None:
-        payload = model_payload(model, **meta, threshold=best_threshold)
+        if not ctx.is_main:
+            return
+        payload = model_payload(raw, **meta, threshold=best_threshold)
         payload["training"] = dict(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
                                    torch_rng=torch.get_rng_state(), epoch=epoch_, step=step_,
                                    elapsed=elapsed_before + time.monotonic() - t_start, best_value=best_value)
         save_payload(payload, run / "last.pt")
 
-    best_threshold = 0.5
     stopped = None
     steps_this_call = 0
     with _StopRequest() as stop:
@@ -374,9 +426,9 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, overwrite: bool = 
             skip = step - epoch * steps_per_epoch  # steps of this epoch already done (resume mid-epoch)
             sampler.set_epoch(epoch)
             model.train()
-            t_epoch, losses = time.monotonic(), []
+            t_epoch, losses, lr = time.monotonic(), [], cfg.lr
             bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                       unit="step", disable=None)
+                       unit="step", disable=None if ctx.is_main else True)
             for i, (x, y, w) in enumerate(loader):
                 if i < skip:
                     continue
@@ -393,61 +445,78 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, overwrite: bool = 
                 with _autocast(device, precision):
                     logits = model(x)
                 loss = segmentation_loss(logits, y, w, cfg.loss)
-                if not torch.isfinite(loss):
-                    save_last(epoch, step)
+                if ctx.any(not bool(torch.isfinite(loss))):
+                    if cfg.skip_nonfinite:
+                        log.warning("skipping step %d: the loss is not finite", step)
+                        optimizer.zero_grad(set_to_none=True)
+                        continue
                     raise UserInputError(
-                        f"the loss became {loss.item()} at step {step}; lower --lr (last good state in {run / 'last.pt'})")
+                        f"the loss became {loss.item()} at step {step} (epoch {epoch + 1}); the last good state is "
+                        f"{run / 'last.pt'}: lower --lr, or skip such steps with --skip-nonfinite")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
                 step += 1
                 steps_this_call += 1
-                losses.append(loss.item())
+                losses.append(ctx.mean(loss.item()))
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{lr:.2e}")
                 bar.update(1)
-                if stop.requested or (stop_after_steps is not None and steps_this_call >= stop_after_steps):
+                want_stop = stop.requested or (stop_after_steps is not None and steps_this_call >= stop_after_steps)
+                out_of_time = time_left() <= reserve()
+                if ctx.any(want_stop):
                     stopped = "signal"
                     break
-                if time_left() <= reserve():
+                if ctx.any(out_of_time):
                     stopped = "time"
                     break
             bar.close()
             if stopped == "signal":
                 save_last(epoch, step)
                 break
-            epoch_done = stopped is None
-            if epoch_done:
+            if stopped is None:
                 epoch += 1
+            if not all(torch.isfinite(t).all() for t in raw.state_dict().values() if t.is_floating_point()):
+                raise UserInputError(f"the weights became non-finite in epoch {epoch}; the last good state is "
+                                     f"{run / 'last.pt'}: lower --lr")
             t_val = time.monotonic()
-            v = validate(model, val_items, cfg, precision)
+            v = validate(raw, val_items, cfg, precision, ctx=ctx)
             val_seconds = time.monotonic() - t_val
             value = v.value(cfg.select_by)
             improved = best_value is None or (value > best_value if cfg.select_by in _MAXIMISE else value < best_value)
             if improved:
                 best_value, best_threshold = value, v.threshold
-                save_model(model, run / "best.pt", **meta, threshold=v.threshold, val=dataclasses.asdict(v), epoch=epoch)
+                if ctx.is_main:
+                    save_model(raw, run / "best.pt", **meta, threshold=v.threshold, val=dataclasses.asdict(v),
+                               epoch=epoch)
             save_last(epoch, step)
-            seconds = time.monotonic() - t_epoch
             row = dict(epoch=epoch, step=step, train_loss=float(np.mean(losses)) if losses else math.nan,
                        val_loss=v.loss, val_pixel_error=v.pixel_error, val_dice=v.dice,
                        val_adapted_rand_error=v.adapted_rand_error, val_rand_error=v.rand_error, val_v_rand=v.v_rand,
-                       val_threshold=v.threshold, lr=lr, seconds=round(seconds, 2))
-            _append_csv(run / "metrics.csv", row)
-            for k, val in row.items():
-                if k not in ("epoch", "step"):
-                    writer.add_scalar(k, val, step)
-            log.info("epoch %3d  step %5d  loss %.4f  val loss %.4f  pixel err %.4f  adapted rand %.4f  dice %.4f  "
-                     "t=%.2f  %.0fs%s", epoch, step, row["train_loss"], v.loss, v.pixel_error, v.adapted_rand_error,
-                     v.dice, v.threshold, seconds, "  *" if improved else "")
-            plot_curves(run / "metrics.csv", run / "curves.png")
-    writer.close()
+                       val_threshold=v.threshold, lr=lr, seconds=round(time.monotonic() - t_epoch, 2))
+            if ctx.is_main:
+                _log_epoch(run, writer, row, improved)
+    if writer is not None:
+        writer.close()
     if stopped == "signal":
         raise Interrupted(f"stopped at step {step}; resume with --resume {run}")
-    if cfg.calibrate_tta and (run / "best.pt").exists():
+    if cfg.calibrate_tta and ctx.is_main and (run / "best.pt").exists():
         _calibrate_best(run, val_items, cfg, precision, device)
     log.info("done in %.0f s: %s", elapsed_before + time.monotonic() - t_start, run / "best.pt")
     return run
+
+
+def _log_epoch(run: Path, writer, row: dict, improved: bool) -> None:
+    """metrics.csv, TensorBoard, one readable line, curves.png."""
+    _append_csv(run / "metrics.csv", row)
+    for k, val in row.items():
+        if k not in ("epoch", "step"):
+            writer.add_scalar(k, val, row["step"])
+    log.info("epoch %3d  step %5d  loss %.4f  val loss %.4f  pixel err %.4f  adapted rand %.4f  dice %.4f  "
+             "t=%.2f  %.0fs%s", row["epoch"], row["step"], row["train_loss"], row["val_loss"], row["val_pixel_error"],
+             row["val_adapted_rand_error"], row["val_dice"], row["val_threshold"], row["seconds"],
+             "  *" if improved else "")
+    plot_curves(run / "metrics.csv", run / "curves.png")
 
 
 def _calibrate_best(run: Path, val_items, cfg: TrainConfig, precision: str, device: torch.device) -> None:

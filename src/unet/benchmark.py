@@ -1,0 +1,233 @@
+"""`unet benchmark`: prediction speed side by side, every row in one process, same weights.
+
+Rows (each on the same inputs, with the same He-initialised paper net unless ``--width``):
+
+1. ``reference``: the seed-style loop: fp32, one 572-px mirror-padded tile at a time, no
+   batching, output tiles of 388 px laid edge to edge.
+2. ``monai``: MONAI's ``sliding_window_inference`` (roi 512, overlap 0.25, gaussian
+   blending, sw_batch_size 4, fp32). Valid convolutions make it inapplicable to the
+   paper's net as is (its windows must return their own size), so it runs the net's
+   *same-padding twin*: the very same weights in a UNet with ``padding="same"``. Its
+   ``max_abs_diff`` is therefore against that twin's own whole-image output, not ours.
+3. ``predict_tiled``: this tool's defaults on this device: tile size chosen by the tool,
+   batched tiles, bf16 autocast + channels_last where the CPU has bf16 (AMP on CUDA).
+4. ``onnxruntime``: the exported model (fp32) through the same tiling.
+5. ``limit``: the machine's measured peak matmul FLOP/s (at the fast path's precision)
+   divided by the net's FLOPs per output pixel (torch.utils.flop_counter, no border
+   waste): the best any implementation could do here.
+
+Accuracy of each fast path: ``max_abs_diff`` of the probabilities and the fraction of
+pixels whose 0.5 threshold flips, against fp32 ``predict_tiled``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import resource
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .model import UNet, init_he, probabilities
+from .tiling import predict_tiled, reflect_indices
+
+
+@dataclass
+class Row:
+    method: str
+    workload: str
+    seconds: float
+    mpix_per_s: float
+    peak_rss_mb: float
+    max_abs_diff: float | None = None
+    flipped_fraction: float | None = None
+
+
+def _rss_mb() -> float:
+    """Peak resident memory of this process so far (MB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reference_predict(model: UNet, image: np.ndarray, tile: int = 572) -> np.ndarray:
+    """The seed-style loop: fp32, one mirror-padded tile at a time, tiles edge to edge."""
+    h, w = image.shape
+    out_tile = model.output_size(tile)
+    halo = (tile - out_tile) // 2
+    out = np.empty((1, h, w), np.float32)
+    with torch.inference_mode():
+        for y in range(0, h, out_tile):
+            for x in range(0, w, out_tile):
+                r = reflect_indices(y - halo, tile, h)
+                c = reflect_indices(x - halo, tile, w)
+                t = torch.from_numpy(np.ascontiguousarray(image[r[:, None], c[None, :]], np.float32))[None, None]
+                p = torch.sigmoid(model(t))[0].numpy()
+                hh, ww = min(out_tile, h - y), min(out_tile, w - x)
+                out[:, y : y + hh, x : x + ww] = p[:, :hh, :ww]
+    return out
+
+
+def monai_predict(twin: UNet, image: np.ndarray) -> np.ndarray:
+    from monai.inferers import sliding_window_inference
+
+    with torch.inference_mode():
+        x = torch.from_numpy(image.astype(np.float32))[None, None]
+        y = sliding_window_inference(x, roi_size=512, sw_batch_size=4, predictor=lambda t: probabilities(twin(t)),
+                                     overlap=0.25, mode="gaussian", padding_mode="reflect")
+    return y[0].numpy()
+
+
+def peak_flops(dtype: torch.dtype, seconds: float = 1.5) -> float:
+    """Measured matmul FLOP/s on this machine (square 2048 matrices, all threads)."""
+    n = 2048
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)
+    count, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        torch.mm(a, b)
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - t0)
+
+
+def flops_per_output_pixel(model: UNet) -> float:
+    """Marginal FLOPs per output pixel between two large valid tiles (no border waste)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sizes = [model.valid_input_size(400), model.valid_input_size(600)]
+    flops = []
+    for s in sizes:
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            model(torch.zeros(1, model.config.in_channels, s, s))
+        flops.append(counter.get_total_flops())
+    outs = [model.output_size(s) ** 2 for s in sizes]
+    return (flops[1] - flops[0]) / (outs[1] - outs[0])
+
+
+def _accuracy(p: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    return float(np.abs(p - ref).max()), float(((p > 0.5) != (ref > 0.5)).mean())
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def run_benchmark(quick: bool = False, width: int = 64, json_path: str | Path | None = None,
+                  precision: str = "auto", methods: tuple[str, ...] = ("reference", "monai", "predict_tiled",
+                                                                       "onnxruntime", "limit"),
+                  workloads: dict[str, list[np.ndarray]] | None = None) -> dict:
+    """Measure every row on both workloads; print the table; optionally write JSON.
+
+    ``workloads`` (name -> images) replaces the standard ones (used by the tests).
+    """
+    from .train import choose_precision
+
+    torch.manual_seed(0)
+    model = init_he(UNet(width=width)).eval()
+    device = torch.device("cpu")
+    fast = choose_precision(precision, device)
+    rng = np.random.default_rng(0)
+    workloads = workloads or {"1024x1024" if quick else "2048x2048": [rng.random((1024, 1024) if quick else (2048, 2048),
+                                                                    dtype=np.float32)],
+                 "6x512x512" if quick else "30x512x512": [rng.random((512, 512), dtype=np.float32)
+                                                          for _ in range(6 if quick else 30)]}
+    rows: list[Row] = []
+    onnx_model = None
+    if "onnxruntime" in methods:
+        onnx_model = _export_onnx(model)
+    twin = None
+    if "monai" in methods:
+        twin = UNet(width=width, padding="same").eval()
+        twin.load_state_dict(model.state_dict())
+    for name, images in workloads.items():
+        mpix = sum(im.size for im in images) / 1e6
+        exact, t_exact = _timed(lambda: [predict_tiled(model, im) for im in images])
+        for method in methods:
+            if method == "limit":
+                continue
+            if method == "reference":
+                out, t = _timed(lambda: [reference_predict(model, im) for im in images])
+                diff = [_accuracy(o, e) for o, e in zip(out, exact)]
+            elif method == "monai":
+                try:
+                    out, t = _timed(lambda: [monai_predict(twin, im) for im in images])
+                except ImportError:
+                    print("monai is not installed: pip install monai (skipping its row)")
+                    continue
+                twin_exact = [predict_tiled(twin, im) for im in images]
+                diff = [_accuracy(o, e) for o, e in zip(out, twin_exact)]
+            elif method == "predict_tiled":
+                out, t = _timed(lambda: [predict_tiled(model, im, precision=fast, channels_last=fast != "fp32",
+                                                       batch_size=4) for im in images])
+                diff = [_accuracy(o, e) for o, e in zip(out, exact)]
+            elif method == "onnxruntime":
+                if onnx_model is None:
+                    continue
+                out, t = _timed(lambda: [predict_tiled(onnx_model, im) for im in images])
+                diff = [_accuracy(o, e) for o, e in zip(out, exact)]
+            rows.append(Row(method, name, t, mpix / t, _rss_mb(), max(d[0] for d in diff),
+                            float(np.mean([d[1] for d in diff]))))
+            print(_format_row(rows[-1], rows), flush=True)
+        del exact, t_exact
+    if "limit" in methods:
+        dtype = torch.bfloat16 if fast == "bf16" else torch.float32
+        per_px = flops_per_output_pixel(model)
+        peak = peak_flops(dtype)
+        for name, images in workloads.items():
+            mpix = sum(im.size for im in images) / 1e6
+            seconds = mpix * 1e6 * per_px / peak
+            rows.append(Row("limit", name, seconds, mpix / seconds, _rss_mb()))
+        print(f"limit: {per_px / 1e6:.2f} MFLOP per output pixel, peak {peak / 1e9:.0f} GFLOP/s ({dtype})")
+    result = {"rows": [asdict(r) for r in rows], "machine": _machine(fast, width)}
+    print()
+    print(format_table(result))
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _export_onnx(model: UNet):
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        print("onnxruntime is not installed: pip install onnxruntime onnx (skipping its row)")
+        return None
+    from .checkpoint import save_model
+    from .export import OnnxModel, export_model
+
+    folder = Path(tempfile.mkdtemp(prefix="unet-bench-"))
+    save_model(model, folder / "m.pt")
+    export_model(folder / "m.pt", folder / "m.onnx")
+    return OnnxModel(folder / "m.onnx")
+
+
+def _machine(precision: str, width: int) -> dict:
+    return {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "fast_precision": precision, "width": width,
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def _format_row(r: Row, rows: list[Row]) -> str:
+    ref = next((x for x in rows if x.method == "reference" and x.workload == r.workload), None)
+    ratio = f"{ref.seconds / r.seconds:7.2f}x" if ref else "       -"
+    diff = "" if r.max_abs_diff is None else f"{r.max_abs_diff:10.2e} {100 * r.flipped_fraction:8.4f}%"
+    return (f"{r.method:<14} {r.workload:<11} {r.seconds:9.2f} {r.mpix_per_s:9.3f} {ratio} "
+            f"{r.peak_rss_mb:9.0f} {diff}")
+
+
+def format_table(result: dict) -> str:
+    rows = [Row(**r) for r in result["rows"]]
+    head = (f"{'method':<14} {'workload':<11} {'seconds':>9} {'Mpx/s':>9} {'vs ref':>8} {'peak MB':>9} "
+            f"{'max|dp|':>10} {'flipped':>9}")
+    return "\n".join([head, "-" * len(head)] + [_format_row(r, rows) for r in rows])
+
+
+if __name__ == "__main__":
+    run_benchmark(quick=True)

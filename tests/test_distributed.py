@@ -1,0 +1,72 @@
+"""DistributedDataParallel under torchrun, on the CPU with gloo (2 processes)."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from unet.synthetic import write_dataset
+from unet.train import TrainConfig, train
+
+COMMON = ["--width", "4", "--depth", "2", "--tile-size", "76", "--samples-per-epoch", "8", "--epochs", "3",
+          "--precision", "fp32", "--workers", "0", "--no-calibrate-tta", "--no-batch-norm", "--dropout", "0",
+          "--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("syn"), 5, 64, seed=0)
+
+
+def torchrun(args, **kw):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                             "-m", "unet", *args], env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            **kw)
+
+
+def losses(run):
+    with open(run / "metrics.csv") as f:
+        return [float(r["train_loss"]) for r in csv.DictReader(f)]
+
+
+def test_two_processes_equal_one_process_with_twice_the_batch(tmp_path, data):
+    torch.set_num_threads(1)
+    one = train(TrainConfig(out=str(tmp_path / "one"), data=str(data), width=4, depth=2, tile_size=76,
+                            samples_per_epoch=8, epochs=3, precision="fp32", workers=0, calibrate_tta=False,
+                            batch_norm=False, dropout=0.0, optimizer="sgd", lr=0.05, momentum=0.9, batch_size=4))
+    proc = torchrun(["train", "--data", str(data), "--out", str(tmp_path / "two"), "--batch-size", "2", *COMMON])
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert losses(one) == pytest.approx(losses(tmp_path / "two"), rel=1e-4)
+    a = torch.load(one / "last.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "two" / "last.pt", weights_only=True)["state_dict"]
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+    assert (tmp_path / "two" / "best.pt").exists() and not any((tmp_path / "two").glob("*.part*"))
+
+
+def test_a_dying_rank_ends_the_job_and_leaves_a_resumable_run(tmp_path, data):
+    run = tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(run), "--batch-size", "2", *COMMON, "--epochs", "100000",
+            "--dist-timeout", "30"]
+    proc = torchrun(args)
+    deadline = time.time() + 180
+    while not (run / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert (run / "last.pt").exists()
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2
+    os.kill(int(workers[-1]), signal.SIGKILL)
+    _, err = proc.communicate(timeout=180)  # ends, does not hang
+    assert proc.returncode != 0
+    assert "fail" in err.lower()
+    resumed = subprocess.run([sys.executable, "-m", "unet", "train", "--resume", str(run), "--epochs",
+                              str(torch.load(run / "last.pt", weights_only=True)["training"]["epoch"] + 1)],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
