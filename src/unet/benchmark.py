@@ -127,7 +127,7 @@ def run_benchmark(quick: bool = False, width: int = 64, json_path: str | Path | 
 
     ``workloads`` (name -> images) replaces the standard ones (used by the tests).
     """
-    from .train import choose_precision
+    from .device import choose_precision
 
     torch.manual_seed(0)
     model = init_he(UNet(width=width)).eval()

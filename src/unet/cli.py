@@ -28,7 +28,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         help="write a 0/255 mask at this (calibrated) probability instead of probabilities (default: off)",
     )
     p.add_argument("--format", choices=["auto", "png", "tif"], default="auto", help="output format (default: auto, as the input)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast precision (default: fp32)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="auto (default): bf16 + channels_last on CPUs with bf16, AMP on CUDA, else fp32")
+    p.add_argument("--resume", action="store_true",
+                   help="continue TIFF outputs that an interrupted run left unfinished (bit-identical result)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present, else cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--channels", choices=["strict", "convert"], default="strict",
@@ -51,6 +54,7 @@ def _run_predict(args: argparse.Namespace) -> None:
         overwrite=args.overwrite,
         instances=args.instances,
         convert_channels=args.channels == "convert",
+        resume=args.resume,
     )
     written = predict_files(args.model, args.input, args.out, options, device=args.device)
     print(f"wrote {len(written)} file(s) to {args.out}")
@@ -232,10 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr
     )
     try:
-        if args.max_pixels is not None:
-            from .io import set_max_pixels
+        from .io import DEFAULT_MAX_PIXELS, set_max_pixels
 
-            set_max_pixels(args.max_pixels)
+        set_max_pixels(args.max_pixels or DEFAULT_MAX_PIXELS)
         code = args.run(args)
     except UserInputError as e:
         if args.debug:

@@ -25,7 +25,8 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 # Refuse images whose header declares more pixels than this (a "decompression bomb": a
 # small file that would expand to more memory than the machine has). Pillow's own check
 # is replaced by this one, which also covers TIFF; `set_max_pixels` (--max-pixels) raises it.
-MAX_PIXELS = 1_000_000_000
+DEFAULT_MAX_PIXELS = 1_000_000_000
+MAX_PIXELS = DEFAULT_MAX_PIXELS
 Image.MAX_IMAGE_PIXELS = None
 
 

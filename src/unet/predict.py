@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +29,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import load_model
+from .device import choose_precision, resolve_device
 from .errors import UserInputError
 from .instances import probabilities_to_instances
 from .io import TIFF_SUFFIXES, list_images, match_channels, read_image, write_image
 from .normalization import Normalization
+from .streaming import open_input, part_path, predict_to_tiff
 from .tiling import predict_tiled
 
 log = logging.getLogger(__name__)
@@ -52,18 +54,6 @@ def calibrate(prob: np.ndarray, threshold: float) -> np.ndarray:
     return np.where(prob <= t, low, high).astype(np.float32)
 
 
-def resolve_device(device: str | None) -> torch.device:
-    """'cpu', 'cuda', 'cuda:N' or None (CUDA where present); a clear error if CUDA is absent."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserInputError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
-    try:
-        return torch.device(device)
-    except RuntimeError as e:
-        raise UserInputError(f"--device {device}: not a device name ({e})") from e
-
-
 @dataclass(frozen=True)
 class PredictOptions:
     tile_size: int | None = None  # px; None: the tool's choice
@@ -71,10 +61,11 @@ class PredictOptions:
     tta: bool = False  # average over the 8 flips / rotations
     threshold: float | None = None  # write masks at this calibrated probability
     format: str = "auto"  # "png", "tif" or "auto" (the input's own kind)
-    precision: str = "fp32"
+    precision: str = "auto"  # auto: bf16 + channels_last on CPUs with bf16, AMP on CUDA
     overwrite: bool = False
     instances: str | None = None  # "watershed" or "components": write cell labels (TIFF)
     convert_channels: bool = False  # RGB -> grey (or grey -> repeated) to fit the model
+    resume: bool = False  # continue unfinished TIFF outputs of an interrupted run
 
 
 def output_path(source: Path, out_dir: Path, fmt: str, n_slices: int) -> Path:
@@ -126,6 +117,7 @@ def predict_files(
         model, metadata = load_model(model_path, dev)
     normalization = Normalization.from_dict(metadata.get("normalization", Normalization().to_dict()))
     model_threshold = float(metadata.get("threshold", 0.5))
+    precision = choose_precision(options.precision, dev)
     sources = list_images(input_path)
     out_dir = Path(out_dir)
     if Path(input_path).is_dir():
@@ -139,9 +131,9 @@ def predict_files(
     # is written; prediction reads them again one by one, keeping memory to one image.
     shapes = []
     for src in sources:
-        img = read_image(src)
+        img = open_input(src)
         _check_image(src, img)
-        match_channels(img[:1], model.config.in_channels, src, options.convert_channels)
+        match_channels(img[:1, :, :1, :1], model.config.in_channels, src, options.convert_channels)
         shapes.append(img.shape)
         del img
     fmt = "instances" if options.instances else options.format
@@ -155,6 +147,9 @@ def predict_files(
         for t in targets:
             if t.exists():
                 raise UserInputError(f"{t}: already exists (use --overwrite to replace it)")
+            if part_path(t).exists() and not options.resume:
+                raise UserInputError(f"{t}: an interrupted run left {part_path(t).name}; continue it with --resume, "
+                                     "or start again with --overwrite")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -164,39 +159,61 @@ def predict_files(
 
     total = sum(shape[0] for shape in shapes)
     written = []
+    tile_progress = total == 1
     with tqdm(total=total, desc="predict", unit="image", disable=total < 2) as bar:
-        for src, target in zip(sources, targets):
-            slices = []
-            for page in read_image(src):
+        for src, target, shape in zip(sources, targets, shapes):
+
+            def run_slice(page, out=None, skip=0, on_batch=None, encode_tile=None) -> np.ndarray:
                 page = match_channels(page, model.config.in_channels, src, options.convert_channels)
-                prob = predict_tiled(
-                    model,
-                    page,
-                    tile_size=options.tile_size,
-                    batch_size=options.batch_size,
-                    tta=options.tta,
-                    normalization=normalization,
-                    precision=options.precision,
-                    progress=total == 1,
-                )
-                if prob.shape[0] == 1:
-                    prob = calibrate(prob, model_threshold)
-                slices.append(encode(prob, target.suffix, options.threshold, options.instances))
-                bar.update(1)
-            if len(slices) == 1:
-                axes = "CYX" if slices[0].ndim == 3 else None
-                _write(target, slices[0], axes)
+                return predict_tiled(model, page, tile_size=options.tile_size, batch_size=options.batch_size,
+                                     tta=options.tta, normalization=normalization, precision=precision,
+                                     channels_last=precision != "fp32", progress=tile_progress, out=out,
+                                     encode=encode_tile, skip_batches=skip, on_batch=on_batch)
+
+            if target.suffix == ".tif" and not options.instances and model.config.out_channels == 1:
+                # Tile by tile into a TIFF on disk: bounded memory, resumable.
+                dtype = np.uint8 if options.threshold is not None else np.float32
+
+                def encode_tile(p: np.ndarray) -> np.ndarray:
+                    return encode(calibrate(p, model_threshold), ".tif", options.threshold)[None]
+
+                def predict_slice(page, out, skip, on_batch) -> None:
+                    run_slice(page, out, skip, on_batch, encode_tile)
+                    bar.update(1)
+
+                fingerprint = {"model": _fingerprint(model_path), "shape": list(shape),
+                               "options": {k: v for k, v in asdict(options).items() if k not in ("overwrite", "resume")}}
+                predict_to_tiff(src, target, shape[0], shape[2], shape[3], dtype, predict_slice, fingerprint,
+                                options.resume)
             else:
-                axes = "QCYX" if slices[0].ndim == 3 else "QYX"
-                _write(target, np.stack(slices), axes)
+                slices = []
+                for page in open_input(src):
+                    prob = run_slice(np.asarray(page))
+                    if prob.shape[0] == 1:
+                        prob = calibrate(prob, model_threshold)
+                    slices.append(encode(prob, target.suffix, options.threshold, options.instances))
+                    bar.update(1)
+                if len(slices) == 1:
+                    _write(target, slices[0], "CYX" if slices[0].ndim == 3 else None)
+                else:
+                    _write(target, np.stack(slices), "QCYX" if slices[0].ndim == 3 else "QYX")
             written.append(target)
             log.debug("wrote %s", target)
     return written
 
 
+def _fingerprint(path: str | Path) -> str:
+    st = Path(path).stat()
+    return f"{Path(path).resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
 def _check_image(src: Path, img: np.ndarray) -> None:
-    if img.dtype.kind == "f" and not np.isfinite(img).all():
-        raise UserInputError(f"{src}: the image holds NaN or infinite values")
+    if img.dtype.kind == "f":
+        # In bands of rows, so that a memory-mapped giant is checked in bounded memory.
+        for n in range(img.shape[0]):
+            for y in range(0, img.shape[2], 1024):
+                if not np.isfinite(img[n, :, y : y + 1024]).all():
+                    raise UserInputError(f"{src}: the image holds NaN or infinite values")
     if img.dtype.kind not in "uif":
         raise UserInputError(f"{src}: unsupported pixel type {img.dtype}")
 

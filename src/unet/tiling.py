@@ -23,7 +23,7 @@ only full-size array is the float32 output (which may be a memory map, ``out=``)
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -168,6 +168,9 @@ def predict_tiled(
     channels_last: bool = False,
     out: np.ndarray | None = None,
     progress: bool = False,
+    encode: Callable[[np.ndarray], np.ndarray] | None = None,
+    skip_batches: int = 0,
+    on_batch: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Segment an image of any size seamlessly: (H, W) or (C, H, W) -> (C_out, H, W) float32.
 
@@ -184,8 +187,14 @@ def predict_tiled(
             tile; None feeds the image as float32 unchanged.
         precision: "fp32", "bf16" or "fp16" autocast.
         channels_last: run the net in channels-last memory format (faster on CPUs/GPUs).
-        out: optional (C_out, H, W) float32 array (e.g. a memory map) to write into.
+        out: optional (C_out, H, W) array to write into: a memory map, or anything with
+            ``shape`` and slice assignment (e.g. `streaming.TiffSlice`, a TIFF on disk).
         progress: show a progress bar over the tiles.
+        encode: applied to each tile's probabilities (C_out, h, w) before writing (e.g.
+            calibration, or a threshold for a uint8 mask).
+        skip_batches: batches already written by an interrupted run (resume); batches are
+            always formed the same way, so a resumed result is bit-identical.
+        on_batch: called with the number of batches done after each one is written.
 
     Returns:
         probabilities (C_out, H, W) float32: sigmoid for one output channel, softmax otherwise.
@@ -216,7 +225,7 @@ def predict_tiled(
     dev = next(model.parameters()).device
     if out is None:
         out = np.empty((cfg.out_channels, height, width), dtype=np.float32)
-    elif out.shape != (cfg.out_channels, height, width):
+    elif tuple(out.shape) != (cfg.out_channels, height, width):
         raise ValueError(f"out must have shape {(cfg.out_channels, height, width)}, got {out.shape}")
     if normalization is not None:
         low, high = normalization.statistics(image)
@@ -246,10 +255,13 @@ def predict_tiled(
     model.eval()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
-    bar = tqdm(total=len(positions), desc="tiles", unit="tile", disable=not progress, leave=False)
+    bar = tqdm(total=len(positions), desc="tiles", unit="tile", disable=not progress, leave=False,
+               initial=min(len(positions), skip_batches * batch_size))
     try:
         with torch.inference_mode():
-            for chunk in _chunks(positions, batch_size):
+            for index, chunk in enumerate(_chunks(positions, batch_size)):
+                if index < skip_batches:
+                    continue
                 batch = torch.from_numpy(np.stack([read_tile(y, x) for y, x in chunk])).to(dev)
                 if tta:
                     probs = sum(_undo(forward(_apply(batch, k, f)), k, f) for k, f in _DIHEDRAL) / len(_DIHEDRAL)
@@ -259,7 +271,10 @@ def predict_tiled(
                 for (y, x), p in zip(chunk, probs):
                     h = min(rows.output_size, height - y)
                     w = min(cols.output_size, width - x)
-                    out[:, y : y + h, x : x + w] = p[:, :h, :w]
+                    p = p[:, :h, :w]
+                    out[:, y : y + h, x : x + w] = encode(p) if encode is not None else p
+                if on_batch is not None:
+                    on_batch(index + 1)
                 bar.update(len(chunk))
     finally:
         bar.close()

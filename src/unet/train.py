@@ -38,7 +38,7 @@ from .errors import Interrupted, UserInputError
 from .losses import LOSSES, segmentation_loss
 from .model import UNet, UNetConfig, init_he
 from .normalization import Normalization
-from .predict import resolve_device
+from .device import choose_precision, resolve_device
 from .presets import preset
 from .tiling import predict_tiled
 
@@ -129,24 +129,6 @@ def parse_duration(text: str) -> float:
         return float(t)
     except ValueError:
         raise UserInputError(f"--time-limit {text}: use e.g. 900, 15m or 1.5h") from None
-
-
-def cpu_has_bf16() -> bool:
-    """True where the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def choose_precision(precision: str, device: torch.device) -> str:
-    """auto: bf16 on CPUs with bf16 instructions, bf16/fp16 AMP on CUDA, else fp32."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_bf16() else "fp32"
 
 
 def _autocast(device: torch.device, precision: str):
@@ -240,6 +222,9 @@ def validation_maps(model: UNet, items, cfg: TrainConfig, precision: str, tta: b
     for it in items:
         p = predict_tiled(model, it.image, batch_size=cfg.batch_size, tta=tta, precision=precision,
                           channels_last=precision != "fp32")
+        if not np.isfinite(p).all():
+            raise UserInputError("the predictions became non-finite (the weights diverged); the last good state is "
+                                 "last.pt in the run folder: lower --lr")
         prob = torch.from_numpy(p)
         logits = torch.logit(prob.clamp(1e-6, 1 - 1e-6)) if p.shape[0] == 1 else torch.log(prob.clamp_min(1e-8))
         loss = float(segmentation_loss(logits[None], torch.from_numpy(it.classes)[None],

@@ -1,0 +1,39 @@
+"""Where and at which precision to run: device names, CUDA checks, bf16 detection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .errors import UserInputError
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """'cpu', 'cuda', 'cuda:N' or None (CUDA where present); a clear error if CUDA is absent."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserInputError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise UserInputError(f"--device {device}: not a device name ({e})") from e
+
+
+def cpu_has_bf16() -> bool:
+    """True where the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def choose_precision(precision: str, device: torch.device) -> str:
+    """auto: bf16 on CPUs with bf16 instructions, bf16/fp16 AMP on CUDA, else fp32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_bf16() else "fp32"

@@ -1,0 +1,130 @@
+"""Prediction of images and stacks larger than memory, resumable, straight to a TIFF on disk.
+
+The input is memory-mapped where its TIFF allows it (uncompressed, contiguous pages), so
+tiles are read from disk as they are needed. The output is an uncompressed TIFF created
+at full size first; each batch of tiles is written into it through a memory map opened
+for that write only, so resident memory stays bounded by the tile batch, not the image.
+
+Progress is recorded beside the output after every batch (``.NAME.progress.json``). A run
+that is killed leaves ``.NAME.part.tif`` and its progress file; ``--resume`` continues
+after the last batch written. Batches are always formed the same way, so the result is
+bit-identical to an uninterrupted run. The finished file is renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from .errors import UserInputError
+from .io import TIFF_SUFFIXES, read_image
+
+
+def open_input(path: Path) -> np.ndarray:
+    """(N, C, H, W) view of an image file: memory-mapped for plain TIFFs, else read whole."""
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        try:
+            with tifffile.TiffFile(path) as tif:
+                axes = tif.series[0].axes
+            mapped = tifffile.memmap(path, mode="r")
+        except (ValueError, OSError, tifffile.TiffFileError, IndexError):
+            return read_image(path)
+        if set(axes) <= set("QIZTYX") and axes.endswith("YX"):
+            return mapped.reshape(-1, 1, *mapped.shape[-2:])
+    return read_image(path)
+
+
+class TiffSlice:
+    """One slice (1, H, W) of an output TIFF stack on disk, written by slice assignment.
+
+    Each assignment maps the file, writes, flushes and unmaps, so written pages leave
+    this process's resident memory at once.
+    """
+
+    def __init__(self, path: Path, index: int, n: int, height: int, width: int, dtype: np.dtype):
+        self.path, self.index, self.n = path, index, n
+        self.shape = (1, height, width)
+        self.dtype = np.dtype(dtype)
+        self.offset = _data_offset(path)
+
+    def __setitem__(self, key, value) -> None:
+        _, ys, xs = key
+        full = np.memmap(self.path, dtype=self.dtype, mode="r+", offset=self.offset,
+                         shape=(self.n, self.shape[1], self.shape[2]))
+        full[self.index, ys, xs] = value[0]
+        full.flush()
+        del full
+
+
+def _data_offset(path: Path) -> int:
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        if page.compression != 1 or not tif.series[0].dataoffset:
+            raise ValueError(f"{path}: not a contiguous uncompressed TIFF")
+        return int(tif.series[0].dataoffset)
+
+
+def _progress_path(target: Path) -> Path:
+    return target.parent / f".{target.name}.progress.json"
+
+
+def part_path(target: Path) -> Path:
+    return target.parent / f".{target.name}.part.tif"
+
+
+def predict_to_tiff(
+    source: Path,
+    target: Path,
+    n_slices: int,
+    height: int,
+    width: int,
+    dtype: np.dtype,
+    predict_slice: Callable[[np.ndarray, TiffSlice, int, Callable[[int], None]], None],
+    fingerprint: dict,
+    resume: bool,
+) -> None:
+    """Predict every slice of ``source`` into the TIFF ``target``, resumably.
+
+    ``predict_slice(page, out, skip_batches, on_batch)`` runs the tiling for one slice.
+    ``fingerprint`` (model, options, input size) must match for a resume to continue.
+    """
+    part, progress = part_path(target), _progress_path(target)
+    state = {"fingerprint": fingerprint, "slice": 0, "batches": 0}
+    if resume and part.exists() and progress.exists():
+        saved = json.loads(progress.read_text())
+        if saved.get("fingerprint") != fingerprint:
+            raise UserInputError(f"{target}: the unfinished output was made with other settings or another model; "
+                                 "run without --resume (and with --overwrite) to start again")
+        state = saved
+    else:
+        shape = (n_slices, height, width) if n_slices > 1 else (height, width)
+        metadata = {"axes": "QYX" if n_slices > 1 else "YX"}
+        tifffile.memmap(part, shape=shape, dtype=dtype, photometric="minisblack", metadata=metadata)
+        _write_state(progress, state)
+    pages = open_input(source)
+    for index in range(state["slice"], n_slices):
+        out = TiffSlice(part, index, n_slices, height, width, dtype)
+        skip = state["batches"] if index == state["slice"] else 0
+
+        def done(batches: int, index: int = index) -> None:
+            state.update(slice=index, batches=batches)
+            _write_state(progress, state)
+
+        predict_slice(pages[index], out, skip, done)
+        state.update(slice=index + 1, batches=0)
+        _write_state(progress, state)
+    with open(part, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(part, target)
+    progress.unlink(missing_ok=True)
+
+
+def _write_state(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, path)
