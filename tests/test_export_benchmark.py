@@ -72,5 +72,6 @@ def test_benchmark_rows_and_json(tmp_path, rng):
     assert [r["method"] for r in saved["rows"]] == ["reference", "predict_tiled", "onnxruntime", "limit"]
     for r in saved["rows"]:
         assert r["seconds"] > 0 and r["mpix_per_s"] > 0 and r["workload"] == "96x96"
-    assert saved["rows"][1]["max_abs_diff"] <= 1e-5 and saved["rows"][2]["max_abs_diff"] <= 1e-4
+    # predict_tiled runs the BatchNorm-folded copy: the same function to fp32 rounding.
+    assert saved["rows"][1]["max_abs_diff"] <= 1e-4 and saved["rows"][2]["max_abs_diff"] <= 1e-4
     assert "vs ref" in format_table(result)

@@ -63,3 +63,19 @@ def test_bad_config_is_refused(bad):
 def test_config_round_trip_ignores_unknown_keys():
     c = UNetConfig(width=8, depth=3)
     assert UNetConfig.from_dict({**c.to_dict(), "future_option": 1}) == c
+
+
+def test_folded_batch_norm_is_the_same_function():
+    from unet.model import fold_batch_norm
+
+    net = tiny_unet(width=4, depth=3).train()
+    with torch.no_grad():
+        for _ in range(3):  # non-trivial running statistics
+            net(torch.randn(2, 1, 124, 124) * 3 + 1)
+    net.eval()
+    folded = fold_batch_norm(net)
+    assert not folded.config.batch_norm and not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(2, 1, 140, 132)
+    with torch.no_grad():
+        a, b = net(x), folded(x)
+    assert torch.allclose(a, b, atol=1e-4 * a.abs().max().item())

@@ -189,3 +189,41 @@ def init_he(model: nn.Module) -> nn.Module:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
     return model
+
+
+def fold_batch_norm(model: UNet) -> UNet:
+    """An inference copy with each BatchNorm folded into the convolution before it.
+
+    In eval mode BatchNorm is an affine map per channel, y = (x - mean) * g / sqrt(var + eps)
+    + b, so it can be merged into the preceding convolution's weights and bias: the same
+    function (to float rounding), one memory pass fewer per layer. Returns a
+    ``batch_norm=False`` UNet in eval mode; ``model`` is unchanged.
+    """
+    cfg = model.config
+    folded = UNet(config=UNetConfig.from_dict({**cfg.to_dict(), "batch_norm": False}))
+    if not cfg.batch_norm:
+        folded.load_state_dict(model.state_dict())
+        return folded.eval()
+    src = dict(model.named_modules())
+    state = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, DoubleConv):
+            continue
+        layers = list(module)  # conv, bn, relu, conv, bn, relu
+        convs = [i for i, m in enumerate(layers) if isinstance(m, nn.Conv2d)]
+        for k, i in enumerate(convs):
+            conv, bn = layers[i], layers[i + 1]
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            state[f"{name}.{2 * k}.weight"] = conv.weight * scale[:, None, None, None]
+            state[f"{name}.{2 * k}.bias"] = (conv.bias - bn.running_mean) * scale + bn.bias
+    for key, value in model.state_dict().items():
+        module_name = key.rsplit(".", 1)[0]
+        if not isinstance(src.get(module_name), (nn.BatchNorm2d,)) and not _in_double_conv(key, src):
+            state[key] = value
+    folded.load_state_dict({k: v.detach().clone() for k, v in state.items()})
+    return folded.eval()
+
+
+def _in_double_conv(key: str, modules: dict) -> bool:
+    parent = key.rsplit(".", 2)[0]
+    return isinstance(modules.get(parent), DoubleConv)

@@ -35,7 +35,8 @@ from .instances import probabilities_to_instances
 from .io import TIFF_SUFFIXES, list_images, match_channels, read_image, write_image
 from .normalization import Normalization
 from .streaming import open_input, part_path, predict_to_tiff
-from .tiling import predict_tiled
+from .model import UNet
+from .tiling import inference_model, predict_tiled
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,8 @@ def predict_files(
     normalization = Normalization.from_dict(metadata.get("normalization", Normalization().to_dict()))
     model_threshold = float(metadata.get("threshold", 0.5))
     precision = choose_precision(options.precision, dev)
+    if isinstance(model, UNet):
+        model = inference_model(model, precision)
     sources = list_images(input_path)
     out_dir = Path(out_dir)
     if Path(input_path).is_dir():
