@@ -70,3 +70,34 @@ def test_a_dying_rank_ends_the_job_and_leaves_a_resumable_run(tmp_path, data):
                               str(torch.load(run / "last.pt", weights_only=True)["training"]["epoch"] + 1)],
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
+def test_prediction_split_across_two_processes_equals_one(tmp_path, data):
+    import numpy as np
+    import tifffile
+
+    from unet import save_model
+    from unet.io import read_image, write_image
+
+    from .conftest import tiny_unet
+
+    model = tmp_path / "m.pt"
+    save_model(tiny_unet(width=4, depth=3), model)
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(src / "vol.tif", (rng.random((5, 90, 70)) * 255).astype(np.uint8), photometric="minisblack")
+    for name in ("a", "b", "c"):
+        write_image(src / f"{name}.png", (rng.random((40, 50)) * 255).astype(np.uint8))
+    common = ["predict", "--model", str(model), "--input", str(src), "--precision", "fp32", "--tile-size", "124"]
+    # The same thread count as each torchrun worker, so that the kernels are the same.
+    single = subprocess.run([sys.executable, "-m", "unet", *common, "--out", str(tmp_path / "one")],
+                            capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert single.returncode == 0, single.stderr[-2000:]
+    proc = torchrun([*common, "--out", str(tmp_path / "two")])
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "two").iterdir()) == ["a.png", "b.png", "c.png", "vol.tif"]
+    for name in names:
+        assert np.array_equal(read_image(tmp_path / "one" / name), read_image(tmp_path / "two" / name)), name

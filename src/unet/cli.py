@@ -32,6 +32,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    help="auto (default): bf16 + channels_last on CPUs with bf16, AMP on CUDA, else fp32")
     p.add_argument("--resume", action="store_true",
                    help="continue TIFF outputs that an interrupted run left unfinished (bit-identical result)")
+    p.add_argument("--devices", type=int, default=1,
+                   help="split the slices/files across N processes (runs torchrun; one GPU each where present)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present, else cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--channels", choices=["strict", "convert"], default="strict",
@@ -41,8 +43,15 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_predict)
 
 
-def _run_predict(args: argparse.Namespace) -> None:
+def _run_predict(args: argparse.Namespace) -> int | None:
+    import os
+
     from .predict import PredictOptions, predict_files
+
+    if args.devices > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        from .distributed import launch
+
+        return launch(args.devices, _without_option(args.argv, "--devices"))
 
     options = PredictOptions(
         tile_size=args.tile_size,
@@ -57,7 +66,9 @@ def _run_predict(args: argparse.Namespace) -> None:
         resume=args.resume,
     )
     written = predict_files(args.model, args.input, args.out, options, device=args.device)
-    print(f"wrote {len(written)} file(s) to {args.out}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"wrote {len(written)} file(s) to {args.out}")
+    return None
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:

@@ -51,6 +51,10 @@ class Context:
         dist.all_reduce(t)
         return float(t.item()) / self.world
 
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
     def gather(self, obj) -> list:
         """[obj of rank 0, obj of rank 1, ...] on every rank (picklable objects)."""
         if not self.active:

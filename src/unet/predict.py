@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import load_model
 from .device import choose_precision, resolve_device
 from .errors import UserInputError
@@ -160,11 +161,24 @@ def predict_files(
     if not os.access(out_dir, os.W_OK):
         raise UserInputError(f"{out_dir}: the output folder is not writable")
 
+    ctx, dev = distributed.init(dev)
+    if ctx.active and isinstance(model, torch.nn.Module):
+        model.to(dev)
+    try:
+        return _predict_all(model, model_path, sources, targets, shapes, options, normalization, model_threshold,
+                            precision, ctx)
+    finally:
+        distributed.finish()
+
+
+def _predict_all(model, model_path, sources, targets, shapes, options: PredictOptions, normalization,
+                 model_threshold: float, precision: str, ctx: distributed.Context) -> list[Path]:
+    """Predict each source into its target; with several processes, each takes its share."""
     total = sum(shape[0] for shape in shapes)
     written = []
-    tile_progress = total == 1
-    with tqdm(total=total, desc="predict", unit="image", disable=total < 2) as bar:
-        for src, target, shape in zip(sources, targets, shapes):
+    tile_progress = total == 1 and ctx.is_main
+    with tqdm(total=total, desc="predict", unit="image", disable=total < 2 or not ctx.is_main) as bar:
+        for file_index, (src, target, shape) in enumerate(zip(sources, targets, shapes)):
 
             def run_slice(page, out=None, skip=0, on_batch=None, encode_tile=None) -> np.ndarray:
                 page = match_channels(page, model.config.in_channels, src, options.convert_channels)
@@ -187,7 +201,9 @@ def predict_files(
                 fingerprint = {"model": _fingerprint(model_path), "shape": list(shape),
                                "options": {k: v for k, v in asdict(options).items() if k not in ("overwrite", "resume")}}
                 predict_to_tiff(src, target, shape[0], shape[2], shape[3], dtype, predict_slice, fingerprint,
-                                options.resume)
+                                options.resume, ctx)
+            elif file_index % ctx.world != ctx.rank:
+                bar.update(shape[0])  # another process writes this file
             else:
                 slices = []
                 for page in open_input(src):

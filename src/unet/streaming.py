@@ -13,6 +13,7 @@ bit-identical to an uninterrupted run. The finished file is renamed into place.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from .distributed import Context
 from .errors import UserInputError
 from .io import TIFF_SUFFIXES, read_image
 
@@ -69,8 +71,9 @@ def _data_offset(path: Path) -> int:
         return int(tif.series[0].dataoffset)
 
 
-def _progress_path(target: Path) -> Path:
-    return target.parent / f".{target.name}.progress.json"
+def _progress_path(target: Path, ctx: Context) -> Path:
+    rank = f".rank{ctx.rank}" if ctx.active else ""
+    return target.parent / f".{target.name}.progress{rank}.json"
 
 
 def part_path(target: Path) -> Path:
@@ -87,41 +90,53 @@ def predict_to_tiff(
     predict_slice: Callable[[np.ndarray, TiffSlice, int, Callable[[int], None]], None],
     fingerprint: dict,
     resume: bool,
+    ctx: Context = Context(),
 ) -> None:
     """Predict every slice of ``source`` into the TIFF ``target``, resumably.
 
     ``predict_slice(page, out, skip_batches, on_batch)`` runs the tiling for one slice.
     ``fingerprint`` (model, options, input size) must match for a resume to continue.
+    With several processes (``ctx``), process r predicts slices r, r + N, r + 2N, ... into
+    the one file, each keeping its own progress; rank 0 creates and finally renames it.
     """
-    part, progress = part_path(target), _progress_path(target)
-    state = {"fingerprint": fingerprint, "slice": 0, "batches": 0}
-    if resume and part.exists() and progress.exists():
+    part, progress = part_path(target), _progress_path(target, ctx)
+    mine = list(range(ctx.rank, n_slices, ctx.world))
+    fingerprint = {**fingerprint, "processes": ctx.world}
+    state = {"fingerprint": fingerprint, "slice": 0, "batches": 0}  # slice: position in `mine`
+    continuing = resume and part.exists()
+    if continuing and progress.exists():
         saved = json.loads(progress.read_text())
         if saved.get("fingerprint") != fingerprint:
             raise UserInputError(f"{target}: the unfinished output was made with other settings or another model; "
                                  "run without --resume (and with --overwrite) to start again")
         state = saved
-    else:
+    if ctx.is_main and not continuing:
         shape = (n_slices, height, width) if n_slices > 1 else (height, width)
         metadata = {"axes": "QYX" if n_slices > 1 else "YX"}
         tifffile.memmap(part, shape=shape, dtype=dtype, photometric="minisblack", metadata=metadata)
-        _write_state(progress, state)
+    ctx.barrier()
+    _write_state(progress, state)
     pages = open_input(source)
-    for index in range(state["slice"], n_slices):
+    for k in range(state["slice"], len(mine)):
+        index = mine[k]
         out = TiffSlice(part, index, n_slices, height, width, dtype)
-        skip = state["batches"] if index == state["slice"] else 0
+        skip = state["batches"] if k == state["slice"] else 0
 
-        def done(batches: int, index: int = index) -> None:
-            state.update(slice=index, batches=batches)
+        def done(batches: int, k: int = k) -> None:
+            state.update(slice=k, batches=batches)
             _write_state(progress, state)
 
         predict_slice(pages[index], out, skip, done)
-        state.update(slice=index + 1, batches=0)
+        state.update(slice=k + 1, batches=0)
         _write_state(progress, state)
-    with open(part, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(part, target)
-    progress.unlink(missing_ok=True)
+    ctx.barrier()
+    if ctx.is_main:
+        with open(part, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(part, target)
+        for p in target.parent.glob(f".{glob.escape(target.name)}.progress*.json"):
+            p.unlink(missing_ok=True)
+    ctx.barrier()
 
 
 def _write_state(path: Path, state: dict) -> None:
