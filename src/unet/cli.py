@@ -19,7 +19,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", required=True, help="an image (PNG/TIFF, a TIFF may be a stack) or a folder of them")
     p.add_argument("--out", required=True, help="output folder; each input gives an output of the same name")
     p.add_argument("--tile-size", type=int, default=None, help="network input per tile in px (default: 572 or less)")
-    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default: 4)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="tiles per forward pass (default: as many as fit in about 1.5 GB, at most 8)")
     p.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations (8x slower, smoother)")
     p.add_argument(
         "--threshold",

@@ -37,7 +37,7 @@ from .io import TIFF_SUFFIXES, list_images, match_channels, read_image, write_im
 from .normalization import Normalization
 from .streaming import open_input, part_path, predict_to_tiff
 from .model import UNet
-from .tiling import inference_model, predict_tiled
+from .tiling import default_batch_size, default_tile_size, inference_model, predict_tiled
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def calibrate(prob: np.ndarray, threshold: float) -> np.ndarray:
 @dataclass(frozen=True)
 class PredictOptions:
     tile_size: int | None = None  # px; None: the tool's choice
-    batch_size: int = 4  # tiles per forward pass
+    batch_size: int | None = None  # tiles per forward pass; None: as many as fit in ~1.5 GB
     tta: bool = False  # average over the 8 flips / rotations
     threshold: float | None = None  # write masks at this calibrated probability
     format: str = "auto"  # "png", "tif" or "auto" (the input's own kind)
@@ -182,7 +182,9 @@ def _predict_all(model, model_path, sources, targets, shapes, options: PredictOp
 
             def run_slice(page, out=None, skip=0, on_batch=None, encode_tile=None) -> np.ndarray:
                 page = match_channels(page, model.config.in_channels, src, options.convert_channels)
-                return predict_tiled(model, page, tile_size=options.tile_size, batch_size=options.batch_size,
+                tile = options.tile_size or default_tile_size(model, page.shape[-2], page.shape[-1])
+                batch = options.batch_size or default_batch_size(model, tile, precision)
+                return predict_tiled(model, page, tile_size=tile, batch_size=batch,
                                      tta=options.tta, normalization=normalization, precision=precision,
                                      channels_last=precision != "fp32", progress=tile_progress, out=out,
                                      encode=encode_tile, skip_batches=skip, on_batch=on_batch)

