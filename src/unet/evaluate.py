@@ -44,17 +44,7 @@ __all__ = [
 ]
 
 #: Columns of `format_table`, in order (``isbi_pixel_error`` only has a stack value).
-TABLE_COLUMNS: tuple[str, ...] = (
-    "pixel_error",
-    "isbi_pixel_error",
-    "rand_error",
-    "adapted_rand_error",
-    "v_rand",
-    "v_info",
-    "warping_error",
-    "dice",
-    "iou",
-)
+TABLE_COLUMNS: tuple[str, ...] = metrics.METRIC_NAMES
 _STACK_ONLY = ("isbi_pixel_error",)
 
 
