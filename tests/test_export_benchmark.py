@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from unet import predict_tiled, save_model
 from unet.benchmark import format_table, reference_predict, run_benchmark

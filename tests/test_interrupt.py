@@ -1,6 +1,5 @@
 """Interruptions lose nothing: SIGKILL mid-save, SIGINT mid-training, NaN losses."""
 
-import os
 import signal
 import subprocess
 import sys

@@ -23,7 +23,6 @@ pixels whose 0.5 threshold flips, against fp32 ``predict_tiled``.
 from __future__ import annotations
 
 import json
-import math
 import platform
 import resource
 import tempfile

@@ -16,7 +16,6 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import geometry

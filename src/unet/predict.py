@@ -33,7 +33,7 @@ from .checkpoint import load_model
 from .device import choose_precision, resolve_device
 from .errors import UserInputError
 from .instances import probabilities_to_instances
-from .io import TIFF_SUFFIXES, list_images, match_channels, read_image, write_image
+from .io import TIFF_SUFFIXES, list_images, match_channels, write_image
 from .normalization import Normalization
 from .streaming import open_input, part_path, predict_to_tiff
 from .model import UNet
