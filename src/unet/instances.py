@@ -93,6 +93,7 @@ def probabilities_to_instances(
 
 
 def _seeded_watershed(p: np.ndarray, mask: np.ndarray, sigma: float, seed_threshold: float) -> np.ndarray:
+    from skimage.measure import label as label_components
     from skimage.segmentation import watershed
 
     smoothed = ndi.gaussian_filter(p, sigma) if sigma > 0 else p
@@ -107,7 +108,10 @@ def _seeded_watershed(p: np.ndarray, mask: np.ndarray, sigma: float, seed_thresh
             seeds = np.where(orphan, comps + n_seeds, seeds)
     if seeds.max() == 0:
         return np.zeros(p.shape, dtype=np.int64)
-    return watershed(-smoothed, markers=seeds, mask=mask, connectivity=1, watershed_line=True)
+    basins = watershed(-smoothed, markers=seeds, mask=mask, connectivity=1, watershed_line=True)
+    # The watershed line can cut a basin into pieces that touch only at a corner (or not at
+    # all); each 4-connected piece is its own cell, as in the components method.
+    return label_components(basins, connectivity=1, background=0)
 
 
 def _sequential(labels: np.ndarray) -> np.ndarray:
