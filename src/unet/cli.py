@@ -49,10 +49,8 @@ def _run_predict(args: argparse.Namespace) -> int | None:
 
     from .predict import PredictOptions, predict_files
 
-    if args.devices > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        from .distributed import launch
-
-        return launch(args.devices, _without_option(args.argv, "--devices"))
+    if _needs_launch(args):
+        return _launch(args)
 
     options = PredictOptions(
         tile_size=args.tile_size,
@@ -126,11 +124,8 @@ def _run_train(args: argparse.Namespace) -> int | None:
 
     from .train import TrainConfig, parse_duration, train
 
-    if args.devices > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        from .distributed import launch
-
-        argv = _without_option(args.argv, "--devices")
-        return launch(args.devices, argv)
+    if _needs_launch(args):
+        return _launch(args)
 
     names = ["data", "images", "labels", "val", "val_fraction", "classes", "out", "preset", "epochs", "seed", "device",
              "precision", "workers", "select_by", "width", "depth", "padding", "up_mode", "dropout", "tile_size",
@@ -143,6 +138,20 @@ def _run_train(args: argparse.Namespace) -> int | None:
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"model: {run / 'best.pt'}")
     return None
+
+
+def _needs_launch(args: argparse.Namespace) -> bool:
+    """--devices N > 1 and not already one of torchrun's processes."""
+    import os
+
+    return args.devices > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """Run this same command in ``--devices`` processes through torchrun."""
+    from .distributed import launch
+
+    return launch(args.devices, _without_option(args.argv, "--devices"))
 
 
 def _without_option(argv: list[str], name: str) -> list[str]:

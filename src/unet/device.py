@@ -37,3 +37,11 @@ def choose_precision(precision: str, device: torch.device) -> str:
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context for ``precision`` ("fp32" disables autocast)."""
+    if precision == "fp32":
+        return torch.autocast(device_type=device.type, enabled=False)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -203,26 +203,18 @@ def fold_batch_norm(model: UNet) -> UNet:
     if not cfg.batch_norm:
         folded.load_state_dict(model.state_dict())
         return folded.eval()
-    src = dict(model.named_modules())
-    state = {}
+    # Every other parameter (up-convolutions, head) has the same name in both nets.
+    state = {k: v for k, v in model.state_dict().items() if k in folded.state_dict()}
     for name, module in model.named_modules():
         if not isinstance(module, DoubleConv):
             continue
-        layers = list(module)  # conv, bn, relu, conv, bn, relu
+        layers = list(module)  # conv, bn, relu, conv, bn, relu -> folded: conv, relu, conv, relu
         convs = [i for i, m in enumerate(layers) if isinstance(m, nn.Conv2d)]
         for k, i in enumerate(convs):
             conv, bn = layers[i], layers[i + 1]
             scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
             state[f"{name}.{2 * k}.weight"] = conv.weight * scale[:, None, None, None]
             state[f"{name}.{2 * k}.bias"] = (conv.bias - bn.running_mean) * scale + bn.bias
-    for key, value in model.state_dict().items():
-        module_name = key.rsplit(".", 1)[0]
-        if not isinstance(src.get(module_name), (nn.BatchNorm2d,)) and not _in_double_conv(key, src):
-            state[key] = value
     folded.load_state_dict({k: v.detach().clone() for k, v in state.items()})
     return folded.eval()
 
-
-def _in_double_conv(key: str, modules: dict) -> bool:
-    parent = key.rsplit(".", 2)[0]
-    return isinstance(modules.get(parent), DoubleConv)

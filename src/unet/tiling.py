@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .device import autocast
 from .errors import UserInputError
 from .model import UNet, fold_batch_norm, probabilities
 from .normalization import Normalization, apply_normalization
@@ -148,13 +148,6 @@ def _undo(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     return torch.flip(x, dims=(-1,)) if flip else x
 
 
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def predict_tiled(
     model: UNet,
     image: np.ndarray,
@@ -241,7 +234,7 @@ def predict_tiled(
     def forward(batch: torch.Tensor) -> torch.Tensor:
         if channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        with _autocast(dev, precision):
+        with autocast(dev, precision):
             y = model(batch).float()
         # An exported model (export.OnnxModel) already ends in sigmoid/softmax.
         p = y if getattr(model, "outputs_probabilities", False) else probabilities(y)

@@ -37,7 +37,7 @@ from .errors import Interrupted, UserInputError
 from .losses import LOSSES, segmentation_loss
 from .model import UNet, UNetConfig, init_he
 from .normalization import Normalization
-from .device import choose_precision, resolve_device
+from .device import autocast, choose_precision, resolve_device
 from .presets import preset
 from .tiling import predict_tiled
 
@@ -128,12 +128,6 @@ def parse_duration(text: str) -> float:
         return float(t)
     except ValueError:
         raise UserInputError(f"--time-limit {text}: use e.g. 900, 15m or 1.5h") from None
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return torch.autocast(device_type=device.type, enabled=False)
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def learning_rate(base: float, progress: float) -> float:
@@ -426,7 +420,7 @@ def _train(cfg: TrainConfig, run: Path, state: dict | None, ctx: distributed.Con
                 lr = learning_rate(cfg.lr, progress)
                 for g in optimizer.param_groups:
                     g["lr"] = lr
-                with _autocast(device, precision):
+                with autocast(device, precision):
                     logits = model(x)
                 loss = segmentation_loss(logits, y, w, cfg.loss)
                 if ctx.any(not bool(torch.isfinite(loss))):
