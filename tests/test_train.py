@@ -88,3 +88,11 @@ def test_schedule_and_durations():
     assert learning_rate(1.0, 0.0) == 0.0 and learning_rate(1.0, 0.01) == pytest.approx(0.5, abs=0.01)
     assert parse_duration("15m") == 900 and parse_duration("1.5h") == 5400 and parse_duration("90") == 90
     assert np.isfinite(parse_duration("2s"))
+
+
+def test_presets_choose_padding_and_explicit_options_win():
+    assert TrainConfig(preset="fast").resolved().padding == "same"
+    assert TrainConfig(preset="paper").resolved().padding == "valid"
+    assert TrainConfig(preset="seed").resolved().padding == "valid"
+    assert TrainConfig(preset="fast", padding="valid", tile_size=572).resolved().tile_size == 572
+    assert TrainConfig(preset="fast", padding="valid").resolved().padding == "valid"

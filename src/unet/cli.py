@@ -101,7 +101,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     m = p.add_argument_group("model and optimisation (default: from the preset)")
     m.add_argument("--width", type=int, help="channels at the first level")
     m.add_argument("--depth", type=int, default=4, help="poolings (default: 4)")
-    m.add_argument("--padding", choices=["valid", "same"], default="valid")
+    m.add_argument("--padding", choices=["valid", "same"])
     m.add_argument("--up-mode", choices=["transpose", "bilinear"], default="transpose")
     m.add_argument("--dropout", type=float)
     m.add_argument("--tile-size", type=int, help="network input per tile (px)")

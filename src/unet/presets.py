@@ -1,11 +1,13 @@
 """Named training recipes. Each is a dict of `TrainConfig` fields; explicit options win.
 
 - ``fast`` (default): tuned to learn well in minutes on a laptop CPU (bf16 where the CPU
-  has it): width 16 (3.7 training tiles/s here against 1.2 at width 32), random 572-px
-  tiles with flips, rotations, grey values and elastic deformation done in a DataLoader
-  worker, the paper's border weight map, Adam with cosine decay, and the decision
-  threshold calibrated on the validation images. On ISBI 2012 (15 minutes, 2 cores) the
-  weight map cut the Rand error from 0.115 to 0.092 against plain BCE.
+  has it): width 16, "same" padding with random 256-px tiles in batches of 4 (1.7x the
+  labelled pixels per second of valid 572-px tiles, and 3.5 steps/s), flips, rotations,
+  grey values and elastic deformation done in a DataLoader worker, the paper's border
+  weight map, Adam with cosine decay, and the decision threshold calibrated on the
+  validation images. Prediction still sees full context: the tiler discards the tile
+  border that sees zero padding. On ISBI 2012 (15 minutes, 2 cores, TTA) against valid
+  572-px tiles: pixel error 0.0741 -> 0.0716, adapted Rand error 0.1135 -> 0.0907.
 - ``paper``: Ronneberger et al. 2015: full width, batch 1 of large tiles, SGD with
   momentum 0.99, elastic deformation, the border weight map (w0 = 10, sigma = 5 px).
 - ``seed``: the blog post this project started from: 100 epochs, batch 4, each image's
@@ -20,9 +22,10 @@ from .errors import UserInputError
 PRESETS: dict[str, dict] = {
     "fast": dict(
         width=16,
-        tile_size=572,
-        batch_size=2,
-        samples_per_epoch=96,
+        padding="same",
+        tile_size=256,
+        batch_size=4,
+        samples_per_epoch=384,
         epochs=1000,
         loss="weighted-ce",
         optimizer="adam",
@@ -35,6 +38,7 @@ PRESETS: dict[str, dict] = {
     ),
     "paper": dict(
         width=64,
+        padding="valid",
         tile_size=572,
         batch_size=1,
         samples_per_epoch=100,
@@ -51,6 +55,7 @@ PRESETS: dict[str, dict] = {
     ),
     "seed": dict(
         width=64,
+        padding="valid",
         tile_size=508,
         batch_size=4,
         samples_per_epoch=0,  # one centre crop per training image

@@ -63,7 +63,7 @@ class TrainConfig:
     in_channels: int | None = None  # image channels (default: as the data)
     width: int | None = None
     depth: int = 4
-    padding: str = "valid"
+    padding: str | None = None  # valid (the paper) or same
     up_mode: str = "transpose"
     dropout: float | None = None
     tile_size: int | None = None  # network input px (a valid size; rounded to one)
