@@ -7,7 +7,7 @@
   weight map, Adam with cosine decay, and the decision threshold calibrated on the
   validation images. Prediction still sees full context: the tiler discards the tile
   border that sees zero padding. On ISBI 2012 (15 minutes, 2 cores, TTA) against valid
-  572-px tiles: pixel error 0.0741 -> 0.0716, adapted Rand error 0.1135 -> 0.0907.
+  572-px tiles: pixel error 0.0741 -> 0.072-0.073, adapted Rand error 0.1135 -> 0.073-0.090.
 - ``paper``: Ronneberger et al. 2015: full width, batch 1 of large tiles, SGD with
   momentum 0.99, elastic deformation, the border weight map (w0 = 10, sigma = 5 px).
 - ``seed``: the blog post this project started from: 100 epochs, batch 4, each image's
