@@ -33,11 +33,11 @@ from . import __version__, distributed, metrics
 from .augment import Augmentation
 from .checkpoint import load_payload, model_payload, save_model, save_payload
 from .data import EpochSampler, TileDataset, checksum, prepare, read_pairs, split
+from .device import autocast, choose_precision, resolve_device
 from .errors import Interrupted, UserInputError
 from .losses import LOSSES, segmentation_loss
 from .model import UNet, UNetConfig, init_he
 from .normalization import Normalization
-from .device import autocast, choose_precision, resolve_device
 from .presets import preset
 from .tiling import predict_tiled
 
@@ -321,7 +321,7 @@ def _train(cfg: TrainConfig, run: Path, state: dict | None, ctx: distributed.Con
     )
     raw = init_he(UNet(config=model_cfg))
     tile = raw.valid_input_size(cfg.tile_size)
-    out_size = raw.output_size(tile) if cfg.padding == "valid" else tile
+    out_size = raw.output_size(tile)  # = tile with same padding
     if tile != cfg.tile_size:
         log.info("tile size %d -> %d (nearest size with exact poolings)", cfg.tile_size, tile)
     raw.to(device)
