@@ -19,7 +19,7 @@ def test_elastic_deformation_keeps_image_and_label_aligned(seed):
     label = _blobs(seed, size + 2 * margin)
     image = label.astype(np.float32)[None]
     weight = np.ones(label.shape, np.float32)
-    aug = Augmentation(elastic=True, flips=True, grey=False)
+    aug = Augmentation(elastic=True, flips="dihedral", grey=False)
     tile, lab, w = augment_region(image, label.astype(np.int64), weight, size, out, margin, aug, np.random.default_rng(seed))
     assert tile.shape == (1, size, size) and lab.shape == (out, out) and w.shape == (out, out)
     lo = (size - out) // 2
@@ -37,12 +37,24 @@ def test_deformation_really_deforms():
     assert np.abs(np.diff(d, axis=1)).max() < 2  # smooth: bicubic between 3 x 3 vectors
 
 
-@given(seed=st.integers(0, 1000))
-def test_flips_apply_the_same_transform(seed):
+@given(seed=st.integers(0, 1000), flips=st.sampled_from(["dihedral", "horizontal", "none"]))
+def test_flips_apply_the_same_transform(seed, flips):
     a = np.arange(20).reshape(4, 5)
-    b, c = flip_rotate([a, a * 2], np.random.default_rng(seed))
+    b, c = flip_rotate([a, a * 2], np.random.default_rng(seed), flips)
     assert np.array_equal(c, b * 2)
     assert sorted(b.ravel()) == sorted(a.ravel())
+    if flips != "dihedral":  # up stays up: the first row stays the first row, in some order
+        assert np.array_equal(np.sort(b[0]), a[0])
+    if flips == "none":
+        assert np.array_equal(b, a)
+
+
+def test_each_group_draws_all_its_symmetries():
+    a = np.arange(20).reshape(4, 5)
+    for flips, count in (("dihedral", 8), ("horizontal", 2), ("none", 1)):
+        rng = np.random.default_rng(0)
+        seen = {flip_rotate([a], rng, flips)[0].tobytes() for _ in range(200)}
+        assert len(seen) == count, flips
 
 
 def test_no_augmentation_is_a_centre_crop():

@@ -114,3 +114,21 @@ def test_instances_are_label_images(tmp_path, model_path, rng):
         labels = read_image(out / "x.tif")
         assert labels.shape == (1, 1, 50, 40) and labels.dtype in (np.uint16, np.uint32)
         assert labels.max() >= 1
+
+
+def test_tta_averages_over_the_flips_the_model_was_trained_with(tmp_path, rng):
+    src = tmp_path / "in"
+    src.mkdir()
+    write_image(src / "a.tif", rng.random((40, 48)).astype(np.float32))
+    outputs = {}
+    for flips, tta in (("none", False), ("none", True), ("horizontal", True), (None, True)):
+        path = tmp_path / f"{flips}.pt"
+        save_model(tiny_unet(width=4, depth=3), path, **({"flips": flips} if flips else {}))
+        out = tmp_path / f"out-{flips}-{tta}"
+        assert main(["predict", "--model", str(path), "--input", str(src), "--out", str(out), "--precision", "fp32"]
+                    + (["--tta"] if tta else [])) == 0
+        outputs[flips, tta] = read_image(out / "a.tif")
+    assert np.array_equal(outputs["none", True], outputs["none", False])  # nothing to average over
+    assert np.abs(outputs["horizontal", True] - outputs["none", False]).max() > 1e-3
+    # a model saved without the setting (before it existed) averages over all 8
+    assert np.abs(outputs[None, True] - outputs["horizontal", True]).max() > 1e-3

@@ -95,6 +95,18 @@ def test_tta_is_seamless_and_differs_from_one_pass(rng):
     assert np.abs(predict_tiled(NET, image, tile_size=300) - b).max() > 1e-3
 
 
+def test_tta_averages_over_the_given_group(rng):
+    # Width and height multiples of the 20-px output of a 204-px tile: the tiles of the mirrored
+    # image are then the mirrored tiles of the image, so the two averages agree exactly.
+    image = rng.random((80, 100)).astype(np.float32)
+    plain = predict_tiled(NET, image, tile_size=204)
+    assert np.abs(predict_tiled(NET, image, tile_size=204, tta=True, flips="none") - plain).max() <= 1e-5
+    mirrored = predict_tiled(NET, image[:, ::-1].copy(), tile_size=204)[..., ::-1]
+    horizontal = predict_tiled(NET, image, tile_size=204, tta=True, flips="horizontal")
+    assert np.abs(horizontal - (plain + mirrored) / 2).max() <= 1e-5
+    assert np.abs(horizontal - predict_tiled(NET, image, tile_size=204, tta=True)).max() > 1e-3
+
+
 def test_multichannel_input_and_normalisation(rng):
     net = tiny_unet(in_channels=2)
     image = (rng.random((2, 60, 70)) * 4000).astype(np.uint16)

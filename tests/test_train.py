@@ -9,7 +9,7 @@ import torch
 from unet import load_model
 from unet.cli import main
 from unet.synthetic import write_dataset
-from unet.train import TrainConfig, learning_rate, parse_duration, train
+from unet.train import TrainConfig, learning_rate, parse_duration, train, weight_average
 
 
 @pytest.fixture(scope="module")
@@ -35,21 +35,46 @@ def test_run_folder_has_everything(tmp_path, data):
     assert rows[0].startswith("epoch,step,train_loss,val_loss,val_pixel_error,val_dice") and len(rows) == 4
     model, meta = load_model(run / "best.pt")
     assert 0 < meta["threshold"] < 1 and meta["normalization"]["kind"] == "percentile" and "val_tta" in meta
+    assert meta["flips"] == TrainConfig(preset="fast").resolved().flips
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, data):
-    whole = train(tiny(data, tmp_path / "whole", elastic=True, flips=True))
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, data, ema):
+    whole = train(tiny(data, tmp_path / "whole", elastic=True, flips="dihedral", ema=ema))
     part = tmp_path / "part"
     from unet.errors import Interrupted
 
     with pytest.raises(Interrupted):
-        train(tiny(data, part, elastic=True, flips=True), stop_after_steps=3)  # stops mid-epoch 2
+        train(tiny(data, part, elastic=True, flips="dihedral", ema=ema), stop_after_steps=3)  # stops mid-epoch 2
     train(TrainConfig(), resume=part)
-    a = torch.load(whole / "last.pt", weights_only=True)["state_dict"]
-    b = torch.load(part / "last.pt", weights_only=True)["state_dict"]
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    a = torch.load(whole / "last.pt", weights_only=True)
+    b = torch.load(part / "last.pt", weights_only=True)
+    weights = [(a["state_dict"], b["state_dict"])]
+    if ema:  # the average and the trained weights both continue exactly
+        weights.append((a["training"]["weights"], b["training"]["weights"]))
+        assert not torch.equal(a["state_dict"]["head.weight"], a["training"]["weights"]["head.weight"])
+    for wa, wb in weights:
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            assert torch.equal(wa[k], wb[k]), k
+
+
+def test_weight_average_warms_up_its_decay():
+    model = torch.nn.BatchNorm1d(1)
+    avg = weight_average(model, decay=0.9)
+    values = [4.0, 8.0, 0.0, 2.0]
+    expected = values[0]  # the first update copies
+    for n, v in enumerate(values):
+        with torch.no_grad():
+            model.weight.fill_(v)
+        model.num_batches_tracked.fill_(n + 1)
+        avg.update_parameters(model)
+        if n:
+            d = min(0.9, (1 + n) / (10 + n))  # after n averaged updates
+            expected = d * expected + (1 - d) * v
+        assert avg.module.weight.item() == pytest.approx(expected)
+        assert avg.module.num_batches_tracked.item() == n + 1
+    assert expected == pytest.approx(((4 * 2 / 11 + 8 * 9 / 11) * 3 / 12 + 0 * 9 / 12) * 4 / 13 + 2 * 9 / 13)
 
 
 def test_seed_preset_runs_end_to_end(tmp_path, data):

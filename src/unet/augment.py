@@ -13,19 +13,21 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from . import symmetries
+
 
 @dataclass(frozen=True)
 class Augmentation:
     elastic: bool = True  # the paper's elastic deformation
     elastic_grid: int = 3  # displacement vectors on a coarse grid x grid (paper: 3 x 3)
     elastic_sigma: float = 10.0  # std of the displacements in px (paper: 10)
-    flips: bool = True  # random horizontal/vertical flips and 90-degree rotations
+    flips: str = "dihedral"  # random flips/rotations from this group (symmetries.GROUPS)
     grey: bool = True  # random brightness, contrast and gamma
     grey_strength: float = 0.15  # scale of the brightness/contrast/gamma changes
 
     @classmethod
     def none(cls) -> "Augmentation":
-        return cls(elastic=False, flips=False, grey=False)
+        return cls(elastic=False, flips="none", grey=False)
 
 
 def displacement_field(rng: np.random.Generator, size: int, grid: int, sigma: float) -> np.ndarray:
@@ -46,16 +48,11 @@ def elastic_coordinates(rng: np.random.Generator, size: int, margin: int, grid: 
     return np.clip(np.stack([yy + margin + d[0], xx + margin + d[1]]), 0, size + 2 * margin - 1)
 
 
-def flip_rotate(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
-    """Apply the same random one of the 8 flips / 90-degree rotations to each (..., H, W) array."""
-    k = int(rng.integers(4))
-    flip = bool(rng.integers(2))
-    out = []
-    for a in arrays:
-        if flip:
-            a = a[..., ::-1]
-        out.append(np.ascontiguousarray(np.rot90(a, k, axes=(-2, -1))))
-    return out
+def flip_rotate(arrays: list[np.ndarray], rng: np.random.Generator, flips: str = "dihedral") -> list[np.ndarray]:
+    """Apply the same random symmetry of the group ``flips`` to each (..., H, W) array."""
+    choices = symmetries.group(flips)
+    s = choices[int(rng.integers(len(choices)))]
+    return [symmetries.apply(a, s) for a in arrays]
 
 
 def grey_values(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
@@ -85,8 +82,8 @@ def augment_region(
     Returns the image tile (C, size, size) and the label and weight (out_size, out_size) at
     its centre (the net's output window).
     """
-    if aug.flips:
-        image, label, weight = flip_rotate([image, label, weight], rng)
+    if aug.flips != "none":
+        image, label, weight = flip_rotate([image, label, weight], rng, aug.flips)
     lo = margin + (size - out_size) // 2
     if aug.elastic:
         coords = elastic_coordinates(rng, size, margin, aug.elastic_grid, aug.elastic_sigma)

@@ -21,7 +21,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile-size", type=int, default=None, help="network input per tile in px (default: 572 or less)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="tiles per forward pass (default: as many as fit in about 1.5 GB, at most 8)")
-    p.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations (8x slower, smoother)")
+    p.add_argument("--tta", action="store_true",
+                   help="average over the flips/rotations the model was trained with (up to 8x slower, smoother)")
     p.add_argument(
         "--threshold",
         type=float,
@@ -111,10 +112,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--optimizer", help="sgd, adam or adamw")
     m.add_argument("--lr", type=float)
     m.add_argument("--momentum", type=float)
+    m.add_argument("--ema", type=float, help="decay of a moving average of the weights, validated and saved (0: off)")
     m.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=True, help="BatchNorm (default: on)")
     m.add_argument("--weight-map", action=argparse.BooleanOptionalAction, help="the paper's border weight map")
     m.add_argument("--elastic", action=argparse.BooleanOptionalAction, help="elastic deformation")
-    m.add_argument("--flips", action=argparse.BooleanOptionalAction, help="flips and 90-degree rotations")
+    m.add_argument("--flips", choices=["dihedral", "horizontal", "none"],
+                   help="flips/rotations to augment with, and that --tta averages over: all 8, left-right, none")
     m.add_argument("--grey", action=argparse.BooleanOptionalAction, help="grey-value changes")
     p.set_defaults(run=_run_train)
 
@@ -129,8 +132,8 @@ def _run_train(args: argparse.Namespace) -> int | None:
 
     names = ["data", "images", "labels", "val", "val_fraction", "classes", "out", "preset", "epochs", "seed", "device",
              "precision", "workers", "select_by", "width", "depth", "padding", "up_mode", "dropout", "tile_size",
-             "batch_size", "samples_per_epoch", "loss", "optimizer", "lr", "momentum", "weight_map", "elastic", "flips",
-             "grey", "batch_norm", "dist_timeout"]
+             "batch_size", "samples_per_epoch", "loss", "optimizer", "lr", "momentum", "ema", "weight_map", "elastic",
+             "flips", "grey", "batch_norm", "dist_timeout"]
     cfg = TrainConfig(**{n: getattr(args, n) for n in names if getattr(args, n) is not None},
                       time_limit=parse_duration(args.time_limit) if args.time_limit else None,
                       calibrate_tta=not args.no_calibrate_tta, skip_nonfinite=args.skip_nonfinite)

@@ -34,9 +34,9 @@ from .device import choose_precision, resolve_device
 from .errors import UserInputError
 from .instances import probabilities_to_instances
 from .io import TIFF_SUFFIXES, list_images, match_channels, write_image
+from .model import UNet
 from .normalization import Normalization
 from .streaming import open_input, part_path, predict_to_tiff
-from .model import UNet
 from .tiling import default_batch_size, default_tile_size, inference_model, predict_tiled
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def calibrate(prob: np.ndarray, threshold: float) -> np.ndarray:
 class PredictOptions:
     tile_size: int | None = None  # px; None: the tool's choice
     batch_size: int | None = None  # tiles per forward pass; None: as many as fit in ~1.5 GB
-    tta: bool = False  # average over the 8 flips / rotations
+    tta: bool = False  # average over the flips / rotations the model was trained with
     threshold: float | None = None  # write masks at this calibrated probability
     format: str = "auto"  # "png", "tif" or "auto" (the input's own kind)
     precision: str = "auto"  # auto: bf16 + channels_last on CPUs with bf16, AMP on CUDA
@@ -119,6 +119,7 @@ def predict_files(
         model, metadata = load_model(model_path, dev)
     normalization = Normalization.from_dict(metadata.get("normalization", Normalization().to_dict()))
     model_threshold = float(metadata.get("threshold", 0.5))
+    flips = metadata.get("flips", "dihedral")  # models saved before flips were stored: all 8
     precision = choose_precision(options.precision, dev)
     if isinstance(model, UNet):
         model = inference_model(model, precision)
@@ -166,13 +167,13 @@ def predict_files(
         model.to(dev)
     try:
         return _predict_all(model, model_path, sources, targets, shapes, options, normalization, model_threshold,
-                            precision, ctx)
+                            flips, precision, ctx)
     finally:
         distributed.finish()
 
 
 def _predict_all(model, model_path, sources, targets, shapes, options: PredictOptions, normalization,
-                 model_threshold: float, precision: str, ctx: distributed.Context) -> list[Path]:
+                 model_threshold: float, flips: str, precision: str, ctx: distributed.Context) -> list[Path]:
     """Predict each source into its target; with several processes, each takes its share."""
     total = sum(shape[0] for shape in shapes)
     written = []
@@ -185,7 +186,7 @@ def _predict_all(model, model_path, sources, targets, shapes, options: PredictOp
                 tile = options.tile_size or default_tile_size(model, page.shape[-2], page.shape[-1])
                 batch = options.batch_size or default_batch_size(model, tile, precision)
                 return predict_tiled(model, page, tile_size=tile, batch_size=batch,
-                                     tta=options.tta, normalization=normalization, precision=precision,
+                                     tta=options.tta, flips=flips, normalization=normalization, precision=precision,
                                      channels_last=precision != "fp32", progress=tile_progress, out=out,
                                      encode=encode_tile, skip_batches=skip, on_batch=on_batch)
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import symmetries
 from .device import autocast
 from .errors import UserInputError
 from .model import UNet, fold_batch_norm, probabilities
@@ -133,21 +134,6 @@ def _context_and_kept(model_like, tile_size: int) -> tuple[int, int]:
     return margin, tile_size - 2 * margin
 
 
-# The 8 symmetries of the square, as (rotations by 90 degrees, flip) pairs.
-_DIHEDRAL = [(k, f) for f in (False, True) for k in range(4)]
-
-
-def _apply(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
-    if flip:
-        x = torch.flip(x, dims=(-1,))
-    return torch.rot90(x, k, dims=(-2, -1))
-
-
-def _undo(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
-    x = torch.rot90(x, -k, dims=(-2, -1))
-    return torch.flip(x, dims=(-1,)) if flip else x
-
-
 def predict_tiled(
     model: UNet,
     image: np.ndarray,
@@ -155,6 +141,7 @@ def predict_tiled(
     tile_size: int | None = None,
     batch_size: int = 4,
     tta: bool = False,
+    flips: str = "dihedral",
     device: str | torch.device | None = None,
     normalization: Normalization | None = None,
     precision: str = "fp32",
@@ -174,7 +161,9 @@ def predict_tiled(
         tile_size: network input per tile (px, a valid input size of the net); default the
             valid size up to 892 px that computes the fewest pixels for this image.
         batch_size: tiles per forward pass (bounds memory).
-        tta: average over the 8 flips / 90-degree rotations (the paper's averaging).
+        tta: average over the flips / 90-degree rotations of the group ``flips``.
+        flips: the group the net was trained with (`symmetries.GROUPS`; the checkpoint's
+            ``flips`` metadata): all 8 (the paper's averaging), horizontal or none.
         device: where to run; default the model's device (the model is moved if given).
         normalization: percentile normalisation computed on the whole image and applied per
             tile; None feeds the image as float32 unchanged.
@@ -243,6 +232,7 @@ def predict_tiled(
             p = p[..., m : m + rows.output_size, m : m + cols.output_size]
         return p
 
+    group = symmetries.group(flips)
     positions = [(y, x) for y in rows.origins for x in cols.origins]
     was_training = model.training
     model.eval()
@@ -257,7 +247,7 @@ def predict_tiled(
                     continue
                 batch = torch.from_numpy(np.stack([read_tile(y, x) for y, x in chunk])).to(dev)
                 if tta:
-                    probs = sum(_undo(forward(_apply(batch, k, f)), k, f) for k, f in _DIHEDRAL) / len(_DIHEDRAL)
+                    probs = sum(symmetries.undo(forward(symmetries.apply(batch, s)), s) for s in group) / len(group)
                 else:
                     probs = forward(batch)
                 probs = probs.cpu().numpy()

@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from . import __version__, distributed, metrics
+from . import __version__, distributed, metrics, symmetries
 from .augment import Augmentation
 from .checkpoint import load_payload, model_payload, save_model, save_payload
 from .data import EpochSampler, TileDataset, checksum, prepare, read_pairs, split
@@ -76,8 +76,9 @@ class TrainConfig:
     lr: float | None = None
     momentum: float | None = None  # SGD momentum (paper: 0.99)
     weight_decay: float = 0.0
+    ema: float | None = None  # decay of an exponential moving average of the weights (0: off)
     elastic: bool | None = None
-    flips: bool | None = None
+    flips: str | None = None  # flips/rotations to augment with and average over: dihedral, horizontal, none
     grey: bool | None = None
     weight_map: bool | None = None  # the paper's border weight map in the loss
     w0: float = 10.0
@@ -97,7 +98,7 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         """Fill ``None`` fields from the preset and check every value."""
         values = preset(self.preset)
-        base = dict(momentum=0.9, centre_crop=False, workers=None)
+        base = dict(momentum=0.9, centre_crop=False, workers=None, ema=0.0)
         out = dataclasses.replace(self)
         for name, value in {**base, **values}.items():
             if getattr(out, name) is None:
@@ -113,6 +114,9 @@ class TrainConfig:
         for name in ("batch_size", "epochs", "width"):
             if getattr(out, name) < 1:
                 raise UserInputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(out, name)}")
+        if not 0.0 <= out.ema < 1.0:
+            raise UserInputError(f"--ema must be in [0, 1), got {out.ema}")
+        symmetries.group(out.flips)
         if out.classes is not None and out.classes < 2:
             raise UserInputError(f"--classes must be >= 2, got {out.classes}")
         return out
@@ -172,6 +176,26 @@ def _build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Op
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def weight_average(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of the weights and BatchNorm statistics.
+
+    The decay warms up as min(decay, (1 + n) / (10 + n)) after n updates, so that the
+    average forgets the random initial weights within the first few dozen steps instead
+    of 1 / (1 - decay) of them.
+    """
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
+        d = min(decay, (1 + int(n)) / (10 + int(n)))
+        if averaged[0].is_floating_point():
+            torch._foreach_lerp_(averaged, current, 1 - d)
+        else:  # BatchNorm's step counters
+            for a, c in zip(averaged, current):
+                a.copy_(c)
+
+    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+
+
 def _load_data(cfg: TrainConfig):
     norm = Normalization.from_dict(cfg.normalization)
     n_classes = cfg.classes or 2
@@ -213,7 +237,7 @@ def validation_maps(model: UNet, items, cfg: TrainConfig, precision: str, tta: b
     """Predict whole validation images as `unet predict` does -> [(name, foreground map, truth, loss)]."""
     out = []
     for it in items:
-        p = predict_tiled(model, it.image, batch_size=cfg.batch_size, tta=tta, precision=precision,
+        p = predict_tiled(model, it.image, batch_size=cfg.batch_size, tta=tta, flips=cfg.flips, precision=precision,
                           channels_last=precision != "fp32")
         if not np.isfinite(p).all():
             raise UserInputError("the predictions became non-finite (the weights diverged); the last good state is "
@@ -329,6 +353,8 @@ def _train(cfg: TrainConfig, run: Path, state: dict | None, ctx: distributed.Con
     if channels_last:
         raw.to(memory_format=torch.channels_last)
     optimizer = _build_optimizer(cfg, raw)
+    ema = weight_average(raw, cfg.ema) if cfg.ema > 0 else None
+    averaged = ema.module if ema is not None else raw  # the weights that are validated and saved
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
 
     aug = Augmentation(elastic=cfg.elastic, flips=cfg.flips, grey=cfg.grey)
@@ -348,7 +374,9 @@ def _train(cfg: TrainConfig, run: Path, state: dict | None, ctx: distributed.Con
     epoch, step, elapsed_before, best_value, best_threshold = 0, 0, 0.0, None, 0.5
     if state is not None:
         tr = state["training"]
-        raw.load_state_dict(state["state_dict"])
+        raw.load_state_dict(tr.get("weights", state["state_dict"]))
+        if ema is not None:
+            ema.load_state_dict(tr["ema"])
         optimizer.load_state_dict(tr["optimizer"])
         scaler.load_state_dict(tr["scaler"])
         torch.set_rng_state(tr["torch_rng"])
@@ -371,7 +399,8 @@ def _train(cfg: TrainConfig, run: Path, state: dict | None, ctx: distributed.Con
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(run / "tb"))
-    meta = dict(normalization=cfg.normalization, tile_size=tile, preset=cfg.preset, version=__version__)
+    meta = dict(normalization=cfg.normalization, tile_size=tile, preset=cfg.preset, version=__version__,
+                flips=cfg.flips)  # predict --tta averages over the flips the net was trained with
     val_seconds = None
     log.info("training %s: %d train / %d val images, tile %d -> %d, batch %d x %d process(es), %s, %s on %s",
              cfg.preset, len(train_items), len(val_items), tile, out_size, cfg.batch_size, ctx.world, cfg.loss,
@@ -391,10 +420,12 @@ def _train(cfg: TrainConfig, run: Path, state: dict | None, ctx: distributed.Con
     def save_last(epoch_: int, step_: int) -> None:
         if not ctx.is_main:
             return
-        payload = model_payload(raw, **meta, threshold=best_threshold)
+        payload = model_payload(averaged, **meta, threshold=best_threshold)
         payload["training"] = dict(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
                                    torch_rng=torch.get_rng_state(), epoch=epoch_, step=step_,
                                    elapsed=elapsed_before + time.monotonic() - t_start, best_value=best_value)
+        if ema is not None:  # last.pt predicts with the average; training continues from both
+            payload["training"].update(weights=raw.state_dict(), ema=ema.state_dict())
         save_payload(payload, run / "last.pt")
 
     stopped = None
@@ -435,6 +466,8 @@ def _train(cfg: TrainConfig, run: Path, state: dict | None, ctx: distributed.Con
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
+                if ema is not None:
+                    ema.update_parameters(raw)
                 step += 1
                 steps_this_call += 1
                 losses.append(ctx.mean(loss.item()))
@@ -458,14 +491,14 @@ def _train(cfg: TrainConfig, run: Path, state: dict | None, ctx: distributed.Con
                 raise UserInputError(f"the weights became non-finite in epoch {epoch}; the last good state is "
                                      f"{run / 'last.pt'}: lower --lr")
             t_val = time.monotonic()
-            v = validate(raw, val_items, cfg, precision, ctx=ctx)
+            v = validate(averaged, val_items, cfg, precision, ctx=ctx)
             val_seconds = time.monotonic() - t_val
             value = v.value(cfg.select_by)
             improved = best_value is None or (value > best_value if cfg.select_by in _MAXIMISE else value < best_value)
             if improved:
                 best_value, best_threshold = value, v.threshold
                 if ctx.is_main:
-                    save_model(raw, run / "best.pt", **meta, threshold=v.threshold, val=dataclasses.asdict(v),
+                    save_model(averaged, run / "best.pt", **meta, threshold=v.threshold, val=dataclasses.asdict(v),
                                epoch=epoch)
             save_last(epoch, step)
             row = dict(epoch=epoch, step=step, train_loss=float(np.mean(losses)) if losses else math.nan,

@@ -1,0 +1,54 @@
+"""The flips and 90-degree rotations that training augments with and ``--tta`` averages over.
+
+A symmetry is a pair (k, flip): mirror left-right if ``flip``, then rotate by k x 90
+degrees (as ``numpy.rot90`` / ``torch.rot90``). Three groups:
+
+- ``dihedral``: all 8 symmetries of the square (the paper's augmentation and averaging);
+- ``horizontal``: the identity and the left-right mirror;
+- ``none``: the identity only.
+
+Why not always all 8: hand-drawn labels often sit a fraction of a pixel off the image's
+edges in one direction (the ISBI 2012 membranes are drawn about half a pixel above the dark
+lines they trace). A net shown rotated and upside-down copies cannot learn such an offset,
+because it no longer knows which way is up, and averaging over rotations at prediction
+smears it out again. Training and TTA therefore use the same group, stored with the model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .errors import UserInputError
+
+Symmetry = tuple[int, bool]
+
+GROUPS: dict[str, tuple[Symmetry, ...]] = {
+    "dihedral": tuple((k, f) for f in (False, True) for k in range(4)),
+    "horizontal": ((0, False), (0, True)),
+    "none": ((0, False),),
+}
+
+
+def group(name: str) -> tuple[Symmetry, ...]:
+    """The symmetries of a group by name (see the module docstring)."""
+    if name not in GROUPS:
+        raise UserInputError(f"--flips {name}: choose one of {', '.join(GROUPS)}")
+    return GROUPS[name]
+
+
+def apply(x: np.ndarray | torch.Tensor, s: Symmetry) -> np.ndarray | torch.Tensor:
+    """Transform the last two axes of an array or tensor (..., H, W) by the symmetry ``s``."""
+    k, flip = s
+    if isinstance(x, torch.Tensor):
+        x = torch.flip(x, dims=(-1,)) if flip else x
+        return torch.rot90(x, k, dims=(-2, -1))
+    x = x[..., ::-1] if flip else x
+    return np.ascontiguousarray(np.rot90(x, k, axes=(-2, -1)))
+
+
+def undo(x: torch.Tensor, s: Symmetry) -> torch.Tensor:
+    """The inverse of `apply`: undo(apply(x, s), s) == x."""
+    k, flip = s
+    x = torch.rot90(x, -k, dims=(-2, -1))
+    return torch.flip(x, dims=(-1,)) if flip else x
