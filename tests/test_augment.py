@@ -29,6 +29,18 @@ def test_elastic_deformation_keeps_image_and_label_aligned(seed):
     assert np.array_equal(centre[sure] > 0.5, lab[sure] == 1)
 
 
+@settings(max_examples=20, deadline=None)
+@given(size=st.integers(8, 400), grid=st.integers(2, 5), seed=st.integers(0, 100))
+def test_displacement_field_is_the_bicubic_zoom_of_the_coarse_vectors(size, grid, seed):
+    from scipy import ndimage
+
+    d = displacement_field(np.random.default_rng(seed), size, grid, 10.0)
+    coarse = np.random.default_rng(seed).normal(0.0, 10.0, size=(2, grid, grid))
+    zoomed = np.stack([ndimage.zoom(c, size / grid, order=3, mode="nearest", grid_mode=True) for c in coarse])
+    assert d.shape == (2, size, size)
+    assert np.abs(d - zoomed[:, :size, :size]).max() < 1e-4
+
+
 def test_deformation_really_deforms():
     rng = np.random.default_rng(0)
     d = displacement_field(rng, 100, 3, 10.0)

@@ -8,6 +8,7 @@ augmentation is a pure function of its seed (repeatable runs, exact resume).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,10 +35,20 @@ def displacement_field(rng: np.random.Generator, size: int, grid: int, sigma: fl
     """(2, size, size) per-pixel displacements (px): Gaussian vectors on a coarse grid,
     interpolated bicubically over the tile, as in the paper."""
     coarse = rng.normal(0.0, sigma, size=(2, grid, grid))
-    # zoom with order 3 and grid_mode=False maps the grid's corners onto the tile's corners.
-    return np.stack([ndimage.zoom(c, size / grid, order=3, mode="nearest", grid_mode=True) for c in coarse])[
-        :, :size, :size
-    ]
+    m = upsampling_matrix(size, grid)
+    return (m @ coarse @ m.T).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def upsampling_matrix(size: int, grid: int) -> np.ndarray:
+    """(size, grid) cubic-spline weights: ``m @ coarse @ m.T`` equals ``ndimage.zoom(coarse,
+    size / grid, order=3, mode="nearest", grid_mode=True)`` (the grid cells spanning the tile).
+    Spline zooming is separable, so the 2-D zoom is two small matrix products:
+    microseconds instead of the ~9 ms per tile that zooming both fields took in the worker.
+    """
+    return np.stack(
+        [ndimage.zoom(e, size / grid, order=3, mode="nearest", grid_mode=True)[:size] for e in np.eye(grid)], axis=1
+    )
 
 
 def elastic_coordinates(rng: np.random.Generator, size: int, margin: int, grid: int, sigma: float) -> np.ndarray:
