@@ -63,9 +63,10 @@ def run_demo(out: str | Path = "demo", minutes: float = 2.0, seed: int = 0) -> d
     write_dataset(out / "data" / "test", 4, 384, seed=seed + 1000)
 
     log.info("2/4 training a small U-Net for %.1f minutes", minutes)
+    # Synthetic cells have no preferred orientation, so all 8 flips/rotations (and TTA over them).
     cfg = TrainConfig(out=str(out / "run"), data=str(out / "data" / "train"), val_fraction=0.25, width=16,
-                      padding="valid", tile_size=380, batch_size=2, samples_per_epoch=16, time_limit=minutes * 60,
-                      seed=seed)
+                      padding="valid", tile_size=380, batch_size=2, samples_per_epoch=16, flips="dihedral", ema=0.0,
+                      time_limit=minutes * 60, seed=seed)
     run = train(cfg)
 
     log.info("3/4 segmenting the held-apart images (overlap-tile + TTA)")
