@@ -106,6 +106,10 @@ def _setup(tmp_path, case):
     if case == "image without a label":
         (data / "labels" / "02.png").unlink()
         return train, "no label for image", out
+    if case == "out-of-range training options":
+        return train + ["--ema", "1.5"], "--ema must be in [0, 1)", out
+    if case == "non-positive elastic sigma":
+        return train + ["--elastic-sigma", "0"], "--elastic-sigma must be > 0", out
     raise AssertionError(case)
 
 
@@ -114,7 +118,7 @@ CASES = [
     "NaN in a float TIFF", "decompression bomb", "checkpoint of another architecture", "corrupt checkpoint",
     "tile smaller than the receptive border", "output inside the input folder", "unwritable output folder",
     "CUDA where none exists", "image and label of different size", "labels with unexpected values",
-    "image without a label",
+    "image without a label", "out-of-range training options", "non-positive elastic sigma",
 ]
 
 

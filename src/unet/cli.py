@@ -116,6 +116,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=True, help="BatchNorm (default: on)")
     m.add_argument("--weight-map", action=argparse.BooleanOptionalAction, help="the paper's border weight map")
     m.add_argument("--elastic", action=argparse.BooleanOptionalAction, help="elastic deformation")
+    m.add_argument("--elastic-sigma", type=float, help="std of the elastic displacements, px (default: 10, the paper)")
     m.add_argument("--flips", choices=["dihedral", "horizontal", "none"],
                    help="flips/rotations to augment with, and that --tta averages over: all 8, left-right, none")
     m.add_argument("--grey", action=argparse.BooleanOptionalAction, help="grey-value changes")
@@ -132,7 +133,7 @@ def _run_train(args: argparse.Namespace) -> int | None:
 
     names = ["data", "images", "labels", "val", "val_fraction", "classes", "out", "preset", "epochs", "seed", "device",
              "precision", "workers", "select_by", "width", "depth", "padding", "up_mode", "dropout", "tile_size",
-             "batch_size", "samples_per_epoch", "loss", "optimizer", "lr", "momentum", "ema", "weight_map", "elastic",
+             "batch_size", "samples_per_epoch", "loss", "optimizer", "lr", "momentum", "ema", "weight_map", "elastic", "elastic_sigma",
              "flips", "grey", "batch_norm", "dist_timeout"]
     cfg = TrainConfig(**{n: getattr(args, n) for n in names if getattr(args, n) is not None},
                       time_limit=parse_duration(args.time_limit) if args.time_limit else None,

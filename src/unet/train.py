@@ -78,6 +78,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     ema: float | None = None  # decay of an exponential moving average of the weights (0: off)
     elastic: bool | None = None
+    elastic_sigma: float = 10.0  # std of the elastic displacements on the 3 x 3 grid, px (paper: 10)
     flips: str | None = None  # flips/rotations to augment with and average over: dihedral, horizontal, none
     grey: bool | None = None
     weight_map: bool | None = None  # the paper's border weight map in the loss
@@ -117,6 +118,8 @@ class TrainConfig:
         if not 0.0 <= out.ema < 1.0:
             raise UserInputError(f"--ema must be in [0, 1), got {out.ema}")
         symmetries.group(out.flips)
+        if out.elastic_sigma <= 0:
+            raise UserInputError(f"--elastic-sigma must be > 0, got {out.elastic_sigma}")
         if out.classes is not None and out.classes < 2:
             raise UserInputError(f"--classes must be >= 2, got {out.classes}")
         return out
@@ -357,7 +360,7 @@ def _train(cfg: TrainConfig, run: Path, state: dict | None, ctx: distributed.Con
     averaged = ema.module if ema is not None else raw  # the weights that are validated and saved
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
 
-    aug = Augmentation(elastic=cfg.elastic, flips=cfg.flips, grey=cfg.grey)
+    aug = Augmentation(elastic=cfg.elastic, elastic_sigma=cfg.elastic_sigma, flips=cfg.flips, grey=cfg.grey)
     dataset = TileDataset(train_items, tile, out_size, aug, cfg.seed, centre_crop=cfg.centre_crop)
     per_epoch = cfg.samples_per_epoch or len(train_items)
     steps_per_epoch = math.ceil(per_epoch / (cfg.batch_size * ctx.world))
