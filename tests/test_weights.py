@@ -18,6 +18,13 @@ def test_hand_computed_weight_map():
     assert w[0, 3] == pytest.approx(expected, rel=1e-6)
 
 
+def test_weight_map_without_class_balance_is_one_plus_the_border_term():
+    cells = np.array([[1, 1, 0, 0, 2, 2, 2]])
+    w = border_weight_map(cells, w0=10, sigma=5, class_balance=False)
+    assert np.allclose(w[0, [0, 1, 4, 5, 6]], 1.0)
+    assert w[0, 2] == pytest.approx(1 + 10 * math.exp(-(1 + 2) ** 2 / (2 * 5**2)), rel=1e-6)
+
+
 def test_distances_to_the_two_nearest_cells():
     cells = np.zeros((5, 9), int)
     cells[:, 0] = 1

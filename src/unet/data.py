@@ -132,12 +132,13 @@ def prepare(
     weight_map: bool,
     w0: float = 10.0,
     sigma: float = 5.0,
+    class_balance: bool = True,
 ) -> list[LabelledImage]:
     """Normalise images, interpret labels and compute each image's weight map once."""
     items = []
     for name, image, label, path in pairs:
         classes, cells = interpret_labels(label, n_classes, source=str(path))
-        weight = border_weight_map(cells, w0 if weight_map else 0.0, sigma, n_classes, classes)
+        weight = border_weight_map(cells, w0 if weight_map else 0.0, sigma, n_classes, classes, class_balance)
         if not weight_map:
             weight = np.ones_like(weight)
         items.append(LabelledImage(name, normalize(image, normalization), classes, weight))

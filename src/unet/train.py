@@ -82,8 +82,9 @@ class TrainConfig:
     flips: str | None = None  # flips/rotations to augment with and average over: dihedral, horizontal, none
     grey: bool | None = None
     weight_map: bool | None = None  # the paper's border weight map in the loss
-    w0: float = 10.0
-    sigma: float = 5.0
+    w0: float = 10.0  # the weight map's border weight (paper: 10)
+    sigma: float = 5.0  # and its width, px (paper: 5)
+    class_balance: bool | None = None  # w_c: weight classes by inverse frequency in the weight map
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     device: str | None = None
     workers: int | None = None
@@ -99,7 +100,7 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         """Fill ``None`` fields from the preset and check every value."""
         values = preset(self.preset)
-        base = dict(momentum=0.9, centre_crop=False, workers=None, ema=0.0)
+        base = dict(momentum=0.9, centre_crop=False, workers=None, ema=0.0, class_balance=True)
         out = dataclasses.replace(self)
         for name, value in {**base, **values}.items():
             if getattr(out, name) is None:
@@ -203,11 +204,11 @@ def _load_data(cfg: TrainConfig):
     norm = Normalization.from_dict(cfg.normalization)
     n_classes = cfg.classes or 2
     pairs = read_pairs(cfg.data, cfg.images, cfg.labels)
-    items = prepare(pairs, n_classes, norm, cfg.weight_map, cfg.w0, cfg.sigma)
+    items = prepare(pairs, n_classes, norm, cfg.weight_map, cfg.w0, cfg.sigma, cfg.class_balance)
     paths = sorted({p for *_, p in pairs})
     if cfg.val:
         val_pairs = read_pairs(cfg.val)
-        val_items = prepare(val_pairs, n_classes, norm, cfg.weight_map, cfg.w0, cfg.sigma)
+        val_items = prepare(val_pairs, n_classes, norm, cfg.weight_map, cfg.w0, cfg.sigma, cfg.class_balance)
         paths += sorted({p for *_, p in val_pairs})
         train_items = items
     else:

@@ -61,18 +61,25 @@ def nearest_two_distances(cells: np.ndarray, max_distance: float) -> tuple[np.nd
 
 
 def border_weight_map(
-    cells: np.ndarray, w0: float = 10.0, sigma: float = 5.0, n_classes: int = 2, classes: np.ndarray | None = None
+    cells: np.ndarray,
+    w0: float = 10.0,
+    sigma: float = 5.0,
+    n_classes: int = 2,
+    classes: np.ndarray | None = None,
+    class_balance: bool = True,
 ) -> np.ndarray:
     """The paper's weight map for (H, W) cell ids (0 = background) -> (H, W) float32.
 
-    w_c balances ``classes`` (default: background 0 / cell 1). The border term is added on
+    w_c balances ``classes`` (default: background 0 / cell 1), or is 1 everywhere without
+    ``class_balance`` (balancing moves the best decision threshold and costs pixel error:
+    on ISBI 2012 it up-weights the 22% membrane pixels 2.3x). The border term is added on
     background pixels only: inside a cell d1 = 0, and the paper's Fig. 3d shows the weight
     on the separating borders. With w0 = 10, sigma = 5 px (the paper's values) a 2-px gap
     between two cells gets weight w_c + 10 * exp(-4/50) ~ w_c + 9.2.
     """
     if classes is None:
         classes = (cells > 0).astype(np.int64)
-    weight = class_balance_weights(classes, n_classes)
+    weight = class_balance_weights(classes, n_classes) if class_balance else np.ones(classes.shape, np.float32)
     if w0 > 0 and cells.max() > 1:
         # exp(-(d1 + d2)^2 / 2 sigma^2) < 1e-6 beyond d1 + d2 > 5.3 sigma: skip those pixels.
         d1, d2 = nearest_two_distances(cells, max_distance=5.3 * sigma)
