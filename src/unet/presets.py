@@ -11,7 +11,7 @@
   drawn a fraction of a pixel off the image's edges (ISBI 2012: half a pixel up) can then
   be learned, and ``--tta`` averages over the same two. See symmetries.py.
   On ISBI 2012 (15 minutes, 2 cores, ``unet predict --tta``): pixel error 0.072-0.073 with
-  all 8 flips -> 0.069 with left-right flips; adapted Rand error 0.073-0.090 -> 0.071-0.083.
+  all 8 flips -> 0.069 with left-right flips (two runs); adapted Rand error 0.073-0.090 -> 0.071-0.094.
 - ``paper``: Ronneberger et al. 2015: full width, batch 1 of large tiles, SGD with
   momentum 0.99, elastic deformation, the border weight map (w0 = 10, sigma = 5 px).
 - ``seed``: the blog post this project started from: 100 epochs, batch 4, each image's
