@@ -71,8 +71,9 @@ def border_weight_map(
     """The paper's weight map for (H, W) cell ids (0 = background) -> (H, W) float32.
 
     w_c balances ``classes`` (default: background 0 / cell 1), or is 1 everywhere without
-    ``class_balance`` (balancing moves the best decision threshold and costs pixel error:
-    on ISBI 2012 it up-weights the 22% membrane pixels 2.3x). The border term is added on
+    ``class_balance`` (on ISBI 2012 balancing up-weights the 22% membrane pixels 2.3x and
+    moves the best decision threshold to about 0.2; 15-minute runs with and without it gave
+    pixel errors of 0.069-0.070 either way). The border term is added on
     background pixels only: inside a cell d1 = 0, and the paper's Fig. 3d shows the weight
     on the separating borders. With w0 = 10, sigma = 5 px (the paper's values) a 2-px gap
     between two cells gets weight w_c + 10 * exp(-4/50) ~ w_c + 9.2.
