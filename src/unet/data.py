@@ -138,9 +138,10 @@ def prepare(
     items = []
     for name, image, label, path in pairs:
         classes, cells = interpret_labels(label, n_classes, source=str(path))
-        weight = border_weight_map(cells, w0 if weight_map else 0.0, sigma, n_classes, classes, class_balance)
-        if not weight_map:
-            weight = np.ones_like(weight)
+        if weight_map:
+            weight = border_weight_map(cells, w0, sigma, n_classes, classes, class_balance)
+        else:
+            weight = np.ones(classes.shape, np.float32)
         items.append(LabelledImage(name, normalize(image, normalization), classes, weight))
     return items
 
