@@ -11,6 +11,7 @@ import logging
 import sys
 
 from .errors import Interrupted, UserInputError
+from .symmetries import GROUPS
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
@@ -120,7 +121,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="the weight map's w_c: classes weighted by inverse frequency (default: from the preset)")
     m.add_argument("--elastic", action=argparse.BooleanOptionalAction, help="elastic deformation")
     m.add_argument("--elastic-sigma", type=float, help="std of the elastic displacements, px (default: 10, the paper)")
-    m.add_argument("--flips", choices=["dihedral", "horizontal", "none"],
+    m.add_argument("--flips", choices=list(GROUPS),
                    help="flips/rotations to augment with, and that --tta averages over: all 8, left-right, none")
     m.add_argument("--grey", action=argparse.BooleanOptionalAction, help="grey-value changes")
     p.set_defaults(run=_run_train)
