@@ -9,7 +9,8 @@ import torch
 from unet import load_model
 from unet.cli import main
 from unet.synthetic import write_dataset
-from unet.train import TrainConfig, learning_rate, parse_duration, train, weight_average
+from unet import metrics
+from unet.train import THRESHOLDS, TrainConfig, best_threshold, learning_rate, parse_duration, train, weight_average
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +122,15 @@ def test_presets_choose_padding_and_explicit_options_win():
     assert TrainConfig(preset="seed").resolved().padding == "valid"
     assert TrainConfig(preset="fast", padding="valid", tile_size=572).resolved().tile_size == 572
     assert TrainConfig(preset="fast", padding="valid").resolved().padding == "valid"
+
+
+def test_best_threshold_by_hand_and_against_a_brute_force_sweep(rng):
+    # p = .1 .3 .6 .8 with truth F T F T: t in [.1, .3) misclassifies only .6 (one pixel);
+    # below .1 both background pixels are wrong, from .3 up .3 is missed.
+    p, g = np.array([[0.1, 0.3, 0.6, 0.8]]), np.array([[False, True, False, True]])
+    assert best_threshold([p], [g]) == 0.1
+    probs = [rng.random((20, 30)) ** 2 for _ in range(3)]
+    truths = [q + rng.normal(0, 0.2, q.shape) > 0.4 for q in probs]
+    sweep = [np.mean([metrics.pixel_error(q, t, th) for q, t in zip(probs, truths)]) for th in THRESHOLDS]
+    chosen = best_threshold(probs, truths)
+    assert np.mean([metrics.pixel_error(q, t, chosen) for q, t in zip(probs, truths)]) == pytest.approx(min(sweep))

@@ -120,6 +120,7 @@ def predict_files(
     normalization = Normalization.from_dict(metadata.get("normalization", Normalization().to_dict()))
     model_threshold = float(metadata.get("threshold", 0.5))
     flips = metadata.get("flips", "dihedral")  # models saved before flips were stored: all 8
+    input_shift = tuple(metadata.get("input_shift", (0.0, 0.0)))  # training's resampling onto the labels' grid
     precision = choose_precision(options.precision, dev)
     if isinstance(model, UNet):
         model = inference_model(model, precision)
@@ -167,13 +168,14 @@ def predict_files(
         model.to(dev)
     try:
         return _predict_all(model, model_path, sources, targets, shapes, options, normalization, model_threshold,
-                            flips, precision, ctx)
+                            flips, input_shift, precision, ctx)
     finally:
         distributed.finish()
 
 
 def _predict_all(model, model_path, sources, targets, shapes, options: PredictOptions, normalization,
-                 model_threshold: float, flips: str, precision: str, ctx: distributed.Context) -> list[Path]:
+                 model_threshold: float, flips: str, input_shift: tuple[float, float], precision: str,
+                 ctx: distributed.Context) -> list[Path]:
     """Predict each source into its target; with several processes, each takes its share."""
     total = sum(shape[0] for shape in shapes)
     written = []
@@ -186,7 +188,8 @@ def _predict_all(model, model_path, sources, targets, shapes, options: PredictOp
                 tile = options.tile_size or default_tile_size(model, page.shape[-2], page.shape[-1])
                 batch = options.batch_size or default_batch_size(model, tile, precision)
                 return predict_tiled(model, page, tile_size=tile, batch_size=batch,
-                                     tta=options.tta, flips=flips, normalization=normalization, precision=precision,
+                                     tta=options.tta, flips=flips, normalization=normalization,
+                                     input_shift=input_shift, precision=precision,
                                      channels_last=precision != "fp32", progress=tile_progress, out=out,
                                      encode=encode_tile, skip_batches=skip, on_batch=on_batch)
 

@@ -11,7 +11,10 @@ Why not always all 8: hand-drawn labels often sit a fraction of a pixel off the 
 edges in one direction (the ISBI 2012 membranes are drawn about half a pixel above the dark
 lines they trace). A net shown rotated and upside-down copies cannot learn such an offset,
 because it no longer knows which way is up, and averaging over rotations at prediction
-smears it out again. Training and TTA therefore use the same group, stored with the model.
+smears it out again. The default corrects the offset instead (registration.py: the images
+are resampled onto the labels' grid), so all 8 stay true symmetries; ``horizontal`` or
+``none`` let the net learn an offset itself. Training and TTA use the same group, stored
+with the model.
 """
 
 from __future__ import annotations

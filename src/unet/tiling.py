@@ -35,6 +35,7 @@ from .device import autocast
 from .errors import UserInputError
 from .model import UNet, fold_batch_norm, probabilities
 from .normalization import Normalization, apply_normalization
+from .registration import shift_image, tile_halo
 
 DEFAULT_TILE_SIZE = 572  # the paper's tile; rounded to the nearest valid size of each net
 MAX_DEFAULT_TILE = 892  # largest tile the tool picks by itself (memory: ~0.5 GB per tile at width 64, bf16)
@@ -144,6 +145,7 @@ def predict_tiled(
     flips: str = "dihedral",
     device: str | torch.device | None = None,
     normalization: Normalization | None = None,
+    input_shift: tuple[float, float] = (0.0, 0.0),
     precision: str = "fp32",
     channels_last: bool = False,
     out: np.ndarray | None = None,
@@ -167,6 +169,9 @@ def predict_tiled(
         device: where to run; default the model's device (the model is moved if given).
         normalization: percentile normalisation computed on the whole image and applied per
             tile; None feeds the image as float32 unchanged.
+        input_shift: (dy, dx) px, resample the (normalised) image by this sub-pixel shift
+            before the net, as training did (the checkpoint's ``input_shift``; see
+            registration.py). Done per tile with a halo, so it matches the whole image.
         precision: "fp32", "bf16" or "fp16" autocast.
         channels_last: run the net in channels-last memory format (faster on CPUs/GPUs).
         out: optional (C_out, H, W) array to write into: a memory map, or anything with
@@ -212,13 +217,16 @@ def predict_tiled(
     if normalization is not None:
         low, high = normalization.statistics(image)
 
+    halo = tile_halo(input_shift)
+
     def read_tile(y: int, x: int) -> np.ndarray:
-        r = reflect_indices(y - rows.context, tile, height)
-        c = reflect_indices(x - cols.context, tile, width)
+        r = reflect_indices(y - rows.context - halo, tile + 2 * halo, height)
+        c = reflect_indices(x - cols.context - halo, tile + 2 * halo, width)
         t = image[:, r[:, None], c[None, :]]
-        if normalization is not None:
-            return apply_normalization(t, low, high)
-        return t.astype(np.float32, copy=False)
+        t = apply_normalization(t, low, high) if normalization is not None else t.astype(np.float32, copy=False)
+        if halo:
+            t = shift_image(t, input_shift)[:, halo : halo + tile, halo : halo + tile]
+        return t
 
     def forward(batch: torch.Tensor) -> torch.Tensor:
         if channels_last:

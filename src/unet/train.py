@@ -39,13 +39,14 @@ from .losses import LOSSES, segmentation_loss
 from .model import UNet, UNetConfig, init_he
 from .normalization import Normalization
 from .presets import preset
+from .registration import MAX_OFFSET, MIN_OFFSET, estimate_label_offset, parse_label_offset, shift_image
 from .tiling import predict_tiled
 
 log = logging.getLogger(__name__)
 
 SELECT_BY = ("score", "loss", "pixel_error", "adapted_rand_error", "rand_error", "v_rand", "dice")
 _MAXIMISE = {"v_rand", "dice"}
-THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+THRESHOLDS = tuple(round(0.01 * i, 2) for i in range(1, 100))
 
 
 @dataclass
@@ -80,6 +81,7 @@ class TrainConfig:
     elastic: bool | None = None
     elastic_sigma: float = 10.0  # std of the elastic displacements on the 3 x 3 grid, px (paper: 10)
     flips: str | None = None  # flips/rotations to augment with and average over: dihedral, horizontal, none
+    label_offset: str | None = None  # auto | none | "DY,DX" px: resample images onto the labels' grid
     grey: bool | None = None
     weight_map: bool | None = None  # the paper's border weight map in the loss
     w0: float = 10.0  # the weight map's border weight (paper: 10)
@@ -100,7 +102,8 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         """Fill ``None`` fields from the preset and check every value."""
         values = preset(self.preset)
-        base = dict(momentum=0.9, centre_crop=False, workers=None, ema=0.0, class_balance=True)
+        base = dict(momentum=0.9, centre_crop=False, workers=None, ema=0.0, class_balance=True,
+                    label_offset="none")
         out = dataclasses.replace(self)
         for name, value in {**base, **values}.items():
             if getattr(out, name) is None:
@@ -119,6 +122,7 @@ class TrainConfig:
         if not 0.0 <= out.ema < 1.0:
             raise UserInputError(f"--ema must be in [0, 1), got {out.ema}")
         symmetries.group(out.flips)
+        parse_label_offset(out.label_offset)
         if out.elastic_sigma <= 0:
             raise UserInputError(f"--elastic-sigma must be > 0, got {out.elastic_sigma}")
         if out.classes is not None and out.classes < 2:
@@ -237,12 +241,32 @@ class Validation:
         return self.score if name == "score" else getattr(self, name)
 
 
-def validation_maps(model: UNet, items, cfg: TrainConfig, precision: str, tta: bool = False) -> list[tuple]:
+def _input_shift(cfg: TrainConfig, train_items) -> tuple[float, float]:
+    """The (dy, dx) px shift that puts the images on their labels' grid (``--label-offset``)."""
+    setting = parse_label_offset(cfg.label_offset)
+    if setting == "none":
+        return 0.0, 0.0
+    if setting != "auto":
+        return setting
+    dy, dx = estimate_label_offset([it.image for it in train_items], [it.classes > 0 for it in train_items])
+    if max(abs(dy), abs(dx)) > MAX_OFFSET:
+        log.warning("the labels seem %+.2f, %+.2f px (y, x) off the images: more than an annotation offset, so not "
+                    "corrected; check that images and labels match, or set --label-offset", dy, dx)
+        return 0.0, 0.0
+    if max(abs(dy), abs(dx)) < MIN_OFFSET:
+        return 0.0, 0.0
+    log.info("the labels sit %+.2f, %+.2f px (y, x) off the images: images are resampled onto the labels' grid, "
+             "here and by predict (--label-offset none: keep them)", dy, dx)
+    return dy, dx
+
+
+def validation_maps(model: UNet, items, cfg: TrainConfig, precision: str, tta: bool = False,
+                    input_shift: tuple[float, float] = (0.0, 0.0)) -> list[tuple]:
     """Predict whole validation images as `unet predict` does -> [(name, foreground map, truth, loss)]."""
     out = []
     for it in items:
         p = predict_tiled(model, it.image, batch_size=cfg.batch_size, tta=tta, flips=cfg.flips, precision=precision,
-                          channels_last=precision != "fp32")
+                          channels_last=precision != "fp32", input_shift=input_shift)
         if not np.isfinite(p).all():
             raise UserInputError("the predictions became non-finite (the weights diverged); the last good state is "
                                  "last.pt in the run folder: lower --lr")
@@ -255,20 +279,36 @@ def validation_maps(model: UNet, items, cfg: TrainConfig, precision: str, tta: b
     return out
 
 
+def best_threshold(probs: list[np.ndarray], truths: list[np.ndarray]) -> float:
+    """The decision threshold (0.01 steps) with the least mean pixel error over the images.
+
+    Chosen by pixel error alone, not pixel + Rand error: the Rand error jumps when one
+    pixel opens or closes a gap between two cells, so a threshold chosen on it fits that
+    noise. Measured on ISBI 2012 (choose on 4 validation slices, score the 5th, 7 runs):
+    choosing by pixel error gave a lower held-out pixel error in every run (by up to 0.004)
+    and a lower held-out adapted Rand error in 5 of 7.
+
+    ``probs``: (H, W) foreground probabilities; ``truths``: (H, W) bool, same shapes.
+    """
+    edges = np.asarray(THRESHOLDS)
+    errors = np.zeros(len(edges))
+    for p, g in zip(probs, truths):
+        # Wrong at t: background pixels with p > t, foreground pixels with p <= t.
+        bg, fg = np.sort(p[~g]), np.sort(p[g])
+        wrong = bg.size - np.searchsorted(bg, edges, side="right") + np.searchsorted(fg, edges, side="right")
+        errors += wrong / p.size
+    return THRESHOLDS[int(np.argmin(errors))]
+
+
 def score_validation(maps: list[tuple]) -> Validation:
-    """Sweep the decision threshold; keep the one with the least pixel + adapted Rand error."""
+    """Choose the decision threshold (`best_threshold`) and score the maps at it."""
     probs, truths = [m[1] for m in maps], [m[2] for m in maps]
-    best_t, best, best_pe, best_are = 0.5, math.inf, math.nan, math.nan
-    for t in THRESHOLDS:
-        pe = float(np.mean([metrics.pixel_error(p, g, t) for p, g in zip(probs, truths)]))
-        are = float(np.mean([metrics.adapted_rand_error(p, g, t) for p, g in zip(probs, truths)]))
-        if pe + are < best:
-            best_t, best, best_pe, best_are = t, pe + are, pe, are
+    best_t = best_threshold(probs, truths)
     return Validation(
         loss=float(np.mean([m[3] for m in maps])),
         threshold=float(best_t),
-        pixel_error=best_pe,
-        adapted_rand_error=best_are,
+        pixel_error=float(np.mean([metrics.pixel_error(p, g, best_t) for p, g in zip(probs, truths)])),
+        adapted_rand_error=float(np.mean([metrics.adapted_rand_error(p, g, best_t) for p, g in zip(probs, truths)])),
         rand_error=metrics.rand_error(probs, truths, thresholds=[best_t]).value,
         v_rand=metrics.v_rand(probs, truths, thresholds=[best_t]).value,
         dice=float(np.mean([metrics.dice(p, g, best_t) for p, g in zip(probs, truths)])),
@@ -276,10 +316,11 @@ def score_validation(maps: list[tuple]) -> Validation:
 
 
 def validate(model: UNet, items, cfg: TrainConfig, precision: str, tta: bool = False,
-             ctx: distributed.Context = distributed.Context()) -> Validation:
+             ctx: distributed.Context = distributed.Context(),
+             input_shift: tuple[float, float] = (0.0, 0.0)) -> Validation:
     """Validation on whole images; with several processes each predicts its share and the
     maps are gathered, so every rank scores the same full set."""
-    mine = validation_maps(model, items[ctx.rank :: ctx.world], cfg, precision, tta)
+    mine = validation_maps(model, items[ctx.rank :: ctx.world], cfg, precision, tta, input_shift)
     shares = ctx.gather(mine)
     order = {it.name: i for i, it in enumerate(items)}
     maps = sorted((m for share in shares for m in share), key=lambda m: order[m[0]])
@@ -343,6 +384,10 @@ def _train(cfg: TrainConfig, run: Path, state: dict | None, ctx: distributed.Con
     torch.manual_seed(cfg.seed)
 
     train_items, val_items, channels, data_sha = _load_data(cfg)
+    input_shift = _input_shift(cfg, train_items)
+    if input_shift != (0.0, 0.0):
+        # Training tiles come from resampled images; validation resamples per tile, as predict does.
+        train_items = [dataclasses.replace(it, image=shift_image(it.image, input_shift)) for it in train_items]
     model_cfg = UNetConfig(
         in_channels=channels, out_channels=1 if (cfg.classes or 2) == 2 else cfg.classes, depth=cfg.depth,
         width=cfg.width, padding=cfg.padding, up_mode=cfg.up_mode, dropout=cfg.dropout, batch_norm=cfg.batch_norm,
@@ -394,7 +439,7 @@ def _train(cfg: TrainConfig, run: Path, state: dict | None, ctx: distributed.Con
         (run / "config.json").write_text(json.dumps(
             {"train": dataclasses.asdict(cfg), "model": model_cfg.to_dict(), "tile_size": tile, "output_size": out_size,
              "precision": precision, "device": str(device), "processes": ctx.world, "version": __version__,
-             "data_sha256": data_sha, "train_images": [it.name for it in train_items],
+             "data_sha256": data_sha, "input_shift": list(input_shift), "train_images": [it.name for it in train_items],
              "val_images": [it.name for it in val_items]}, indent=2))
     model = distributed.wrap(raw, ctx, device)
 
@@ -404,7 +449,8 @@ def _train(cfg: TrainConfig, run: Path, state: dict | None, ctx: distributed.Con
 
         writer = SummaryWriter(str(run / "tb"))
     meta = dict(normalization=cfg.normalization, tile_size=tile, preset=cfg.preset, version=__version__,
-                flips=cfg.flips)  # predict --tta averages over the flips the net was trained with
+                flips=cfg.flips,  # predict --tta averages over the flips the net was trained with
+                input_shift=list(input_shift))  # and resamples its input as training did
     val_seconds = None
     log.info("training %s: %d train / %d val images, tile %d -> %d, batch %d x %d process(es), %s, %s on %s",
              cfg.preset, len(train_items), len(val_items), tile, out_size, cfg.batch_size, ctx.world, cfg.loss,
@@ -495,7 +541,7 @@ def _train(cfg: TrainConfig, run: Path, state: dict | None, ctx: distributed.Con
                 raise UserInputError(f"the weights became non-finite in epoch {epoch}; the last good state is "
                                      f"{run / 'last.pt'}: lower --lr")
             t_val = time.monotonic()
-            v = validate(averaged, val_items, cfg, precision, ctx=ctx)
+            v = validate(averaged, val_items, cfg, precision, ctx=ctx, input_shift=input_shift)
             val_seconds = time.monotonic() - t_val
             value = v.value(cfg.select_by)
             improved = best_value is None or (value > best_value if cfg.select_by in _MAXIMISE else value < best_value)
@@ -541,7 +587,7 @@ def _calibrate_best(run: Path, val_items, cfg: TrainConfig, precision: str, devi
     model, meta = load_model(run / "best.pt", device)
     if precision != "fp32":
         model.to(memory_format=torch.channels_last)
-    v = validate(model, val_items, cfg, precision, tta=True)
+    v = validate(model, val_items, cfg, precision, tta=True, input_shift=tuple(meta.get("input_shift", (0.0, 0.0))))
     meta.update(threshold=v.threshold, val_tta=dataclasses.asdict(v))
     save_model(model, run / "best.pt", **meta)
     log.info("best.pt with TTA: threshold %.2f  pixel err %.4f  adapted rand %.4f  rand %.4f  v_rand %.4f",
