@@ -126,7 +126,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--grey", action=argparse.BooleanOptionalAction, help="grey-value changes")
     m.add_argument("--label-offset", metavar="auto|none|DY,DX",
                    help="labels drawn off the image's pixel grid: estimate the offset (auto), give it in px, or "
-                        "none; images are resampled onto the labels' grid, in training and by predict")
+                        "none; images are resampled onto the labels' grid, in training and by predict "
+                        "(negative values: --label-offset=-0.5,0)")
     p.set_defaults(run=_run_train)
 
 
