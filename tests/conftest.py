@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from unet import UNet, init_he
+from unet.train import TrainConfig
 
 ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012"
 
@@ -16,6 +17,13 @@ def tiny_unet(seed: int = 0, **kwargs) -> UNet:
     torch.manual_seed(seed)
     kwargs.setdefault("width", 4)
     return init_he(UNet(**kwargs)).eval()
+
+
+def tiny_train_config(data, out, **kw) -> TrainConfig:
+    """A training run of a few seconds: width-4, depth-2 net, 76-px tiles, 3 epochs of 2 steps."""
+    base = dict(out=str(out), data=str(data), width=4, depth=2, tile_size=76, batch_size=2, samples_per_epoch=4,
+                epochs=3, precision="fp32", workers=0, calibrate_tta=False, lr=1e-3, dropout=0.2)
+    return TrainConfig(**{**base, **kw})
 
 
 @pytest.fixture

@@ -12,8 +12,9 @@ from unet import UserInputError, load_model, predict_tiled
 from unet.cli import main
 from unet.registration import estimate_label_offset, parse_label_offset, shift_image
 from unet.synthetic import synthetic_em
-from unet.train import TrainConfig, train
+from unet.train import train
 
+from .conftest import tiny_train_config as tiny
 from .conftest import tiny_unet
 
 PAIRS = [synthetic_em(np.random.default_rng(s), 128) for s in range(4)]
@@ -86,21 +87,15 @@ def offset_data(tmp_path_factory):
     return root
 
 
-def tiny(data, out, **kw) -> TrainConfig:
-    base = dict(out=str(out), data=str(data), width=4, depth=2, tile_size=76, batch_size=2, samples_per_epoch=4,
-                epochs=1, precision="fp32", workers=0, calibrate_tta=False, lr=1e-3)
-    return TrainConfig(**{**base, **kw})
-
-
 def test_training_estimates_stores_and_predict_applies_the_offset(tmp_path, offset_data):
-    run = train(tiny(offset_data, tmp_path / "auto", label_offset="auto"))
+    run = train(tiny(offset_data, tmp_path / "auto", label_offset="auto", epochs=1))
     _, meta = load_model(run / "best.pt")
     dy, dx = meta["input_shift"]
     assert abs(dy + 0.6) <= 0.15 and abs(dx) <= 0.15
     assert json.loads((run / "config.json").read_text())["input_shift"] == [dy, dx]
-    off = train(tiny(offset_data, tmp_path / "none", label_offset="none"))
+    off = train(tiny(offset_data, tmp_path / "none", label_offset="none", epochs=1))
     assert load_model(off / "best.pt")[1]["input_shift"] == [0.0, 0.0]
-    given = train(tiny(offset_data, tmp_path / "given", label_offset="-0.5,0"))
+    given = train(tiny(offset_data, tmp_path / "given", label_offset="-0.5,0", epochs=1))
     assert load_model(given / "best.pt")[1]["input_shift"] == [-0.5, 0.0]
 
     # predict resamples its input with the stored shift: the same maps as the model without

@@ -6,22 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from unet import load_model
+from unet import load_model, metrics
 from unet.cli import main
 from unet.synthetic import write_dataset
-from unet import metrics
 from unet.train import THRESHOLDS, TrainConfig, best_threshold, learning_rate, parse_duration, train, weight_average
+
+from .conftest import tiny_train_config as tiny
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("syn"), 5, 64, seed=0)
-
-
-def tiny(data, out, **kw) -> TrainConfig:
-    base = dict(out=str(out), data=str(data), width=4, depth=2, tile_size=76, batch_size=2, samples_per_epoch=4,
-                epochs=3, precision="fp32", workers=0, calibrate_tta=False, lr=1e-3, dropout=0.2)
-    return TrainConfig(**{**base, **kw})
 
 
 def test_run_folder_has_everything(tmp_path, data):

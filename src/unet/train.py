@@ -562,7 +562,7 @@ def _train(cfg: TrainConfig, run: Path, state: dict | None, ctx: distributed.Con
     if stopped == "signal":
         raise Interrupted(f"stopped at step {step}; resume with --resume {run}")
     if cfg.calibrate_tta and ctx.is_main and (run / "best.pt").exists():
-        _calibrate_best(run, val_items, cfg, precision, device)
+        _calibrate_best(run, val_items, cfg, precision, device, input_shift)
     log.info("done in %.0f s: %s", elapsed_before + time.monotonic() - t_start, run / "best.pt")
     return run
 
@@ -580,14 +580,15 @@ def _log_epoch(run: Path, writer, row: dict, improved: bool) -> None:
     plot_curves(run / "metrics.csv", run / "curves.png")
 
 
-def _calibrate_best(run: Path, val_items, cfg: TrainConfig, precision: str, device: torch.device) -> None:
+def _calibrate_best(run: Path, val_items, cfg: TrainConfig, precision: str, device: torch.device,
+                    input_shift: tuple[float, float]) -> None:
     """Choose best.pt's threshold on TTA predictions, as `unet predict --tta` will make them."""
     from .checkpoint import load_model
 
     model, meta = load_model(run / "best.pt", device)
     if precision != "fp32":
         model.to(memory_format=torch.channels_last)
-    v = validate(model, val_items, cfg, precision, tta=True, input_shift=tuple(meta.get("input_shift", (0.0, 0.0))))
+    v = validate(model, val_items, cfg, precision, tta=True, input_shift=input_shift)
     meta.update(threshold=v.threshold, val_tta=dataclasses.asdict(v))
     save_model(model, run / "best.pt", **meta)
     log.info("best.pt with TTA: threshold %.2f  pixel err %.4f  adapted rand %.4f  rand %.4f  v_rand %.4f",
