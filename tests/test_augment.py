@@ -2,7 +2,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unet.augment import Augmentation, augment_region, displacement_field, flip_rotate
+from unet.augment import Augmentation, augment_region, displacement_field, flip_rotate, warp
 
 
 def _blobs(seed: int, size: int) -> np.ndarray:
@@ -27,6 +27,61 @@ def test_elastic_deformation_keeps_image_and_label_aligned(seed):
     sure = (centre > 0.9) | (centre < 0.1)  # away from edges, where bicubic and nearest agree
     assert sure.mean() > 0.5
     assert np.array_equal(centre[sure] > 0.5, lab[sure] == 1)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_soft_labels_follow_the_warped_boundary_closer_than_nearest_neighbour(seed):
+    """The same warp drawn twice: the soft label is the bilinear warp of the 0/1 label, within
+    [0, 1], equal to the hard label away from edges and closer to the (bicubic) image at them."""
+    size, out, margin = 96, 40, 40
+    label = _blobs(seed, size + 2 * margin)
+    image = label.astype(np.float32)[None]
+    weight = np.ones(label.shape, np.float32)
+    tiles = {}
+    for soft in (False, True):
+        aug = Augmentation(elastic=True, flips="dihedral", grey=False, soft_labels=soft)
+        tiles[soft] = augment_region(image, label.astype(np.int64), weight, size, out, margin, aug,
+                                     np.random.default_rng(seed))
+    assert np.array_equal(tiles[False][0], tiles[True][0])  # same warp
+    hard, soft = tiles[False][1], tiles[True][1]
+    assert hard.dtype == np.int64 and soft.dtype == np.float32
+    assert soft.min() >= 0 and soft.max() <= 1 and 0 < ((soft > 0) & (soft < 1)).mean() < 0.5
+    whole = (soft == 0) | (soft == 1)
+    assert np.array_equal(soft[whole], hard[whole])
+    lo = (size - out) // 2
+    centre = np.clip(tiles[True][0][0, lo : lo + out, lo : lo + out], 0, 1)
+    assert np.abs(soft - centre).mean() < 0.7 * np.abs(hard - centre).mean()
+
+
+@settings(max_examples=25, deadline=None)
+@given(h=st.integers(2, 40), w=st.integers(2, 40), seed=st.integers(0, 1000))
+def test_warp_samples_where_scipy_does(h, w, seed):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    a = rng.random((2, h, w)).astype(np.float32)
+    coords = np.stack([rng.uniform(0, h - 1, (7, 9)), rng.uniform(0, w - 1, (7, 9))])
+    for c in range(2):
+        assert np.allclose(warp(a, coords, "bilinear")[c], ndimage.map_coordinates(a[c], coords, order=1), atol=1e-5)
+    ids = rng.integers(0, 5, (1, h, w))
+    whole = np.round(coords)  # nearest neighbour of pixel centres is exact; rounded ties aside
+    assert np.array_equal(warp(ids, whole, "nearest")[0], ids[0][whole[0].astype(int), whole[1].astype(int)])
+    grid = np.stack(np.meshgrid(np.arange(h), np.arange(w), indexing="ij")).astype(np.float64)
+    assert np.allclose(warp(a, grid, "bicubic"), a, atol=1e-5)  # interpolating: the identity is exact
+    # Beyond the edge: mirrored about the edge pixel, as the tiler mirrors.
+    outside = np.array([[[-1.0]], [[float(w)]]])
+    assert np.allclose(warp(a, outside, "bilinear")[:, 0, 0], a[:, 1, w - 2], atol=1e-5)
+
+
+def test_bicubic_warp_is_close_to_the_spline_warp_on_smooth_images():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    a = ndimage.gaussian_filter(rng.random((64, 64)), 3).astype(np.float32)
+    coords = np.stack([rng.uniform(5, 58, (20, 20)), rng.uniform(5, 58, (20, 20))])
+    spline = ndimage.map_coordinates(a, coords, order=3)
+    assert np.abs(warp(a[None], coords, "bicubic")[0] - spline).max() < 0.02 * np.ptp(a)
 
 
 @settings(max_examples=20, deadline=None)

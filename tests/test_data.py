@@ -76,6 +76,13 @@ def test_tiles_are_deterministic_and_shaped():
     assert not torch.equal(ds[18][0], a[0])
 
 
+def test_soft_label_tiles_are_float_fractions():
+    ds = TileDataset(_items(), 60, 20, Augmentation(soft_labels=True), seed=3)
+    label = ds[17][1]
+    assert label.dtype == torch.float32 and 0 <= float(label.min()) and float(label.max()) <= 1
+    assert ((label > 0) & (label < 1)).any()  # the warp is not whole-pixel
+
+
 def test_centre_crop_mode_cycles_images():
     items = _items()
     ds = TileDataset(items, 40, 20, Augmentation.none(), seed=0, centre_crop=True)

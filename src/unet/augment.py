@@ -2,7 +2,8 @@
 
 Image, label and weight map are transformed together, so they stay aligned: the image
 with bicubic interpolation, the label with nearest neighbour (order 0) so class ids stay
-ids, the weight map bilinearly. All functions take a NumPy Generator, so a tile's
+ids (or, for binary labels with ``soft_labels``, bilinearly into foreground fractions), the
+weight map bilinearly. All functions take a NumPy Generator, so a tile's
 augmentation is a pure function of its seed (repeatable runs, exact resume).
 """
 
@@ -12,6 +13,8 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 from . import symmetries
@@ -25,6 +28,9 @@ class Augmentation:
     flips: str = "dihedral"  # random flips/rotations from this group (symmetries.GROUPS)
     grey: bool = True  # random brightness, contrast and gamma
     grey_strength: float = 0.15  # scale of the brightness/contrast/gamma changes
+    # Binary labels only: warp the 0/1 label bilinearly into foreground fractions (float)
+    # rather than nearest neighbour, whose staircase moves every boundary by up to 0.5 px.
+    soft_labels: bool = False
 
     @classmethod
     def none(cls) -> "Augmentation":
@@ -57,6 +63,23 @@ def elastic_coordinates(rng: np.random.Generator, size: int, margin: int, grid: 
     d = displacement_field(rng, size, grid, sigma)
     # Keep samples inside the region so no edge padding is ever sampled.
     return np.clip(np.stack([yy + margin + d[0], xx + margin + d[1]]), 0, size + 2 * margin - 1)
+
+
+def warp(arrays: np.ndarray, coords: np.ndarray, mode: str) -> np.ndarray:
+    """Sample (C, S, S') arrays at (2, H, W) coordinates (px, row then column) -> (C, H, W) float32.
+
+    ``mode`` is torch's: "bicubic" (cubic convolution), "bilinear" or "nearest"; beyond the
+    edge the arrays are mirrored. Torch's ``grid_sample`` rather than
+    ``scipy.ndimage.map_coordinates``: the B-spline prefilter of each region made SciPy's
+    cubic warp 6x slower, and the worker doing it took a sixth of the training steps that
+    2 cores manage in a fixed time.
+    """
+    sy, sx = arrays.shape[-2:]
+    grid = np.stack([coords[1] * (2.0 / max(sx - 1, 1)) - 1, coords[0] * (2.0 / max(sy - 1, 1)) - 1], axis=-1)
+    out = F.grid_sample(torch.from_numpy(np.ascontiguousarray(arrays, dtype=np.float32))[None],
+                        torch.from_numpy(grid.astype(np.float32))[None], mode=mode, padding_mode="reflection",
+                        align_corners=True)
+    return out[0].numpy()
 
 
 def flip_rotate(arrays: list[np.ndarray], rng: np.random.Generator, flips: str = "dihedral") -> list[np.ndarray]:
@@ -98,10 +121,13 @@ def augment_region(
     lo = margin + (size - out_size) // 2
     if aug.elastic:
         coords = elastic_coordinates(rng, size, margin, aug.elastic_grid, aug.elastic_sigma)
-        image = np.stack([ndimage.map_coordinates(c, coords, order=3, mode="mirror") for c in image])
+        image = warp(image, coords, "bicubic")
         centre = coords[:, lo - margin : lo - margin + out_size, lo - margin : lo - margin + out_size]
-        label = ndimage.map_coordinates(label, centre, order=0, mode="mirror")
-        weight = ndimage.map_coordinates(weight, centre, order=1, mode="mirror")
+        if aug.soft_labels:
+            label = warp(label[None], centre, "bilinear")[0]
+        else:  # class ids stay ids (exact in float32 below 2^24)
+            label = warp(label[None], centre, "nearest")[0].astype(label.dtype)
+        weight = warp(weight[None], centre, "bilinear")[0]
     else:
         image = image[:, margin : margin + size, margin : margin + size]
         label = label[lo : lo + out_size, lo : lo + out_size]

@@ -124,6 +124,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--flips", choices=list(GROUPS),
                    help="flips/rotations to augment with, and that --tta averages over: all 8, left-right, none")
     m.add_argument("--grey", action=argparse.BooleanOptionalAction, help="grey-value changes")
+    m.add_argument("--soft-labels", action=argparse.BooleanOptionalAction,
+                   help="binary labels: warp them into foreground fractions (bilinear), not nearest neighbour")
     m.add_argument("--label-offset", metavar="auto|none|DY,DX",
                    help="labels drawn off the image's pixel grid: estimate the offset (auto), give it in px, or "
                         "none; images are resampled onto the labels' grid, in training and by predict "
@@ -142,7 +144,8 @@ def _run_train(args: argparse.Namespace) -> int | None:
     names = ["data", "images", "labels", "val", "val_fraction", "classes", "out", "preset", "epochs", "seed", "device",
              "precision", "workers", "select_by", "width", "depth", "padding", "up_mode", "dropout", "tile_size",
              "batch_size", "samples_per_epoch", "loss", "optimizer", "lr", "momentum", "ema", "weight_map", "w0",
-             "class_balance", "elastic", "elastic_sigma", "flips", "grey", "label_offset", "batch_norm", "dist_timeout"]
+             "class_balance", "elastic", "elastic_sigma", "flips", "grey", "soft_labels", "label_offset", "batch_norm",
+             "dist_timeout"]
     cfg = TrainConfig(**{n: getattr(args, n) for n in names if getattr(args, n) is not None},
                       time_limit=parse_duration(args.time_limit) if args.time_limit else None,
                       calibrate_tta=not args.no_calibrate_tta, skip_nonfinite=args.skip_nonfinite)

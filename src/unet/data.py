@@ -169,7 +169,8 @@ class TileDataset(Dataset):
 
     Random mode: an image chosen with probability proportional to its area and a centre
     uniform over its pixels. ``centre_crop`` mode (the seed's recipe): image
-    ``index % n``, centred. Returns (image (C, T, T), label (O, O) int64, weight (O, O)).
+    ``index % n``, centred. Returns (image (C, T, T), label (O, O), weight (O, O)); the label
+is int64 class ids, or float32 foreground fractions with ``augmentation.soft_labels``.
     """
 
     def __init__(
@@ -213,7 +214,8 @@ class TileDataset(Dataset):
         image, label, weight = augment_region(
             image, label, weight, self.tile_size, self.out_size, self.margin, self.aug, rng
         )
-        return torch.from_numpy(image), torch.from_numpy(label.astype(np.int64)), torch.from_numpy(weight)
+        label = label.astype(np.float32 if self.aug.soft_labels else np.int64)
+        return torch.from_numpy(image), torch.from_numpy(label), torch.from_numpy(weight)
 
 
 class EpochSampler(Sampler[int]):

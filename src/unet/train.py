@@ -83,6 +83,7 @@ class TrainConfig:
     flips: str | None = None  # flips/rotations to augment with and average over: dihedral, horizontal, none
     label_offset: str | None = None  # auto | none | "DY,DX" px: resample images onto the labels' grid
     grey: bool | None = None
+    soft_labels: bool | None = None  # binary labels: elastic warps give foreground fractions, not a staircase
     weight_map: bool | None = None  # the paper's border weight map in the loss
     w0: float = 10.0  # the weight map's border weight (paper: 10)
     sigma: float = 5.0  # and its width, px (paper: 5)
@@ -103,7 +104,7 @@ class TrainConfig:
         """Fill ``None`` fields from the preset and check every value."""
         values = preset(self.preset)
         base = dict(momentum=0.9, centre_crop=False, workers=None, ema=0.0, class_balance=True,
-                    label_offset="none")
+                    label_offset="none", soft_labels=False)
         out = dataclasses.replace(self)
         for name, value in {**base, **values}.items():
             if getattr(out, name) is None:
@@ -406,7 +407,8 @@ def _train(cfg: TrainConfig, run: Path, state: dict | None, ctx: distributed.Con
     averaged = ema.module if ema is not None else raw  # the weights that are validated and saved
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
 
-    aug = Augmentation(elastic=cfg.elastic, elastic_sigma=cfg.elastic_sigma, flips=cfg.flips, grey=cfg.grey)
+    aug = Augmentation(elastic=cfg.elastic, elastic_sigma=cfg.elastic_sigma, flips=cfg.flips, grey=cfg.grey,
+                       soft_labels=cfg.soft_labels and model_cfg.out_channels == 1)
     dataset = TileDataset(train_items, tile, out_size, aug, cfg.seed, centre_crop=cfg.centre_crop)
     per_epoch = cfg.samples_per_epoch or len(train_items)
     steps_per_epoch = math.ceil(per_epoch / (cfg.batch_size * ctx.world))
