@@ -53,8 +53,8 @@ def main() -> None:
     items = prepare(pairs, 2, Normalization(), weight_map=True)
     rows = []
     fast = augment.warp
-    for name, warp, aug in (("scipy (reference)", scipy_warp, Augmentation(soft_labels=True)),
-                            ("torch grid_sample", fast, Augmentation(soft_labels=True)),
+    for name, warp, aug in (("scipy (reference)", scipy_warp, Augmentation()),
+                            ("torch grid_sample", fast, Augmentation()),
                             ("no elastic", fast, Augmentation(elastic=False))):
         augment.warp = warp
         try:

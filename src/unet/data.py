@@ -170,7 +170,7 @@ class TileDataset(Dataset):
     Random mode: an image chosen with probability proportional to its area and a centre
     uniform over its pixels. ``centre_crop`` mode (the seed's recipe): image
     ``index % n``, centred. Returns (image (C, T, T), label (O, O), weight (O, O)); the label
-is int64 class ids, or float32 foreground fractions with ``augmentation.soft_labels``.
+    is int64 class ids, or float32 foreground fractions with ``augmentation.soft_labels``.
     """
 
     def __init__(
