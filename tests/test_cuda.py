@@ -1,0 +1,78 @@
+"""The GPU paths: CUDA prediction and training with AMP (fp16 with a gradient scaler, bf16).
+
+Skipped where no CUDA device exists (CI, laptops); run on a GPU machine with
+``python -m pytest tests/test_cuda.py``.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from unet import load_model, predict_tiled
+from unet.cli import main
+from unet.io import read_image, write_image
+from unet.synthetic import write_dataset
+from unet.train import train
+
+from .conftest import tiny_train_config, tiny_unet
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@pytest.fixture(autouse=True)
+def exact_float32_convolutions():
+    """TF32 convolutions (cuDNN's default) round to ~1e-3: compare against the CPU in true fp32."""
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_tiled_prediction_on_cuda_equals_cpu_and_is_seamless(rng):
+    net = tiny_unet(width=8)
+    image = rng.random((300, 410)).astype(np.float32)
+    on_cpu = predict_tiled(net, image, tile_size=252, device="cpu")
+    a = predict_tiled(net, image, tile_size=252, batch_size=3, device="cuda")
+    b = predict_tiled(net, image, tile_size=508, batch_size=1, device="cuda")
+    assert a.shape == (1, 300, 410) and on_cpu.std() > 0.02  # He init: the output really varies
+    assert np.abs(a - on_cpu).max() <= 1e-4
+    assert np.abs(a - b).max() <= 1e-4
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_amp_prediction_on_cuda_is_close_to_fp32(rng, precision):
+    net = tiny_unet(width=8)
+    image = rng.random((200, 260)).astype(np.float32)
+    exact = predict_tiled(net, image, tile_size=252, device="cuda")
+    fast = predict_tiled(net, image, tile_size=252, device="cuda", precision=precision, channels_last=True)
+    assert np.abs(fast - exact).mean() <= 0.01 and np.abs(fast - exact).max() <= 0.1
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_training_on_cuda_with_amp_then_predicting_on_cpu_and_cuda(tmp_path, precision):
+    data = write_dataset(tmp_path / "syn", 5, 64, seed=0)
+    run = train(tiny_train_config(data, tmp_path / "run", device="cuda", precision=precision, workers=1))
+    model, meta = load_model(run / "best.pt")  # a GPU-trained checkpoint loads on the CPU
+    assert next(model.parameters()).device.type == "cpu"
+    assert all(torch.isfinite(p).all() for p in model.parameters()) and 0 < meta["threshold"] < 1
+    rows = (run / "metrics.csv").read_text().strip().splitlines()
+    assert len(rows) == 4 and "nan" not in rows[-1]
+
+    outs = {}
+    for device in ("cpu", "cuda"):
+        assert main(["predict", "--model", str(run / "best.pt"), "--input", str(data / "images"),
+                     "--out", str(tmp_path / device), "--device", device, "--precision", "fp32"]) == 0
+        outs[device] = read_image(tmp_path / device / "00.png").astype(int)
+    assert np.abs(outs["cpu"] - outs["cuda"]).max() <= 1  # the same 8-bit map, to rounding
+
+
+def test_cli_stack_prediction_on_cuda_with_default_precision(tmp_path, rng):
+    from unet import save_model
+
+    save_model(tiny_unet(width=4, depth=3), tmp_path / "m.pt", threshold=0.5)
+    stack = (rng.random((3, 140, 130)) * 255).astype(np.uint8)
+    write_image(tmp_path / "vol.tif", stack, axes="QYX")
+    assert main(["predict", "--model", str(tmp_path / "m.pt"), "--input", str(tmp_path / "vol.tif"),
+                 "--out", str(tmp_path / "o"), "--device", "cuda", "--format", "tif", "--tta"]) == 0
+    out = read_image(tmp_path / "o" / "vol.tif")
+    assert out.shape == (3, 1, 140, 130) and 0 <= out.min() and out.max() <= 1 and out.std() > 0
