@@ -20,9 +20,9 @@ def tiny_unet(seed: int = 0, **kwargs) -> UNet:
 
 
 def tiny_train_config(data, out, **kw) -> TrainConfig:
-    """A training run of a few seconds: width-4, depth-2 net, 76-px tiles, 3 epochs of 2 steps."""
+    """A training run of a few seconds on the CPU: width-4, depth-2 net, 76-px tiles, 3 epochs of 2 steps."""
     base = dict(out=str(out), data=str(data), width=4, depth=2, tile_size=76, batch_size=2, samples_per_epoch=4,
-                epochs=3, precision="fp32", workers=0, calibrate_tta=False, lr=1e-3, dropout=0.2)
+                epochs=3, precision="fp32", workers=0, calibrate_tta=False, lr=1e-3, dropout=0.2, device="cpu")
     return TrainConfig(**{**base, **kw})
 
 

@@ -15,7 +15,7 @@ from unet.train import TrainConfig, train
 
 COMMON = ["--width", "4", "--depth", "2", "--tile-size", "76", "--samples-per-epoch", "8", "--epochs", "3",
           "--precision", "fp32", "--workers", "0", "--no-calibrate-tta", "--no-batch-norm", "--dropout", "0",
-          "--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9"]
+          "--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_two_processes_equal_one_process_with_twice_the_batch(tmp_path, data):
     torch.set_num_threads(1)
     one = train(TrainConfig(out=str(tmp_path / "one"), data=str(data), width=4, depth=2, tile_size=76,
                             samples_per_epoch=8, epochs=3, precision="fp32", workers=0, calibrate_tta=False,
-                            batch_norm=False, dropout=0.0, optimizer="sgd", lr=0.05, momentum=0.9, batch_size=4))
+                            batch_norm=False, dropout=0.0, optimizer="sgd", lr=0.05, momentum=0.9, batch_size=4, device="cpu"))
     proc = torchrun(["train", "--data", str(data), "--out", str(tmp_path / "two"), "--batch-size", "2", *COMMON])
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
@@ -89,7 +89,8 @@ def test_prediction_split_across_two_processes_equals_one(tmp_path, data):
     tifffile.imwrite(src / "vol.tif", (rng.random((5, 90, 70)) * 255).astype(np.uint8), photometric="minisblack")
     for name in ("a", "b", "c"):
         write_image(src / f"{name}.png", (rng.random((40, 50)) * 255).astype(np.uint8))
-    common = ["predict", "--model", str(model), "--input", str(src), "--precision", "fp32", "--tile-size", "124"]
+    common = ["predict", "--model", str(model), "--input", str(src), "--precision", "fp32", "--tile-size", "124",
+              "--device", "cpu"]
     # The same thread count as each torchrun worker, so that the kernels are the same.
     single = subprocess.run([sys.executable, "-m", "unet", *common, "--out", str(tmp_path / "one")],
                             capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -101,3 +102,18 @@ def test_prediction_split_across_two_processes_equals_one(tmp_path, data):
     assert names == sorted(p.name for p in (tmp_path / "two").iterdir()) == ["a.png", "b.png", "c.png", "vol.tif"]
     for name in names:
         assert np.array_equal(read_image(tmp_path / "one" / name), read_image(tmp_path / "two" / name)), name
+
+
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    from unet.cli import main
+    from unet.distributed import check_gpus
+    from unet.errors import UserInputError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    check_gpus(1, torch.device("cuda"))
+    check_gpus(4, torch.device("cpu"))
+    with pytest.raises(UserInputError, match="2 processes need one GPU each, but this machine has 1"):
+        check_gpus(2, torch.device("cuda"))
+    code = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--devices", "2"])
+    assert code == 2 and "--devices 1" in capsys.readouterr().err and not (tmp_path / "run").exists()

@@ -164,8 +164,10 @@ def _needs_launch(args: argparse.Namespace) -> bool:
 
 def _launch(args: argparse.Namespace) -> int:
     """Run this same command in ``--devices`` processes through torchrun."""
-    from .distributed import launch
+    from .device import resolve_device
+    from .distributed import check_gpus, launch
 
+    check_gpus(args.devices, resolve_device(args.device))
     return launch(args.devices, _without_option(args.argv, "--devices"))
 
 

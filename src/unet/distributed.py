@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .errors import UserInputError
+
 log = logging.getLogger(__name__)
 
 
@@ -73,6 +75,7 @@ def init(device: torch.device, timeout_s: float = 300.0) -> tuple[Context, torch
     if world <= 1:
         return Context(), device
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    check_gpus(int(os.environ.get("LOCAL_WORLD_SIZE", local_rank + 1)), device)
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
@@ -83,6 +86,13 @@ def init(device: torch.device, timeout_s: float = 300.0) -> tuple[Context, torch
         logging.getLogger("unet").setLevel(logging.WARNING)
     log.info("distributed: %d processes (%s)", world, backend)
     return Context(rank, world, local_rank), device
+
+
+def check_gpus(processes: int, device: torch.device) -> None:
+    """A one-line error where more processes per machine than GPUs are asked for (one GPU each)."""
+    if device.type == "cuda" and processes > (n := torch.cuda.device_count()):
+        raise UserInputError(f"{processes} processes need one GPU each, but this machine has {n}: "
+                             f"use --devices {n} (--nproc-per-node {n} under torchrun) or --device cpu")
 
 
 def wrap(model: torch.nn.Module, ctx: Context, device: torch.device) -> torch.nn.Module:
