@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from unet import load_model, predict_tiled
+from unet import load_model, predict_tiled, save_model
 from unet.cli import main
 from unet.io import read_image, write_image
 from unet.synthetic import write_dataset
@@ -67,8 +67,6 @@ def test_training_on_cuda_with_amp_then_predicting_on_cpu_and_cuda(tmp_path, pre
 
 
 def test_cli_stack_prediction_on_cuda_with_default_precision(tmp_path, rng):
-    from unet import save_model
-
     save_model(tiny_unet(width=4, depth=3), tmp_path / "m.pt", threshold=0.5)
     stack = (rng.random((3, 140, 130)) * 255).astype(np.uint8)
     write_image(tmp_path / "vol.tif", stack, axes="QYX")
