@@ -117,3 +117,13 @@ def test_more_processes_than_gpus_is_a_clear_error(monkeypatch, tmp_path, capsys
         check_gpus(2, torch.device("cuda"))
     code = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--devices", "2"])
     assert code == 2 and "--devices 1" in capsys.readouterr().err and not (tmp_path / "run").exists()
+    # Resuming a CPU run: the run's own device counts, so torchrun is started.
+    import json
+
+    import unet.distributed
+
+    launched = []
+    monkeypatch.setattr(unet.distributed, "launch", lambda n, argv: launched.append(n) or 0)
+    (tmp_path / "cpu_run").mkdir()
+    (tmp_path / "cpu_run" / "config.json").write_text(json.dumps({"train": {"device": "cpu"}}))
+    assert main(["train", "--resume", str(tmp_path / "cpu_run"), "--devices", "2"]) == 0 and launched == [2]

@@ -167,7 +167,14 @@ def _launch(args: argparse.Namespace) -> int:
     from .device import resolve_device
     from .distributed import check_gpus, launch
 
-    check_gpus(args.devices, resolve_device(args.device))
+    device = args.device
+    if device is None and args.command == "train" and args.resume:  # the device the resumed run will use
+        from pathlib import Path
+
+        from .train import TrainConfig, resume_config
+
+        device = resume_config(TrainConfig(), Path(args.resume)).device
+    check_gpus(args.devices, resolve_device(device))
     return launch(args.devices, _without_option(args.argv, "--devices"))
 
 

@@ -332,7 +332,7 @@ CSV_FIELDS = ["epoch", "step", "train_loss", "val_loss", "val_pixel_error", "val
               "val_rand_error", "val_v_rand", "val_threshold", "lr", "seconds"]
 
 
-def _resume_config(cfg: TrainConfig, run: Path) -> TrainConfig:
+def resume_config(cfg: TrainConfig, run: Path) -> TrainConfig:
     """The saved run's settings; only epochs, time limit, device and workers may change."""
     try:
         saved = json.loads((run / "config.json").read_text())["train"]
@@ -359,7 +359,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, overwrite: bool = 
     if resume is not None:
         run = Path(resume)
         state = load_payload(run / "last.pt")
-        cfg = _resume_config(cfg, run)
+        cfg = resume_config(cfg, run)
     cfg = cfg.resolved()
     run = Path(cfg.out)
     if state is None and run.exists() and any(run.iterdir()) and not overwrite:
