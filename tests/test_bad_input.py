@@ -110,6 +110,8 @@ def _setup(tmp_path, case):
         return train + ["--ema", "1.5"], "--ema must be in [0, 1)", out
     if case == "non-positive elastic sigma":
         return train + ["--elastic-sigma", "0"], "--elastic-sigma must be > 0", out
+    if case == "non-positive weight-map sigma":
+        return train + ["--sigma", "0"], "the weight map needs --w0 >= 0 and --sigma > 0", out
     if case == "label offset beyond two pixels":
         return train + ["--label-offset", "3,0"], "--label-offset 3,0: each shift must be within", out
     raise AssertionError(case)
@@ -121,7 +123,7 @@ CASES = [
     "tile smaller than the receptive border", "output inside the input folder", "unwritable output folder",
     "CUDA where none exists", "image and label of different size", "labels with unexpected values",
     "image without a label", "out-of-range training options", "non-positive elastic sigma",
-    "label offset beyond two pixels",
+    "non-positive weight-map sigma", "label offset beyond two pixels",
 ]
 
 

@@ -76,6 +76,14 @@ def test_tiles_are_deterministic_and_shaped():
     assert not torch.equal(ds[18][0], a[0])
 
 
+def test_tiles_with_the_background_skeleton():
+    ds = TileDataset(_items(), 60, 20, Augmentation(), seed=3, skeleton=True)
+    image, label, weight, skeleton = ds[17]
+    assert skeleton.shape == (20, 20) and skeleton.dtype == torch.float32
+    assert skeleton.sum() > 0 and not (skeleton.bool() & (label > 0)).any()  # on the background only
+    assert torch.equal(TileDataset(_items(), 60, 20, Augmentation(), seed=3)[17][1], label)  # same tile
+
+
 def test_soft_label_tiles_are_float_fractions():
     ds = TileDataset(_items(), 60, 20, Augmentation(soft_labels=True), seed=3)
     label = ds[17][1]

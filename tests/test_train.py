@@ -34,14 +34,15 @@ def test_run_folder_has_everything(tmp_path, data):
     assert meta["flips"] == TrainConfig(preset="fast").resolved().flips
 
 
-@pytest.mark.parametrize("ema", [0.0, 0.9])
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, data, ema):
-    whole = train(tiny(data, tmp_path / "whole", elastic=True, flips="dihedral", ema=ema))
+@pytest.mark.parametrize("ema, skeleton_recall", [(0.0, 0.0), (0.9, 1.0)])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, data, ema, skeleton_recall):
+    kw = dict(elastic=True, flips="dihedral", ema=ema, skeleton_recall=skeleton_recall)
+    whole = train(tiny(data, tmp_path / "whole", **kw))
     part = tmp_path / "part"
     from unet.errors import Interrupted
 
     with pytest.raises(Interrupted):
-        train(tiny(data, part, elastic=True, flips="dihedral", ema=ema), stop_after_steps=3)  # stops mid-epoch 2
+        train(tiny(data, part, **kw), stop_after_steps=3)  # stops mid-epoch 2
     train(TrainConfig(), resume=part)
     a = torch.load(whole / "last.pt", weights_only=True)
     b = torch.load(part / "last.pt", weights_only=True)

@@ -3,7 +3,13 @@ import math
 import numpy as np
 import pytest
 
-from unet.weights import border_weight_map, cells_from_mask, class_balance_weights, nearest_two_distances
+from unet.weights import (
+    background_skeleton,
+    border_weight_map,
+    cells_from_mask,
+    class_balance_weights,
+    nearest_two_distances,
+)
 
 
 def test_hand_computed_weight_map():
@@ -47,3 +53,14 @@ def test_single_cell_gets_only_class_balance():
 def test_corner_touching_cells_are_two_cells():
     mask = np.array([[1, 0], [0, 1]], bool)
     assert cells_from_mask(mask).max() == 2
+
+
+def test_background_skeleton_is_the_centre_line_of_each_gap():
+    # Two cells side by side, a 3-px gap (columns 4-6) between them: the skeleton is column 5.
+    classes = np.ones((20, 11), np.int64)
+    classes[:, 4:7] = 0
+    skeleton = background_skeleton(classes)
+    assert not (skeleton & (classes > 0)).any()
+    assert np.array_equal(np.nonzero(skeleton[2:-2])[1], np.full(16, 5))
+    # Soft labels (foreground fractions): background is a fraction below one half.
+    assert np.array_equal(background_skeleton(np.where(classes > 0, 0.9, 0.2).astype(np.float32)), skeleton)

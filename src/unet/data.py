@@ -30,7 +30,7 @@ from .errors import UserInputError
 from .io import list_images, read_image
 from .normalization import Normalization, normalize
 from .tiling import reflect_indices
-from .weights import border_weight_map, cells_from_mask
+from .weights import background_skeleton, border_weight_map, cells_from_mask
 
 
 @dataclass
@@ -171,6 +171,8 @@ class TileDataset(Dataset):
     uniform over its pixels. ``centre_crop`` mode (the seed's recipe): image
     ``index % n``, centred. Returns (image (C, T, T), label (O, O), weight (O, O)); the label
     is int64 class ids, or float32 foreground fractions with ``augmentation.soft_labels``.
+    With ``skeleton``, also the label's background skeleton (O, O) float32 0/1, computed
+    here in the worker, after the warp (skimage's thinning has no GPU/batched twin).
     """
 
     def __init__(
@@ -181,9 +183,10 @@ class TileDataset(Dataset):
         augmentation: Augmentation,
         seed: int,
         centre_crop: bool = False,
+        skeleton: bool = False,
     ):
         self.items, self.tile_size, self.out_size = items, tile_size, out_size
-        self.aug, self.seed, self.centre_crop = augmentation, seed, centre_crop
+        self.aug, self.seed, self.centre_crop, self.skeleton = augmentation, seed, centre_crop, skeleton
         areas = np.array([it.classes.size for it in items], np.float64)
         self.p = areas / areas.sum()
         # Room for the elastic displacements (4 standard deviations) around the tile.
@@ -215,7 +218,10 @@ class TileDataset(Dataset):
             image, label, weight, self.tile_size, self.out_size, self.margin, self.aug, rng
         )
         label = label.astype(np.float32 if self.aug.soft_labels else np.int64)
-        return torch.from_numpy(image), torch.from_numpy(label), torch.from_numpy(weight)
+        tensors = (torch.from_numpy(image), torch.from_numpy(label), torch.from_numpy(weight))
+        if self.skeleton:
+            tensors += (torch.from_numpy(background_skeleton(label).astype(np.float32)),)
+        return tensors
 
 
 class EpochSampler(Sampler[int]):

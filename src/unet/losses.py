@@ -2,6 +2,7 @@
 
 Every loss ignores pixels of weight 0 (outside the image, mirrored). The plain ones use the
 weight only as that mask; ``weighted-ce`` uses it fully (the paper's border weight map).
+Any of them can add the skeleton recall term, which keeps thin gaps between cells open.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import torch.nn.functional as F
 LOSSES = ("weighted-ce", "ce", "bce", "dice")
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: str) -> torch.Tensor:
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: str,
+                      skeleton: torch.Tensor | None = None, skeleton_recall: float = 0.0) -> torch.Tensor:
     """Mean over all output pixels, those of weight 0 contributing nothing. One output
-    channel means sigmoid / BCE.
+    channel means sigmoid / BCE. With ``skeleton`` (N, H, W) and ``skeleton_recall`` > 0,
+    plus that weight times `skeleton_recall_loss`.
 
     The divisor is the pixel count, not the count of weighted pixels, so that the mean over
     a batch split across processes (DDP averages their gradients) equals the mean over the
@@ -25,13 +28,31 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.
     logits = logits.float()
     mask = (weight > 0).float()
     if kind == "dice":
-        return _soft_dice_loss(logits, target, mask)
-    w = weight if kind == "weighted-ce" else mask
-    if logits.shape[1] == 1:
-        per_pixel = F.binary_cross_entropy_with_logits(logits[:, 0], target.float(), reduction="none")
+        loss = _soft_dice_loss(logits, target, mask)
     else:
-        per_pixel = F.cross_entropy(logits, target, reduction="none")
-    return (per_pixel * w).sum() / per_pixel.numel()
+        w = weight if kind == "weighted-ce" else mask
+        if logits.shape[1] == 1:
+            per_pixel = F.binary_cross_entropy_with_logits(logits[:, 0], target.float(), reduction="none")
+        else:
+            per_pixel = F.cross_entropy(logits, target, reduction="none")
+        loss = (per_pixel * w).sum() / per_pixel.numel()
+    if skeleton is not None and skeleton_recall > 0:
+        background = 1 - torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else torch.softmax(logits, 1)[:, 0]
+        loss = loss + skeleton_recall * skeleton_recall_loss(background, skeleton * mask)
+    return loss
+
+
+def skeleton_recall_loss(background: torch.Tensor, skeleton: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """1 - the share of the true background's skeleton that the net calls background.
+
+    Kirchhoff et al., "Skeleton Recall Loss for connectivity conserving and resource
+    efficient segmentation of thin tubular structures", ECCV 2024: a cheap stand-in for
+    clDice (the skeleton of the truth is computed once, on the CPU, and the prediction's is
+    not needed). A gap closed by a few pixels costs little pixel-wise loss but cuts the
+    skeleton, so it costs recall. (N, H, W) probability and 0/1 skeleton; the recall is
+    over the batch (of this process).
+    """
+    return 1 - ((skeleton * background).sum() + smooth) / (skeleton.sum() + smooth)
 
 
 def _soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

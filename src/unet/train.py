@@ -85,9 +85,10 @@ class TrainConfig:
     grey: bool | None = None
     soft_labels: bool | None = None  # binary labels: elastic warps give foreground fractions, not a staircase
     weight_map: bool | None = None  # the paper's border weight map in the loss
-    w0: float = 10.0  # the weight map's border weight (paper: 10)
-    sigma: float = 5.0  # and its width, px (paper: 5)
+    w0: float | None = None  # the weight map's border weight (paper: 10)
+    sigma: float | None = None  # and its width, px (paper: 5)
     class_balance: bool | None = None  # w_c: weight classes by inverse frequency in the weight map
+    skeleton_recall: float | None = None  # weight of the skeleton recall term (losses.py; 0: off)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     device: str | None = None
     workers: int | None = None
@@ -103,8 +104,8 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         """Fill ``None`` fields from the preset and check every value."""
         values = preset(self.preset)
-        base = dict(momentum=0.9, centre_crop=False, workers=None, ema=0.0, class_balance=True,
-                    label_offset="none", soft_labels=False)
+        base = dict(momentum=0.9, centre_crop=False, workers=None, ema=0.0, class_balance=True, w0=10.0, sigma=5.0,
+                    skeleton_recall=0.0, label_offset="none", soft_labels=False)
         out = dataclasses.replace(self)
         for name, value in {**base, **values}.items():
             if getattr(out, name) is None:
@@ -124,6 +125,10 @@ class TrainConfig:
             raise UserInputError(f"--ema must be in [0, 1), got {out.ema}")
         symmetries.group(out.flips)
         parse_label_offset(out.label_offset)
+        if out.w0 < 0 or out.sigma <= 0:
+            raise UserInputError(f"the weight map needs --w0 >= 0 and --sigma > 0, got {out.w0} and {out.sigma}")
+        if out.skeleton_recall < 0:
+            raise UserInputError(f"--skeleton-recall must be >= 0, got {out.skeleton_recall}")
         if out.elastic_sigma <= 0:
             raise UserInputError(f"--elastic-sigma must be > 0, got {out.elastic_sigma}")
         if out.classes is not None and out.classes < 2:
@@ -409,7 +414,8 @@ def _train(cfg: TrainConfig, run: Path, state: dict | None, ctx: distributed.Con
 
     aug = Augmentation(elastic=cfg.elastic, elastic_sigma=cfg.elastic_sigma, flips=cfg.flips, grey=cfg.grey,
                        soft_labels=cfg.soft_labels and model_cfg.out_channels == 1)
-    dataset = TileDataset(train_items, tile, out_size, aug, cfg.seed, centre_crop=cfg.centre_crop)
+    dataset = TileDataset(train_items, tile, out_size, aug, cfg.seed, centre_crop=cfg.centre_crop,
+                          skeleton=cfg.skeleton_recall > 0)
     per_epoch = cfg.samples_per_epoch or len(train_items)
     steps_per_epoch = math.ceil(per_epoch / (cfg.batch_size * ctx.world))
     total_steps = steps_per_epoch * cfg.epochs
@@ -490,13 +496,14 @@ def _train(cfg: TrainConfig, run: Path, state: dict | None, ctx: distributed.Con
             t_epoch, losses, lr = time.monotonic(), [], cfg.lr
             bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                        unit="step", disable=None if ctx.is_main else True)
-            for i, (x, y, w) in enumerate(loader):
+            for i, (x, y, w, *extra) in enumerate(loader):
                 if i < skip:
                     continue
                 x = x.to(device, non_blocking=True)
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 y, w = y.to(device, non_blocking=True), w.to(device, non_blocking=True)
+                skeleton = extra[0].to(device, non_blocking=True) if extra else None  # with --skeleton-recall
                 progress = step / total_steps
                 if cfg.time_limit is not None:
                     progress = max(progress, (cfg.time_limit - time_left()) / max(cfg.time_limit - reserve(), 1.0))
@@ -505,7 +512,7 @@ def _train(cfg: TrainConfig, run: Path, state: dict | None, ctx: distributed.Con
                     g["lr"] = lr
                 with autocast(device, precision):
                     logits = model(x)
-                loss = segmentation_loss(logits, y, w, cfg.loss)
+                loss = segmentation_loss(logits, y, w, cfg.loss, skeleton, cfg.skeleton_recall)
                 if ctx.any(not bool(torch.isfinite(loss))):
                     if cfg.skip_nonfinite:
                         log.warning("skipping step %d: the loss is not finite", step)

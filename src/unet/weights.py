@@ -14,6 +14,7 @@ import math
 import numpy as np
 from scipy import ndimage
 from skimage.measure import label as connected_components
+from skimage.morphology import skeletonize
 
 
 def class_balance_weights(classes: np.ndarray, n_classes: int) -> np.ndarray:
@@ -87,3 +88,13 @@ def border_weight_map(
         border = w0 * np.exp(-((d1 + d2) ** 2) / (2 * sigma**2))
         weight += np.where(cells == 0, border, 0.0).astype(np.float32)
     return weight
+
+
+def background_skeleton(classes: np.ndarray) -> np.ndarray:
+    """The centre lines of the background (membranes, gaps between cells): (H, W) bool.
+
+    ``classes``: (H, W) class ids (0 = background) or foreground fractions (soft labels).
+    The target of the skeleton recall term (losses.py): a one-pixel line through every gap
+    that separates two cells, however thin the gap.
+    """
+    return skeletonize(classes < 0.5 if classes.dtype.kind == "f" else classes == 0)
