@@ -52,3 +52,19 @@ def test_skeleton_recall_with_several_classes_uses_class_zero():
     logits[:, :, 10:13, :] = torch.tensor([0.0, 10.0, 0.0])[:, None, None]  # three rows called class 1
     loss = segmentation_loss(logits, target, weight, "ce", skeleton, 1.0) - segmentation_loss(logits, target, weight, "ce")
     assert float(loss) == pytest.approx(1 - (37 + 1) / (40 + 1), abs=1e-3)
+
+
+def test_skeleton_recall_of_a_batch_is_the_mean_of_its_halves():
+    # What DDP relies on: two processes averaging their halves give the whole batch's value.
+    gen = torch.Generator().manual_seed(0)
+    background = torch.rand(4, 16, 16, generator=gen)
+    skeleton = (torch.rand(4, 16, 16, generator=gen) > 0.8).float()
+    whole = skeleton_recall_loss(background, skeleton)
+    halves = (skeleton_recall_loss(background[:2], skeleton[:2]) + skeleton_recall_loss(background[2:], skeleton[2:])) / 2
+    assert float(whole) == pytest.approx(float(halves), rel=1e-6)
+
+
+def test_skeleton_recall_without_a_skeleton_is_an_error():
+    target, _ = _gap_case()
+    with pytest.raises(ValueError, match="skeleton"):
+        segmentation_loss(torch.zeros(1, 1, 40, 9), target, torch.ones(1, 40, 9), "bce", None, 1.0)

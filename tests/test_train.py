@@ -8,6 +8,7 @@ import torch
 
 from unet import load_model, metrics
 from unet.cli import main
+from unet.errors import UserInputError
 from unet.synthetic import write_dataset
 from unet.train import THRESHOLDS, TrainConfig, best_threshold, learning_rate, parse_duration, train, weight_average
 
@@ -110,6 +111,23 @@ def test_schedule_and_durations():
     assert learning_rate(1.0, 0.0) == 0.0 and learning_rate(1.0, 0.01) == pytest.approx(0.5, abs=0.01)
     assert parse_duration("15m") == 900 and parse_duration("1.5h") == 5400 and parse_duration("90") == 90
     assert np.isfinite(parse_duration("2s"))
+
+
+def test_weight_map_options_are_checked_only_where_they_apply():
+    with pytest.raises(UserInputError, match="--sigma > 0"):
+        TrainConfig(sigma=float("nan")).resolved()
+    with pytest.raises(UserInputError, match="--skeleton-recall"):
+        TrainConfig(skeleton_recall=float("nan")).resolved()
+    assert TrainConfig(preset="seed", sigma=0.0).resolved().weight_map is False  # no weight map: not used
+
+
+def test_skeleton_recall_enters_the_training_and_validation_loss(tmp_path, data):
+    rows = {}
+    for weight in (0.0, 1.0):
+        run = train(tiny(data, tmp_path / f"r{weight}", epochs=1, skeleton_recall=weight))
+        rows[weight] = (run / "metrics.csv").read_text().splitlines()[1].split(",")
+    assert float(rows[1.0][2]) > float(rows[0.0][2]) + 1e-3  # train loss
+    assert float(rows[1.0][3]) > float(rows[0.0][3]) + 1e-3  # val loss
 
 
 def test_presets_choose_padding_and_explicit_options_win():

@@ -116,13 +116,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--ema", type=float, help="decay of a moving average of the weights, validated and saved (0: off)")
     m.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=True, help="BatchNorm (default: on)")
     m.add_argument("--weight-map", action=argparse.BooleanOptionalAction, help="the paper's border weight map")
-    m.add_argument("--w0", type=float, help="the weight map's border weight (default: from the preset; paper: 10)")
+    m.add_argument("--w0", type=float, help="the weight map's border weight (default: 10, the paper)")
     m.add_argument("--sigma", type=float, help="the weight map's border width, px (default: 5, the paper)")
     m.add_argument("--class-balance", action=argparse.BooleanOptionalAction,
                    help="the weight map's w_c: classes weighted by inverse frequency (default: from the preset)")
     m.add_argument("--skeleton-recall", type=float, metavar="WEIGHT",
-                   help="add the skeleton recall loss on the background: keeps thin gaps between cells open "
-                        "(default: from the preset)")
+                   help="add the skeleton recall loss on the background, this much of it: keeps thin gaps "
+                        "between cells open (default: 0, off)")
     m.add_argument("--elastic", action=argparse.BooleanOptionalAction, help="elastic deformation")
     m.add_argument("--elastic-sigma", type=float, help="std of the elastic displacements, px (default: 10, the paper)")
     m.add_argument("--flips", choices=list(GROUPS),

@@ -36,7 +36,9 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.
         else:
             per_pixel = F.cross_entropy(logits, target, reduction="none")
         loss = (per_pixel * w).sum() / per_pixel.numel()
-    if skeleton is not None and skeleton_recall > 0:
+    if skeleton_recall > 0:
+        if skeleton is None:
+            raise ValueError("skeleton_recall > 0 needs the label's background skeleton")
         background = 1 - torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else torch.softmax(logits, 1)[:, 0]
         loss = loss + skeleton_recall * skeleton_recall_loss(background, skeleton * mask)
     return loss
@@ -50,9 +52,11 @@ def skeleton_recall_loss(background: torch.Tensor, skeleton: torch.Tensor, smoot
     clDice (the skeleton of the truth is computed once, on the CPU, and the prediction's is
     not needed). A gap closed by a few pixels costs little pixel-wise loss but cuts the
     skeleton, so it costs recall. (N, H, W) probability and 0/1 skeleton; the recall is
-    over the batch (of this process).
+    per sample, averaged over the batch, so that processes that each average their share
+    (DDP) give the mean over the whole batch.
     """
-    return 1 - ((skeleton * background).sum() + smooth) / (skeleton.sum() + smooth)
+    recall = ((skeleton * background).sum(dim=(1, 2)) + smooth) / (skeleton.sum(dim=(1, 2)) + smooth)
+    return 1 - recall.mean()
 
 
 def _soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -41,6 +41,7 @@ from .normalization import Normalization
 from .presets import preset
 from .registration import MAX_OFFSET, MIN_OFFSET, estimate_label_offset, parse_label_offset, shift_image
 from .tiling import predict_tiled
+from .weights import background_skeleton
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +126,9 @@ class TrainConfig:
             raise UserInputError(f"--ema must be in [0, 1), got {out.ema}")
         symmetries.group(out.flips)
         parse_label_offset(out.label_offset)
-        if out.w0 < 0 or out.sigma <= 0:
+        if out.weight_map and not (0 <= out.w0 < math.inf and 0 < out.sigma < math.inf):
             raise UserInputError(f"the weight map needs --w0 >= 0 and --sigma > 0, got {out.w0} and {out.sigma}")
-        if out.skeleton_recall < 0:
+        if not 0 <= out.skeleton_recall < math.inf:
             raise UserInputError(f"--skeleton-recall must be >= 0, got {out.skeleton_recall}")
         if out.elastic_sigma <= 0:
             raise UserInputError(f"--elastic-sigma must be > 0, got {out.elastic_sigma}")
@@ -278,8 +279,10 @@ def validation_maps(model: UNet, items, cfg: TrainConfig, precision: str, tta: b
                                  "last.pt in the run folder: lower --lr")
         prob = torch.from_numpy(p)
         logits = torch.logit(prob.clamp(1e-6, 1 - 1e-6)) if p.shape[0] == 1 else torch.log(prob.clamp_min(1e-8))
+        skeleton = torch.from_numpy(background_skeleton(it.classes)[None].astype(np.float32)) \
+            if cfg.skeleton_recall > 0 else None  # the training loss, term for term
         loss = float(segmentation_loss(logits[None], torch.from_numpy(it.classes)[None],
-                                       torch.from_numpy(it.weight)[None], cfg.loss))
+                                       torch.from_numpy(it.weight)[None], cfg.loss, skeleton, cfg.skeleton_recall))
         foreground = p[0] if p.shape[0] == 1 else 1.0 - p[0]  # foreground = not class 0
         out.append((it.name, foreground, it.classes > 0, loss))
     return out
