@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .model import probabilities
+
 LOSSES = ("weighted-ce", "ce", "bce", "dice")
 
 
@@ -39,7 +41,8 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.
     if skeleton_recall > 0:
         if skeleton is None:
             raise ValueError("skeleton_recall > 0 needs the label's background skeleton")
-        background = 1 - torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else torch.softmax(logits, 1)[:, 0]
+        probs = probabilities(logits)
+        background = 1 - probs[:, 0] if probs.shape[1] == 1 else probs[:, 0]
         loss = loss + skeleton_recall * skeleton_recall_loss(background, skeleton * mask)
     return loss
 
@@ -61,11 +64,10 @@ def skeleton_recall_loss(background: torch.Tensor, skeleton: torch.Tensor, smoot
 
 def _soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """1 - soft Dice of the foreground (binary) or mean over classes (multi-class)."""
+    probs = probabilities(logits)
     if logits.shape[1] == 1:
-        probs = torch.sigmoid(logits)
         onehot = target[:, None].float()
     else:
-        probs = torch.softmax(logits, dim=1)
         onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()
     m = mask[:, None]
     inter = (probs * onehot * m).sum(dim=(0, 2, 3))
