@@ -101,8 +101,10 @@ def _setup(tmp_path, case):
         write_image(data / "labels" / "01.png", np.zeros((12, 12), np.uint8))
         return train, "differs from the image", out
     if case == "labels with unexpected values":
-        write_image(data / "labels" / "01.png", np.full((40, 40), 7, np.uint8))
-        return train + ["--classes", "3"], "--classes 3", out
+        return train + ["--classes", "3"], f"{data / 'labels' / '00.png'}: label value 255 but --classes 3", out
+    if case == "instance ids with --classes 2":
+        write_image(data / "labels" / "01.png", np.arange(1600, dtype=np.uint8).reshape(40, 40) % 5)
+        return train + ["--classes", "2"], f"{data / 'labels' / '01.png'}: 5 label values for --classes 2", out
     if case == "image without a label":
         (data / "labels" / "02.png").unlink()
         return train, "no label for image", out
@@ -122,6 +124,7 @@ CASES = [
     "NaN in a float TIFF", "decompression bomb", "checkpoint of another architecture", "corrupt checkpoint",
     "tile smaller than the receptive border", "output inside the input folder", "unwritable output folder",
     "CUDA where none exists", "image and label of different size", "labels with unexpected values",
+    "instance ids with --classes 2",
     "image without a label", "out-of-range training options", "non-positive elastic sigma",
     "non-positive weight-map sigma", "label offset beyond two pixels",
 ]

@@ -25,6 +25,19 @@ def test_instance_ids_touching_cells_get_a_border():
     assert touching_borders(ids).sum() == 4
 
 
+def test_prepare_reads_instance_ids_without_classes():
+    ids = np.zeros((20, 30), np.uint16)
+    ids[4:16, 3:15] = 500
+    ids[4:16, 15:27] = 2  # touches cell 500 along column 15
+    pairs = [("a", np.ones((1, 20, 30), np.float32), ids, "a.tif", "a_label.tif")]
+    (item,) = prepare(pairs, None, Normalization(), weight_map=True, w0=10, sigma=5)
+    assert item.classes[4:16, 14].sum() == 0 and item.classes[4:16, 15].all()  # the border, on cell 500's side
+    # the gap between the two cells carries the border term: w0 * exp(-(1 + 1)^2 / 50) on top of w_c
+    assert item.weight[10, 14] > item.weight[10, 9] + 9
+    with pytest.raises(UserInputError, match="a_label.tif: 3 label values for --classes 2"):
+        prepare(pairs, 2, Normalization(), weight_map=True)
+
+
 def test_class_ids_are_checked():
     classes, _ = interpret_labels(np.array([[0, 1], [2, 2]]), 3)
     assert classes.max() == 2
@@ -64,7 +77,8 @@ def test_split_takes_the_last_slices():
 
 def _items(n=3, size=64):
     rng = np.random.default_rng(1)
-    pairs = [(f"{i}", synthetic_em(rng, size)[0][None], synthetic_em(rng, size)[1], f"{i}.png") for i in range(n)]
+    pairs = [(f"{i}", synthetic_em(rng, size)[0][None], synthetic_em(rng, size)[1], f"{i}.png", f"{i}.png")
+             for i in range(n)]
     return prepare(pairs, 2, Normalization(), weight_map=True)
 
 

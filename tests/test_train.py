@@ -105,6 +105,28 @@ def test_cli_train_then_predict(tmp_path, data):
     assert len(list((tmp_path / "p").iterdir())) == 5
 
 
+def test_cli_trains_on_16_bit_instance_ids(tmp_path):
+    """Light-microscopy style data: uint16 images, one uint16 id per cell, touching cells; no --classes."""
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    for sub in ("images", "labels"):
+        (tmp_path / "d" / sub).mkdir(parents=True)
+    for i in range(3):
+        ids = np.zeros((64, 64), np.uint16)
+        for k, (cy, cx) in enumerate(rng.uniform(12, 52, (6, 2)), start=1):
+            ids[(yy - cy) ** 2 + (xx - cx) ** 2 < 81] = 100 + k  # later cells overlap earlier ones: they touch
+        image = (ids > 0) * 30000 + rng.normal(2000, 300, ids.shape)
+        tifffile.imwrite(tmp_path / "d" / "images" / f"{i}.tif", image.clip(0, 65535).astype(np.uint16))
+        tifffile.imwrite(tmp_path / "d" / "labels" / f"{i}.tif", ids)
+    args = ["train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r"), "--width", "4", "--depth", "2",
+            "--tile-size", "76", "--epochs", "1", "--samples-per-epoch", "2", "--precision", "fp32", "--workers", "0"]
+    assert main(args) == 0
+    model, meta = load_model(tmp_path / "r" / "best.pt")
+    assert model.head.out_channels == 1  # binary: cell / background
+
+
 def test_schedule_and_durations():
     assert learning_rate(1.0, 0.5) == pytest.approx(0.5)
     assert learning_rate(1.0, 1.0) == pytest.approx(0.0)

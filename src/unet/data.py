@@ -43,8 +43,8 @@ class LabelledImage:
 
 def read_pairs(
     data: str | Path | None = None, images: str | Path | None = None, labels: str | Path | None = None
-) -> list[tuple[str, np.ndarray, np.ndarray, Path]]:
-    """Read (name, image (C, H, W), label (H, W), image path) for every slice.
+) -> list[tuple[str, np.ndarray, np.ndarray, Path, Path]]:
+    """Read (name, image (C, H, W), label (H, W), image path, label path) for every slice.
 
     Either ``data`` (a folder with ``images/`` and ``labels/`` holding files of matching
     names) or ``images`` and ``labels`` (two files or folders: stacks match page by page).
@@ -79,7 +79,7 @@ def read_pairs(
             raise UserInputError(f"{ip}: the image holds NaN or infinite values")
         for k in range(img.shape[0]):
             name = ip.stem if img.shape[0] == 1 else f"{ip.stem}[{k}]"
-            pairs.append((name, img[k], lab[k, 0], ip))
+            pairs.append((name, img[k], lab[k, 0], ip, lp))
     return pairs
 
 
@@ -126,20 +126,23 @@ def touching_borders(ids: np.ndarray) -> np.ndarray:
 
 
 def prepare(
-    pairs: list[tuple[str, np.ndarray, np.ndarray, Path]],
-    n_classes: int,
+    pairs: list[tuple[str, np.ndarray, np.ndarray, Path, Path]],
+    n_classes: int | None,
     normalization: Normalization,
     weight_map: bool,
     w0: float = 10.0,
     sigma: float = 5.0,
     class_balance: bool = True,
 ) -> list[LabelledImage]:
-    """Normalise images, interpret labels and compute each image's weight map once."""
+    """Normalise images, interpret labels and compute each image's weight map once.
+
+    ``n_classes`` is ``--classes``: ``None`` reads each label as binary or as instance ids.
+    """
     items = []
-    for name, image, label, path in pairs:
-        classes, cells = interpret_labels(label, n_classes, source=str(path))
+    for name, image, label, _, label_path in pairs:
+        classes, cells = interpret_labels(label, n_classes, source=str(label_path))
         if weight_map:
-            weight = border_weight_map(cells, w0, sigma, n_classes, classes, class_balance)
+            weight = border_weight_map(cells, w0, sigma, n_classes or 2, classes, class_balance)
         else:
             weight = np.ones(classes.shape, np.float32)
         items.append(LabelledImage(name, normalize(image, normalization), classes, weight))

@@ -213,14 +213,14 @@ def weight_average(model: torch.nn.Module, decay: float) -> torch.optim.swa_util
 
 def _load_data(cfg: TrainConfig):
     norm = Normalization.from_dict(cfg.normalization)
-    n_classes = cfg.classes or 2
     pairs = read_pairs(cfg.data, cfg.images, cfg.labels)
-    items = prepare(pairs, n_classes, norm, cfg.weight_map, cfg.w0, cfg.sigma, cfg.class_balance)
-    paths = sorted({p for *_, p in pairs})
+    # cfg.classes stays None unless given, so that labels with many values read as instance ids.
+    items = prepare(pairs, cfg.classes, norm, cfg.weight_map, cfg.w0, cfg.sigma, cfg.class_balance)
+    paths = sorted({p for *_, ip, lp in pairs for p in (ip, lp)})
     if cfg.val:
         val_pairs = read_pairs(cfg.val)
-        val_items = prepare(val_pairs, n_classes, norm, cfg.weight_map, cfg.w0, cfg.sigma, cfg.class_balance)
-        paths += sorted({p for *_, p in val_pairs})
+        val_items = prepare(val_pairs, cfg.classes, norm, cfg.weight_map, cfg.w0, cfg.sigma, cfg.class_balance)
+        paths += sorted({p for *_, ip, lp in val_pairs for p in (ip, lp)})
         train_items = items
     else:
         train_items, val_items = split(items, cfg.val_fraction)
