@@ -156,6 +156,8 @@ def test_presets_choose_padding_and_explicit_options_win():
     assert TrainConfig(preset="fast").resolved().padding == "same"
     assert TrainConfig(preset="paper").resolved().padding == "valid"
     assert TrainConfig(preset="seed").resolved().padding == "valid"
+    assert TrainConfig(preset="fast").resolved().w0 == 3.0 and TrainConfig(preset="paper").resolved().w0 == 10.0
+    assert TrainConfig(preset="fast", w0=10.0).resolved().w0 == 10.0
     assert TrainConfig(preset="fast", padding="valid", tile_size=572).resolved().tile_size == 572
     assert TrainConfig(preset="fast", padding="valid").resolved().padding == "valid"
 

@@ -116,7 +116,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--ema", type=float, help="decay of a moving average of the weights, validated and saved (0: off)")
     m.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=True, help="BatchNorm (default: on)")
     m.add_argument("--weight-map", action=argparse.BooleanOptionalAction, help="the paper's border weight map")
-    m.add_argument("--w0", type=float, help="the weight map's border weight (default: 10, the paper)")
+    m.add_argument("--w0", type=float,
+                   help="the weight map's border weight (default: 3 in the fast preset; 10, the paper's, otherwise)")
     m.add_argument("--sigma", type=float, help="the weight map's border width, px (default: 5, the paper)")
     m.add_argument("--class-balance", action=argparse.BooleanOptionalAction,
                    help="the weight map's w_c: classes weighted by inverse frequency (default: from the preset)")
