@@ -10,7 +10,16 @@ from unet import load_model, metrics
 from unet.cli import main
 from unet.errors import UserInputError
 from unet.synthetic import write_dataset
-from unet.train import THRESHOLDS, TrainConfig, best_threshold, learning_rate, parse_duration, train, weight_average
+from unet.train import (
+    THRESHOLDS,
+    TrainConfig,
+    automatic_w0,
+    best_threshold,
+    learning_rate,
+    parse_duration,
+    train,
+    weight_average,
+)
 
 from .conftest import tiny_train_config as tiny
 
@@ -27,6 +36,7 @@ def test_run_folder_has_everything(tmp_path, data):
     assert any((run / "tb").iterdir())
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["train"]["width"] == 4 and len(cfg["data_sha256"]) == 64 and cfg["version"]
+    assert cfg["train"]["w0"] == 3.0  # --w0 auto, decided on binary labels
     assert cfg["val_images"] == ["04"]
     rows = (run / "metrics.csv").read_text().strip().splitlines()
     assert rows[0].startswith("epoch,step,train_loss,val_loss,val_pixel_error,val_dice") and len(rows) == 4
@@ -122,9 +132,10 @@ def test_cli_trains_on_16_bit_instance_ids(tmp_path):
         tifffile.imwrite(tmp_path / "d" / "labels" / f"{i}.tif", ids)
     args = ["train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r"), "--width", "4", "--depth", "2",
             "--tile-size", "76", "--epochs", "1", "--samples-per-epoch", "2", "--precision", "fp32", "--workers", "0"]
-    assert main(args) == 0
-    model, meta = load_model(tmp_path / "r" / "best.pt")
+    assert main(args + ["--w0", "auto"]) == 0
+    model, _ = load_model(tmp_path / "r" / "best.pt")
     assert model.head.out_channels == 1  # binary: cell / background
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["train"]["w0"] == 10.0  # the paper's, for cells
 
 
 def test_schedule_and_durations():
@@ -156,8 +167,18 @@ def test_presets_choose_padding_and_explicit_options_win():
     assert TrainConfig(preset="fast").resolved().padding == "same"
     assert TrainConfig(preset="paper").resolved().padding == "valid"
     assert TrainConfig(preset="seed").resolved().padding == "valid"
-    assert TrainConfig(preset="fast").resolved().w0 == 3.0 and TrainConfig(preset="paper").resolved().w0 == 10.0
+    assert TrainConfig(preset="fast").resolved().w0 == "auto" and TrainConfig(preset="paper").resolved().w0 == 10.0
     assert TrainConfig(preset="fast", w0=10.0).resolved().w0 == 10.0
+    with pytest.raises(UserInputError, match="--w0 >= 0"):
+        TrainConfig(w0="often").resolved()
+
+
+def test_automatic_w0_is_the_papers_for_instance_ids_only():
+    mask = np.array([[0, 255], [255, 0]], np.uint8)
+    ids = np.array([[0, 1], [2, 3]], np.uint16)
+    assert automatic_w0([mask, mask], None) == 3.0
+    assert automatic_w0([mask, ids], None) == 10.0
+    assert automatic_w0([ids], 4) == 3.0  # class ids, not cells
     assert TrainConfig(preset="fast", padding="valid", tile_size=572).resolved().tile_size == 572
     assert TrainConfig(preset="fast", padding="valid").resolved().padding == "valid"
 

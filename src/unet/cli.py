@@ -72,6 +72,16 @@ def _run_predict(args: argparse.Namespace) -> int | None:
     return None
 
 
+def _number_or_auto(text: str) -> float | str:
+    """An option value that is a number or the word ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a U-Net on your images and labels (see --preset)")
     d = p.add_argument_group("data")
@@ -80,7 +90,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--labels", help="... and its label stack / folder")
     d.add_argument("--val", help="a separate validation folder with images/ and labels/")
     d.add_argument("--val-fraction", type=float, default=0.2, help="last fraction of slices to validate on (default: 0.2)")
-    d.add_argument("--classes", type=int, help="number of classes for integer class-id labels (default: binary)")
+    d.add_argument("--classes", type=int,
+                   help="number of classes for integer class-id labels (default: a mask, or instance ids where a "
+                        "label has more than two values)")
     r = p.add_argument_group("run")
     r.add_argument("--out", default="runs/unet", help="run folder (default: runs/unet)")
     r.add_argument("--resume", metavar="RUN", help="continue the run in this folder exactly where it stopped")
@@ -116,8 +128,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--ema", type=float, help="decay of a moving average of the weights, validated and saved (0: off)")
     m.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=True, help="BatchNorm (default: on)")
     m.add_argument("--weight-map", action=argparse.BooleanOptionalAction, help="the paper's border weight map")
-    m.add_argument("--w0", type=float,
-                   help="the weight map's border weight (default: 3 in the fast preset; 10, the paper's, otherwise)")
+    m.add_argument("--w0", type=_number_or_auto,
+                   help="the weight map's border weight, or auto (fast's default): 10 (the paper's) where the labels "
+                        "are instance ids, 3 otherwise; the other presets: 10")
     m.add_argument("--sigma", type=float, help="the weight map's border width, px (default: 5, the paper)")
     m.add_argument("--class-balance", action=argparse.BooleanOptionalAction,
                    help="the weight map's w_c: classes weighted by inverse frequency (default: from the preset)")

@@ -97,7 +97,7 @@ def interpret_labels(label: np.ndarray, n_classes: int | None, source: str = "la
         classes = label.astype(np.int64)
         return classes, cells_from_mask(classes > 0)
     values = np.unique(label)
-    if len(values) <= 2:
+    if len(values) <= 2:  # keep in step with `has_instance_ids`
         foreground = label > 0
         return foreground.astype(np.int64), cells_from_mask(foreground)
     if n_classes == 2:
@@ -106,6 +106,11 @@ def interpret_labels(label: np.ndarray, n_classes: int | None, source: str = "la
     ids = label.astype(np.int64)
     ids[touching_borders(ids)] = 0
     return (ids > 0).astype(np.int64), ids.astype(np.int32)
+
+
+def has_instance_ids(label: np.ndarray, n_classes: int | None) -> bool:
+    """Whether `interpret_labels` reads ``label`` as instance ids: more than two values, no ``--classes``."""
+    return n_classes is None and len(np.unique(label)) > 2
 
 
 def touching_borders(ids: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from . import __version__, distributed, metrics, symmetries
 from .augment import Augmentation
 from .checkpoint import load_payload, model_payload, save_model, save_payload
-from .data import EpochSampler, TileDataset, checksum, prepare, read_pairs, split
+from .data import EpochSampler, TileDataset, checksum, has_instance_ids, prepare, read_pairs, split
 from .device import autocast, choose_precision, resolve_device
 from .errors import Interrupted, UserInputError
 from .losses import LOSSES, segmentation_loss
@@ -86,7 +86,7 @@ class TrainConfig:
     grey: bool | None = None
     soft_labels: bool | None = None  # binary labels: elastic warps give foreground fractions, not a staircase
     weight_map: bool | None = None  # the paper's border weight map in the loss
-    w0: float | None = None  # the weight map's border weight (paper: 10)
+    w0: float | str | None = None  # the weight map's border weight (paper: 10); "auto": see `automatic_w0`
     sigma: float | None = None  # and its width, px (paper: 5)
     class_balance: bool | None = None  # w_c: weight classes by inverse frequency in the weight map
     skeleton_recall: float | None = None  # weight of the skeleton recall term (losses.py; 0: off)
@@ -126,7 +126,8 @@ class TrainConfig:
             raise UserInputError(f"--ema must be in [0, 1), got {out.ema}")
         symmetries.group(out.flips)
         parse_label_offset(out.label_offset)
-        if out.weight_map and not (0 <= out.w0 < math.inf and 0 < out.sigma < math.inf):
+        w0_ok = out.w0 == "auto" or (not isinstance(out.w0, str) and 0 <= out.w0 < math.inf)
+        if out.weight_map and not (w0_ok and 0 < out.sigma < math.inf):
             raise UserInputError(f"the weight map needs --w0 >= 0 and --sigma > 0, got {out.w0} and {out.sigma}")
         if not 0 <= out.skeleton_recall < math.inf:
             raise UserInputError(f"--skeleton-recall must be >= 0, got {out.skeleton_recall}")
@@ -211,9 +212,25 @@ def weight_average(model: torch.nn.Module, decay: float) -> torch.optim.swa_util
     return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=update, use_buffers=True)
 
 
+def automatic_w0(labels: list[np.ndarray], n_classes: int | None) -> float:
+    """``--w0 auto`` (the ``fast`` default): the border term's weight for these training labels.
+
+    The paper's 10 where the labels are instance ids: there the term keeps touching cells
+    apart, as on the paper's cell data (on synthetic touching nuclei, 3 instead of 10 doubled
+    the adapted Rand error). 3 for masks and membrane maps: on ISBI 2012 it lowered both the
+    pixel and the Rand error against 10 in each of three seeds.
+    """
+    return 10.0 if any(has_instance_ids(label, n_classes) for label in labels) else 3.0
+
+
 def _load_data(cfg: TrainConfig):
+    """-> (cfg with ``w0`` decided, train items, val items, channels, data checksum)."""
     norm = Normalization.from_dict(cfg.normalization)
     pairs = read_pairs(cfg.data, cfg.images, cfg.labels)
+    if cfg.w0 == "auto":
+        cfg = dataclasses.replace(cfg, w0=automatic_w0([label for _, _, label, *_ in pairs], cfg.classes))
+        if cfg.weight_map:
+            log.info("weight map: w0 = %g (--w0 auto: 10 for instance-id labels, 3 otherwise)", cfg.w0)
     # cfg.classes stays None unless given, so that labels with many values read as instance ids.
     items = prepare(pairs, cfg.classes, norm, cfg.weight_map, cfg.w0, cfg.sigma, cfg.class_balance)
     paths = sorted({p for *_, ip, lp in pairs for p in (ip, lp)})
@@ -227,7 +244,7 @@ def _load_data(cfg: TrainConfig):
     channels = {it.image.shape[0] for it in train_items + val_items}
     if len(channels) != 1:
         raise UserInputError(f"{cfg.data or cfg.images}: images have different channel counts {sorted(channels)}")
-    return train_items, val_items, channels.pop(), checksum(paths)
+    return cfg, train_items, val_items, channels.pop(), checksum(paths)
 
 
 @dataclass
@@ -392,7 +409,7 @@ def _train(cfg: TrainConfig, run: Path, state: dict | None, ctx: distributed.Con
         raise UserInputError("--precision fp16 needs CUDA; use bf16 or fp32 on a CPU")
     torch.manual_seed(cfg.seed)
 
-    train_items, val_items, channels, data_sha = _load_data(cfg)
+    cfg, train_items, val_items, channels, data_sha = _load_data(cfg)
     input_shift = _input_shift(cfg, train_items)
     if input_shift != (0.0, 0.0):
         # Training tiles come from resampled images; validation resamples per tile, as predict does.
