@@ -38,6 +38,17 @@ def test_prepare_reads_instance_ids_without_classes():
         prepare(pairs, 2, Normalization(), weight_map=True)
 
 
+def test_synthetic_nuclei_touch_and_read_as_instance_ids(tmp_path):
+    folder = write_dataset(tmp_path / "n", 2, 128, kind="nuclei")
+    pairs = read_pairs(folder)
+    _, image, ids, image_path, label_path = pairs[0]
+    assert image.dtype == np.uint16 and ids.dtype == np.uint16 and label_path.suffix == ".tif"
+    assert np.array_equal(np.unique(ids), np.arange(ids.max() + 1)) and ids.max() > 10  # ids 1..n, 0 = background
+    assert touching_borders(ids).sum() > 50  # many nuclei touch
+    (item, _) = prepare(pairs, None, Normalization(), weight_map=True)
+    assert item.classes.sum() == (ids > 0).sum() - touching_borders(ids).sum()
+
+
 def test_class_ids_are_checked():
     classes, _ = interpret_labels(np.array([[0, 1], [2, 2]]), 3)
     assert classes.max() == 2
