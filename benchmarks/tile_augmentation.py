@@ -49,7 +49,7 @@ def main() -> None:
     pairs = []
     for i in range(4):
         image, label = synthetic_em(rng, 512)
-        pairs.append((str(i), image[None], label, f"{i}.png"))
+        pairs.append((str(i), image[None], label, f"{i}.png", f"{i}.png"))
     items = prepare(pairs, 2, Normalization(), weight_map=True)
     rows = []
     fast = augment.warp

@@ -37,7 +37,8 @@ def scores(truth_dir: Path, map_dir: Path, instance_dir: Path) -> tuple[float, f
     rows = []
     for t in sorted(truth_dir.iterdir()):
         truth = read_image(t)[0, 0].astype(np.int64)
-        prob = read_image(next(map_dir.glob(t.stem + ".*")))[0, 0] / 255.0
+        prob = read_image(next(map_dir.glob(t.stem + ".*")))[0, 0]  # float32 TIFF, or 8-bit PNG
+        prob = prob / 255.0 if prob.dtype == np.uint8 else prob
         cells = read_image(next(instance_dir.glob(t.stem + ".*")))[0, 0].astype(np.int64)
         rows.append((metrics.dice(prob, truth), metrics.adapted_rand_error(prob, truth),
                      adapted_rand_error(truth, cells, ignore_labels=(0,))[0]))

@@ -113,7 +113,7 @@ def _setup(tmp_path, case):
     if case == "non-positive elastic sigma":
         return train + ["--elastic-sigma", "0"], "--elastic-sigma must be > 0", out
     if case == "non-positive weight-map sigma":
-        return train + ["--sigma", "0"], "the weight map needs --w0 >= 0 and --sigma > 0", out
+        return train + ["--sigma", "0"], "the weight map needs --w0 >= 0 (or auto) and --sigma > 0", out
     if case == "label offset beyond two pixels":
         return train + ["--label-offset", "3,0"], "--label-offset 3,0: each shift must be within", out
     raise AssertionError(case)

@@ -4,7 +4,16 @@ import torch
 
 from unet import Normalization, UserInputError
 from unet.augment import Augmentation
-from unet.data import EpochSampler, TileDataset, interpret_labels, prepare, read_pairs, split, touching_borders
+from unet.data import (
+    EpochSampler,
+    TileDataset,
+    interpret_labels,
+    label_kind,
+    prepare,
+    read_pairs,
+    split,
+    touching_borders,
+)
 from unet.io import write_image
 from unet.synthetic import synthetic_em, write_dataset
 
@@ -47,6 +56,16 @@ def test_synthetic_nuclei_touch_and_read_as_instance_ids(tmp_path):
     assert touching_borders(ids).sum() > 50  # many nuclei touch
     (item, _) = prepare(pairs, None, Normalization(), weight_map=True)
     assert item.classes.sum() == (ids > 0).sum() - touching_borders(ids).sum()
+
+
+def test_a_mask_with_stray_values_is_not_read_as_instance_ids():
+    rng = np.random.default_rng(0)
+    mask = np.zeros((48, 48), np.uint8)
+    mask[8:40, 8:40] = 255
+    jpeg_like = np.clip(mask.astype(int) + rng.integers(-3, 4, mask.shape), 0, 255).astype(np.uint8)
+    with pytest.raises(UserInputError, match="lab.jpg: .* separate pieces, not one id per cell"):
+        interpret_labels(jpeg_like, None, source="lab.jpg")
+    assert label_kind(mask, None) == "mask" and label_kind(jpeg_like, 5) == "classes"
 
 
 def test_class_ids_are_checked():

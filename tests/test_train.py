@@ -96,6 +96,7 @@ def test_paper_preset_with_weight_map_and_sgd(tmp_path, data):
     run = train(tiny(data, tmp_path / "paper", preset="paper", lr=None, batch_size=None, samples_per_epoch=2, epochs=1))
     cfg = json.loads((run / "config.json").read_text())["train"]
     assert cfg["optimizer"] == "sgd" and cfg["momentum"] == 0.99 and cfg["loss"] == "weighted-ce" and cfg["weight_map"]
+    assert cfg["w0"] == 10.0 and cfg["sigma"] == 5.0
 
 
 def test_existing_run_folder_is_not_overwritten(tmp_path, data, capsys):
@@ -132,7 +133,7 @@ def test_cli_trains_on_16_bit_instance_ids(tmp_path):
         tifffile.imwrite(tmp_path / "d" / "labels" / f"{i}.tif", ids)
     args = ["train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r"), "--width", "4", "--depth", "2",
             "--tile-size", "76", "--epochs", "1", "--samples-per-epoch", "2", "--precision", "fp32", "--workers", "0"]
-    assert main(args + ["--w0", "auto"]) == 0
+    assert main(args) == 0  # --w0 auto by default
     model, _ = load_model(tmp_path / "r" / "best.pt")
     assert model.head.out_channels == 1  # binary: cell / background
     assert json.loads((tmp_path / "r" / "config.json").read_text())["train"]["w0"] == 10.0  # the paper's, for cells
@@ -169,18 +170,24 @@ def test_presets_choose_padding_and_explicit_options_win():
     assert TrainConfig(preset="seed").resolved().padding == "valid"
     assert TrainConfig(preset="fast").resolved().w0 == "auto" and TrainConfig(preset="paper").resolved().w0 == 10.0
     assert TrainConfig(preset="fast", w0=10.0).resolved().w0 == 10.0
-    with pytest.raises(UserInputError, match="--w0 >= 0"):
-        TrainConfig(w0="often").resolved()
+    assert TrainConfig(preset="fast", padding="valid", tile_size=572).resolved().tile_size == 572
+    assert TrainConfig(preset="fast", padding="valid").resolved().padding == "valid"
+
+
+def test_w0_is_a_number_or_auto():
+    for bad in ("often", float("nan"), -1.0, float("inf")):
+        with pytest.raises(UserInputError, match="--w0 >= 0"):
+            TrainConfig(w0=bad).resolved()
+    with pytest.raises(SystemExit):
+        main(["train", "--w0", "often"])
 
 
 def test_automatic_w0_is_the_papers_for_instance_ids_only():
-    mask = np.array([[0, 255], [255, 0]], np.uint8)
-    ids = np.array([[0, 1], [2, 3]], np.uint16)
+    mask = ("m", None, np.array([[0, 255], [255, 0]], np.uint8), "m.png", "m.png")
+    ids = ("i", None, np.array([[0, 1], [2, 3]], np.uint16), "i.tif", "i.tif")
     assert automatic_w0([mask, mask], None) == 3.0
     assert automatic_w0([mask, ids], None) == 10.0
     assert automatic_w0([ids], 4) == 3.0  # class ids, not cells
-    assert TrainConfig(preset="fast", padding="valid", tile_size=572).resolved().tile_size == 572
-    assert TrainConfig(preset="fast", padding="valid").resolved().padding == "valid"
 
 
 def test_best_threshold_by_hand_and_against_a_brute_force_sweep(rng):

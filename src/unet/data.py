@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from skimage import measure
 from torch.utils.data import Dataset, Sampler
 
 from .augment import Augmentation, augment_region
@@ -91,26 +92,38 @@ def interpret_labels(label: np.ndarray, n_classes: int | None, source: str = "la
         label = label.astype(np.int64)
     if label.min() < 0:
         raise UserInputError(f"{source}: negative label value {label.min()}")
-    if n_classes is not None and n_classes > 2:
+    kind = label_kind(label, n_classes, source)
+    if kind == "classes":
         if label.max() >= n_classes:
             raise UserInputError(f"{source}: label value {label.max()} but --classes {n_classes} allows 0..{n_classes - 1}")
         classes = label.astype(np.int64)
         return classes, cells_from_mask(classes > 0)
-    values = np.unique(label)
-    if len(values) <= 2:  # keep in step with `has_instance_ids`
+    if kind == "mask":
         foreground = label > 0
         return foreground.astype(np.int64), cells_from_mask(foreground)
-    if n_classes == 2:
-        raise UserInputError(f"{source}: {len(values)} label values for --classes 2 (expected 0 and one other)")
-    # Instance ids: separate touching cells by a background border before training.
     ids = label.astype(np.int64)
+    n_ids = len(np.unique(ids[ids > 0]))
+    pieces = measure.label(ids, background=0, connectivity=2).max()  # connected regions of one id
+    if pieces > 2 * n_ids + 10:
+        # Not one id per cell: most likely a mask saved with stray grey values (JPEG, a resize).
+        raise UserInputError(f"{source}: {n_ids} label values in {pieces} separate pieces, not one id per cell; "
+                             "save a mask with two values (0 and one other), or give --classes N for class ids")
+    # Instance ids: separate touching cells by a background border before training.
     ids[touching_borders(ids)] = 0
     return (ids > 0).astype(np.int64), ids.astype(np.int32)
 
 
-def has_instance_ids(label: np.ndarray, n_classes: int | None) -> bool:
-    """Whether `interpret_labels` reads ``label`` as instance ids: more than two values, no ``--classes``."""
-    return n_classes is None and len(np.unique(label)) > 2
+def label_kind(label: np.ndarray, n_classes: int | None, source: str = "label") -> str:
+    """How `interpret_labels` reads a raw label (H, W): ``"classes"`` (``--classes N`` > 2),
+    ``"mask"`` (at most two values) or ``"instances"`` (more values, no ``--classes``)."""
+    if n_classes is not None and n_classes > 2:
+        return "classes"
+    n_values = len(np.unique(label))
+    if n_values <= 2:
+        return "mask"
+    if n_classes == 2:
+        raise UserInputError(f"{source}: {n_values} label values for --classes 2 (expected 0 and one other)")
+    return "instances"
 
 
 def touching_borders(ids: np.ndarray) -> np.ndarray:
@@ -141,8 +154,11 @@ def prepare(
 ) -> list[LabelledImage]:
     """Normalise images, interpret labels and compute each image's weight map once.
 
-    ``n_classes`` is ``--classes``: ``None`` reads each label as binary or as instance ids.
+    ``n_classes`` is ``--classes``: ``None`` reads each label as a mask or as instance ids.
+    ``w0`` is a number here (``"auto"`` is decided by `train.automatic_w0`).
     """
+    if weight_map and isinstance(w0, str):
+        raise ValueError(f"prepare needs a number for w0, not {w0!r}")
     items = []
     for name, image, label, _, label_path in pairs:
         classes, cells = interpret_labels(label, n_classes, source=str(label_path))
