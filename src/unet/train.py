@@ -217,8 +217,8 @@ def automatic_w0(pairs: list[tuple], n_classes: int | None) -> float:
     """``--w0 auto`` (the ``fast`` default): the border term's weight for these training pairs.
 
     The paper's 10 where a label holds instance ids: there the term keeps touching cells
-    apart, as on the paper's cell data (on synthetic touching nuclei, 3 instead of 10 doubled
-    the adapted Rand error of the cells). 3 for masks and membrane maps: on ISBI 2012 it
+    apart, as on the paper's cell data (on synthetic touching nuclei, 3 instead of 10 raised
+    the cells' adapted Rand error from 0.19 to 0.29-0.49, benchmarks/touching_cells.py). 3 for masks and membrane maps: on ISBI 2012 it
     gave a lower pixel error than 10 in each of three seeds and a lower adapted Rand error on
     average. ``pairs``: `read_pairs` tuples.
     """
