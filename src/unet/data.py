@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from skimage import measure
+from skimage.measure import label as connected_components
 from torch.utils.data import Dataset, Sampler
 
 from .augment import Augmentation, augment_region
@@ -103,7 +103,7 @@ def interpret_labels(label: np.ndarray, n_classes: int | None, source: str = "la
         return foreground.astype(np.int64), cells_from_mask(foreground)
     ids = label.astype(np.int64)
     n_ids = len(np.unique(ids[ids > 0]))
-    pieces = measure.label(ids, background=0, connectivity=2).max()  # connected regions of one id
+    pieces = connected_components(ids, background=0, connectivity=2).max()  # connected regions of one id
     if pieces > 2 * n_ids + 10:
         # Not one id per cell: most likely a mask saved with stray grey values (JPEG, a resize).
         raise UserInputError(f"{source}: {n_ids} label values in {pieces} separate pieces, not one id per cell; "

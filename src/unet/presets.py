@@ -7,9 +7,10 @@
   border weight map (the paper's w0 = 10 for instance-id labels, where it keeps touching
   cells apart; a lighter 3 for masks and membrane maps: on ISBI 2012 it lowered the pixel
   error in each of three seeds, 0.0671 -> 0.0663 on average, and the adapted Rand error
-  on average, 0.079 -> 0.077), Adam with cosine decay, a moving average of the weights (decay 0.995),
-  and the decision threshold calibrated on the validation images. Prediction still
-  sees full context: the tiler discards the tile border that sees zero padding.
+  on average, 0.079 -> 0.077), Adam with cosine decay, a moving average of the weights
+  (decay 0.995), and the decision threshold calibrated on the validation images.
+  Prediction still sees full context: the tiler discards the tile border that sees zero
+  padding.
   Labels drawn a fraction of a pixel off the image's grid (ISBI 2012: 0.6 px up) are
   handled by ``label_offset="auto"``: the images are resampled onto the labels' grid, in
   training and in prediction (registration.py), so that rotations stay true symmetries.

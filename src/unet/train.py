@@ -218,9 +218,9 @@ def automatic_w0(pairs: list[tuple], n_classes: int | None) -> float:
 
     The paper's 10 where a label holds instance ids: there the term keeps touching cells
     apart, as on the paper's cell data (on synthetic touching nuclei, 3 instead of 10 raised
-    the cells' adapted Rand error from 0.19 to 0.29-0.49, benchmarks/touching_cells.py). 3 for masks and membrane maps: on ISBI 2012 it
-    gave a lower pixel error than 10 in each of three seeds and a lower adapted Rand error on
-    average. ``pairs``: `read_pairs` tuples.
+    the cells' adapted Rand error from 0.19 to 0.29-0.49, benchmarks/touching_cells.py).
+    3 for masks and membrane maps: on ISBI 2012 it gave a lower pixel error than 10 in each
+    of three seeds and a lower adapted Rand error on average. ``pairs``: `read_pairs` tuples.
     """
     kinds = [label_kind(label, n_classes, str(label_path)) for _, _, label, _, label_path in pairs]
     return 10.0 if "instances" in kinds else 3.0
