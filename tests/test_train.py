@@ -45,6 +45,16 @@ def test_run_folder_has_everything(tmp_path, data):
     assert meta["flips"] == TrainConfig(preset="fast").resolved().flips
 
 
+def test_curves_are_drawn_at_the_end_whatever_the_redraw_interval(tmp_path, data, monkeypatch):
+    """curves.png is redrawn at most every CURVES_EVERY seconds, and once more when training ends."""
+    import unet.train
+
+    monkeypatch.setattr(unet.train, "CURVES_EVERY", float("inf"))  # drawn after epoch 1, then not until the end
+    run = train(tiny(data, tmp_path / "run"))
+    assert len((run / "metrics.csv").read_text().strip().splitlines()) == 4  # 3 epochs
+    assert (run / "curves.png").stat().st_mtime_ns >= (run / "metrics.csv").stat().st_mtime_ns
+
+
 @pytest.mark.parametrize("ema, skeleton_recall", [(0.0, 0.0), (0.9, 1.0)])
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, data, ema, skeleton_recall):
     kw = dict(elastic=True, flips="dihedral", ema=ema, skeleton_recall=skeleton_recall)

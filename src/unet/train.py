@@ -350,6 +350,7 @@ def validate(model: UNet, items, cfg: TrainConfig, precision: str, tta: bool = F
     return score_validation(maps)
 
 
+CURVES_EVERY = 30.0  # seconds between redraws of curves.png while training; always drawn at the end
 CSV_FIELDS = ["epoch", "step", "train_loss", "val_loss", "val_pixel_error", "val_dice", "val_adapted_rand_error",
               "val_rand_error", "val_v_rand", "val_threshold", "lr", "seconds"]
 
@@ -505,6 +506,7 @@ def _train(cfg: TrainConfig, run: Path, state: dict | None, ctx: distributed.Con
 
     stopped = None
     steps_this_call = 0
+    last_plot = -math.inf
     with _StopRequest() as stop:
         while epoch < cfg.epochs and stopped is None:
             skip = step - epoch * steps_per_epoch  # steps of this epoch already done (resume mid-epoch)
@@ -583,8 +585,15 @@ def _train(cfg: TrainConfig, run: Path, state: dict | None, ctx: distributed.Con
                        val_threshold=v.threshold, lr=lr, seconds=round(time.monotonic() - t_epoch, 2))
             if ctx.is_main:
                 _log_epoch(run, writer, row, improved)
+                # A redraw costs ~0.5 s: with short epochs (the demo's take a few seconds)
+                # drawing after every epoch would eat a tenth of the training time.
+                if time.monotonic() - last_plot >= CURVES_EVERY:
+                    plot_curves(run / "metrics.csv", run / "curves.png")
+                    last_plot = time.monotonic()
     if writer is not None:
         writer.close()
+    if ctx.is_main and (run / "metrics.csv").exists():
+        plot_curves(run / "metrics.csv", run / "curves.png")
     if stopped == "signal":
         raise Interrupted(f"stopped at step {step}; resume with --resume {run}")
     if cfg.calibrate_tta and ctx.is_main and (run / "best.pt").exists():
@@ -594,7 +603,7 @@ def _train(cfg: TrainConfig, run: Path, state: dict | None, ctx: distributed.Con
 
 
 def _log_epoch(run: Path, writer, row: dict, improved: bool) -> None:
-    """metrics.csv, TensorBoard, one readable line, curves.png."""
+    """metrics.csv, TensorBoard, one readable line."""
     _append_csv(run / "metrics.csv", row)
     for k, val in row.items():
         if k not in ("epoch", "step"):
@@ -603,7 +612,6 @@ def _log_epoch(run: Path, writer, row: dict, improved: bool) -> None:
              "t=%.2f  %.0fs%s", row["epoch"], row["step"], row["train_loss"], row["val_loss"], row["val_pixel_error"],
              row["val_adapted_rand_error"], row["val_dice"], row["val_threshold"], row["seconds"],
              "  *" if improved else "")
-    plot_curves(run / "metrics.csv", run / "curves.png")
 
 
 def _calibrate_best(run: Path, val_items, cfg: TrainConfig, precision: str, device: torch.device,
