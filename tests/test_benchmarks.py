@@ -40,3 +40,38 @@ def test_touching_cells_scores_float_and_8_bit_maps(tmp_path, suffix):
                                                                   tmp_path / "cells")
     assert dice == pytest.approx(1.0) and rand_cells == pytest.approx(0.0)
     assert rand_map == pytest.approx(1 / 3, abs=0.01)  # precision 1/2, recall 1: 1 - F = 1/3
+
+
+def _floor_case() -> tuple[np.ndarray, np.ndarray]:
+    """A 4 x 4 truth (left half foreground) and a map wrong at two pixels: (1, 2) next to
+    the boundary at 0.7, (0, 3) two pixels from it at 0.6."""
+    truth = np.zeros((4, 4), bool)
+    truth[:, :2] = True
+    prob = np.where(truth, 0.9, 0.1)
+    prob[1, 2], prob[0, 3] = 0.7, 0.6
+    return truth, prob
+
+
+def test_error_floor_scores_a_hand_computed_case():
+    floor = _module("error_floor")
+    truth, prob = _floor_case()
+    s = floor.floor_scores([prob], [truth], near=1.5)
+    assert s["pixel_error"] == pytest.approx(2 / 16)
+    assert s["oracle"] == pytest.approx(0.0)  # any threshold in [0.7, 0.9) gets every pixel right
+    assert s["near_share"] == pytest.approx(0.5)  # (1, 2) is 1 px from a foreground pixel, (0, 3) 2 px
+    perfect = np.where(truth, 0.9, 0.1)
+    [(a, b, averaged, singles)] = floor.pair_gains({"a": [prob], "b": [perfect]}, [truth])
+    assert (a, b) == ("a", "b") and singles == pytest.approx(1 / 16) and averaged == pytest.approx(0.0)
+
+
+def test_error_floor_reads_8_bit_maps(tmp_path):
+    truth, prob = _floor_case()
+    for sub, array in (("labels", truth.astype(np.uint8) * 255), ("a", np.round(prob * 255).astype(np.uint8)),
+                       ("b", np.round(np.where(truth, 0.9, 0.1) * 255).astype(np.uint8))):
+        (tmp_path / sub).mkdir()
+        write_image(tmp_path / sub / "s.png", array)
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "error_floor.py"), "--labels", str(tmp_path / "labels"),
+                           str(tmp_path / "a"), str(tmp_path / "b")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"| {tmp_path / 'a'} | 0.12500 | 0.00000 | 0.50 |" in done.stdout
+    assert "Every pair of runs (1): averaged maps 0.00000, their single runs 0.06250" in done.stdout
