@@ -13,7 +13,8 @@ from unet.synthetic import write_dataset
 from unet.train import (
     THRESHOLDS,
     TrainConfig,
-    automatic_w0,
+    _load_data,
+    automatic_weight_map,
     best_threshold,
     learning_rate,
     parse_duration,
@@ -36,13 +37,15 @@ def test_run_folder_has_everything(tmp_path, data):
     assert any((run / "tb").iterdir())
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["train"]["width"] == 4 and len(cfg["data_sha256"]) == 64 and cfg["version"]
-    assert cfg["train"]["w0"] == 3.0  # --w0 auto, decided on binary labels
+    assert cfg["train"]["w0"] == 5.0 and cfg["train"]["class_balance"] is False  # auto, decided on binary labels
     assert cfg["val_images"] == ["04"]
     rows = (run / "metrics.csv").read_text().strip().splitlines()
     assert rows[0].startswith("epoch,step,train_loss,val_loss,val_pixel_error,val_dice") and len(rows) == 4
     model, meta = load_model(run / "best.pt")
     assert 0 < meta["threshold"] < 1 and meta["normalization"]["kind"] == "percentile" and "val_tta" in meta
     assert meta["flips"] == TrainConfig(preset="fast").resolved().flips
+    val_losses = [float(r.split(",")[3]) for r in rows[1:]]
+    assert meta["epoch"] == 1 + int(np.argmin(val_losses))  # best.pt: the least validation loss
 
 
 def test_curves_are_drawn_at_the_end_whatever_the_redraw_interval(tmp_path, data, monkeypatch):
@@ -106,7 +109,7 @@ def test_paper_preset_with_weight_map_and_sgd(tmp_path, data):
     run = train(tiny(data, tmp_path / "paper", preset="paper", lr=None, batch_size=None, samples_per_epoch=2, epochs=1))
     cfg = json.loads((run / "config.json").read_text())["train"]
     assert cfg["optimizer"] == "sgd" and cfg["momentum"] == 0.99 and cfg["loss"] == "weighted-ce" and cfg["weight_map"]
-    assert cfg["w0"] == 10.0 and cfg["sigma"] == 5.0
+    assert cfg["w0"] == 10.0 and cfg["sigma"] == 5.0 and cfg["class_balance"] is True
 
 
 def test_existing_run_folder_is_not_overwritten(tmp_path, data, capsys):
@@ -146,7 +149,15 @@ def test_cli_trains_on_16_bit_instance_ids(tmp_path):
     assert main(args) == 0  # --w0 auto by default
     model, _ = load_model(tmp_path / "r" / "best.pt")
     assert model.head.out_channels == 1  # binary: cell / background
-    assert json.loads((tmp_path / "r" / "config.json").read_text())["train"]["w0"] == 10.0  # the paper's, for cells
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())["train"]
+    assert cfg["w0"] == 10.0 and cfg["class_balance"] is True  # the paper's, for cells
+
+
+def test_explicit_weight_map_options_win_over_auto(tmp_path, data):
+    cfg = _load_data(tiny(data, tmp_path / "r", class_balance=True).resolved())[0]
+    assert cfg.w0 == 5.0 and cfg.class_balance is True
+    cfg = _load_data(tiny(data, tmp_path / "r", w0=3.0).resolved())[0]
+    assert cfg.w0 == 3.0 and cfg.class_balance is False
 
 
 def test_schedule_and_durations():
@@ -180,6 +191,11 @@ def test_presets_choose_padding_and_explicit_options_win():
     assert TrainConfig(preset="seed").resolved().padding == "valid"
     assert TrainConfig(preset="fast").resolved().w0 == "auto" and TrainConfig(preset="paper").resolved().w0 == 10.0
     assert TrainConfig(preset="fast", w0=10.0).resolved().w0 == 10.0
+    assert TrainConfig(preset="fast").resolved().class_balance == "auto" and TrainConfig().select_by == "loss"
+    assert TrainConfig(preset="fast", class_balance=True).resolved().class_balance is True
+    assert TrainConfig(preset="paper").resolved().class_balance is True
+    with pytest.raises(UserInputError, match="class balancing"):
+        TrainConfig(class_balance="sometimes").resolved()
     assert TrainConfig(preset="fast", padding="valid", tile_size=572).resolved().tile_size == 572
     assert TrainConfig(preset="fast", padding="valid").resolved().padding == "valid"
 
@@ -192,12 +208,12 @@ def test_w0_is_a_number_or_auto():
         main(["train", "--w0", "often"])
 
 
-def test_automatic_w0_is_the_papers_for_instance_ids_only():
+def test_automatic_weight_map_is_the_papers_for_instance_ids_only():
     mask = ("m", None, np.array([[0, 255], [255, 0]], np.uint8), "m.png", "m.png")
     ids = ("i", None, np.array([[0, 1], [2, 3]], np.uint16), "i.tif", "i.tif")
-    assert automatic_w0([mask, mask], None) == 3.0
-    assert automatic_w0([mask, ids], None) == 10.0
-    assert automatic_w0([ids], 4) == 3.0  # class ids, not cells
+    assert automatic_weight_map([mask, mask], None) == (5.0, False)
+    assert automatic_weight_map([mask, ids], None) == (10.0, True)
+    assert automatic_weight_map([ids], 4) == (5.0, False)  # class ids, not cells
 
 
 def test_best_threshold_by_hand_and_against_a_brute_force_sweep(rng):

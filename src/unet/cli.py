@@ -104,8 +104,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if present)")
     r.add_argument("--precision", default="auto", help="auto (bf16 on CPUs with it, AMP on CUDA), fp32, bf16, fp16")
     r.add_argument("--workers", type=int, help="DataLoader worker processes for augmentation (default: 1 on 2 cores)")
-    r.add_argument("--select-by", default="score", help="best.pt by: score (pixel + adapted Rand error, default), "
-                   "loss, pixel_error, adapted_rand_error, rand_error, v_rand, dice")
+    r.add_argument("--select-by", default="loss", help="best.pt by: loss (validation loss, default), score (pixel + "
+                   "adapted Rand error), pixel_error, adapted_rand_error, rand_error, v_rand, dice")
     r.add_argument("--devices", type=int, default=1,
                    help="train in N processes with DistributedDataParallel (runs torchrun; GPUs or CPU)")
     r.add_argument("--dist-timeout", type=float, default=300.0,
@@ -130,10 +130,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--weight-map", action=argparse.BooleanOptionalAction, help="the paper's border weight map")
     m.add_argument("--w0", type=_number_or_auto,
                    help="the weight map's border weight, or auto (fast's default): 10 (the paper's) where the labels "
-                        "are instance ids, 3 otherwise; the other presets: 10")
+                        "are instance ids, 5 otherwise; the other presets: 10")
     m.add_argument("--sigma", type=float, help="the weight map's border width, px (default: 5, the paper)")
     m.add_argument("--class-balance", action=argparse.BooleanOptionalAction,
-                   help="the weight map's w_c: classes weighted by inverse frequency (default: from the preset)")
+                   help="the weight map's w_c: classes weighted by inverse frequency (default: the preset's; fast: "
+                        "on where the labels are instance ids, off otherwise; paper: on)")
     m.add_argument("--skeleton-recall", type=float, metavar="WEIGHT",
                    help="add the skeleton recall loss on the background, this much of it: keeps thin gaps "
                         "between cells open (default: 0, off)")

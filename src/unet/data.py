@@ -155,10 +155,11 @@ def prepare(
     """Normalise images, interpret labels and compute each image's weight map once.
 
     ``n_classes`` is ``--classes``: ``None`` reads each label as a mask or as instance ids.
-    ``w0`` is a number here (``"auto"`` is decided by `train.automatic_w0`).
+    ``w0`` and ``class_balance`` are decided here (``"auto"`` is decided by
+    `train.automatic_weight_map`).
     """
-    if weight_map and isinstance(w0, str):
-        raise ValueError(f"prepare needs a number for w0, not {w0!r}")
+    if weight_map and (isinstance(w0, str) or isinstance(class_balance, str)):
+        raise ValueError(f"prepare needs a number for w0 and a bool for class_balance, not {w0!r}, {class_balance!r}")
     items = []
     for name, image, label, _, label_path in pairs:
         classes, cells = interpret_labels(label, n_classes, source=str(label_path))
