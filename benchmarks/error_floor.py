@@ -6,7 +6,7 @@ Each PRED is a folder of written maps (``unet predict`` output, 8-bit PNG or flo
 per label image, same names). Foreground = map > 0.5, as the issue's scorer does. One table:
 
 - per run: the pixel error; the error of the same map with each image's own best threshold
-  (an oracle: what no calibration can beat); the share of the error lying within
+  (`unet.train.best_threshold` per image, 0.01 steps: an oracle no calibration can beat); the share of the error lying within
   ``--near`` px of a true boundary (where the annotator's stroke decides).
 - every pair of runs: the error of their averaged map (the simplest ensemble) against the
   mean of the two single errors. If averaging gains nothing, the runs do not differ by
@@ -22,8 +22,7 @@ from scipy import ndimage
 
 from unet import metrics
 from unet.io import list_images, read_image
-
-THRESHOLDS = np.round(np.arange(0.2, 0.81, 0.01), 2)
+from unet.train import best_threshold
 
 
 def read_map(folder: Path, stem: str) -> np.ndarray:
@@ -44,24 +43,27 @@ def near_boundary(truth_fg: np.ndarray, distance: float) -> np.ndarray:
 def floor_scores(maps: list[np.ndarray], truths: list[np.ndarray], near: float) -> dict[str, float]:
     """Mean over images of the pixel error at 0.5, at each image's best threshold, and the
     mean share of the error within ``near`` px of a true boundary."""
-    at_half, oracle, near_share = [], [], []
+    oracle, near_share = [], []
     for prob, fg in zip(maps, truths):
+        oracle.append(metrics.pixel_error(prob, fg, best_threshold([prob], [fg])))
         wrong = (prob > 0.5) != fg
-        at_half.append(wrong.mean())
-        oracle.append(min(np.mean((prob > t) != fg) for t in THRESHOLDS))
         near_share.append(wrong[near_boundary(fg, near)].sum() / max(wrong.sum(), 1))
-    return {"pixel_error": float(np.mean(at_half)), "oracle": float(np.mean(oracle)),
+    return {"pixel_error": mean_error(maps, truths), "oracle": float(np.mean(oracle)),
             "near_share": float(np.mean(near_share))}
+
+
+def mean_error(maps: list[np.ndarray], truths: list[np.ndarray]) -> float:
+    """Mean over images of the pixel error at 0.5."""
+    return float(np.mean([metrics.pixel_error(m, fg) for m, fg in zip(maps, truths)]))
 
 
 def pair_gains(runs: dict[str, list[np.ndarray]], truths: list[np.ndarray]) -> list[tuple[str, str, float, float]]:
     """(a, b, error of the averaged map, mean of a's and b's errors) for every pair."""
-    def error(maps):
-        return float(np.mean([np.mean((m > 0.5) != fg) for m, fg in zip(maps, truths)]))
+    single = {name: mean_error(maps, truths) for name, maps in runs.items()}
     rows = []
     for a, b in itertools.combinations(runs, 2):
         averaged = [(x + y) / 2 for x, y in zip(runs[a], runs[b])]
-        rows.append((a, b, error(averaged), (error(runs[a]) + error(runs[b])) / 2))
+        rows.append((a, b, mean_error(averaged, truths), (single[a] + single[b]) / 2))
     return rows
 
 

@@ -155,7 +155,7 @@ def prepare(
     """Normalise images, interpret labels and compute each image's weight map once.
 
     ``n_classes`` is ``--classes``: ``None`` reads each label as a mask or as instance ids.
-    ``w0`` and ``class_balance`` are decided here (``"auto"`` is decided by
+    ``w0`` and ``class_balance`` arrive decided (``"auto"`` is resolved before, by
     `train.automatic_weight_map`).
     """
     if weight_map and (isinstance(w0, str) or isinstance(class_balance, str)):

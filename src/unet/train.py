@@ -245,8 +245,8 @@ def _load_data(cfg: TrainConfig):
         w0, balance = automatic_weight_map(train_pairs, cfg.classes)
         cfg = dataclasses.replace(cfg, w0=w0 if cfg.w0 == "auto" else cfg.w0,
                                   class_balance=balance if cfg.class_balance == "auto" else cfg.class_balance)
-        log.info("weight map: w0 = %g, class balancing %s (auto: 10 and on where the labels are instance ids, "
-                 "5 and off otherwise)", cfg.w0, "on" if cfg.class_balance else "off")
+        log.info("weight map: w0 = %g, class balancing %s (auto: decided by the kind of labels)", cfg.w0,
+                 "on" if cfg.class_balance else "off")
     # cfg.classes stays None unless given, so that labels with many values read as instance ids.
     train_items, val_items = (prepare(p, cfg.classes, norm, cfg.weight_map, cfg.w0, cfg.sigma, cfg.class_balance)
                               for p in (train_pairs, val_pairs))
