@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from unet import augment
-from unet.augment import Augmentation
-from unet.data import TileDataset, prepare
+from unet.training import augment
+from unet.training.augment import Augmentation
+from unet.training.data import TileDataset, prepare
 from unet.normalization import Normalization
 from unet.synthetic import synthetic_em
 

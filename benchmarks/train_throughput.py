@@ -14,7 +14,7 @@ import torch
 
 from unet import UNet, init_he
 from unet.device import autocast
-from unet.losses import segmentation_loss
+from unet.training.losses import segmentation_loss
 
 
 def measure(width: int, tile: int, batch: int, precision: str, steps: int, device: torch.device) -> tuple[float, float]:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from unet import UNet, init_he
-from unet.train import TrainConfig
+from unet.training.loop import TrainConfig
 
 ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012"
 

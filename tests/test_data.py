@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from unet import Normalization, UserInputError
-from unet.augment import Augmentation
-from unet.data import (
+from unet.training.augment import Augmentation
+from unet.training.data import (
     EpochSampler,
     TileDataset,
     interpret_labels,

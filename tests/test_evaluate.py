@@ -1,4 +1,4 @@
-"""Tests of unet.evaluate (file pairing, table, JSON) and unet.report (the HTML page)."""
+"""Tests of unet.evaluation.evaluate (file pairing, table, JSON) and unet.evaluation.report (the HTML page)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from skimage.metrics import adapted_rand_error as skimage_are
 
 from unet import metrics
 from unet.errors import UserInputError
-from unet.evaluate import (
+from unet.evaluation.evaluate import (
     TABLE_COLUMNS,
     evaluate_paths,
     format_table,
@@ -23,7 +23,7 @@ from unet.evaluate import (
     run_evaluate,
     write_json,
 )
-from unet.report import error_classes, write_report
+from unet.evaluation.report import error_classes, write_report
 
 H = W = 40
 FOUR = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from unet import predict_tiled, save_model
-from unet.benchmark import format_table, reference_predict, run_benchmark
+from unet.inference.benchmark import format_table, reference_predict, run_benchmark
 from unet.cli import main
-from unet.export import OnnxModel, export_model
+from unet.inference.export import OnnxModel, export_model
 from unet.io import read_image, write_image
 
 from .conftest import tiny_unet

@@ -3,7 +3,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from unet import output_size, valid_input_size
-from unet.geometry import halo, is_valid_input_size
+from unet.nn.geometry import halo, is_valid_input_size
 
 from .conftest import tiny_unet
 

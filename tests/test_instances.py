@@ -1,4 +1,4 @@
-"""Tests of unet.instances.probabilities_to_instances."""
+"""Tests of unet.inference.instances.probabilities_to_instances."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis.extra.numpy import arrays
 
 from unet import metrics as M
 from unet.errors import UserInputError
-from unet.instances import DEFAULT_METHOD, METHODS, probabilities_to_instances
+from unet.inference.instances import DEFAULT_METHOD, METHODS, probabilities_to_instances
 
 
 def two_cells_with_gap(gap: bool = True) -> np.ndarray:

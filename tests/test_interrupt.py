@@ -97,7 +97,7 @@ def test_nonfinite_loss_stops_cleanly_and_never_saves_nan_weights(tmp_path, data
 
 
 def test_skip_nonfinite_keeps_going(tmp_path, data, monkeypatch):
-    import unet.train as train_module
+    import unet.training.loop as train_module
 
     calls = {"n": 0}
     real = train_module.segmentation_loss

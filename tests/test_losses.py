@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from unet.losses import segmentation_loss, skeleton_recall_loss
+from unet.training.losses import segmentation_loss, skeleton_recall_loss
 
 
 def _gap_case():

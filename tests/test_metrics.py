@@ -15,6 +15,7 @@ from hypothesis.extra.numpy import arrays
 from scipy import ndimage as ndi
 
 from unet import metrics as M
+from unet.evaluation.metrics import warping
 from unet.errors import UserInputError
 
 ISBI = Path("/work/shared/data/isbi2012/train")
@@ -94,8 +95,8 @@ def test_warping_error_sweep_takes_minimum_over_thresholds():
 
 
 def test_simple_point_table():
-    # Bit order follows metrics._NEIGHBOURS: (-1,-1) (-1,0) (-1,1) (0,-1) (0,1) (1,-1) (1,0) (1,1)
-    table = M._SIMPLE
+    # Bit order follows warping._NEIGHBOURS: (-1,-1) (-1,0) (-1,1) (0,-1) (0,1) (1,-1) (1,0) (1,1)
+    table = warping._SIMPLE
     assert table[0] == 0  # isolated pixel: deleting it deletes an object
     assert table[255] == 0  # pixel inside a full neighbourhood: adding it fills a hole
     assert table[1 << 1] == 1  # end of a line (one 4-neighbour)

@@ -12,7 +12,7 @@ from unet import UserInputError, load_model, predict_tiled
 from unet.cli import main
 from unet.registration import estimate_label_offset, parse_label_offset, shift_image
 from unet.synthetic import synthetic_em
-from unet.train import train
+from unet.training.loop import train
 
 from .conftest import tiny_train_config as tiny
 from .conftest import tiny_unet
@@ -107,7 +107,7 @@ def test_training_estimates_stores_and_predict_applies_the_offset(tmp_path, offs
     written = tifffile.imread(tmp_path / "p" / "00.tif")
     model, _ = load_model(run / "best.pt")
     from unet.normalization import Normalization, normalize
-    from unet.predict import calibrate
+    from unet.inference.predict import calibrate
 
     image = normalize(np.array(Image.open(offset_data / "images" / "00.png"))[None], Normalization())
     expected = calibrate(predict_tiled(model, image, input_shift=(dy, dx)), meta["threshold"])

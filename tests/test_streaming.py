@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import tifffile
 
-import unet.streaming as streaming
+import unet.inference.streaming as streaming
 from unet import save_model
 from unet.io import read_image
-from unet.predict import PredictOptions, predict_files
-from unet.streaming import open_input
+from unet.inference.predict import PredictOptions, predict_files
+from unet.inference.streaming import open_input
 
 from .conftest import tiny_unet
 

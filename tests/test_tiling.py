@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from unet import Normalization, UserInputError, predict_tiled, valid_input_size
-from unet.tiling import reflect_indices, tile_layout
+from unet.inference.tiling import reflect_indices, tile_layout
 
 from .conftest import tiny_unet
 

@@ -10,7 +10,7 @@ from unet import load_model, metrics
 from unet.cli import main
 from unet.errors import UserInputError
 from unet.synthetic import write_dataset
-from unet.train import (
+from unet.training.loop import (
     THRESHOLDS,
     TrainConfig,
     _load_data,
@@ -50,9 +50,9 @@ def test_run_folder_has_everything(tmp_path, data):
 
 def test_curves_are_drawn_at_the_end_whatever_the_redraw_interval(tmp_path, data, monkeypatch):
     """curves.png is redrawn at most every CURVES_EVERY seconds, and once more when training ends."""
-    import unet.train
+    import unet.training.loop
 
-    monkeypatch.setattr(unet.train, "CURVES_EVERY", float("inf"))  # drawn after epoch 1, then not until the end
+    monkeypatch.setattr(unet.training.loop, "CURVES_EVERY", float("inf"))  # drawn after epoch 1, then not until the end
     run = train(tiny(data, tmp_path / "run"))
     assert len((run / "metrics.csv").read_text().strip().splitlines()) == 4  # 3 epochs
     assert (run / "curves.png").stat().st_mtime_ns >= (run / "metrics.csv").stat().st_mtime_ns

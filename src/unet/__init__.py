@@ -1,11 +1,17 @@
-"""U-Net (Ronneberger, Fischer, Brox 2015) for microscopy: train, segment any size, evaluate."""
+"""U-Net (Ronneberger, Fischer, Brox 2015) for microscopy: train, segment any size, evaluate.
 
-from .checkpoint import load_model, save_model
+The package is laid out by stage of the data flow (docs/architecture.md):
+``nn`` (the network), ``training``, ``inference`` and ``evaluation``; what every stage
+shares (io, normalisation, flips, label offsets, devices, processes, errors) sits here.
+"""
+
 from .errors import UserInputError
-from .geometry import halo, output_size, valid_input_size
-from .model import UNet, UNetConfig, init_he, probabilities
+from .evaluation import metrics
+from .inference.tiling import predict_tiled
+from .nn.checkpoint import load_model, save_model
+from .nn.geometry import halo, output_size, valid_input_size
+from .nn.model import UNet, UNetConfig, init_he, probabilities
 from .normalization import Normalization
-from .tiling import predict_tiled
 
 __version__ = "0.1.0"
 
@@ -17,6 +23,7 @@ __all__ = [
     "halo",
     "init_he",
     "load_model",
+    "metrics",
     "output_size",
     "predict_tiled",
     "probabilities",

@@ -49,7 +49,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 def _run_predict(args: argparse.Namespace) -> int | None:
     import os
 
-    from .predict import PredictOptions, predict_files
+    from .inference.predict import PredictOptions, predict_files
 
     if _needs_launch(args):
         return _launch(args)
@@ -155,7 +155,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> int | None:
     import os
 
-    from .train import TrainConfig, parse_duration, train
+    from .training.loop import TrainConfig, parse_duration, train
 
     if _needs_launch(args):
         return _launch(args)
@@ -190,7 +190,7 @@ def _launch(args: argparse.Namespace) -> int:
     if device is None and args.command == "train" and args.resume:  # the device the resumed run will use
         from pathlib import Path
 
-        from .train import TrainConfig, resume_config
+        from .training.loop import TrainConfig, resume_config
 
         device = resume_config(TrainConfig(), Path(args.resume)).device
     check_gpus(args.devices, resolve_device(device))
@@ -222,7 +222,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
-    from .evaluate import run_evaluate
+    from .evaluation.evaluate import run_evaluate
 
     run_evaluate(args.pred, args.labels, threshold=args.threshold, json_path=args.json, report_dir=args.report,
                  images=args.images)
@@ -251,7 +251,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> None:
-    from .export import export_model
+    from .inference.export import export_model
 
     diff = export_model(args.model, args.out, args.format)
     print(f"wrote {args.out}; parity with PyTorch fp32: max |dprob| = {diff:.2e}")
@@ -269,7 +269,7 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_benchmark(args: argparse.Namespace) -> None:
-    from .benchmark import run_benchmark
+    from .inference.benchmark import run_benchmark
 
     run_benchmark(quick=args.quick, width=args.width, json_path=args.json, precision=args.precision)
 

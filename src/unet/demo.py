@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import metrics
 from .errors import UserInputError
+from .evaluation import metrics
+from .inference.predict import PredictOptions, predict_files
 from .io import atomic_path, list_images, read_image
-from .predict import PredictOptions, predict_files
 from .synthetic import write_dataset
-from .train import TrainConfig, train
+from .training.loop import TrainConfig, train
 
 log = logging.getLogger(__name__)
 MARKER = ".unet-demo"

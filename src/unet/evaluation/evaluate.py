@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserInputError
+from ..io import atomic_path, list_images, read_image
 from . import metrics
-from .errors import UserInputError
-from .io import atomic_path, list_images, read_image
 from .report import _readable
 
 __all__ = [

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import load_model
-from .errors import UserInputError
-from .io import atomic_path
-from .model import UNet, UNetConfig, probabilities
+from ..errors import UserInputError
+from ..io import atomic_path
+from ..nn.checkpoint import load_model
+from ..nn.model import UNet, UNetConfig, probabilities
 
 
 class _WithProbabilities(torch.nn.Module):

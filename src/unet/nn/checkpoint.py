@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
-from .errors import UserInputError
-from .io import atomic_path
+from ..errors import UserInputError
+from ..io import atomic_path
+from ..normalization import Normalization
 from .model import UNet, UNetConfig
-from .normalization import Normalization
 
 FORMAT = "unet-checkpoint"
 VERSION = 1

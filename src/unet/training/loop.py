@@ -29,18 +29,19 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from . import __version__, distributed, metrics, symmetries
+from .. import __version__, distributed, symmetries
+from ..device import autocast, choose_precision, resolve_device
+from ..errors import Interrupted, UserInputError
+from ..evaluation import metrics
+from ..inference.tiling import predict_tiled
+from ..nn.checkpoint import load_payload, model_payload, save_model, save_payload
+from ..nn.model import UNet, UNetConfig, init_he
+from ..normalization import Normalization
+from ..registration import MAX_OFFSET, MIN_OFFSET, estimate_label_offset, parse_label_offset, shift_image
 from .augment import Augmentation
-from .checkpoint import load_payload, model_payload, save_model, save_payload
 from .data import EpochSampler, TileDataset, checksum, label_kind, prepare, read_pairs, split
-from .device import autocast, choose_precision, resolve_device
-from .errors import Interrupted, UserInputError
 from .losses import LOSSES, segmentation_loss
-from .model import UNet, UNetConfig, init_he
-from .normalization import Normalization
 from .presets import preset
-from .registration import MAX_OFFSET, MIN_OFFSET, estimate_label_offset, parse_label_offset, shift_image
-from .tiling import predict_tiled
 from .weights import background_skeleton
 
 log = logging.getLogger(__name__)
@@ -629,7 +630,7 @@ def _log_epoch(run: Path, writer, row: dict, improved: bool) -> None:
 def _calibrate_best(run: Path, val_items, cfg: TrainConfig, precision: str, device: torch.device,
                     input_shift: tuple[float, float]) -> None:
     """Choose best.pt's threshold on TTA predictions, as `unet predict --tta` will make them."""
-    from .checkpoint import load_model
+    from ..nn.checkpoint import load_model
 
     model, meta = load_model(run / "best.pt", device)
     if precision != "fp32":
@@ -657,7 +658,7 @@ def plot_curves(csv_path: Path, png_path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io import atomic_path
+    from ..io import atomic_path
 
     with open(csv_path) as f:
         rows = list(csv.DictReader(f))

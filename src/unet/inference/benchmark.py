@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .model import UNet, init_he, probabilities
+from ..nn.model import UNet, init_he, probabilities
 from .tiling import inference_model, predict_tiled, reflect_indices
 
 
@@ -126,7 +126,7 @@ def run_benchmark(quick: bool = False, width: int = 64, json_path: str | Path | 
 
     ``workloads`` (name -> images) replaces the standard ones (used by the tests).
     """
-    from .device import choose_precision
+    from ..device import choose_precision
 
     torch.manual_seed(0)
     model = init_he(UNet(width=width)).eval()
@@ -199,7 +199,7 @@ def _export_onnx(model: UNet):
     except ImportError:
         print("onnxruntime is not installed: pip install onnxruntime onnx (skipping its row)")
         return None
-    from .checkpoint import save_model
+    from ..nn.checkpoint import save_model
     from .export import OnnxModel, export_model
 
     folder = Path(tempfile.mkdtemp(prefix="unet-bench-"))

@@ -30,12 +30,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import symmetries
-from .device import autocast
-from .errors import UserInputError
-from .model import UNet, fold_batch_norm, probabilities
-from .normalization import Normalization, apply_normalization
-from .registration import shift_image, tile_halo
+from .. import symmetries
+from ..device import autocast
+from ..errors import UserInputError
+from ..nn.model import UNet, fold_batch_norm, probabilities
+from ..normalization import Normalization, apply_normalization
+from ..registration import shift_image, tile_halo
 
 DEFAULT_TILE_SIZE = 572  # the paper's tile; rounded to the nearest valid size of each net
 MAX_DEFAULT_TILE = 892  # largest tile the tool picks by itself (memory: ~0.5 GB per tile at width 64, bf16)

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from .distributed import Context
-from .errors import UserInputError
-from .io import TIFF_SUFFIXES, read_image
+from ..distributed import Context
+from ..errors import UserInputError
+from ..io import TIFF_SUFFIXES, read_image
 
 
 def open_input(path: Path) -> np.ndarray:

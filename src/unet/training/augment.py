@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from . import symmetries
+from .. import symmetries
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,10 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 
+from ..errors import UserInputError
+from ..io import atomic_path
 from . import metrics
-from .errors import UserInputError
-from .io import atomic_path
+from .metrics import warping
 
 __all__ = ["OVERLAY_COLOURS", "error_classes", "overlay_rgb", "write_report"]
 
@@ -71,10 +72,10 @@ def error_classes(pred: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -
     if len(warp.mismatches):
         # metrics' own mismatch classifier (Fiji classifyMismatches2d), so the colours agree
         # with the split / merge counts of the warping error.
-        kinds = metrics._classify_mismatches(warp.warped, warp.mismatches)
+        kinds = warping.classify_mismatches(warp.warped, warp.mismatches)
         code = np.full(len(kinds), _OTHER, dtype=np.uint8)
-        code[kinds == metrics._SPLIT] = _SPLIT
-        code[kinds == metrics._MERGE] = _MERGE
+        code[kinds == warping.SPLIT] = _SPLIT
+        code[kinds == warping.MERGE] = _MERGE
         ys, xs = warp.mismatches[:, 0], warp.mismatches[:, 1]
         out[ys, xs] = code
     return out

@@ -27,7 +27,7 @@
 
 from __future__ import annotations
 
-from .errors import UserInputError
+from ..errors import UserInputError
 
 PRESETS: dict[str, dict] = {
     "fast": dict(

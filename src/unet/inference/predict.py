@@ -28,14 +28,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed
-from .checkpoint import load_model
-from .device import choose_precision, resolve_device
-from .errors import UserInputError
+from .. import distributed
+from ..device import choose_precision, resolve_device
+from ..errors import UserInputError
+from ..io import TIFF_SUFFIXES, list_images, match_channels, write_image
+from ..nn.checkpoint import load_model
+from ..nn.model import UNet
+from ..normalization import Normalization
 from .instances import probabilities_to_instances
-from .io import TIFF_SUFFIXES, list_images, match_channels, write_image
-from .model import UNet
-from .normalization import Normalization
 from .streaming import open_input, part_path, predict_to_tiff
 from .tiling import default_batch_size, default_tile_size, inference_model, predict_tiled
 

@@ -35,8 +35,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from .errors import UserInputError
-from .metrics import as_probability
+from ..errors import UserInputError
+from ..evaluation.metrics import as_probability
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "probabilities_to_instances"]
 

@@ -26,11 +26,11 @@ import torch
 from skimage.measure import label as connected_components
 from torch.utils.data import Dataset, Sampler
 
+from ..errors import UserInputError
+from ..inference.tiling import reflect_indices
+from ..io import list_images, read_image
+from ..normalization import Normalization, normalize
 from .augment import Augmentation, augment_region
-from .errors import UserInputError
-from .io import list_images, read_image
-from .normalization import Normalization, normalize
-from .tiling import reflect_indices
 from .weights import background_skeleton, border_weight_map, cells_from_mask
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .model import probabilities
+from ..nn.model import probabilities
 
 LOSSES = ("weighted-ce", "ce", "bce", "dice")
 
