@@ -6,7 +6,7 @@ Each PRED is a folder of written maps (``unet predict`` output, 8-bit PNG or flo
 per label image, same names). Foreground = map > 0.5, as the issue's scorer does. One table:
 
 - per run: the pixel error; the error of the same map with each image's own best threshold
-  (`unet.training.loop.best_threshold` per image, 0.01 steps: an oracle no calibration can beat); the share of the error lying within
+  (`unet.training.validation.best_threshold` per image, 0.01 steps: an oracle no calibration can beat); the share of the error lying within
   ``--near`` px of a true boundary (where the annotator's stroke decides).
 - every pair of runs: the error of their averaged map (the simplest ensemble) against the
   mean of the two single errors. If averaging gains nothing, the runs do not differ by
@@ -22,7 +22,7 @@ from scipy import ndimage
 
 from unet import metrics
 from unet.io import list_images, read_image
-from unet.training.loop import best_threshold
+from unet.training.validation import best_threshold
 
 
 def read_map(folder: Path, stem: str) -> np.ndarray:

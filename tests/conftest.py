@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from unet import UNet, init_he
-from unet.training.loop import TrainConfig
+from unet.training import TrainConfig
 
 ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012"
 

@@ -12,7 +12,7 @@ from unet import load_model, predict_tiled, save_model
 from unet.cli import main
 from unet.io import read_image, write_image
 from unet.synthetic import write_dataset
-from unet.training.loop import train
+from unet.training import train
 
 from .conftest import tiny_train_config, tiny_unet
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from unet.synthetic import write_dataset
-from unet.training.loop import TrainConfig, train
+from unet.training import TrainConfig, train
 
 COMMON = ["--width", "4", "--depth", "2", "--tile-size", "76", "--samples-per-epoch", "8", "--epochs", "3",
           "--precision", "fp32", "--workers", "0", "--no-calibrate-tta", "--no-batch-norm", "--dropout", "0",

@@ -12,7 +12,7 @@ from unet import UserInputError, load_model, predict_tiled
 from unet.cli import main
 from unet.registration import estimate_label_offset, parse_label_offset, shift_image
 from unet.synthetic import synthetic_em
-from unet.training.loop import train
+from unet.training import train
 
 from .conftest import tiny_train_config as tiny
 from .conftest import tiny_unet

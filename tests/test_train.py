@@ -10,17 +10,11 @@ from unet import load_model, metrics
 from unet.cli import main
 from unet.errors import UserInputError
 from unet.synthetic import write_dataset
-from unet.training.loop import (
-    THRESHOLDS,
-    TrainConfig,
-    _load_data,
-    automatic_weight_map,
-    best_threshold,
-    learning_rate,
-    parse_duration,
-    train,
-    weight_average,
-)
+from unet.training import TrainConfig, train
+from unet.training.config import parse_duration
+from unet.training.loop import learning_rate
+from unet.training.setup import automatic_weight_map, load_data, weight_average
+from unet.training.validation import THRESHOLDS, best_threshold
 
 from .conftest import tiny_train_config as tiny
 
@@ -50,9 +44,9 @@ def test_run_folder_has_everything(tmp_path, data):
 
 def test_curves_are_drawn_at_the_end_whatever_the_redraw_interval(tmp_path, data, monkeypatch):
     """curves.png is redrawn at most every CURVES_EVERY seconds, and once more when training ends."""
-    import unet.training.loop
+    import unet.training.logbook
 
-    monkeypatch.setattr(unet.training.loop, "CURVES_EVERY", float("inf"))  # drawn after epoch 1, then not until the end
+    monkeypatch.setattr(unet.training.logbook, "CURVES_EVERY", float("inf"))  # drawn after epoch 1, then not until the end
     run = train(tiny(data, tmp_path / "run"))
     assert len((run / "metrics.csv").read_text().strip().splitlines()) == 4  # 3 epochs
     assert (run / "curves.png").stat().st_mtime_ns >= (run / "metrics.csv").stat().st_mtime_ns
@@ -154,9 +148,9 @@ def test_cli_trains_on_16_bit_instance_ids(tmp_path):
 
 
 def test_explicit_weight_map_options_win_over_auto(tmp_path, data):
-    cfg = _load_data(tiny(data, tmp_path / "r", class_balance=True).resolved())[0]
+    cfg = load_data(tiny(data, tmp_path / "r", class_balance=True).resolved())[0]
     assert cfg.w0 == 5.0 and cfg.class_balance is True
-    cfg = _load_data(tiny(data, tmp_path / "r", w0=3.0).resolved())[0]
+    cfg = load_data(tiny(data, tmp_path / "r", w0=3.0).resolved())[0]
     assert cfg.w0 == 3.0 and cfg.class_balance is False
 
 

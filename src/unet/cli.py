@@ -155,7 +155,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> int | None:
     import os
 
-    from .training.loop import TrainConfig, parse_duration, train
+    from .training import TrainConfig, train
+    from .training.config import parse_duration
 
     if _needs_launch(args):
         return _launch(args)
@@ -190,7 +191,7 @@ def _launch(args: argparse.Namespace) -> int:
     if device is None and args.command == "train" and args.resume:  # the device the resumed run will use
         from pathlib import Path
 
-        from .training.loop import TrainConfig, resume_config
+        from .training.config import TrainConfig, resume_config
 
         device = resume_config(TrainConfig(), Path(args.resume)).device
     check_gpus(args.devices, resolve_device(device))

@@ -24,7 +24,7 @@ from .evaluation import metrics
 from .inference.predict import PredictOptions, predict_files
 from .io import atomic_path, list_images, read_image
 from .synthetic import write_dataset
-from .training.loop import TrainConfig, train
+from .training import TrainConfig, train
 
 log = logging.getLogger(__name__)
 MARKER = ".unet-demo"

@@ -1,3 +1,8 @@
 """From labelled images to a checkpoint: settings and presets (`config`, `presets`), training
 tiles (`data`), augmentation, the border weight map (`weights`), losses, validation with
 threshold calibration (`validation`), the run folder's logs (`logbook`) and the loop (`loop`)."""
+
+from .config import TrainConfig
+from .loop import train
+
+__all__ = ["TrainConfig", "train"]

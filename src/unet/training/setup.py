@@ -1,0 +1,215 @@
+"""Everything a training run is built from, before the first step: the data (read, split,
+weight maps decided), the labels' offset, the net, the optimiser and weight average, the
+tile loader, and the metadata every checkpoint of the run stores (`build_run`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from .. import __version__, distributed
+from ..device import choose_precision
+from ..errors import UserInputError
+from ..nn.model import UNet, UNetConfig, init_he
+from ..normalization import Normalization
+from ..registration import MAX_OFFSET, MIN_OFFSET, estimate_label_offset, parse_label_offset, shift_image
+from .augment import Augmentation
+from .config import TrainConfig
+from .data import EpochSampler, LabelledImage, TileDataset, checksum, label_kind, prepare, read_pairs, split
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """One training run as built by `build_run`: what the loop's steps read and update."""
+
+    cfg: TrainConfig  # resolved, with w0 / class balancing decided
+    folder: Path  # the run folder
+    ctx: distributed.Context
+    device: torch.device
+    precision: str  # fp32, bf16 or fp16
+    raw: UNet  # the net being trained
+    model: torch.nn.Module  # ``raw``, wrapped for DistributedDataParallel where there are several processes
+    ema: torch.optim.swa_utils.AveragedModel | None  # the weight average (--ema), or None
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler  # fp16 only; a no-op otherwise
+    loader: DataLoader  # batches (image, label, weight[, skeleton]) of augmented tiles
+    sampler: EpochSampler
+    steps_per_epoch: int
+    val_items: list[LabelledImage]
+    input_shift: tuple[float, float]  # px: the images resampled onto the labels' grid
+    metadata: dict  # stored with every checkpoint of the run (normalisation, tile, flips, shift)
+    record: dict  # what config.json holds
+
+    @property
+    def averaged(self) -> UNet:
+        """The weights that are validated and saved: the average where there is one."""
+        return self.ema.module if self.ema is not None else self.raw
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.cfg.epochs
+
+    @property
+    def channels_last(self) -> bool:
+        return self.precision in ("bf16", "fp16")
+
+
+def build_run(cfg: TrainConfig, folder: Path, ctx: distributed.Context, device: torch.device) -> Run:
+    """Read the data and build the net, optimiser and loader of a run (nothing is written)."""
+    precision = choose_precision(cfg.precision, device)
+    if precision == "fp16" and device.type != "cuda":
+        raise UserInputError("--precision fp16 needs CUDA; use bf16 or fp32 on a CPU")
+    torch.manual_seed(cfg.seed)
+    cfg, train_items, val_items, channels, data_sha = load_data(cfg)
+    input_shift = label_offset(cfg, train_items)
+    if input_shift != (0.0, 0.0):
+        # Training tiles come from resampled images; validation resamples per tile, as predict does.
+        train_items = [dataclasses.replace(it, image=shift_image(it.image, input_shift)) for it in train_items]
+    model_cfg = UNetConfig(
+        in_channels=channels, out_channels=1 if (cfg.classes or 2) == 2 else cfg.classes, depth=cfg.depth,
+        width=cfg.width, padding=cfg.padding, up_mode=cfg.up_mode, dropout=cfg.dropout, batch_norm=cfg.batch_norm,
+    )
+    raw = init_he(UNet(config=model_cfg))
+    tile = raw.valid_input_size(cfg.tile_size)
+    out_size = raw.output_size(tile)  # = tile with same padding
+    if tile != cfg.tile_size:
+        log.info("tile size %d -> %d (nearest size with exact poolings)", cfg.tile_size, tile)
+    raw.to(device)
+    if precision in ("bf16", "fp16"):
+        raw.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg, raw)
+    ema = weight_average(raw, cfg.ema) if cfg.ema > 0 else None
+    loader, sampler, steps_per_epoch = build_loader(cfg, train_items, tile, out_size, ctx, device,
+                                                    soft_labels=cfg.soft_labels and model_cfg.out_channels == 1)
+    metadata = dict(normalization=cfg.normalization, tile_size=tile, preset=cfg.preset, version=__version__,
+                    flips=cfg.flips,  # predict --tta averages over the flips the net was trained with
+                    input_shift=list(input_shift))  # and resamples its input as training did
+    record = {"train": dataclasses.asdict(cfg), "model": model_cfg.to_dict(), "tile_size": tile,
+              "output_size": out_size, "precision": precision, "device": str(device), "processes": ctx.world,
+              "version": __version__, "data_sha256": data_sha, "input_shift": list(input_shift),
+              "train_images": [it.name for it in train_items], "val_images": [it.name for it in val_items]}
+    log.info("training %s: %d train / %d val images, tile %d -> %d, batch %d x %d process(es), %s, %s on %s",
+             cfg.preset, len(train_items), len(val_items), tile, out_size, cfg.batch_size, ctx.world, cfg.loss,
+             precision, device)
+    return Run(cfg=cfg, folder=folder, ctx=ctx, device=device, precision=precision, raw=raw, model=raw, ema=ema,
+               optimizer=optimizer, scaler=torch.amp.GradScaler("cuda", enabled=precision == "fp16"), loader=loader,
+               sampler=sampler, steps_per_epoch=steps_per_epoch, val_items=val_items, input_shift=input_shift,
+               metadata=metadata, record=record)
+
+
+def build_loader(cfg: TrainConfig, train_items: list[LabelledImage], tile: int, out_size: int,
+                 ctx: distributed.Context, device: torch.device,
+                 soft_labels: bool) -> tuple[DataLoader, EpochSampler, int]:
+    """The loader of augmented training tiles -> (loader, its sampler, optimiser steps per epoch)."""
+    aug = Augmentation(elastic=cfg.elastic, elastic_sigma=cfg.elastic_sigma, flips=cfg.flips, grey=cfg.grey,
+                       soft_labels=soft_labels)
+    dataset = TileDataset(train_items, tile, out_size, aug, cfg.seed, centre_crop=cfg.centre_crop,
+                          skeleton=cfg.skeleton_recall > 0)
+    per_epoch = cfg.samples_per_epoch or len(train_items)
+    sampler = EpochSampler(per_epoch, ctx.rank, ctx.world)
+    cpus = os.cpu_count() or 1
+    workers = cfg.workers if cfg.workers is not None else (1 if cpus <= 2 else min(4, cpus // ctx.world - 1))
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers,
+                        persistent_workers=workers > 0, pin_memory=device.type == "cuda",
+                        # Its own generator, so that creating an iterator never draws from the
+                        # global RNG that dropout uses (exact resume mid-epoch).
+                        generator=torch.Generator().manual_seed(cfg.seed))
+    return loader, sampler, math.ceil(per_epoch / (cfg.batch_size * ctx.world))
+
+
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def weight_average(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of the weights and BatchNorm statistics.
+
+    The decay warms up as min(decay, (1 + n) / (10 + n)) after n updates, so that the
+    average forgets the random initial weights within the first few dozen steps instead
+    of 1 / (1 - decay) of them.
+    """
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
+        d = min(decay, (1 + int(n)) / (10 + int(n)))
+        if averaged[0].is_floating_point():
+            torch._foreach_lerp_(averaged, current, 1 - d)
+        else:  # BatchNorm's step counters
+            for a, c in zip(averaged, current):
+                a.copy_(c)
+
+    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+
+
+def automatic_weight_map(pairs: list[tuple], n_classes: int | None) -> tuple[float, bool]:
+    """``--w0 auto`` and ``--class-balance auto`` (the ``fast`` defaults): (w0, class balancing)
+    for these training pairs.
+
+    Instance ids: the paper's w0 = 10 with balanced classes. There the border term keeps
+    touching cells apart, as on the paper's cell data (on synthetic touching nuclei, 3
+    instead of 10 raised the cells' adapted Rand error from 0.19 to 0.29-0.49,
+    benchmarks/touching_cells.py). Masks and membrane maps: w0 = 5 without class balancing.
+    Balancing weights every membrane pixel of ISBI 2012 3.5x a cell pixel, thick membranes
+    too, and the decision threshold then has to undo that; the border term alone weights
+    the thin gaps between cells, which is where balancing kept cells apart. On ISBI 2012
+    this lowered the pixel error and the adapted Rand error (README, "Measured here").
+    ``pairs``: `read_pairs` tuples.
+    """
+    kinds = [label_kind(label, n_classes, str(label_path)) for _, _, label, _, label_path in pairs]
+    return (10.0, True) if "instances" in kinds else (5.0, False)
+
+
+def load_data(cfg: TrainConfig):
+    """-> (cfg with ``w0`` decided, train items, val items, channels, data checksum)."""
+    norm = Normalization.from_dict(cfg.normalization)
+    pairs = read_pairs(cfg.data, cfg.images, cfg.labels)
+    train_pairs, val_pairs = (pairs, read_pairs(cfg.val)) if cfg.val else split(pairs, cfg.val_fraction)
+    if "auto" in (cfg.w0, cfg.class_balance) and cfg.weight_map:
+        w0, balance = automatic_weight_map(train_pairs, cfg.classes)
+        cfg = dataclasses.replace(cfg, w0=w0 if cfg.w0 == "auto" else cfg.w0,
+                                  class_balance=balance if cfg.class_balance == "auto" else cfg.class_balance)
+        log.info("weight map: w0 = %g, class balancing %s (auto: decided by the kind of labels)", cfg.w0,
+                 "on" if cfg.class_balance else "off")
+    # cfg.classes stays None unless given, so that labels with many values read as instance ids.
+    train_items, val_items = (prepare(p, cfg.classes, norm, cfg.weight_map, cfg.w0, cfg.sigma, cfg.class_balance)
+                              for p in (train_pairs, val_pairs))
+    paths = sorted({p for *_, ip, lp in train_pairs + val_pairs for p in (ip, lp)})
+    channels = {it.image.shape[0] for it in train_items + val_items}
+    if len(channels) != 1:
+        raise UserInputError(f"{cfg.data or cfg.images}: images have different channel counts {sorted(channels)}")
+    return cfg, train_items, val_items, channels.pop(), checksum(paths)
+
+
+
+def label_offset(cfg: TrainConfig, train_items) -> tuple[float, float]:
+    """The (dy, dx) px shift that puts the images on their labels' grid (``--label-offset``)."""
+    setting = parse_label_offset(cfg.label_offset)
+    if setting == "none":
+        return 0.0, 0.0
+    if setting != "auto":
+        return setting
+    dy, dx = estimate_label_offset([it.image for it in train_items], [it.classes > 0 for it in train_items])
+    if max(abs(dy), abs(dx)) > MAX_OFFSET:
+        log.warning("the labels seem %+.2f, %+.2f px (y, x) off the images: more than an annotation offset, so not "
+                    "corrected; check that images and labels match, or set --label-offset", dy, dx)
+        return 0.0, 0.0
+    if max(abs(dy), abs(dx)) < MIN_OFFSET:
+        return 0.0, 0.0
+    log.info("the labels sit %+.2f, %+.2f px (y, x) off the images: images are resampled onto the labels' grid, "
+             "here and by predict (--label-offset none: keep them)", dy, dx)
+    return dy, dx
+
