@@ -6,7 +6,7 @@ import pytest
 from unet import save_model
 from unet.cli import main
 from unet.io import read_image, write_image
-from unet.inference.predict import calibrate
+from unet.inference.predictor import calibrate
 
 from .conftest import tiny_unet
 

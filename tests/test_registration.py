@@ -107,7 +107,7 @@ def test_training_estimates_stores_and_predict_applies_the_offset(tmp_path, offs
     written = tifffile.imread(tmp_path / "p" / "00.tif")
     model, _ = load_model(run / "best.pt")
     from unet.normalization import Normalization, normalize
-    from unet.inference.predict import calibrate
+    from unet.inference.predictor import calibrate
 
     image = normalize(np.array(Image.open(offset_data / "images" / "00.png"))[None], Normalization())
     expected = calibrate(predict_tiled(model, image, input_shift=(dy, dx)), meta["threshold"])

@@ -7,6 +7,7 @@ shares (io, normalisation, flips, label offsets, devices, processes, errors) sit
 
 from .errors import UserInputError
 from .evaluation import metrics
+from .inference.predictor import PredictOptions, Predictor
 from .inference.tiling import predict_tiled
 from .nn.checkpoint import load_model, save_model
 from .nn.geometry import halo, output_size, valid_input_size
@@ -19,6 +20,8 @@ __all__ = [
     "UNet",
     "UNetConfig",
     "Normalization",
+    "PredictOptions",
+    "Predictor",
     "UserInputError",
     "halo",
     "init_he",

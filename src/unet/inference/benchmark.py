@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from ..nn.model import UNet, init_he, probabilities
-from .tiling import inference_model, predict_tiled, reflect_indices
+from .predictor import inference_model
+from .tiling import predict_tiled, reflect_indices
 
 
 @dataclass

@@ -13,11 +13,13 @@ bit-identical to an uninterrupted run. The finished file is renamed into place.
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import tifffile
@@ -80,55 +82,50 @@ def part_path(target: Path) -> Path:
     return target.parent / f".{target.name}.part.tif"
 
 
+class SlicePredictor(Protocol):
+    """What `predict_to_tiff` calls for each slice: predict ``page`` (C, H, W) into ``out``,
+    skipping the first ``skip_batches`` tile batches, calling ``on_batch(batches_done)``."""
+
+    def __call__(self, page: np.ndarray, out: TiffSlice, skip_batches: int,
+                 on_batch: Callable[[int], None]) -> None: ...
+
+
 def predict_to_tiff(
     source: Path,
     target: Path,
-    n_slices: int,
-    height: int,
-    width: int,
     dtype: np.dtype,
-    predict_slice: Callable[[np.ndarray, TiffSlice, int, Callable[[int], None]], None],
+    predict_slice: SlicePredictor,
     fingerprint: dict,
     resume: bool,
     ctx: Context = Context(),
 ) -> None:
     """Predict every slice of ``source`` into the TIFF ``target``, resumably.
 
-    ``predict_slice(page, out, skip_batches, on_batch)`` runs the tiling for one slice.
-    ``fingerprint`` (model, options, input size) must match for a resume to continue.
-    With several processes (``ctx``), process r predicts slices r, r + N, r + 2N, ... into
-    the one file, each keeping its own progress; rank 0 creates and finally renames it.
+    ``fingerprint`` (model, options) must match, with the input's shape, for a resume to
+    continue. With several processes (``ctx``), process r predicts slices r, r + N, r + 2N,
+    ... into the one file, each keeping its own progress; rank 0 creates and finally
+    renames it.
     """
-    part, progress = part_path(target), _progress_path(target, ctx)
+    part = part_path(target)
+    pages = open_input(source)  # (N, C, H, W)
+    n_slices, _, height, width = pages.shape
     mine = list(range(ctx.rank, n_slices, ctx.world))
-    fingerprint = {**fingerprint, "processes": ctx.world}
-    state = {"fingerprint": fingerprint, "slice": 0, "batches": 0}  # slice: position in `mine`
+    fingerprint = {**fingerprint, "shape": list(pages.shape), "processes": ctx.world}
+    progress = _Progress(_progress_path(target, ctx), fingerprint)
     continuing = resume and part.exists()
-    if continuing and progress.exists():
-        saved = json.loads(progress.read_text())
-        if saved.get("fingerprint") != fingerprint:
-            raise UserInputError(f"{target}: the unfinished output was made with other settings or another model; "
-                                 "run without --resume (and with --overwrite) to start again")
-        state = saved
+    if continuing:
+        progress.load(target)
     if ctx.is_main and not continuing:
         shape = (n_slices, height, width) if n_slices > 1 else (height, width)
         metadata = {"axes": "QYX" if n_slices > 1 else "YX"}
         tifffile.memmap(part, shape=shape, dtype=dtype, photometric="minisblack", metadata=metadata)
     ctx.barrier()
-    _write_state(progress, state)
-    pages = open_input(source)
-    for k in range(state["slice"], len(mine)):
-        index = mine[k]
-        out = TiffSlice(part, index, n_slices, height, width, dtype)
-        skip = state["batches"] if k == state["slice"] else 0
-
-        def done(batches: int, k: int = k) -> None:
-            state.update(slice=k, batches=batches)
-            _write_state(progress, state)
-
-        predict_slice(pages[index], out, skip, done)
-        state.update(slice=k + 1, batches=0)
-        _write_state(progress, state)
+    progress.save()
+    for k in range(progress.slice, len(mine)):
+        out = TiffSlice(part, mine[k], n_slices, height, width, dtype)
+        skip = progress.batches if k == progress.slice else 0
+        predict_slice(pages[mine[k]], out, skip, functools.partial(progress.batch_done, k))
+        progress.batch_done(k + 1, 0)
     ctx.barrier()
     if ctx.is_main:
         with open(part, "rb+") as f:
@@ -137,6 +134,32 @@ def predict_to_tiff(
         for p in target.parent.glob(f".{glob.escape(target.name)}.progress*.json"):
             p.unlink(missing_ok=True)
     ctx.barrier()
+
+
+class _Progress:
+    """This process's position in its share of the slices, saved beside the output after
+    every tile batch: ``slice`` (an index into the share) and ``batches`` done in it."""
+
+    def __init__(self, path: Path, fingerprint: dict) -> None:
+        self.path, self.fingerprint = path, fingerprint
+        self.slice, self.batches = 0, 0
+
+    def load(self, target: Path) -> None:
+        """Continue where an interrupted run with the same fingerprint stopped."""
+        if not self.path.exists():
+            return
+        saved = json.loads(self.path.read_text())
+        if saved.get("fingerprint") != self.fingerprint:
+            raise UserInputError(f"{target}: the unfinished output was made with other settings or another model; "
+                                 "run without --resume (and with --overwrite) to start again")
+        self.slice, self.batches = saved["slice"], saved["batches"]
+
+    def batch_done(self, slice_: int, batches: int) -> None:
+        self.slice, self.batches = slice_, batches
+        self.save()
+
+    def save(self) -> None:
+        _write_state(self.path, {"fingerprint": self.fingerprint, "slice": self.slice, "batches": self.batches})
 
 
 def _write_state(path: Path, state: dict) -> None:

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from .. import symmetries
 from ..device import autocast
 from ..errors import UserInputError
-from ..nn.model import UNet, fold_batch_norm, probabilities
+from ..nn.model import UNet, probabilities
 from ..normalization import Normalization, apply_normalization
 from ..registration import shift_image, tile_halo
 
@@ -190,62 +190,24 @@ def predict_tiled(
         The result does not depend on ``tile_size`` or ``batch_size`` (to ~1e-6): see the
         module docstring for why the 2**depth tile grid makes this exact.
     """
-    if image.ndim == 2:
-        image = image[None]
-    if image.ndim != 3:
-        raise UserInputError(f"expected an image (H, W) or (C, H, W), got shape {tuple(image.shape)}")
-    channels, height, width = image.shape
-    cfg = model.config
-    if channels != cfg.in_channels:
-        raise UserInputError(f"the image has {channels} channel(s) but the model expects {cfg.in_channels}")
-    if height < 1 or width < 1:
-        raise UserInputError(f"the image is empty (shape {tuple(image.shape)})")
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
-    if batch_size < 1:
-        raise UserInputError(f"batch size must be >= 1, got {batch_size}")
+    image = _checked_image(model, image, precision, batch_size)
+    _, height, width = image.shape
     tile = tile_size or default_tile_size(model, height, width)
     rows, cols = tile_layout(model, height, tile), tile_layout(model, width, tile)
-
     if device is not None:
         model.to(device)
-    dev = next(model.parameters()).device
+    out_shape = (model.config.out_channels, height, width)
     if out is None:
-        out = np.empty((cfg.out_channels, height, width), dtype=np.float32)
-    elif tuple(out.shape) != (cfg.out_channels, height, width):
-        raise ValueError(f"out must have shape {(cfg.out_channels, height, width)}, got {out.shape}")
-    if normalization is not None:
-        low, high = normalization.statistics(image)
-
-    halo = tile_halo(input_shift)
-
-    def read_tile(y: int, x: int) -> np.ndarray:
-        r = reflect_indices(y - rows.context - halo, tile + 2 * halo, height)
-        c = reflect_indices(x - cols.context - halo, tile + 2 * halo, width)
-        t = image[:, r[:, None], c[None, :]]
-        t = apply_normalization(t, low, high) if normalization is not None else t.astype(np.float32, copy=False)
-        if halo:
-            t = shift_image(t, input_shift)[:, halo : halo + tile, halo : halo + tile]
-        return t
-
-    def forward(batch: torch.Tensor) -> torch.Tensor:
-        if channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        with autocast(dev, precision):
-            y = model(batch).float()
-        # An exported model (export.OnnxModel) already ends in sigmoid/softmax.
-        p = y if getattr(model, "outputs_probabilities", False) else probabilities(y)
-        if cfg.padding == "same":
-            m = rows.context
-            p = p[..., m : m + rows.output_size, m : m + cols.output_size]
-        return p
-
+        out = np.empty(out_shape, dtype=np.float32)
+    elif tuple(out.shape) != out_shape:
+        raise ValueError(f"out must have shape {out_shape}, got {out.shape}")
+    reader = _TileReader(image, rows, cols, normalization, input_shift)
+    net = _TileNet(model, rows, cols, precision, channels_last)
     group = symmetries.group(flips)
     positions = [(y, x) for y in rows.origins for x in cols.origins]
     was_training = model.training
     model.eval()
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model.to(memory_format=memory_format)
+    model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     bar = tqdm(total=len(positions), desc="tiles", unit="tile", disable=not progress, leave=False,
                initial=min(len(positions), skip_batches * batch_size))
     try:
@@ -253,12 +215,8 @@ def predict_tiled(
             for index, chunk in enumerate(_chunks(positions, batch_size)):
                 if index < skip_batches:
                     continue
-                batch = torch.from_numpy(np.stack([read_tile(y, x) for y, x in chunk])).to(dev)
-                if tta:
-                    probs = sum(symmetries.undo(forward(symmetries.apply(batch, s)), s) for s in group) / len(group)
-                else:
-                    probs = forward(batch)
-                probs = probs.cpu().numpy()
+                batch = torch.from_numpy(np.stack([reader(y, x) for y, x in chunk])).to(net.device)
+                probs = net.predict(batch, group if tta else symmetries.group("none")).cpu().numpy()
                 for (y, x), p in zip(chunk, probs):
                     h = min(rows.output_size, height - y)
                     w = min(cols.output_size, width - x)
@@ -273,6 +231,73 @@ def predict_tiled(
     return out
 
 
+def _checked_image(model: UNet, image: np.ndarray, precision: str, batch_size: int) -> np.ndarray:
+    """``image`` as (C, H, W), after checking it and the settings against the net."""
+    if image.ndim == 2:
+        image = image[None]
+    if image.ndim != 3:
+        raise UserInputError(f"expected an image (H, W) or (C, H, W), got shape {tuple(image.shape)}")
+    channels, height, width = image.shape
+    if channels != model.config.in_channels:
+        raise UserInputError(f"the image has {channels} channel(s) but the model expects {model.config.in_channels}")
+    if height < 1 or width < 1:
+        raise UserInputError(f"the image is empty (shape {tuple(image.shape)})")
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+    if batch_size < 1:
+        raise UserInputError(f"batch size must be >= 1, got {batch_size}")
+    return image
+
+
+class _TileReader:
+    """One tile's network input (C, tile, tile) float32, read from the image through the
+    mirror index map, normalised with the whole image's percentiles, and resampled by the
+    labels' sub-pixel offset (with a halo, so that it matches resampling the whole image)."""
+
+    def __init__(self, image: np.ndarray, rows: TileLayout, cols: TileLayout, normalization: Normalization | None,
+                 input_shift: tuple[float, float]) -> None:
+        self.image, self.rows, self.cols, self.input_shift = image, rows, cols, input_shift
+        self.stats = normalization.statistics(image) if normalization is not None else None
+        self.halo = tile_halo(input_shift)
+
+    def __call__(self, y: int, x: int) -> np.ndarray:
+        tile, halo = self.rows.input_size, self.halo
+        r = reflect_indices(y - self.rows.context - halo, tile + 2 * halo, self.image.shape[1])
+        c = reflect_indices(x - self.cols.context - halo, tile + 2 * halo, self.image.shape[2])
+        t = self.image[:, r[:, None], c[None, :]]
+        t = apply_normalization(t, *self.stats) if self.stats is not None else t.astype(np.float32, copy=False)
+        if halo:
+            t = shift_image(t, self.input_shift)[:, halo : halo + tile, halo : halo + tile]
+        return t
+
+
+class _TileNet:
+    """The net applied to a batch of tiles -> the kept part of their probabilities
+    (N, C_out, kept, kept), averaged over a group of flips / rotations."""
+
+    def __init__(self, model: UNet, rows: TileLayout, cols: TileLayout, precision: str, channels_last: bool) -> None:
+        self.model, self.rows, self.cols = model, rows, cols
+        self.precision, self.channels_last = precision, channels_last
+        self.device = next(model.parameters()).device
+
+    def predict(self, batch: torch.Tensor, group: tuple[symmetries.Symmetry, ...]) -> torch.Tensor:
+        if len(group) == 1:
+            return self(batch)
+        return sum(symmetries.undo(self(symmetries.apply(batch, s)), s) for s in group) / len(group)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.precision):
+            y = self.model(batch).float()
+        # An exported model (export.OnnxModel) already ends in sigmoid/softmax.
+        p = y if getattr(self.model, "outputs_probabilities", False) else probabilities(y)
+        if self.model.config.padding == "same":
+            m = self.rows.context
+            p = p[..., m : m + self.rows.output_size, m : m + self.cols.output_size]
+        return p
+
+
 def default_batch_size(model_like, tile_size: int, precision: str, budget_bytes: float = 1.5 * 2**30) -> int:
     """Tiles per forward pass that keep the activations within ``budget_bytes`` (1-8).
 
@@ -284,19 +309,6 @@ def default_batch_size(model_like, tile_size: int, precision: str, budget_bytes:
     element = 2 if precision in ("bf16", "fp16") else 4
     per_tile = 8 * width * tile_size**2 * element
     return int(max(1, min(8, budget_bytes // per_tile)))
-
-
-def inference_model(model: UNet, precision: str = "fp32") -> UNet:
-    """A copy of ``model`` made for fast prediction: BatchNorm folded into the convolutions,
-    weights stored in bf16/fp16 when predicting at that precision, channels-last memory.
-
-    The same function as ``model`` in eval mode, to the rounding of the precision.
-    """
-    fast = fold_batch_norm(model)
-    if precision in ("bf16", "fp16"):
-        fast = fast.to(torch.bfloat16 if precision == "bf16" else torch.float16)
-        fast = fast.to(memory_format=torch.channels_last)
-    return fast.to(next(model.parameters()).device)
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
