@@ -84,7 +84,13 @@ def _number_or_auto(text: str) -> float | str:
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a U-Net on your images and labels (see --preset)")
-    d = p.add_argument_group("data")
+    _add_train_data(p.add_argument_group("data"))
+    _add_train_run(p.add_argument_group("run"))
+    _add_train_model(p.add_argument_group("model and optimisation (default: from the preset)"))
+    p.set_defaults(run=_run_train)
+
+
+def _add_train_data(d: argparse._ArgumentGroup) -> None:
     d.add_argument("--data", help="folder with images/ and labels/ (matching names, PNG or TIFF)")
     d.add_argument("--images", help="or: an image stack / folder ...")
     d.add_argument("--labels", help="... and its label stack / folder")
@@ -93,7 +99,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--classes", type=int,
                    help="number of classes for integer class-id labels (default: a mask, or instance ids where a "
                         "label has more than two values)")
-    r = p.add_argument_group("run")
+
+
+def _add_train_run(r: argparse._ArgumentGroup) -> None:
     r.add_argument("--out", default="runs/unet", help="run folder (default: runs/unet)")
     r.add_argument("--resume", metavar="RUN", help="continue the run in this folder exactly where it stopped")
     r.add_argument("--overwrite", action="store_true", help="reuse a non-empty run folder")
@@ -112,7 +120,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="seconds a process waits for the others before the job fails (default: 300)")
     r.add_argument("--skip-nonfinite", action="store_true", help="skip steps with a NaN/inf loss instead of stopping")
     r.add_argument("--no-calibrate-tta", action="store_true", help="choose the threshold without TTA at the end")
-    m = p.add_argument_group("model and optimisation (default: from the preset)")
+
+
+def _add_train_model(m: argparse._ArgumentGroup) -> None:
     m.add_argument("--width", type=int, help="channels at the first level")
     m.add_argument("--depth", type=int, default=4, help="poolings (default: 4)")
     m.add_argument("--padding", choices=["valid", "same"])
@@ -149,7 +159,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="labels drawn off the image's pixel grid: estimate the offset (auto), give it in px, or "
                         "none; images are resampled onto the labels' grid, in training and by predict "
                         "(negative values: --label-offset=-0.5,0)")
-    p.set_defaults(run=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int | None:

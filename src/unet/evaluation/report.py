@@ -311,48 +311,57 @@ def write_report(
         raise UserInputError(f"{out_dir}: exists and is not a folder; give a folder for the report")
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    sections = []
-    for i, entry in enumerate(entries):
-        pred, truth = np.asarray(preds[i]), np.asarray(truths[i])
-        h, w = truth.shape
-        factor = _display_factor(h, w)
-        prob8 = (metrics.as_probability(pred) * 255).round().astype(np.uint8)
-        classes = error_classes(pred, truth, threshold)
-        counts = {k: int(np.count_nonzero(classes == k)) for k in OVERLAY_COLOURS}
-        figs = []
-        if images is not None:
-            figs.append(_figure(_png_uri(_grey_image(images[i], factor)), "input"))
-        figs.append(_figure(_png_uri(_grey_image(prob8, factor)), "prediction"))
-        figs.append(_figure(_png_uri(_grey_image(truth > 0, factor)), "truth (white = interior)"))
-        if images is None:
-            background = prob8
-        else:
-            img = np.asarray(images[i])
-            background = _to_grey8(img) if img.ndim == 2 else _to_grey8(img[:3].astype(np.float64).mean(axis=0))
-        figs.append(_figure(
-            _png_uri(overlay_rgb(background, classes, factor)),
-            f"errors at threshold {threshold:g}: {counts[_PIXEL]} boundary px, "
-            f"{counts[_SPLIT]} split px, {counts[_MERGE]} merge px, {counts[_OTHER]} other px "
-            "(topological errors drawn enlarged)",
-            big=True,
-        ))
-        size = f"{w}x{h} px" + (f", shown at 1/{factor}" if factor > 1 else "")
-        scores = "  ".join(
-            f"{c} {entry[c]:.4f}" for c in _COLUMNS if c != "isbi_pixel_error" and c in entry
-        )
-        sections.append(
-            f'<div class="image"><h3>{html.escape(str(entry["name"]))} '
-            f'<small style="color:#777">({size})</small></h3>'
-            f'<div class="row">{"".join(figs)}</div><div class="scores">{html.escape(scores)}</div></div>'
-        )
+    sections = [_image_section(entry, np.asarray(preds[i]), np.asarray(truths[i]),
+                               None if images is None else np.asarray(images[i]), threshold)
+                for i, entry in enumerate(entries)]
+    target = out_dir / "index.html"
+    with atomic_path(target) as tmp:
+        tmp.write_text(_page(result, sections, threshold), encoding="utf-8")
+        _readable(tmp)
+    return target
 
+
+def _image_section(entry: dict, pred: np.ndarray, truth: np.ndarray, image: np.ndarray | None,
+                   threshold: float) -> str:
+    """One image's HTML: input, prediction, truth, the error overlay and its scores."""
+    h, w = truth.shape
+    factor = _display_factor(h, w)
+    prob8 = (metrics.as_probability(pred) * 255).round().astype(np.uint8)
+    classes = error_classes(pred, truth, threshold)
+    counts = {k: int(np.count_nonzero(classes == k)) for k in OVERLAY_COLOURS}
+    figs = []
+    if image is not None:
+        figs.append(_figure(_png_uri(_grey_image(image, factor)), "input"))
+    figs.append(_figure(_png_uri(_grey_image(prob8, factor)), "prediction"))
+    figs.append(_figure(_png_uri(_grey_image(truth > 0, factor)), "truth (white = interior)"))
+    if image is None:
+        background = prob8
+    else:
+        background = _to_grey8(image) if image.ndim == 2 else _to_grey8(image[:3].astype(np.float64).mean(axis=0))
+    figs.append(_figure(
+        _png_uri(overlay_rgb(background, classes, factor)),
+        f"errors at threshold {threshold:g}: {counts[_PIXEL]} boundary px, "
+        f"{counts[_SPLIT]} split px, {counts[_MERGE]} merge px, {counts[_OTHER]} other px "
+        "(topological errors drawn enlarged)",
+        big=True,
+    ))
+    size = f"{w}x{h} px" + (f", shown at 1/{factor}" if factor > 1 else "")
+    scores = "  ".join(f"{c} {entry[c]:.4f}" for c in _COLUMNS if c != "isbi_pixel_error" and c in entry)
+    return (f'<div class="image"><h3>{html.escape(str(entry["name"]))} '
+            f'<small style="color:#777">({size})</small></h3>'
+            f'<div class="row">{"".join(figs)}</div><div class="scores">{html.escape(scores)}</div></div>')
+
+
+def _page(result: dict, sections: list[str], threshold: float) -> str:
+    """The whole HTML page: summary, metrics table, threshold curves, then one section per image."""
+    entries = result["images"]
     best = ", ".join(f"{html.escape(m)} {t:g}" for m, t in result["best_threshold"].items())
     topo = result.get("warping_topology")
     topo_line = ""
     if topo:
         topo_line = (f"<p class=\"meta\">Splits / merges: counted after warping at threshold "
                      f"{topo['threshold']:g} (the warping error's best).</p>")
-    page = f"""<!DOCTYPE html>
+    return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -377,11 +386,6 @@ errors that warping the truth cannot remove change the topology.</p>
 </body>
 </html>
 """
-    target = out_dir / "index.html"
-    with atomic_path(target) as tmp:
-        tmp.write_text(page, encoding="utf-8")
-        _readable(tmp)
-    return target
 
 
 def _readable(path: Path) -> None:

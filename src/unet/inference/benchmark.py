@@ -113,10 +113,32 @@ def _accuracy(p: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     return float(np.abs(p - ref).max()), float(((p > 0.5) != (ref > 0.5)).mean())
 
 
-def _timed(fn):
+def _timed(fn, *args):
     t0 = time.perf_counter()
-    out = fn()
+    out = fn(*args)
     return out, time.perf_counter() - t0
+
+
+@dataclass
+class _Contenders:
+    """The nets the rows run: the exact fp32 net, its fast copy (BN folded, bf16 weights where
+    bf16 is used), the same-padding twin MONAI runs, and the ONNX export (None: skipped)."""
+
+    exact: UNet
+    fast: UNet
+    precision: str  # the fast path's
+    twin: UNet | None
+    onnx: object | None
+
+    def predict(self, method: str, images: list[np.ndarray]) -> list[np.ndarray]:
+        if method == "reference":
+            return [reference_predict(self.exact, im) for im in images]
+        if method == "monai":
+            return [monai_predict(self.twin, im) for im in images]
+        if method == "predict_tiled":
+            return [predict_tiled(self.fast, im, precision=self.precision, channels_last=self.precision != "fp32",
+                                  batch_size=4) for im in images]
+        return [predict_tiled(self.onnx, im) for im in images]
 
 
 def run_benchmark(quick: bool = False, width: int = 64, json_path: str | Path | None = None,
@@ -131,67 +153,65 @@ def run_benchmark(quick: bool = False, width: int = 64, json_path: str | Path | 
 
     torch.manual_seed(0)
     model = init_he(UNet(width=width)).eval()
-    device = torch.device("cpu")
-    fast = choose_precision(precision, device)
+    fast = choose_precision(precision, torch.device("cpu"))
     rng = np.random.default_rng(0)
     workloads = workloads or {"1024x1024" if quick else "2048x2048": [rng.random((1024, 1024) if quick else (2048, 2048),
                                                                     dtype=np.float32)],
                  "6x512x512" if quick else "30x512x512": [rng.random((512, 512), dtype=np.float32)
                                                           for _ in range(6 if quick else 30)]}
-    rows: list[Row] = []
-    fast_model = inference_model(model, fast)  # BN folded, bf16 weights where bf16 is used
-    onnx_model = None
-    if "onnxruntime" in methods:
-        onnx_model = _export_onnx(model)
     twin = None
     if "monai" in methods:
         twin = UNet(width=width, padding="same").eval()
         twin.load_state_dict(model.state_dict())
+    contenders = _Contenders(model, inference_model(model, fast), fast, twin,
+                             _export_onnx(model) if "onnxruntime" in methods else None)
+    rows: list[Row] = []
     for name, images in workloads.items():
-        mpix = sum(im.size for im in images) / 1e6
-        exact, t_exact = _timed(lambda: [predict_tiled(model, im) for im in images])
-        for method in methods:
-            if method == "limit":
-                continue
-            if method == "reference":
-                out, t = _timed(lambda: [reference_predict(model, im) for im in images])
-                diff = [_accuracy(o, e) for o, e in zip(out, exact)]
-            elif method == "monai":
-                try:
-                    out, t = _timed(lambda: [monai_predict(twin, im) for im in images])
-                except ImportError:
-                    print("monai is not installed: pip install monai (skipping its row)")
-                    continue
-                twin_exact = [predict_tiled(twin, im) for im in images]
-                diff = [_accuracy(o, e) for o, e in zip(out, twin_exact)]
-            elif method == "predict_tiled":
-                out, t = _timed(lambda: [predict_tiled(fast_model, im, precision=fast, channels_last=fast != "fp32",
-                                                       batch_size=4) for im in images])
-                diff = [_accuracy(o, e) for o, e in zip(out, exact)]
-            elif method == "onnxruntime":
-                if onnx_model is None:
-                    continue
-                out, t = _timed(lambda: [predict_tiled(onnx_model, im) for im in images])
-                diff = [_accuracy(o, e) for o, e in zip(out, exact)]
-            rows.append(Row(method, name, t, mpix / t, _rss_mb(), max(d[0] for d in diff),
-                            float(np.mean([d[1] for d in diff]))))
-            print(_format_row(rows[-1], rows), flush=True)
-        del exact, t_exact
+        _measure_workload(contenders, methods, name, images, rows)
     if "limit" in methods:
-        dtype = torch.bfloat16 if fast == "bf16" else torch.float32
-        per_px = flops_per_output_pixel(model)
-        peak = peak_flops(dtype)
-        for name, images in workloads.items():
-            mpix = sum(im.size for im in images) / 1e6
-            seconds = mpix * 1e6 * per_px / peak
-            rows.append(Row("limit", name, seconds, mpix / seconds, _rss_mb()))
-        print(f"limit: {per_px / 1e6:.2f} MFLOP per output pixel, peak {peak / 1e9:.0f} GFLOP/s ({dtype})")
+        rows += _limit_rows(model, fast, workloads)
     result = {"rows": [asdict(r) for r in rows], "machine": _machine(fast, width)}
     print()
     print(format_table(result))
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2))
     return result
+
+
+def _measure_workload(contenders: _Contenders, methods: tuple[str, ...], name: str, images: list[np.ndarray],
+                      rows: list[Row]) -> None:
+    """Append one row per method for this workload, each printed as it is measured."""
+    mpix = sum(im.size for im in images) / 1e6
+    exact = [predict_tiled(contenders.exact, im) for im in images]
+    for method in methods:
+        if method == "limit" or (method == "onnxruntime" and contenders.onnx is None):
+            continue
+        try:
+            out, t = _timed(contenders.predict, method, images)
+        except ImportError:
+            if method != "monai":
+                raise
+            print("monai is not installed: pip install monai (skipping its row)")
+            continue
+        truth = [predict_tiled(contenders.twin, im) for im in images] if method == "monai" else exact
+        diff = [_accuracy(o, e) for o, e in zip(out, truth)]
+        rows.append(Row(method, name, t, mpix / t, _rss_mb(), max(d[0] for d in diff),
+                        float(np.mean([d[1] for d in diff]))))
+        print(_format_row(rows[-1], rows), flush=True)
+
+
+def _limit_rows(model: UNet, precision: str, workloads: dict[str, list[np.ndarray]]) -> list[Row]:
+    """The machine's limit per workload: FLOPs per output pixel over a measured matmul peak."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    per_px = flops_per_output_pixel(model)
+    peak = peak_flops(dtype)
+    rows = []
+    for name, images in workloads.items():
+        mpix = sum(im.size for im in images) / 1e6
+        seconds = mpix * 1e6 * per_px / peak
+        rows.append(Row("limit", name, seconds, mpix / seconds, _rss_mb()))
+    print(f"limit: {per_px / 1e6:.2f} MFLOP per output pixel, peak {peak / 1e9:.0f} GFLOP/s ({dtype})")
+    return rows
 
 
 def _export_onnx(model: UNet):

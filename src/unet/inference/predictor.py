@@ -6,8 +6,8 @@ decision threshold chosen on the validation images, the flips the net was traine
 reads them once and applies them to every image, so a caller never passes them by hand::
 
     predictor = Predictor.load("runs/isbi/best.pt", PredictOptions(tta=True))
-    prob = predictor.probabilities(image)       # (C_out, H, W) calibrated: foreground = p > 0.5
-    mask = predictor.predict(image)             # what `unet predict` writes for this image
+    prob = predictor.probabilities(image)       # (C_out, H, W), the net's own (not calibrated)
+    out = predictor.predict(image)              # what `unet predict` writes: calibrated, p > 0.5
     predictor.predict_file(Path("a.tif"), Path("out/a.tif"))
 
 What is written (`encode`):

@@ -1,0 +1,68 @@
+"""The code stays walkable: no module over 500 lines, no function over 80 lines (docstring
+excluded), no function defined inside a loop; docs/architecture.md names each exception."""
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "unet"
+MAX_MODULE_LINES = 500
+MAX_FUNCTION_LINES = 80
+
+
+def _exceptions() -> set[str]:
+    """`path` or `path:function` entries in architecture.md's "Size limits" section."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    section = text.split("## Size limits", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"`(src/unet/[\w/]+\.py(?::\w+)?)`", section))
+
+
+def _function_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    lines = node.end_lineno - node.lineno + 1
+    first = node.body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+        lines -= first.end_lineno - first.lineno + 1
+    return lines
+
+
+def _modules() -> list[tuple[str, ast.Module, int]]:
+    out = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        out.append((str(path.relative_to(ROOT)), ast.parse(text), len(text.splitlines())))
+    return out
+
+
+def test_modules_and_functions_are_short():
+    allowed = _exceptions()
+    too_long = []
+    for name, tree, lines in _modules():
+        if lines > MAX_MODULE_LINES and name not in allowed:
+            too_long.append(f"{name}: {lines} lines")
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = _function_lines(node)
+                if n > MAX_FUNCTION_LINES and f"{name}:{node.name}" not in allowed:
+                    too_long.append(f"{name}:{node.name}: {n} lines")
+    assert not too_long, "over the limits and not named in docs/architecture.md: " + "; ".join(too_long)
+
+
+def test_no_function_is_defined_inside_a_loop():
+    found = set()
+    for name, tree, _ in _modules():
+        for loop in ast.walk(tree):
+            if isinstance(loop, (ast.For, ast.While, ast.AsyncFor)):
+                for node in ast.walk(loop):
+                    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                        found.add(f"{name}:{node.lineno}")
+    assert not found, "functions defined inside loops: " + ", ".join(sorted(found))
+
+
+def test_the_checks_see_a_long_function_and_a_closure_in_a_loop():
+    long_body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))  # + the def line
+    tree = ast.parse(f"def f():\n    '''doc'''\n{long_body}\n\nfor i in range(3):\n    g = lambda: i\n")
+    f = tree.body[0]
+    assert _function_lines(f) == MAX_FUNCTION_LINES + 1
+    loop = tree.body[1]
+    assert any(isinstance(n, ast.Lambda) for n in ast.walk(loop))
