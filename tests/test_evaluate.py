@@ -199,7 +199,7 @@ def test_format_table_rows_and_stack_only_column(folders) -> None:
     pred, labels, _, _ = folders
     result = evaluate_paths(pred, labels)
     text = format_table(result, threshold=0.5)
-    lines = text.splitlines()
+    lines = text.split("\n\n")[0].splitlines()  # the pixel / Rand table; the cells table comes last
     header = lines[0].split()
     assert header == ["image", *TABLE_COLUMNS]
     rows = {ln.split()[0]: ln.split()[1:] for ln in lines if ln[:1] not in ("-", "") and ln.split()}
@@ -216,7 +216,12 @@ def test_format_table_rows_and_stack_only_column(folders) -> None:
     # All data rows line up (fixed width).
     widths = {len(ln) for ln in lines[:1] + [ln for ln in lines if ln.startswith(("a ", "mean"))]}
     assert len(widths) == 1
-    assert any(ln.startswith("best thresholds:") and "warping_error" in ln for ln in lines)
+    assert any(ln.startswith("best thresholds:") and "warping_error" in ln for ln in text.splitlines())
+    cells = text.split("\n\n")[-1].splitlines()
+    assert cells[0].startswith("cells, matched one to one by IoU")
+    cell_rows = {ln.split()[0]: ln.split()[1:] for ln in cells[1:] if ln[:1] != "-"}
+    assert set(cell_rows) == {"image", "a", "b", "c", "pooled"}
+    assert float(cell_rows["pooled"][2]) == pytest.approx(result["cells"]["pooled"]["ap_50"], abs=5e-5)
 
 
 # --------------------------------------------------------------------------------------
@@ -238,8 +243,7 @@ def test_report_is_one_self_contained_file(tmp_path: Path, folders, capsys) -> N
     assert [p.name for p in out.iterdir()] == ["index.html"]
     page = (out / "index.html").read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>")
-    # input + prediction + truth + overlay per image, plus the curves
-    assert page.count('src="data:image/png;base64,') == 4 * 3 + 1
+    assert page.count('src="data:image/png;base64,') == 5 * 3 + 1  # input, prediction, truth, errors, cells; curves
     for e in result["images"]:
         assert f"<h3>{e['name']} " in page
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page, re.I)
@@ -262,7 +266,7 @@ def test_report_without_inputs_and_downscaled(tmp_path: Path) -> None:
     result = metrics.evaluate_stack([p], [t], names=["tall<&>"])
     page_path = write_report(result, [p], [t], None, tmp_path / "r")
     page = page_path.read_text()
-    assert page.count("data:image/png;base64,") == 3 + 1
+    assert page.count("data:image/png;base64,") == 4 + 1  # prediction, truth, errors, cells; curves
     assert "tall&lt;&amp;&gt;" in page and "tall<&>" not in page
     assert "shown at 1/2" in page
     classes = error_classes(p, t)

@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import UserInputError
 from ..io import atomic_path, list_images, read_image
 from . import metrics
-from .report import _readable
+from .report import CELL_COLUMNS, _readable, cell_rows
 
 __all__ = [
     "TABLE_COLUMNS",
@@ -39,6 +39,7 @@ __all__ = [
     "load_matching_images",
     "evaluate_paths",
     "format_table",
+    "format_cells_table",
     "write_json",
     "run_evaluate",
 ]
@@ -280,7 +281,21 @@ def format_table(result: dict, threshold: float | None = None) -> str:
             f"warping at threshold {topo['threshold']:g}: {sum(topo['splits'])} split and "
             f"{sum(topo['mergers'])} merge errors in all"
         )
+    if "cells" in result:
+        lines += ["", format_cells_table(result)]
     return "\n".join(lines)
+
+
+def format_cells_table(result: dict) -> str:
+    """The object metrics of an `evaluate_paths` result: one row per image and the pooled row."""
+    rows = [("image", [h for _, h in CELL_COLUMNS]), *cell_rows(result)]
+    widths = [max(len(r[0]) for r in rows)] + [max(len(r[1][i]) for r in rows) for i in range(len(CELL_COLUMNS))]
+    text = ["  ".join([name.ljust(widths[0])] + [v.rjust(w) for v, w in zip(values, widths[1:])])
+            for name, values in rows]
+    ts = result["cells"]["iou_thresholds"]
+    head = (f"cells, matched one to one by IoU (AP = TP / (TP + FP + FN); mAP over IoU {ts[0]:g}-{ts[-1]:g}; "
+            "PQ at 0.5; pooled: counts summed over the images)")
+    return "\n".join([head, text[0], "-" * len(text[0]), *text[1:-1], "-" * len(text[0]), text[-1]])
 
 
 def write_json(result: dict, path: str | Path) -> Path:

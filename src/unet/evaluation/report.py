@@ -24,11 +24,12 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
+from skimage.segmentation import find_boundaries
 
 from ..errors import UserInputError
 from ..io import atomic_path
 from . import metrics
-from .metrics import warping
+from .metrics import objects, warping
 
 __all__ = ["OVERLAY_COLOURS", "error_classes", "overlay_rgb", "write_report"]
 
@@ -42,6 +43,14 @@ OVERLAY_COLOURS: dict[int, tuple[tuple[int, int, int], str]] = {
     _OTHER: ((0, 200, 80), "object or hole added / removed"),
     _SPLIT: ((230, 30, 200), "split (a true cell cut in two)"),
     _MERGE: ((0, 170, 255), "merge (two true cells joined)"),
+}
+
+# Cell overlay classes, in increasing priority; colours and legend text.
+_MATCHED, _MISSED, _FALSE = 1, 2, 3
+CELL_COLOURS: dict[int, tuple[tuple[int, int, int], str]] = {
+    _MATCHED: ((0, 200, 80), "outline of a predicted cell matched to a true cell (IoU >= 0.5)"),
+    _MISSED: ((255, 60, 60), "true cell without a match (missed, merged or split)"),
+    _FALSE: ((255, 200, 0), "outline of a predicted cell without a match (extra, a merge or a piece of a split)"),
 }
 
 _COLUMNS = (
@@ -78,6 +87,22 @@ def error_classes(pred: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -
         code[kinds == warping.MERGE] = _MERGE
         ys, xs = warp.mismatches[:, 0], warp.mismatches[:, 1]
         out[ys, xs] = code
+    return out
+
+
+def cell_classes(pred: np.ndarray, truth: np.ndarray, threshold: float = 0.5, iou: float = 0.5) -> np.ndarray:
+    """Per-pixel cell class (H, W) uint8 for the cells overlay: 0 none, 1 the outline of a
+    matched predicted cell, 2 an unmatched true cell (filled), 3 the outline of an unmatched
+    predicted cell (cells matched one to one at ``iou``, as `metrics.cell_scores` does)."""
+    true_ids, pred_ids = metrics.truth_labels(truth), metrics.prediction_labels(pred, threshold)
+    table = objects.overlaps(true_ids, pred_ids)
+    pairs, _ = objects.match(table, iou)
+    matched_pred = np.isin(pred_ids, table.pred_ids[pairs[:, 1]]) & (pred_ids > 0)
+    out = np.zeros(true_ids.shape, np.uint8)
+    out[(true_ids > 0) & ~np.isin(true_ids, table.true_ids[pairs[:, 0]])] = _MISSED
+    out[find_boundaries(np.where(matched_pred, pred_ids, 0), mode="inner")] = _MATCHED
+    # Outlines, so that a true cell missed under an unmatched predicted one stays visible.
+    out[find_boundaries(np.where(matched_pred, 0, pred_ids), mode="inner")] = _FALSE
     return out
 
 
@@ -156,16 +181,18 @@ def _widen_topological(cls: np.ndarray, radius: int) -> np.ndarray:
 
 
 def overlay_rgb(
-    background: np.ndarray, classes: np.ndarray, factor: int = 1, widen: int = 2
+    background: np.ndarray, classes: np.ndarray, factor: int = 1, widen: int = 2,
+    colours: dict[int, tuple[tuple[int, int, int], str]] = OVERLAY_COLOURS,
 ) -> Image.Image:
     """The error overlay: ``background`` (H, W) uint8 dimmed to grey, coloured where
-    ``classes`` (from `error_classes`) is non-zero; downscaled by ``factor`` (max-pooled);
-    topological errors drawn ``widen`` display pixels wider on each side."""
+    ``classes`` (from `error_classes`, or `cell_classes` with ``colours=CELL_COLOURS``) is
+    non-zero; downscaled by ``factor`` (max-pooled); topological errors drawn ``widen``
+    display pixels wider on each side."""
     bg = _shrink(Image.fromarray(background, "L"), factor)
     cls = _widen_topological(_max_pool(classes, factor), widen)
     base = (np.asarray(bg, dtype=np.float64) * 0.45 + 25).astype(np.uint8)
     rgb = np.repeat(base[..., None], 3, axis=-1)
-    for k, (colour, _) in OVERLAY_COLOURS.items():
+    for k, (colour, _) in colours.items():
         rgb[cls == k] = colour
     return Image.fromarray(rgb, "RGB")
 
@@ -268,9 +295,37 @@ def _table_html(result: dict) -> str:
     )
 
 
-def _legend_html() -> str:
+#: Columns of the cells tables (text and HTML): (key in a `metrics.cell_scores` summary, heading).
+CELL_COLUMNS = (("n_true", "true"), ("n_pred", "pred"), ("ap_50", "AP@0.5"), ("ap_75", "AP@0.75"),
+                ("mean_ap", "mAP"), ("f1_50", "F1@0.5"), ("pq_50", "PQ"), ("merged", "merged"), ("split", "split"))
+
+
+def cell_rows(result: dict) -> list[tuple[str, list[str]]]:
+    """(name, formatted values of `CELL_COLUMNS`) for each image and the pooled row."""
+    cells = result["cells"]
+    names = [str(e["name"]) for e in result["images"]] + ["pooled"]
+    return [(name, [str(s[k]) if isinstance(s[k], int) else f"{s[k]:.4f}" for k, _ in CELL_COLUMNS])
+            for name, s in zip(names, cells["images"] + [cells["pooled"]])]
+
+
+def _cells_table_html(result: dict) -> str:
+    if "cells" not in result:
+        return ""
+    head = "".join(f"<th>{html.escape(h)}</th>" for _, h in CELL_COLUMNS)
+    rows = []
+    for name, values in cell_rows(result):
+        row_class = ' class="mean"' if name == "pooled" else ""
+        tds = "".join(f"<td>{v}</td>" for v in values)
+        rows.append(f'<tr{row_class}><td class="name">{html.escape(name)}</td>{tds}</tr>')
+    return ('<h2>Cells</h2><p class="meta">Cells matched one to one by IoU; AP = TP / (TP + FP + FN), mAP over '
+            'IoU 0.5-0.95, PQ at 0.5; the pooled row sums the counts over the images.</p>'
+            f'<table class="metrics"><thead><tr><th class="name">image</th>{head}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def _legend_html(colours: dict[int, tuple[tuple[int, int, int], str]] = OVERLAY_COLOURS) -> str:
     items = []
-    for colour, text in OVERLAY_COLOURS.values():
+    for colour, text in colours.values():
         items.append(
             f'<div><span class="sw" style="background: rgb{colour}"></span>{html.escape(text)}</div>'
         )
@@ -311,8 +366,9 @@ def write_report(
         raise UserInputError(f"{out_dir}: exists and is not a folder; give a folder for the report")
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    cells = result["cells"]["images"] if "cells" in result else [None] * len(entries)
     sections = [_image_section(entry, np.asarray(preds[i]), np.asarray(truths[i]),
-                               None if images is None else np.asarray(images[i]), threshold)
+                               None if images is None else np.asarray(images[i]), threshold, cells[i])
                 for i, entry in enumerate(entries)]
     target = out_dir / "index.html"
     with atomic_path(target) as tmp:
@@ -322,8 +378,9 @@ def write_report(
 
 
 def _image_section(entry: dict, pred: np.ndarray, truth: np.ndarray, image: np.ndarray | None,
-                   threshold: float) -> str:
-    """One image's HTML: input, prediction, truth, the error overlay and its scores."""
+                   threshold: float, cells: dict | None = None) -> str:
+    """One image's HTML: input, prediction, truth, the error overlay, the cells overlay
+    (with ``cells``, the image's `metrics.cell_scores` summary) and its scores."""
     h, w = truth.shape
     factor = _display_factor(h, w)
     prob8 = (metrics.as_probability(pred) * 255).round().astype(np.uint8)
@@ -345,6 +402,15 @@ def _image_section(entry: dict, pred: np.ndarray, truth: np.ndarray, image: np.n
         "(topological errors drawn enlarged)",
         big=True,
     ))
+    if cells is not None:
+        at = cells["at"][0]
+        figs.append(_figure(
+            _png_uri(overlay_rgb(background, cell_classes(pred, truth, threshold, at["iou_threshold"]), factor,
+                                 widen=0, colours=CELL_COLOURS)),
+            f"cells at IoU {at['iou_threshold']:g}: {at['tp']} matched, {at['fn']} true cells unmatched, "
+            f"{at['fp']} predicted cells unmatched; {cells['merged']} merged, {cells['split']} split",
+            big=True,
+        ))
     size = f"{w}x{h} px" + (f", shown at 1/{factor}" if factor > 1 else "")
     scores = "  ".join(f"{c} {entry[c]:.4f}" for c in _COLUMNS if c != "isbi_pixel_error" and c in entry)
     return (f'<div class="image"><h3>{html.escape(str(entry["name"]))} '
@@ -376,12 +442,14 @@ threshold ({best}). isbi_pixel_error is pooled over the stack (mean row only).</
 <h2>Metrics</h2>
 {_table_html(result)}
 {topo_line}
+{_cells_table_html(result)}
 <h2>Metrics vs threshold</h2>
 <div class="curves"><img src="{_curves_png(result)}" alt="metric vs threshold curves"></div>
 <h2>Images</h2>
 <p class="meta">Overlay: the prediction thresholded at {threshold:g} against the truth;
 errors that warping the truth cannot remove change the topology.</p>
 {_legend_html()}
+{_legend_html(CELL_COLOURS) if "cells" in result else ""}
 {"".join(sections)}
 </body>
 </html>

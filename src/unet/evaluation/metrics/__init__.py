@@ -5,6 +5,7 @@
 ``pixel``         pixel error, Dice, IoU, precision, recall, class scores, ISBI pixel error
 ``rand``          Rand error, V_rand, V_info (Fiji), adapted Rand error (scikit-image)
 ``warping``       the warping error and its split / merge counts
+``objects``       cells matched one to one by IoU: AP, F1, panoptic quality, merges and splits
 ``stack``         every metric on a stack at once (`evaluate_stack`, what `unet evaluate` reports)
 ================  ===========================================================================
 
@@ -48,6 +49,7 @@ from .common import (
     prediction_labels,
     truth_labels,
 )
+from .objects import IOU_THRESHOLDS, CellCounts, cell_counts, cell_scores
 from .pixel import class_scores, dice, foreground_scores, iou, isbi_pixel_error, pixel_error, precision, recall
 from .rand import (
     InfoScores,
@@ -66,6 +68,7 @@ from .warping import WarpResult, warp_truth, warping_error
 __all__ = [
     "DEFAULT_THRESHOLDS",
     "WARPING_THRESHOLDS",
+    "IOU_THRESHOLDS",
     "METRIC_NAMES",
     "SweepResult",
     "RandScores",
@@ -91,5 +94,8 @@ __all__ = [
     "adapted_rand_error",
     "warp_truth",
     "warping_error",
+    "CellCounts",
+    "cell_counts",
+    "cell_scores",
     "evaluate_stack",
 ]

@@ -8,6 +8,7 @@ import numpy as np
 
 from ...errors import UserInputError
 from .common import DEFAULT_THRESHOLDS, SweepResult, paired_stack
+from .objects import cell_scores
 from .pixel import foreground_scores, isbi_pixel_error, pixel_error
 from .rand import adapted_rand_error, info_from_table, rand_error, rand_from_table, sweep_from_tables, thinned_tables
 from .warping import warp_truth, warping_error
@@ -43,7 +44,8 @@ def evaluate_stack(
          "best_threshold": {swept metric: t, ...},
          "curves": {swept metric: [[t, value], ...]},
          "images": [{"name": ..., metric: value, ...}, ...],
-         "warping_topology": {"threshold": t, "splits": [...], "mergers": [...]}}
+         "warping_topology": {"threshold": t, "splits": [...], "mergers": [...]},
+         "cells": objects.cell_scores(...)}
 
     For the swept metrics (isbi_pixel_error, rand_error, v_rand, v_info, warping_error)
     "mean" holds the stack value at the best threshold, as the challenge reports it, and each
@@ -51,7 +53,8 @@ def evaluate_stack(
     rand_error the stack value is computed from pooled counts, not the mean of the images).
     The other metrics are per-image values at ``threshold`` and their plain mean.
     "warping_topology" gives the split / merge error counts left after warping each image at
-    the warping error's best threshold.
+    the warping error's best threshold. "cells" holds the object metrics (cells matched by
+    IoU, per image and pooled; predicted cells of a map are its components at ``threshold``).
     """
     p_list, t_list = paired_stack(probs, truths)
     if not (0.0 <= float(threshold) <= 1.0):
@@ -102,4 +105,5 @@ def evaluate_stack(
             "splits": [r.splits for r in topo],
             "mergers": [r.mergers for r in topo],
         },
+        "cells": cell_scores(p_list, t_list, threshold),
     }

@@ -1,0 +1,157 @@
+"""Object metrics: hand-made cases and a brute-force matching on random label images."""
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from unet import metrics
+from unet.evaluation.metrics.objects import cell_counts, match, overlaps
+
+
+def _at(counts, t):
+    return next(c for c in counts if c.threshold == t)
+
+
+def _two_cells():
+    truth = np.zeros((10, 20), np.uint16)
+    truth[2:8, 2:8] = 1  # 36 px
+    truth[2:8, 11:17] = 2  # 36 px, 3 px apart
+    return truth
+
+
+def test_one_to_one_is_perfect():
+    truth = _two_cells()
+    pred = truth.astype(np.int32) * 7  # other ids, same cells
+    c = _at(cell_counts(truth, pred), 0.95)
+    assert (c.tp, c.fp, c.fn, c.merged, c.split) == (2, 0, 0, 0, 0)
+    assert c.ap == c.f1 == c.precision == c.recall == c.pq == c.mean_matched_iou == 1.0
+
+
+def test_a_merge_matches_nothing_and_counts_two_merged_cells():
+    truth = _two_cells()
+    pred = np.zeros_like(truth, dtype=np.int32)
+    pred[2:8, 2:17] = 1  # one cell over both and the gap: IoU 36 / 90 = 0.4 with each
+    c = _at(cell_counts(truth, pred), 0.5)
+    assert (c.n_true, c.n_pred, c.tp, c.fp, c.fn) == (2, 1, 0, 1, 2)
+    assert (c.merged, c.split) == (2, 0)
+    assert c.ap == 0.0 and c.pq == 0.0
+
+
+def test_a_split_matches_the_larger_piece_and_counts_one_split_cell():
+    truth = np.zeros((10, 10), np.uint16)
+    truth[0:10, 0:10] = 3  # 100 px
+    pred = np.zeros((10, 10), np.int32)
+    pred[:, :7] = 1  # 70 px: IoU 0.7
+    pred[:, 7:] = 2  # 30 px: IoU 0.3
+    counts = cell_counts(truth, pred)
+    c = _at(counts, 0.5)
+    assert (c.tp, c.fp, c.fn, c.merged, c.split) == (1, 1, 0, 0, 1)
+    assert c.precision == 0.5 and c.recall == 1.0 and c.f1 == pytest.approx(2 / 3) and c.ap == 0.5
+    assert c.mean_matched_iou == pytest.approx(0.7) and c.pq == pytest.approx(0.7 * 2 / 3)
+    assert _at(counts, 0.7).tp == 1 and _at(counts, 0.75).tp == 0
+
+
+def test_empty_prediction_and_empty_images():
+    truth = _two_cells()
+    c = _at(cell_counts(truth, np.zeros_like(truth, dtype=np.int32)), 0.5)
+    assert (c.tp, c.fp, c.fn) == (0, 0, 2)
+    assert c.precision == c.recall == c.f1 == c.ap == c.pq == 0.0
+    nothing = np.zeros((5, 5), np.int32)
+    c = _at(cell_counts(nothing, nothing), 0.5)
+    assert (c.n_true, c.n_pred) == (0, 0) and c.ap == c.f1 == c.pq == 1.0
+
+
+def test_iou_exactly_at_the_threshold_is_a_match():
+    truth = np.zeros((4, 4), np.uint16)
+    truth[0:2, 0:2] = 1  # 4 px
+    pred = np.zeros((4, 4), np.int32)
+    pred[0:1, 0:2] = 1  # 2 px inside: IoU exactly 2 / 4
+    counts = cell_counts(truth, pred, (0.5, 0.55))
+    assert _at(counts, 0.5).tp == 1 and _at(counts, 0.55).tp == 0
+
+
+def test_ties_at_one_half_are_matched_one_to_one():
+    truth = np.zeros((1, 4), np.uint16)
+    truth[0, 0:2] = 1  # 2 px
+    pred = np.array([[1, 2, 0, 0]], np.int32)  # two 1-px cells, each IoU exactly 0.5 with it
+    c = _at(cell_counts(truth, pred, (0.5,)), 0.5)
+    assert (c.tp, c.fp, c.fn) == (1, 1, 0)
+
+
+def test_pooled_counts_are_summed_before_the_ratio():
+    truth = _two_cells()
+    perfect = truth.astype(np.int32)
+    empty = np.zeros_like(perfect)
+    result = metrics.cell_scores([perfect, empty, empty], [truth, truth, truth])
+    pooled = result["pooled"]
+    assert pooled["n_true"] == 6 and pooled["n_pred"] == 2
+    assert pooled["ap_50"] == pytest.approx(2 / 6)  # not the mean of 1, 0, 0 over images...
+    assert [im["ap_50"] for im in result["images"]] == [1.0, 0.0, 0.0]  # ... which happens to be equal here
+    unequal = metrics.cell_scores([perfect, empty], [truth, np.where(truth == 1, 1, 0).astype(np.uint16)])
+    assert unequal["pooled"]["ap_50"] == pytest.approx(2 / 3)  # 2 TP of 3 true cells; image mean: 0.5
+    assert result["iou_thresholds"] == list(metrics.IOU_THRESHOLDS)
+    assert pooled["mean_ap"] == pytest.approx(np.mean([a["ap"] for a in pooled["at"]]))
+
+
+def _brute_force(truth, pred, t):
+    """(most matched pairs with IoU >= t, their largest summed IoU) over every one-to-one pairing."""
+    tids = [i for i in np.unique(truth) if i]
+    pids = [i for i in np.unique(pred) if i]
+    iou = {}
+    for a in tids:
+        for b in pids:
+            inter = np.count_nonzero((truth == a) & (pred == b))
+            union = np.count_nonzero((truth == a) | (pred == b))
+            iou[a, b] = inter / union
+    best = (0, 0.0)
+    for k in range(min(len(tids), len(pids)), 0, -1):
+        for ts in itertools.combinations(tids, k):
+            for ps in itertools.permutations(pids, k):
+                scores = [iou[a, b] for a, b in zip(ts, ps)]
+                if all(s >= t for s in scores):
+                    best = max(best, (k, sum(scores)))
+        if best[0] == k:
+            break
+    return best
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([0.1, 0.3, 0.5, 0.7]))
+def test_matching_equals_brute_force_on_random_label_images(seed, t):
+    rng = np.random.default_rng(seed)
+    # Few cells on a tiny grid, so that brute force is cheap and overlaps are many.
+    truth = rng.integers(0, 4, size=(6, 6)).astype(np.uint16)
+    pred = rng.integers(0, 5, size=(6, 6)).astype(np.int32)
+    pairs, scores = match(overlaps(truth, pred), t)
+    assert len(set(pairs[:, 0])) == len(pairs) == len(set(pairs[:, 1]))  # one to one
+    k, total = _brute_force(truth, pred, t)
+    assert len(pairs) == k
+    assert scores.sum() == pytest.approx(total)
+
+
+def test_evaluate_reports_cells(tmp_path):
+    truth = _two_cells()
+    result = metrics.evaluate_stack([truth.astype(np.int32)], [truth])
+    assert result["cells"]["pooled"]["ap_50"] == 1.0
+
+
+def test_cells_overlay_and_report(tmp_path):
+    from unet.evaluation.report import cell_classes, write_report
+
+    truth = np.zeros((40, 60), np.uint16)
+    truth[5:15, 5:15], truth[5:15, 18:28], truth[25:35, 5:15] = 1, 2, 3
+    pred = np.zeros((40, 60), np.int32)
+    pred[5:15, 5:28] = 1  # merges true cells 1 and 2
+    pred[25:35, 5:15] = 2  # matches true cell 3
+    pred[25:35, 40:50] = 3  # an extra cell
+    classes = cell_classes(pred, truth)
+    assert classes[10, 10] == 2 and classes[10, 22] == 2  # the merged true cells: unmatched, filled
+    assert classes[5, 10] == 3 and classes[30, 40] == 3  # unmatched predicted cells: outlined
+    assert classes[25, 10] == 1 and classes[30, 10] == 0  # the matched cell: outlined, inside untouched
+    result = metrics.evaluate_stack([pred], [truth], names=["x"])
+    assert result["cells"]["images"][0]["merged"] == 2
+    page = write_report(result, [pred], [truth], None, tmp_path / "r").read_text()
+    assert "<h2>Cells</h2>" in page and "1 matched, 2 true cells unmatched, 2 predicted cells unmatched" in page
