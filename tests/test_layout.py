@@ -66,3 +66,13 @@ def test_the_checks_see_a_long_function_and_a_closure_in_a_loop():
     assert _function_lines(f) == MAX_FUNCTION_LINES + 1
     loop = tree.body[1]
     assert any(isinstance(n, ast.Lambda) for n in ast.walk(loop))
+
+
+def test_readme_is_short_and_ci_runs_its_test_command():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme) <= 12_000, f"README.md has {len(readme)} characters; move detail to docs/"
+    demo = "python3 -m venv .venv && .venv/bin/pip install -q torch==2.13.0 -e . && .venv/bin/unet demo"
+    tests = ("python3 -m venv .venv && .venv/bin/pip install -q torch==2.13.0 -e '.[test]' && "
+             ".venv/bin/python -m pytest -q")
+    assert f"```bash\n{demo}\n```" in readme and f"```bash\n{tests}\n```" in readme
+    assert tests in (ROOT / ".ci" / "run").read_text()
