@@ -46,7 +46,7 @@ def run_recipe(name: str, options: list[str], train: Path, test: Path, folder: P
     """Train, predict the test images as cells, evaluate (all in ``folder``) -> the row of the table."""
     folder.mkdir(parents=True, exist_ok=True)
     steps = [
-        [*UNET, "-q", "train", "--data", str(train), "--out", str(folder / "run"), "--overwrite",
+        [*UNET, "train", "--data", str(train), "--out", str(folder / "run"), "--overwrite",
          "--time-limit", time_limit, *options],
         [*UNET, "-q", "predict", "--model", str(folder / "run" / "best.pt"), "--input", str(test / "images"),
          "--out", str(folder / "pred"), "--tta", "--instances", "--overwrite"],

@@ -5,8 +5,8 @@ import pytest
 
 from unet import save_model
 from unet.cli import main
-from unet.io import read_image, write_image
 from unet.inference.predictor import calibrate
+from unet.io import read_image, write_image
 
 from .conftest import tiny_unet
 

@@ -3,6 +3,8 @@ import pytest
 import torch
 
 from unet import Normalization, UserInputError
+from unet.io import write_image
+from unet.synthetic import synthetic_em, write_dataset
 from unet.training.augment import Augmentation
 from unet.training.data import (
     EpochSampler,
@@ -14,8 +16,6 @@ from unet.training.data import (
     split,
     touching_borders,
 )
-from unet.io import write_image
-from unet.synthetic import synthetic_em, write_dataset
 
 
 def test_binary_labels_foreground_is_nonzero():

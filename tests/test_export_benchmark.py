@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from unet import predict_tiled, save_model
-from unet.inference.benchmark import format_table, reference_predict, run_benchmark
 from unet.cli import main
+from unet.inference.benchmark import format_table, reference_predict, run_benchmark
 from unet.inference.export import OnnxModel, export_model
 from unet.io import read_image, write_image
 

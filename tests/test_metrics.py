@@ -15,8 +15,8 @@ from hypothesis.extra.numpy import arrays
 from scipy import ndimage as ndi
 
 from unet import metrics as M
-from unet.evaluation.metrics import warping
 from unet.errors import UserInputError
+from unet.evaluation.metrics import warping
 
 ISBI = Path("/work/shared/data/isbi2012/train")
 

@@ -155,3 +155,16 @@ def test_cells_overlay_and_report(tmp_path):
     assert result["cells"]["images"][0]["merged"] == 2
     page = write_report(result, [pred], [truth], None, tmp_path / "r").read_text()
     assert "<h2>Cells</h2>" in page and "1 matched, 2 true cells unmatched, 2 predicted cells unmatched" in page
+
+
+def test_sparse_and_dense_overlap_tables_agree(monkeypatch):
+    import unet.evaluation.metrics.objects as objects
+
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 6, (30, 30)) * 1000  # large ids
+    pred = rng.integers(0, 9, (30, 30))
+    dense = objects.overlaps(truth % 997, pred)
+    monkeypatch.setattr(objects, "_DENSE_TABLE", 0)
+    sparse = objects.overlaps(truth % 997, pred)
+    for field in ("true_ids", "true_sizes", "pred_ids", "pred_sizes", "pairs", "counts"):
+        np.testing.assert_array_equal(getattr(dense, field), getattr(sparse, field))

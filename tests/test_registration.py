@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -106,8 +106,8 @@ def test_training_estimates_stores_and_predict_applies_the_offset(tmp_path, offs
 
     written = tifffile.imread(tmp_path / "p" / "00.tif")
     model, _ = load_model(run / "best.pt")
-    from unet.normalization import Normalization, normalize
     from unet.inference.predictor import calibrate
+    from unet.normalization import Normalization, normalize
 
     image = normalize(np.array(Image.open(offset_data / "images" / "00.png"))[None], Normalization())
     expected = calibrate(predict_tiled(model, image, input_shift=(dy, dx)), meta["threshold"])

@@ -6,9 +6,9 @@ import tifffile
 
 import unet.inference.streaming as streaming
 from unet import save_model
-from unet.io import read_image
 from unet.inference.predict import PredictOptions, predict_files
 from unet.inference.streaming import open_input
+from unet.io import read_image
 
 from .conftest import tiny_unet
 

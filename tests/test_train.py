@@ -6,15 +6,19 @@ import numpy as np
 import pytest
 import torch
 
+import unet
+import unet.training.validation
 from unet import load_model, metrics
 from unet.cli import main
 from unet.errors import UserInputError
+from unet.inference.predictor import calibrate
 from unet.synthetic import write_dataset
 from unet.training import TrainConfig, train
 from unet.training.config import parse_duration
 from unet.training.loop import learning_rate
 from unet.training.setup import automatic_weight_map, load_data, weight_average
 from unet.training.validation import THRESHOLDS, best_threshold
+from unet.training.validation import choose_instance_settings as best_instance_settings
 
 from .conftest import tiny_train_config as tiny
 
@@ -141,10 +145,34 @@ def test_cli_trains_on_16_bit_instance_ids(tmp_path):
     args = ["train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r"), "--width", "4", "--depth", "2",
             "--tile-size", "76", "--epochs", "1", "--samples-per-epoch", "2", "--precision", "fp32", "--workers", "0"]
     assert main(args) == 0  # --w0 auto by default
-    model, _ = load_model(tmp_path / "r" / "best.pt")
+    model, meta = load_model(tmp_path / "r" / "best.pt")
     assert model.head.out_channels == 1  # binary: cell / background
     cfg = json.loads((tmp_path / "r" / "config.json").read_text())["train"]
     assert cfg["w0"] == 10.0 and cfg["class_balance"] is True  # the paper's, for cells
+    # How cells are cut was chosen on the validation image and stored ...
+    grid = unet.training.validation.INSTANCE_GRID
+    assert meta["instances"]["sigma"] in grid["sigma"] and meta["instances"]["min_size"] in grid["min_size"]
+    assert 0.0 <= meta["val_instances_mean_ap"] <= 1.0
+    # ... and predict --instances uses it.
+    predictor = unet.Predictor.load(tmp_path / "r" / "best.pt", unet.PredictOptions(instances="watershed"))
+    assert predictor.instance_settings.to_dict() == meta["instances"]
+
+
+def test_instance_settings_are_chosen_by_mean_ap():
+    """Two touching cells joined by a faint line: too much smoothing, or too low a seed level, merges them."""
+    yy, xx = np.mgrid[:40, :60]
+    truth = np.zeros((40, 60), np.int32)
+    truth[(yy - 20) ** 2 + (xx - 20) ** 2 < 100] = 1
+    truth[(yy - 20) ** 2 + (xx - 38) ** 2 < 100] = 2
+    truth[2:4, 55:58] = 3  # a 6-px cell: min_size above 6 loses it
+    fg = np.where(truth > 0, 0.95, 0.02)
+    fg[(truth > 0) & (abs(xx - 29) <= 1)] = 0.62  # the contact line: foreground, but darker
+    settings, score = best_instance_settings([fg.astype(np.float32)], [truth], 0.5)
+    labels = settings.labels(calibrate(fg[None].astype(np.float32), 0.5)[0])
+    in_first = set(np.unique(labels[truth == 1])) - {0}
+    assert len(in_first) == 1 and labels[20, 20] not in (0, labels[20, 38])  # one cell each, kept apart
+    assert settings.min_size <= 6 and score == pytest.approx(
+        np.mean([c.ap for c in metrics.cell_counts(truth, labels)]))
 
 
 def test_explicit_weight_map_options_win_over_auto(tmp_path, data):

@@ -30,7 +30,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="write a 0/255 mask at this (calibrated) probability instead of probabilities (default: off)",
     )
-    p.add_argument("--format", choices=["auto", "png", "tif"], default="auto", help="output format (default: auto, as the input)")
+    p.add_argument("--format", choices=["auto", "png", "tif"], default="auto",
+                   help="output format (default: auto, as the input)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="auto (default): bf16 + channels_last on CPUs with bf16, AMP on CUDA, else fp32")
     p.add_argument("--resume", action="store_true",
@@ -95,7 +96,8 @@ def _add_train_data(d: argparse._ArgumentGroup) -> None:
     d.add_argument("--images", help="or: an image stack / folder ...")
     d.add_argument("--labels", help="... and its label stack / folder")
     d.add_argument("--val", help="a separate validation folder with images/ and labels/")
-    d.add_argument("--val-fraction", type=float, default=0.2, help="last fraction of slices to validate on (default: 0.2)")
+    d.add_argument("--val-fraction", type=float, default=0.2,
+                   help="last fraction of slices to validate on (default: 0.2)")
     d.add_argument("--classes", type=int,
                    help="number of classes for integer class-id labels (default: a mask, or instance ids where a "
                         "label has more than two values)")
@@ -222,7 +224,8 @@ def _without_option(argv: list[str], name: str) -> list[str]:
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="ISBI 2012 metrics, Dice/IoU, and an HTML report of the errors")
-    p.add_argument("--pred", required=True, help="probability maps / masks: a folder or a stack (as unet predict writes)")
+    p.add_argument("--pred", required=True,
+                   help="probability maps / masks: a folder or a stack (as unet predict writes)")
     p.add_argument("--labels", required=True, help="truth: a folder (matched by name) or a stack (by slice)")
     p.add_argument("--threshold", type=float, default=0.5, help="foreground = map > threshold (default: 0.5)")
     p.add_argument("--json", help="write all metrics, curves and best thresholds to this JSON file")

@@ -90,7 +90,8 @@ def parse_label_offset(text: str) -> str | tuple[float, float]:
     try:
         dy, dx = (float(v) for v in text.split(","))
     except ValueError:
-        raise UserInputError(f"--label-offset {text}: use auto, none, or two numbers DY,DX in px (e.g. -0.5,0)") from None
+        raise UserInputError(
+            f"--label-offset {text}: use auto, none, or two numbers DY,DX in px (e.g. -0.5,0)") from None
     if not (abs(dy) <= MAX_OFFSET and abs(dx) <= MAX_OFFSET):
         raise UserInputError(f"--label-offset {text}: each shift must be within +-{MAX_OFFSET:g} px")
     return dy, dx

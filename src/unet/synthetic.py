@@ -24,7 +24,8 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float
     return (field - field.min()) / (np.ptp(field) + 1e-12)
 
 
-def synthetic_em(rng: np.random.Generator, size: int = 256, cell_diameter: float = 40.0) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_em(rng: np.random.Generator, size: int = 256,
+                 cell_diameter: float = 40.0) -> tuple[np.ndarray, np.ndarray]:
     """One image and its label, both (size, size) uint8."""
     shape = (size, size)
     n_cells = max(2, int(size * size / (0.8 * cell_diameter**2)))

@@ -348,7 +348,7 @@ def write_report(
 ) -> Path:
     """Write the self-contained HTML report ``out_dir/index.html`` and return its path.
 
-    ``result``: the `unet.evaluate.evaluate_paths` / `metrics.evaluate_stack` dict;
+    ``result``: the `unet.evaluation.evaluate.evaluate_paths` / `metrics.evaluate_stack` dict;
     ``preds``, ``truths``: the ``(H, W)`` maps it was computed from, in its image order;
     ``images``: the input images ``(H, W)`` or ``(3, H, W)`` in the same order, or None;
     ``threshold``: where the overlay binarises the predictions.  ``out_dir`` is created if

@@ -138,7 +138,9 @@ class _Contenders:
         if method == "predict_tiled":
             return [predict_tiled(self.fast, im, precision=self.precision, channels_last=self.precision != "fp32",
                                   batch_size=4) for im in images]
-        return [predict_tiled(self.onnx, im) for im in images]
+        if method == "onnxruntime":
+            return [predict_tiled(self.onnx, im) for im in images]
+        raise ValueError(f"unknown benchmark method {method!r}")
 
 
 def run_benchmark(quick: bool = False, width: int = 64, json_path: str | Path | None = None,
@@ -155,10 +157,9 @@ def run_benchmark(quick: bool = False, width: int = 64, json_path: str | Path | 
     model = init_he(UNet(width=width)).eval()
     fast = choose_precision(precision, torch.device("cpu"))
     rng = np.random.default_rng(0)
-    workloads = workloads or {"1024x1024" if quick else "2048x2048": [rng.random((1024, 1024) if quick else (2048, 2048),
-                                                                    dtype=np.float32)],
-                 "6x512x512" if quick else "30x512x512": [rng.random((512, 512), dtype=np.float32)
-                                                          for _ in range(6 if quick else 30)]}
+    side, slices = (1024, 6) if quick else (2048, 30)
+    workloads = workloads or {f"{side}x{side}": [rng.random((side, side), dtype=np.float32)],
+                              f"{slices}x512x512": [rng.random((512, 512), dtype=np.float32) for _ in range(slices)]}
     twin = None
     if "monai" in methods:
         twin = UNet(width=width, padding="same").eval()

@@ -39,10 +39,15 @@ def predict_files(
 ) -> list[Path]:
     """Segment every image in ``input_path`` (file or folder) into ``out_dir``; return the outputs."""
     predictor = Predictor.load(model_path, options, resolve_device(device))
-    if options.format not in ("auto", "png", "tif"):
-        raise UserInputError(f"--format {options.format}: use png, tif or auto")
     sources = list_images(input_path)
     out_dir = Path(out_dir)
+    if Path(input_path).is_dir():
+        input_dir = Path(input_path).resolve()
+        if out_dir.resolve() == input_dir or input_dir in out_dir.resolve().parents:
+            raise UserInputError(f"{out_dir}: the output folder is inside the input folder {input_path}; "
+                                 "choose another --out")
+    if options.format not in ("auto", "png", "tif"):
+        raise UserInputError(f"--format {options.format}: use png, tif or auto")
     shapes = [_check_input(src, predictor) for src in sources]
     targets = _plan_outputs(input_path, sources, shapes, out_dir, options)
     _make_out_dir(out_dir)
@@ -96,11 +101,6 @@ def _plan_outputs(input_path: str | Path, sources: list[Path], shapes: list[tupl
                   options: PredictOptions) -> list[Path]:
     """The output of each input; refuse outputs that would replace an input, each other, or
     (without ``overwrite``) an existing file or an interrupted run's part file."""
-    if Path(input_path).is_dir():
-        input_dir = Path(input_path).resolve()
-        if out_dir.resolve() == input_dir or input_dir in out_dir.resolve().parents:
-            raise UserInputError(f"{out_dir}: the output folder is inside the input folder {input_path}; "
-                                 "choose another --out")
     fmt = "instances" if options.instances else options.format
     targets = [output_path(src, out_dir, fmt, shape[0]) for src, shape in zip(sources, shapes)]
     for src, t in zip(sources, targets):

@@ -24,6 +24,7 @@ What is written (`encode`):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,7 +39,7 @@ from ..io import match_channels, write_image
 from ..nn.checkpoint import load_model
 from ..nn.model import UNet, fold_batch_norm
 from ..normalization import Normalization
-from .instances import probabilities_to_instances
+from .instances import InstanceSettings
 from .streaming import open_input, predict_to_tiff
 from .tiling import default_batch_size, default_tile_size, predict_tiled
 
@@ -78,6 +79,9 @@ class Predictor:
         self.flips = metadata.get("flips", "dihedral")  # models saved before flips were stored: all 8
         self.input_shift = tuple(metadata.get("input_shift", (0.0, 0.0)))
         self.precision = choose_precision(options.precision, device)
+        # How --instances cuts cells: the method asked for, with the settings training chose.
+        self.instance_settings = (InstanceSettings.from_metadata(options.instances, metadata)
+                                  if options.instances else None)
         self.model = inference_model(model, self.precision) if isinstance(model, UNet) else model
 
     @classmethod
@@ -137,7 +141,7 @@ class Predictor:
         prob = self.probabilities(image, name=name, progress=progress)
         if prob.shape[0] == 1:
             prob = calibrate(prob, self.threshold)
-        return encode(prob, suffix, self.options.threshold, self.options.instances)
+        return encode(prob, suffix, self.options.threshold, self.instance_settings)
 
     def streams(self, target: Path) -> bool:
         """Whether ``target`` is written tile by tile into a TIFF on disk (bounded memory, resumable)."""
@@ -149,7 +153,8 @@ class Predictor:
 
         Where `streams` holds, every process of ``ctx`` takes its share of the slices;
         otherwise the caller gives each file to one process. ``bar`` advances by one per
-        slice; ``progress`` shows a bar over the tiles.
+        slice; ``progress`` shows a bar over the tiles. ``target``'s folder must exist; an
+        existing ``target`` is replaced (`predict_files` checks before it calls this).
         """
         if self.streams(target):
             self._predict_to_tiff(source, target, ctx, bar, progress)
@@ -169,25 +174,20 @@ class Predictor:
         dtype = np.uint8 if self.options.threshold is not None else np.float32
         fingerprint = {"model": _fingerprint(self.source),
                        "options": {k: v for k, v in asdict(self.options).items() if k not in ("overwrite", "resume")}}
-        predict_to_tiff(source, target, dtype, _SliceIntoTiff(self, source, bar, progress), fingerprint,
-                        self.options.resume, ctx)
+        predict_slice = functools.partial(self._predict_slice_into, source, bar, progress)
+        predict_to_tiff(source, target, dtype, predict_slice, fingerprint, self.options.resume, ctx)
+
+    def _predict_slice_into(self, source: Path, bar: tqdm | None, progress: bool, page: np.ndarray, out,
+                            skip_batches: int, on_batch) -> None:
+        """`predict_to_tiff`'s callback: one slice of ``source`` into the TIFF on disk (``out``)."""
+        self.probabilities(page, name=source, out=out, encode=self.encode_tile, skip_batches=skip_batches,
+                           on_batch=on_batch, progress=progress)
+        if bar is not None:
+            bar.update(1)
 
     def encode_tile(self, prob: np.ndarray) -> np.ndarray:
         """A tile's probabilities (1, h, w) -> the (1, h, w) values a streamed TIFF holds."""
         return encode(calibrate(prob, self.threshold), ".tif", self.options.threshold)[None]
-
-
-class _SliceIntoTiff:
-    """`predict_to_tiff`'s callback: one slice through the predictor into the TIFF on disk."""
-
-    def __init__(self, predictor: Predictor, source: Path, bar: tqdm | None, progress: bool) -> None:
-        self.predictor, self.source, self.bar, self.progress = predictor, source, bar, progress
-
-    def __call__(self, page: np.ndarray, out, skip_batches: int, on_batch) -> None:
-        self.predictor.probabilities(page, name=self.source, out=out, encode=self.predictor.encode_tile, skip_batches=skip_batches,
-                                     on_batch=on_batch, progress=self.progress)
-        if self.bar is not None:
-            self.bar.update(1)
 
 
 def inference_model(model: UNet, precision: str = "fp32") -> UNet:
@@ -217,11 +217,12 @@ def calibrate(prob: np.ndarray, threshold: float) -> np.ndarray:
     return np.where(prob <= t, low, high).astype(np.float32)
 
 
-def encode(prob: np.ndarray, suffix: str, threshold: float | None, instances: str | None = None) -> np.ndarray:
+def encode(prob: np.ndarray, suffix: str, threshold: float | None,
+           instances: InstanceSettings | None = None) -> np.ndarray:
     """Calibrated probabilities (C, H, W) -> the array to write (see the module docstring)."""
     if instances is not None:
         foreground = prob[0] if prob.shape[0] == 1 else 1.0 - prob[0]
-        labels = probabilities_to_instances(foreground, instances, 0.5 if threshold is None else threshold)
+        labels = instances.labels(foreground, 0.5 if threshold is None else threshold)
         return labels.astype(np.uint16) if labels.max() < 2**16 else labels
     if prob.shape[0] > 1:
         if suffix == ".png" or threshold is not None:

@@ -125,7 +125,7 @@ def predict_to_tiff(
         out = TiffSlice(part, mine[k], n_slices, height, width, dtype)
         skip = progress.batches if k == progress.slice else 0
         predict_slice(pages[mine[k]], out, skip, functools.partial(progress.batch_done, k))
-        progress.batch_done(k + 1, 0)
+        progress.slice_done(k)
     ctx.barrier()
     if ctx.is_main:
         with open(part, "rb+") as f:
@@ -155,8 +155,13 @@ class _Progress:
         self.slice, self.batches = saved["slice"], saved["batches"]
 
     def batch_done(self, slice_: int, batches: int) -> None:
+        """``batches`` tile batches of slice ``slice_`` (of this process's share) are written."""
         self.slice, self.batches = slice_, batches
         self.save()
+
+    def slice_done(self, slice_: int) -> None:
+        """Slice ``slice_`` is whole: the next starts at its first batch."""
+        self.batch_done(slice_ + 1, 0)
 
     def save(self) -> None:
         _write_state(self.path, {"fingerprint": self.fingerprint, "slice": self.slice, "batches": self.batches})

@@ -203,7 +203,9 @@ def predict_tiled(
         raise ValueError(f"out must have shape {out_shape}, got {out.shape}")
     reader = _TileReader(image, rows, cols, normalization, input_shift)
     net = _TileNet(model, rows, cols, precision, channels_last)
-    group = symmetries.group(flips)
+    group = symmetries.group(flips)  # checked even without tta
+    if not tta:
+        group = symmetries.group("none")
     positions = [(y, x) for y in rows.origins for x in cols.origins]
     was_training = model.training
     model.eval()
@@ -216,7 +218,7 @@ def predict_tiled(
                 if index < skip_batches:
                     continue
                 batch = torch.from_numpy(np.stack([reader(y, x) for y, x in chunk])).to(net.device)
-                probs = net.predict(batch, group if tta else symmetries.group("none")).cpu().numpy()
+                probs = net.predict(batch, group).cpu().numpy()
                 for (y, x), p in zip(chunk, probs):
                     h = min(rows.output_size, height - y)
                     w = min(cols.output_size, width - x)

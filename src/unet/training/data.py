@@ -40,6 +40,7 @@ class LabelledImage:
     image: np.ndarray  # (C, H, W) float32, normalised
     classes: np.ndarray  # (H, W) int64 class ids (binary: 0 background, 1 foreground)
     weight: np.ndarray  # (H, W) float32 loss weight (the border weight map, or class balance)
+    instances: np.ndarray | None = None  # (H, W) int32 the label's instance ids, where it holds them
 
 
 def read_pairs(
@@ -95,7 +96,8 @@ def interpret_labels(label: np.ndarray, n_classes: int | None, source: str = "la
     kind = label_kind(label, n_classes, source)
     if kind == "classes":
         if label.max() >= n_classes:
-            raise UserInputError(f"{source}: label value {label.max()} but --classes {n_classes} allows 0..{n_classes - 1}")
+            raise UserInputError(
+                f"{source}: label value {label.max()} but --classes {n_classes} allows 0..{n_classes - 1}")
         classes = label.astype(np.int64)
         return classes, cells_from_mask(classes > 0)
     if kind == "mask":
@@ -167,7 +169,8 @@ def prepare(
             weight = border_weight_map(cells, w0, sigma, n_classes or 2, classes, class_balance)
         else:
             weight = np.ones(classes.shape, np.float32)
-        items.append(LabelledImage(name, normalize(image, normalization), classes, weight))
+        ids = label.astype(np.int32) if label_kind(label, n_classes) == "instances" else None
+        items.append(LabelledImage(name, normalize(image, normalization), classes, weight, ids))
     return items
 
 

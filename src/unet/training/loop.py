@@ -35,7 +35,7 @@ from .config import MAXIMISE, TrainConfig, resume_config
 from .logbook import Logbook
 from .losses import segmentation_loss
 from .setup import Run, build_run
-from .validation import Validation, calibrate_with_tta, validate
+from .validation import calibrate_checkpoint, validate
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,7 @@ class Clock:
         self.limit, self.started, self.calibrate_tta = limit, started, calibrate_tta
         self.before = 0.0  # seconds spent by the runs this one resumes
         self.val_seconds: float | None = None  # the last validation's duration
+        self.tune_cells = False  # whether the end chooses how cells are cut (instance-id labels)
 
     def elapsed(self) -> float:
         return self.before + time.monotonic() - self.started
@@ -100,10 +101,11 @@ class Clock:
         return math.inf if self.limit is None else self.limit - self.elapsed()
 
     def reserve(self) -> float:
-        """Seconds to keep for the last validation and the TTA threshold calibration."""
+        """Seconds to keep for the last validation and the calibration (TTA: 8 predictions of the
+        validation images; choosing how cells are cut: about two validations' time)."""
         if self.val_seconds is None:
             return 0.0
-        return self.val_seconds * (1 + (8 if self.calibrate_tta else 0)) + 5
+        return self.val_seconds * (1 + (8 if self.calibrate_tta else 0) + (2 if self.tune_cells else 0)) + 5
 
     def progress(self, step: int, total_steps: int) -> float:
         """How far the schedule is, 0 -> 1: by steps, or by the clock where that is further."""
@@ -148,7 +150,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, overwrite: bool = 
 def _train(cfg: TrainConfig, folder: Path, state: dict | None, ctx: distributed.Context, device: torch.device,
            clock: Clock, stop_after_steps: int | None) -> Path:
     """The loop: build, then epochs of training steps and validation, then the calibration."""
-    run = build_run(cfg, folder, ctx, device)
+    run = build_run(cfg, folder, ctx, device)  # the net unwrapped: restore loads into it, then DDP wraps it
+    clock.tune_cells = any(it.instances is not None for it in run.val_items)
     position = restore(run, state, clock) if state is not None else start(run)
     run.model = distributed.wrap(run.raw, ctx, device)
     logbook = Logbook(folder) if ctx.is_main else None
@@ -162,9 +165,7 @@ def _train(cfg: TrainConfig, folder: Path, state: dict | None, ctx: distributed.
                 break
             if stopped is None:
                 position.epoch += 1
-            end_epoch(run, position, clock, logbook, dict(
-                train_loss=float(np.mean(losses)) if losses else math.nan, lr=lr,
-                seconds=round(time.monotonic() - t_epoch, 2)))
+            end_epoch(run, position, clock, logbook, float(np.mean(losses)) if losses else math.nan, lr, t_epoch)
     finish(run, clock, logbook, stopped, position)
     return folder
 
@@ -268,11 +269,11 @@ def _stop_reason(run: Run, position: Position, clock: Clock, stop: "_StopRequest
     return None
 
 
-def end_epoch(run: Run, position: Position, clock: Clock, logbook: Logbook | None, row: dict) -> Validation:
-    """Validate the averaged weights, keep best.pt by ``select_by``, write last.pt, log the epoch.
-
-    ``row``: the epoch's train_loss, lr and seconds, completed here for metrics.csv.
-    """
+def end_epoch(run: Run, position: Position, clock: Clock, logbook: Logbook | None, train_loss: float, lr: float,
+              t_epoch: float) -> None:
+    """Validate the averaged weights, keep best.pt by ``select_by``, write last.pt, log the epoch
+    (``train_loss``: the epoch's mean; ``lr``: its last learning rate; ``t_epoch``: when it
+    began, by `time.monotonic`)."""
     cfg = run.cfg
     weights = (t for t in run.raw.state_dict().values() if t.is_floating_point())
     if not all(torch.isfinite(t).all() for t in weights):
@@ -291,12 +292,11 @@ def end_epoch(run: Run, position: Position, clock: Clock, logbook: Logbook | Non
                        val=dataclasses.asdict(v), epoch=position.epoch)
     save_last(run, position, clock)
     if logbook is not None:
-        logbook.epoch(dict(epoch=position.epoch, step=position.step, train_loss=row["train_loss"], val_loss=v.loss,
+        logbook.epoch(dict(epoch=position.epoch, step=position.step, train_loss=train_loss, val_loss=v.loss,
                            val_pixel_error=v.pixel_error, val_dice=v.dice,
                            val_adapted_rand_error=v.adapted_rand_error, val_rand_error=v.rand_error,
-                           val_v_rand=v.v_rand, val_threshold=v.threshold, lr=row["lr"], seconds=row["seconds"]),
-                      improved)
-    return v
+                           val_v_rand=v.v_rand, val_threshold=v.threshold, lr=lr,
+                           seconds=round(time.monotonic() - t_epoch, 2)), improved)
 
 
 def save_last(run: Run, position: Position, clock: Clock) -> None:
@@ -313,13 +313,15 @@ def save_last(run: Run, position: Position, clock: Clock) -> None:
 
 
 def finish(run: Run, clock: Clock, logbook: Logbook | None, stopped: str | None, position: Position) -> None:
-    """Final curves; then either the stop is reported (resumable) or best.pt's threshold is
-    chosen again on TTA predictions, as `unet predict --tta` makes them."""
+    """Final curves; then either the stop is reported (resumable) or best.pt is calibrated:
+    the threshold chosen again on TTA predictions, as `unet predict --tta` makes them, and
+    for instance-id labels how cells are cut (validation.calibrate_checkpoint)."""
     if logbook is not None:
         logbook.close()
     if stopped == "signal":
         raise Interrupted(f"stopped at step {position.step}; resume with --resume {run.folder}")
     best = run.folder / "best.pt"
-    if run.cfg.calibrate_tta and run.ctx.is_main and best.exists():
-        calibrate_with_tta(best, run.val_items, run.cfg, run.precision, run.device, run.input_shift)
+    if (run.cfg.calibrate_tta or clock.tune_cells) and run.ctx.is_main and best.exists():
+        calibrate_checkpoint(best, run.val_items, run.cfg, run.precision, run.device, run.input_shift,
+                             tta=run.cfg.calibrate_tta)
     log.info("done in %.0f s: %s", clock.elapsed(), best)

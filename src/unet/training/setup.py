@@ -37,7 +37,7 @@ class Run:
     device: torch.device
     precision: str  # fp32, bf16 or fp16
     raw: UNet  # the net being trained
-    model: torch.nn.Module  # ``raw``, wrapped for DistributedDataParallel where there are several processes
+    model: torch.nn.Module  # what the steps call: ``raw``, wrapped for DDP by the loop after a restore
     ema: torch.optim.swa_utils.AveragedModel | None  # the weight average (--ema), or None
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler  # fp16 only; a no-op otherwise
@@ -70,7 +70,7 @@ def build_run(cfg: TrainConfig, folder: Path, ctx: distributed.Context, device: 
         raise UserInputError("--precision fp16 needs CUDA; use bf16 or fp32 on a CPU")
     torch.manual_seed(cfg.seed)
     cfg, train_items, val_items, channels, data_sha = load_data(cfg)
-    input_shift = label_offset(cfg, train_items)
+    input_shift = estimate_input_shift(cfg, train_items)
     if input_shift != (0.0, 0.0):
         # Training tiles come from resampled images; validation resamples per tile, as predict does.
         train_items = [dataclasses.replace(it, image=shift_image(it.image, input_shift)) for it in train_items]
@@ -166,7 +166,7 @@ def automatic_weight_map(pairs: list[tuple], n_classes: int | None) -> tuple[flo
     Balancing weights every membrane pixel of ISBI 2012 3.5x a cell pixel, thick membranes
     too, and the decision threshold then has to undo that; the border term alone weights
     the thin gaps between cells, which is where balancing kept cells apart. On ISBI 2012
-    this lowered the pixel error and the adapted Rand error (README, "Measured here").
+    this lowered the pixel error and the adapted Rand error (docs/results.md, "The weight map").
     ``pairs``: `read_pairs` tuples.
     """
     kinds = [label_kind(label, n_classes, str(label_path)) for _, _, label, _, label_path in pairs]
@@ -194,8 +194,7 @@ def load_data(cfg: TrainConfig):
     return cfg, train_items, val_items, channels.pop(), checksum(paths)
 
 
-
-def label_offset(cfg: TrainConfig, train_items) -> tuple[float, float]:
+def estimate_input_shift(cfg: TrainConfig, train_items) -> tuple[float, float]:
     """The (dy, dx) px shift that puts the images on their labels' grid (``--label-offset``)."""
     setting = parse_label_offset(cfg.label_offset)
     if setting == "none":

@@ -14,10 +14,13 @@ import torch
 from .. import distributed
 from ..errors import UserInputError
 from ..evaluation import metrics
+from ..inference.instances import InstanceSettings, drop_small_cells
+from ..inference.predictor import calibrate
 from ..inference.tiling import predict_tiled
 from ..nn.checkpoint import load_model, save_model
 from ..nn.model import UNet
 from .config import TrainConfig
+from .data import LabelledImage
 from .losses import segmentation_loss
 from .weights import background_skeleton
 
@@ -113,15 +116,58 @@ def validate(model: UNet, items, cfg: TrainConfig, precision: str, tta: bool = F
     return score_validation(maps)
 
 
-def calibrate_with_tta(checkpoint: Path, val_items, cfg: TrainConfig, precision: str, device: torch.device,
-                       input_shift: tuple[float, float]) -> None:
-    """Choose the checkpoint's threshold on TTA predictions, as `unet predict --tta` will make them."""
+def calibrate_checkpoint(checkpoint: Path, val_items: list[LabelledImage], cfg: TrainConfig, precision: str,
+                         device: torch.device, input_shift: tuple[float, float], tta: bool) -> None:
+    """After training: choose the checkpoint's threshold again on the validation images
+    (with ``tta`` on TTA predictions, as `unet predict --tta` makes them) and, where the
+    labels are instance ids, how `unet predict --instances` cuts cells
+    (`choose_instance_settings`); both are stored in the checkpoint."""
     model, meta = load_model(checkpoint, device)
     if precision != "fp32":
         model.to(memory_format=torch.channels_last)
-    v = validate(model, val_items, cfg, precision, tta=True, input_shift=input_shift)
-    meta.update(threshold=v.threshold, val_tta=dataclasses.asdict(v))
+    maps = validation_maps(model, val_items, cfg, precision, tta=tta, input_shift=input_shift)
+    v = score_validation(maps)
+    meta.update(threshold=v.threshold)
+    if tta:
+        meta.update(val_tta=dataclasses.asdict(v))
+        log.info("best.pt with TTA: threshold %.2f  pixel err %.4f  adapted rand %.4f  rand %.4f  v_rand %.4f",
+                 v.threshold, v.pixel_error, v.adapted_rand_error, v.rand_error, v.v_rand)
+    with_ids = [(m[1], it.instances) for m, it in zip(maps, val_items) if it.instances is not None]
+    if with_ids:
+        settings, score = choose_instance_settings([f for f, _ in with_ids], [ids for _, ids in with_ids], v.threshold)
+        meta.update(instances=settings.to_dict(), val_instances_mean_ap=score)
+        log.info("cells: seeded watershed with sigma %g, seed level %g, cells of at least %d px (validation mean AP "
+                 "%.4f)", settings.sigma, settings.seed_threshold, settings.min_size, score)
     save_model(model, checkpoint, **meta)
-    log.info("best.pt with TTA: threshold %.2f  pixel err %.4f  adapted rand %.4f  rand %.4f  v_rand %.4f",
-             v.threshold, v.pixel_error, v.adapted_rand_error, v.rand_error, v.v_rand)
 
+
+#: The seeded watershed's settings tried on the validation images (`choose_instance_settings`).
+INSTANCE_GRID = {"sigma": (0.0, 1.0, 2.0, 3.0), "seed_threshold": (0.6, 0.7, 0.75, 0.8, 0.9),
+                 "min_size": (0, 8, 16, 32)}
+
+
+def choose_instance_settings(foregrounds: list[np.ndarray], truths: list[np.ndarray],
+                             threshold: float) -> tuple[InstanceSettings, float]:
+    """The watershed settings of `INSTANCE_GRID` with the best mean AP (IoU 0.5:0.95, counts
+    pooled over the images) -> (settings, that mean AP).
+
+    ``foregrounds``: (H, W) foreground probabilities as the net gives them; they are
+    calibrated to ``threshold`` first, as `unet predict` writes them. ``truths``: (H, W)
+    instance ids. Ties keep the first in grid order (the least smoothing and filtering).
+    """
+    calibrated = [calibrate(f[None], threshold)[0] for f in foregrounds]
+    best, best_score = InstanceSettings(), -1.0
+    for sigma in INSTANCE_GRID["sigma"]:
+        for seed in INSTANCE_GRID["seed_threshold"]:
+            labels = [InstanceSettings(sigma=sigma, seed_threshold=seed).labels(c) for c in calibrated]
+            for min_size in INSTANCE_GRID["min_size"]:
+                score = _pooled_mean_ap([drop_small_cells(lab, min_size) for lab in labels], truths)
+                if score > best_score:
+                    best, best_score = InstanceSettings(sigma=sigma, seed_threshold=seed, min_size=min_size), score
+    return best, best_score
+
+
+def _pooled_mean_ap(labels: list[np.ndarray], truths: list[np.ndarray]) -> float:
+    counts = [metrics.cell_counts(t, lab) for lab, t in zip(labels, truths)]
+    pooled = [sum(column[1:], column[0]) for column in zip(*counts)]
+    return float(np.mean([c.ap for c in pooled]))

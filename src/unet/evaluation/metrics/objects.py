@@ -75,6 +75,17 @@ def overlaps(true_labels: np.ndarray, pred_labels: np.ndarray) -> Overlaps:
     """The sparse overlap table of two label images (H, W) (0 = no cell)."""
     t = np.asarray(true_labels).ravel().astype(np.int64)
     p = np.asarray(pred_labels).ravel().astype(np.int64)
+    if t.min(initial=0) < 0 or p.min(initial=0) < 0:
+        raise UserInputError("label images must not hold negative ids")
+    k_true, k_pred = int(t.max(initial=0)) + 1, int(p.max(initial=0)) + 1
+    if k_true * k_pred <= _DENSE_TABLE:  # small ids (as predictions and most truths have): count densely
+        joint = np.bincount(t * k_pred + p, minlength=k_true * k_pred).reshape(k_true, k_pred)
+        true_ids = np.flatnonzero(joint[1:].sum(axis=1)) + 1
+        pred_ids = np.flatnonzero(joint[:, 1:].sum(axis=0)) + 1
+        inner = joint[np.ix_(true_ids, pred_ids)]
+        pairs = np.argwhere(inner)
+        return Overlaps(true_ids, joint[true_ids].sum(axis=1), pred_ids, joint[:, pred_ids].sum(axis=0), pairs,
+                        inner[pairs[:, 0], pairs[:, 1]])
     true_ids, true_sizes = np.unique(t[t > 0], return_counts=True)
     pred_ids, pred_sizes = np.unique(p[p > 0], return_counts=True)
     both = (t > 0) & (p > 0)
@@ -83,6 +94,9 @@ def overlaps(true_labels: np.ndarray, pred_labels: np.ndarray) -> Overlaps:
     keys, counts = np.unique(ti * max(len(pred_ids), 1) + pi, return_counts=True)
     pairs = np.stack([keys // max(len(pred_ids), 1), keys % max(len(pred_ids), 1)], axis=1)
     return Overlaps(true_ids, true_sizes, pred_ids, pred_sizes, pairs.reshape(-1, 2), counts)
+
+
+_DENSE_TABLE = 4_000_000  # entries of the dense (true id x predicted id) table `overlaps` may count in
 
 
 @dataclass(frozen=True)
@@ -161,8 +175,8 @@ def match(table: Overlaps, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     iou = table.iou
     ok = iou >= threshold
     pairs, scores = table.pairs[ok], iou[ok]
-    if len(pairs) == 0:
-        return pairs, scores
+    if len(np.unique(pairs[:, 0])) == len(pairs) == len(np.unique(pairs[:, 1])):
+        return pairs, scores  # no cell in two candidates (always so above 0.5)
     n_true = len(table.true_sizes)
     n_cells = n_true + len(table.pred_sizes)
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], n_true + pairs[:, 1])), shape=(n_cells, n_cells))
