@@ -150,3 +150,18 @@ def test_epoch_sampler_splits_ranks_without_overlap():
     assert sorted(list(s0) + list(s1)) == one
     s0.set_epoch(2)
     assert list(s0)[0] == 20
+
+
+def test_boundary_classes_mark_every_edge_and_the_line_between_touching_cells():
+    from unet.training.data import boundary_classes, interpret_labels
+
+    ids = np.zeros((12, 20), np.uint16)
+    ids[2:10, 2:10] = 5
+    ids[2:10, 10:18] = 9  # touches cell 5 along x = 9 | 10
+    classes = boundary_classes(ids, width=2)
+    assert classes[0, 0] == 0 and classes[6, 5] == 1 and classes[6, 14] == 1  # background, interiors
+    assert (classes[2:10, 2:4] == 2).all() and (classes[2:10, 8:12] == 2).all()  # outer edge and the contact
+    assert set(np.unique(classes[ids == 0])) == {0}  # the band stays inside the cells
+    cls, cells = interpret_labels(ids, None, cell_target="boundary")
+    np.testing.assert_array_equal(cls, classes)
+    assert (cells[2:10, 9] == 0).all() or (cells[2:10, 10] == 0).all()  # the weight map still sees them apart

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import unet
+import unet.io
 import unet.training.validation
 from unet import load_model, metrics
 from unet.cli import main
@@ -127,21 +128,27 @@ def test_cli_train_then_predict(tmp_path, data):
     assert len(list((tmp_path / "p").iterdir())) == 5
 
 
-def test_cli_trains_on_16_bit_instance_ids(tmp_path):
-    """Light-microscopy style data: uint16 images, one uint16 id per cell, touching cells; no --classes."""
+def _touching_cells(folder, n=3, seed=0):
+    """Light-microscopy style data: uint16 images, one uint16 id per cell, touching cells."""
     import tifffile
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:64, :64]
     for sub in ("images", "labels"):
-        (tmp_path / "d" / sub).mkdir(parents=True)
-    for i in range(3):
+        (folder / sub).mkdir(parents=True)
+    for i in range(n):
         ids = np.zeros((64, 64), np.uint16)
         for k, (cy, cx) in enumerate(rng.uniform(12, 52, (6, 2)), start=1):
             ids[(yy - cy) ** 2 + (xx - cx) ** 2 < 81] = 100 + k  # later cells overlap earlier ones: they touch
         image = (ids > 0) * 30000 + rng.normal(2000, 300, ids.shape)
-        tifffile.imwrite(tmp_path / "d" / "images" / f"{i}.tif", image.clip(0, 65535).astype(np.uint16))
-        tifffile.imwrite(tmp_path / "d" / "labels" / f"{i}.tif", ids)
+        tifffile.imwrite(folder / "images" / f"{i}.tif", image.clip(0, 65535).astype(np.uint16))
+        tifffile.imwrite(folder / "labels" / f"{i}.tif", ids)
+    return folder
+
+
+def test_cli_trains_on_16_bit_instance_ids(tmp_path):
+    """Instance ids without --classes: read as cells, the paper's weight map, how cells are cut chosen and stored."""
+    _touching_cells(tmp_path / "d")
     args = ["train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r"), "--width", "4", "--depth", "2",
             "--tile-size", "76", "--epochs", "1", "--samples-per-epoch", "2", "--precision", "fp32", "--workers", "0"]
     assert main(args) == 0  # --w0 auto by default
@@ -158,6 +165,22 @@ def test_cli_trains_on_16_bit_instance_ids(tmp_path):
     assert predictor.instance_settings.to_dict() == meta["instances"]
 
 
+def test_boundary_target_trains_a_three_class_net_that_predicts_cells(tmp_path):
+    _touching_cells(tmp_path / "d")
+    args = ["train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r"), "--width", "4", "--depth", "2",
+            "--tile-size", "76", "--epochs", "1", "--samples-per-epoch", "2", "--precision", "fp32", "--workers", "0",
+            "--cell-target", "boundary"]
+    assert main(args) == 0
+    model, meta = load_model(tmp_path / "r" / "best.pt")
+    assert model.head.out_channels == 3 and meta["cell_target"] == "boundary"
+    predictor = unet.Predictor.load(tmp_path / "r" / "best.pt", unet.PredictOptions(instances="watershed"))
+    assert predictor.instance_settings.seeds == "interior"
+    assert main(["predict", "--model", str(tmp_path / "r" / "best.pt"), "--input", str(tmp_path / "d" / "images"),
+                 "--out", str(tmp_path / "p"), "--instances"]) == 0
+    labels = unet.io.read_image(tmp_path / "p" / "0.tif")
+    assert labels.shape == (1, 1, 64, 64) and labels.dtype in (np.uint16, np.uint32)
+
+
 def test_instance_settings_are_chosen_by_mean_ap():
     """Two touching cells joined by a faint line: too much smoothing, or too low a seed level, merges them."""
     yy, xx = np.mgrid[:40, :60]
@@ -167,7 +190,7 @@ def test_instance_settings_are_chosen_by_mean_ap():
     truth[2:4, 55:58] = 3  # a 6-px cell: min_size above 6 loses it
     fg = np.where(truth > 0, 0.95, 0.02)
     fg[(truth > 0) & (abs(xx - 29) <= 1)] = 0.62  # the contact line: foreground, but darker
-    settings, score = best_instance_settings([fg.astype(np.float32)], [truth], 0.5)
+    settings, score = best_instance_settings([fg[None].astype(np.float32)], [truth], 0.5)
     labels = settings.labels(calibrate(fg[None].astype(np.float32), 0.5)[0])
     in_first = set(np.unique(labels[truth == 1])) - {0}
     assert len(in_first) == 1 and labels[20, 20] not in (0, labels[20, 38])  # one cell each, kept apart

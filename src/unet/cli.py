@@ -150,6 +150,9 @@ def _add_train_model(m: argparse._ArgumentGroup) -> None:
     m.add_argument("--skeleton-recall", type=float, metavar="WEIGHT",
                    help="add the skeleton recall loss on the background, this much of it: keeps thin gaps "
                         "between cells open (default: 0, off)")
+    m.add_argument("--cell-target", choices=["foreground", "boundary"],
+                   help="instance-id labels: learn the cells' foreground, touching cells parted by a 1-px line "
+                        "(default), or three classes: background, cell interior, a 2-px band along each edge")
     m.add_argument("--elastic", action=argparse.BooleanOptionalAction, help="elastic deformation")
     m.add_argument("--elastic-sigma", type=float, help="std of the elastic displacements, px (default: 10, the paper)")
     m.add_argument("--flips", choices=list(GROUPS),
@@ -175,7 +178,8 @@ def _run_train(args: argparse.Namespace) -> int | None:
     names = ["data", "images", "labels", "val", "val_fraction", "classes", "out", "preset", "epochs", "seed", "device",
              "precision", "workers", "select_by", "width", "depth", "padding", "up_mode", "dropout", "tile_size",
              "batch_size", "samples_per_epoch", "loss", "optimizer", "lr", "momentum", "ema", "weight_map", "w0",
-             "sigma", "class_balance", "skeleton_recall", "elastic", "elastic_sigma", "flips", "grey", "soft_labels",
+             "sigma", "class_balance", "skeleton_recall", "cell_target", "elastic", "elastic_sigma", "flips", "grey",
+             "soft_labels",
              "label_offset", "batch_norm", "dist_timeout"]
     cfg = TrainConfig(**{n: getattr(args, n) for n in names if getattr(args, n) is not None},
                       time_limit=parse_duration(args.time_limit) if args.time_limit else None,

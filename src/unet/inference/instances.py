@@ -62,21 +62,33 @@ class InstanceSettings:
     sigma: float = 2.0  # smoothing of the seed map, px (watershed)
     seed_threshold: float | None = None  # seeds: smoothed map above this; None: (1 + threshold) / 2
     min_size: int = 0  # cells smaller than this many px are dropped
+    seeds: str = "foreground"  # the map seeds come from: "foreground", or "interior" (class 1 of a
+    #                            three-class net trained with --cell-target boundary)
 
     @classmethod
     def from_metadata(cls, method: str, metadata: dict) -> "InstanceSettings":
         """``method`` from the command line, the rest from a checkpoint's metadata (if it has them)."""
         stored = metadata.get("instances", {})
         known = {k: stored[k] for k in ("sigma", "seed_threshold", "min_size") if k in stored}
-        return cls(method=method, **known)
+        seeds = "interior" if metadata.get("cell_target") == "boundary" else "foreground"
+        return cls(method=method, seeds=seeds, **known)
 
     def to_dict(self) -> dict:
         return {"sigma": self.sigma, "seed_threshold": self.seed_threshold, "min_size": self.min_size}
 
-    def labels(self, foreground: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-        """(H, W) foreground probabilities -> (H, W) uint32 cell labels (0 = background)."""
+    def labels(self, prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+        """Probabilities -> (H, W) uint32 cell labels (0 = background).
+
+        ``prob``: (H, W) foreground, (1, H, W) foreground, or (C, H, W) class probabilities
+        (foreground = 1 - background; with ``seeds="interior"`` class 1 seeds the cells).
+        """
+        prob = np.asarray(prob)
+        if prob.ndim == 2:
+            prob = prob[None]
+        foreground = prob[0] if prob.shape[0] == 1 else 1.0 - prob[0]
+        seed_map = prob[1] if self.seeds == "interior" and prob.shape[0] > 2 else None
         return probabilities_to_instances(foreground, self.method, threshold, self.sigma, self.seed_threshold,
-                                          self.min_size)
+                                          self.min_size, seed_map)
 
 
 def probabilities_to_instances(
@@ -86,6 +98,7 @@ def probabilities_to_instances(
     sigma: float = 2.0,
     seed_threshold: float | None = None,
     min_size: int = 0,
+    seed_map: np.ndarray | None = None,
 ) -> np.ndarray:
     """Turn a cell-interior probability map into a label image.
 
@@ -97,6 +110,8 @@ def probabilities_to_instances(
         (0.75 at the default threshold), which cut more gaps than ``threshold`` itself in
         the measurement described in the module docstring.
     min_size: cells smaller than this many pixels are set to 0 (boundary).
+    seed_map: (H, W) map to seed and flood from instead of ``prob`` (watershed only): the
+        cell-interior class of a three-class net, low on the band between touching cells.
     Returns ``(H, W)`` uint32 labels, 0 = boundary, 1..K consecutive.
     """
     if method not in METHODS:
@@ -114,7 +129,7 @@ def probabilities_to_instances(
         labels = ndi.label(mask, structure=_FOUR)[0]
     else:
         seed_t = (1.0 + threshold) / 2.0 if seed_threshold is None else float(seed_threshold)
-        labels = _seeded_watershed(p, mask, sigma, seed_t)
+        labels = _seeded_watershed(p if seed_map is None else np.asarray(seed_map, np.float64), mask, sigma, seed_t)
 
     return _sequential(drop_small_cells(labels, min_size))
 

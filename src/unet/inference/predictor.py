@@ -221,8 +221,7 @@ def encode(prob: np.ndarray, suffix: str, threshold: float | None,
            instances: InstanceSettings | None = None) -> np.ndarray:
     """Calibrated probabilities (C, H, W) -> the array to write (see the module docstring)."""
     if instances is not None:
-        foreground = prob[0] if prob.shape[0] == 1 else 1.0 - prob[0]
-        labels = instances.labels(foreground, 0.5 if threshold is None else threshold)
+        labels = instances.labels(prob, 0.5 if threshold is None else threshold)
         return labels.astype(np.uint16) if labels.max() < 2**16 else labels
     if prob.shape[0] > 1:
         if suffix == ".png" or threshold is not None:

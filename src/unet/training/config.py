@@ -13,6 +13,7 @@ from .. import symmetries
 from ..errors import UserInputError
 from ..normalization import Normalization
 from ..registration import parse_label_offset
+from .data import CELL_TARGETS
 from .losses import LOSSES
 from .presets import preset
 
@@ -60,6 +61,7 @@ class TrainConfig:
     sigma: float | None = None  # and its width, px (paper: 5)
     class_balance: bool | str | None = None  # w_c: classes weighted by inverse frequency; or "auto", as w0
     skeleton_recall: float | None = None  # weight of the skeleton recall term (losses.py; 0: off)
+    cell_target: str | None = None  # instance-id labels: learn "foreground" or "boundary" (data.CELL_TARGETS)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     device: str | None = None
     workers: int | None = None
@@ -79,7 +81,7 @@ class TrainConfig:
         """Fill ``None`` fields from the preset and check every value."""
         values = preset(self.preset)
         base = dict(momentum=0.9, centre_crop=False, workers=None, ema=0.0, class_balance=True, w0=10.0, sigma=5.0,
-                    skeleton_recall=0.0, label_offset="none", soft_labels=False)
+                    skeleton_recall=0.0, label_offset="none", soft_labels=False, cell_target="foreground")
         out = dataclasses.replace(self)
         for name, value in {**base, **values}.items():
             if getattr(out, name) is None:
@@ -107,6 +109,8 @@ class TrainConfig:
             raise UserInputError(f"class balancing must be on, off or auto, got {out.class_balance!r}")
         if not 0 <= out.skeleton_recall < math.inf:
             raise UserInputError(f"--skeleton-recall must be >= 0, got {out.skeleton_recall}")
+        if out.cell_target not in CELL_TARGETS:
+            raise UserInputError(f"--cell-target {out.cell_target}: choose one of {', '.join(CELL_TARGETS)}")
         if out.elastic_sigma <= 0:
             raise UserInputError(f"--elastic-sigma must be > 0, got {out.elastic_sigma}")
         if out.classes is not None and out.classes < 2:

@@ -23,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 from skimage.measure import label as connected_components
+from skimage.segmentation import find_boundaries
 from torch.utils.data import Dataset, Sampler
 
 from ..errors import UserInputError
@@ -85,8 +87,18 @@ def read_pairs(
     return pairs
 
 
-def interpret_labels(label: np.ndarray, n_classes: int | None, source: str = "label") -> tuple[np.ndarray, np.ndarray]:
-    """A raw label (H, W) -> (class ids (H, W) int64, cells (H, W) int32 for the weight map)."""
+#: What a net learns from instance-id labels (``--cell-target``): "foreground" (cells, parted by
+#: a 1-px background line where they touch) or "boundary" (three classes: background, cell
+#: interior, and a `BOUNDARY_WIDTH`-px band along each cell's edge).
+CELL_TARGETS = ("foreground", "boundary")
+BOUNDARY_WIDTH = 2  # px
+
+
+def interpret_labels(label: np.ndarray, n_classes: int | None, source: str = "label",
+                     cell_target: str = "foreground") -> tuple[np.ndarray, np.ndarray]:
+    """A raw label (H, W) -> (class ids (H, W) int64, cells (H, W) int32 for the weight map).
+
+    ``cell_target`` applies to instance-id labels only (see `CELL_TARGETS`)."""
     if label.dtype.kind == "f":
         if not np.all(np.isfinite(label)) or not np.all(label == np.round(label)):
             raise UserInputError(f"{source}: label values must be integers")
@@ -110,9 +122,23 @@ def interpret_labels(label: np.ndarray, n_classes: int | None, source: str = "la
         # Not one id per cell: most likely a mask saved with stray grey values (JPEG, a resize).
         raise UserInputError(f"{source}: {n_ids} label values in {pieces} separate pieces, not one id per cell; "
                              "save a mask with two values (0 and one other), or give --classes N for class ids")
-    # Instance ids: separate touching cells by a background border before training.
-    ids[touching_borders(ids)] = 0
-    return (ids > 0).astype(np.int64), ids.astype(np.int32)
+    # Instance ids: separate touching cells by a background border before training (for the
+    # weight map's border term, whichever the target).
+    separated = np.where(touching_borders(ids), 0, ids)
+    if cell_target == "boundary":
+        return boundary_classes(ids), separated.astype(np.int32)
+    return (separated > 0).astype(np.int64), separated.astype(np.int32)
+
+
+def boundary_classes(ids: np.ndarray, width: int = BOUNDARY_WIDTH) -> np.ndarray:
+    """Instance ids (H, W) -> classes 0 background, 1 cell interior, 2 the ``width``-px band
+    along each cell's edge (where it meets the background or another cell)."""
+    edge = find_boundaries(ids, connectivity=1, mode="inner")
+    if width > 1:
+        edge = ndimage.binary_dilation(edge, iterations=width - 1)
+    classes = (ids > 0).astype(np.int64)
+    classes[edge & (ids > 0)] = 2
+    return classes
 
 
 def label_kind(label: np.ndarray, n_classes: int | None, source: str = "label") -> str:
@@ -153,10 +179,12 @@ def prepare(
     w0: float = 10.0,
     sigma: float = 5.0,
     class_balance: bool = True,
+    cell_target: str = "foreground",
 ) -> list[LabelledImage]:
     """Normalise images, interpret labels and compute each image's weight map once.
 
-    ``n_classes`` is ``--classes``: ``None`` reads each label as a mask or as instance ids.
+    ``n_classes`` is ``--classes``: ``None`` reads each label as a mask or as instance ids
+    (``cell_target``: what is learnt from instance ids, `CELL_TARGETS`).
     ``w0`` and ``class_balance`` arrive decided (``"auto"`` is resolved before, by
     `train.automatic_weight_map`).
     """
@@ -164,13 +192,15 @@ def prepare(
         raise ValueError(f"prepare needs a number for w0 and a bool for class_balance, not {w0!r}, {class_balance!r}")
     items = []
     for name, image, label, _, label_path in pairs:
-        classes, cells = interpret_labels(label, n_classes, source=str(label_path))
+        classes, cells = interpret_labels(label, n_classes, str(label_path), cell_target)
+        is_ids = label_kind(label, n_classes) == "instances"
         if weight_map:
-            weight = border_weight_map(cells, w0, sigma, n_classes or 2, classes, class_balance)
+            n_out = 3 if is_ids and cell_target == "boundary" else n_classes or 2
+            weight = border_weight_map(cells, w0, sigma, n_out, classes, class_balance)
         else:
             weight = np.ones(classes.shape, np.float32)
-        ids = label.astype(np.int32) if label_kind(label, n_classes) == "instances" else None
-        items.append(LabelledImage(name, normalize(image, normalization), classes, weight, ids))
+        items.append(LabelledImage(name, normalize(image, normalization), classes, weight,
+                                   label.astype(np.int32) if is_ids else None))
     return items
 
 

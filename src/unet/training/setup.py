@@ -74,8 +74,10 @@ def build_run(cfg: TrainConfig, folder: Path, ctx: distributed.Context, device: 
     if input_shift != (0.0, 0.0):
         # Training tiles come from resampled images; validation resamples per tile, as predict does.
         train_items = [dataclasses.replace(it, image=shift_image(it.image, input_shift)) for it in train_items]
+    boundary = cfg.cell_target == "boundary" and any(it.instances is not None for it in train_items)
     model_cfg = UNetConfig(
-        in_channels=channels, out_channels=1 if (cfg.classes or 2) == 2 else cfg.classes, depth=cfg.depth,
+        in_channels=channels, out_channels=3 if boundary else 1 if (cfg.classes or 2) == 2 else cfg.classes,
+        depth=cfg.depth,
         width=cfg.width, padding=cfg.padding, up_mode=cfg.up_mode, dropout=cfg.dropout, batch_norm=cfg.batch_norm,
     )
     raw = init_he(UNet(config=model_cfg))
@@ -92,7 +94,8 @@ def build_run(cfg: TrainConfig, folder: Path, ctx: distributed.Context, device: 
                                                     soft_labels=cfg.soft_labels and model_cfg.out_channels == 1)
     metadata = dict(normalization=cfg.normalization, tile_size=tile, preset=cfg.preset, version=__version__,
                     flips=cfg.flips,  # predict --tta averages over the flips the net was trained with
-                    input_shift=list(input_shift))  # and resamples its input as training did
+                    input_shift=list(input_shift),  # and resamples its input as training did
+                    cell_target="boundary" if boundary else "foreground")  # how predict --instances seeds cells
     record = {"train": dataclasses.asdict(cfg), "model": model_cfg.to_dict(), "tile_size": tile,
               "output_size": out_size, "precision": precision, "device": str(device), "processes": ctx.world,
               "version": __version__, "data_sha256": data_sha, "input_shift": list(input_shift),
@@ -185,8 +188,8 @@ def load_data(cfg: TrainConfig):
         log.info("weight map: w0 = %g, class balancing %s (auto: decided by the kind of labels)", cfg.w0,
                  "on" if cfg.class_balance else "off")
     # cfg.classes stays None unless given, so that labels with many values read as instance ids.
-    train_items, val_items = (prepare(p, cfg.classes, norm, cfg.weight_map, cfg.w0, cfg.sigma, cfg.class_balance)
-                              for p in (train_pairs, val_pairs))
+    train_items, val_items = (prepare(p, cfg.classes, norm, cfg.weight_map, cfg.w0, cfg.sigma, cfg.class_balance,
+                                      cfg.cell_target) for p in (train_pairs, val_pairs))
     paths = sorted({p for *_, ip, lp in train_pairs + val_pairs for p in (ip, lp)})
     channels = {it.image.shape[0] for it in train_items + val_items}
     if len(channels) != 1:

@@ -49,7 +49,8 @@ class Validation:
 
 def validation_maps(model: UNet, items, cfg: TrainConfig, precision: str, tta: bool = False,
                     input_shift: tuple[float, float] = (0.0, 0.0)) -> list[tuple]:
-    """Predict whole validation images as `unet predict` does -> [(name, foreground map, truth, loss)]."""
+    """Predict whole validation images as `unet predict` does -> [(name, foreground map, truth,
+    loss, probabilities (C_out, H, W))]."""
     out = []
     for it in items:
         p = predict_tiled(model, it.image, batch_size=cfg.batch_size, tta=tta, flips=cfg.flips, precision=precision,
@@ -64,7 +65,7 @@ def validation_maps(model: UNet, items, cfg: TrainConfig, precision: str, tta: b
         loss = float(segmentation_loss(logits[None], torch.from_numpy(it.classes)[None],
                                        torch.from_numpy(it.weight)[None], cfg.loss, skeleton, cfg.skeleton_recall))
         foreground = p[0] if p.shape[0] == 1 else 1.0 - p[0]  # foreground = not class 0
-        out.append((it.name, foreground, it.classes > 0, loss))
+        out.append((it.name, foreground, it.classes > 0, loss, p))
     return out
 
 
@@ -109,7 +110,7 @@ def validate(model: UNet, items, cfg: TrainConfig, precision: str, tta: bool = F
              input_shift: tuple[float, float] = (0.0, 0.0)) -> Validation:
     """Validation on whole images; with several processes each predicts its share and the
     maps are gathered, so every rank scores the same full set."""
-    mine = validation_maps(model, items[ctx.rank :: ctx.world], cfg, precision, tta, input_shift)
+    mine = [m[:4] for m in validation_maps(model, items[ctx.rank :: ctx.world], cfg, precision, tta, input_shift)]
     shares = ctx.gather(mine)
     order = {it.name: i for i, it in enumerate(items)}
     maps = sorted((m for share in shares for m in share), key=lambda m: order[m[0]])
@@ -132,9 +133,11 @@ def calibrate_checkpoint(checkpoint: Path, val_items: list[LabelledImage], cfg: 
         meta.update(val_tta=dataclasses.asdict(v))
         log.info("best.pt with TTA: threshold %.2f  pixel err %.4f  adapted rand %.4f  rand %.4f  v_rand %.4f",
                  v.threshold, v.pixel_error, v.adapted_rand_error, v.rand_error, v.v_rand)
-    with_ids = [(m[1], it.instances) for m, it in zip(maps, val_items) if it.instances is not None]
+    with_ids = [(m[4], it.instances) for m, it in zip(maps, val_items) if it.instances is not None]
     if with_ids:
-        settings, score = choose_instance_settings([f for f, _ in with_ids], [ids for _, ids in with_ids], v.threshold)
+        seeds = "interior" if meta.get("cell_target") == "boundary" else "foreground"
+        settings, score = choose_instance_settings([p for p, _ in with_ids], [ids for _, ids in with_ids],
+                                                   v.threshold, seeds)
         meta.update(instances=settings.to_dict(), val_instances_mean_ap=score)
         log.info("cells: seeded watershed with sigma %g, seed level %g, cells of at least %d px (validation mean AP "
                  "%.4f)", settings.sigma, settings.seed_threshold, settings.min_size, score)
@@ -146,24 +149,26 @@ INSTANCE_GRID = {"sigma": (0.0, 1.0, 2.0, 3.0), "seed_threshold": (0.6, 0.7, 0.7
                  "min_size": (0, 8, 16, 32)}
 
 
-def choose_instance_settings(foregrounds: list[np.ndarray], truths: list[np.ndarray],
-                             threshold: float) -> tuple[InstanceSettings, float]:
+def choose_instance_settings(probs: list[np.ndarray], truths: list[np.ndarray], threshold: float,
+                             seeds: str = "foreground") -> tuple[InstanceSettings, float]:
     """The watershed settings of `INSTANCE_GRID` with the best mean AP (IoU 0.5:0.95, counts
     pooled over the images) -> (settings, that mean AP).
 
-    ``foregrounds``: (H, W) foreground probabilities as the net gives them; they are
-    calibrated to ``threshold`` first, as `unet predict` writes them. ``truths``: (H, W)
-    instance ids. Ties keep the first in grid order (the least smoothing and filtering).
+    ``probs``: (C, H, W) probabilities as the net gives them; one-class maps are calibrated
+    to ``threshold`` first, as `unet predict` writes them. ``truths``: (H, W) instance ids.
+    ``seeds``: `InstanceSettings.seeds`. Ties keep the first in grid order (the least
+    smoothing and filtering).
     """
-    calibrated = [calibrate(f[None], threshold)[0] for f in foregrounds]
-    best, best_score = InstanceSettings(), -1.0
+    calibrated = [calibrate(p, threshold) if p.shape[0] == 1 else p for p in probs]
+    best, best_score = InstanceSettings(seeds=seeds), -1.0
     for sigma in INSTANCE_GRID["sigma"]:
         for seed in INSTANCE_GRID["seed_threshold"]:
-            labels = [InstanceSettings(sigma=sigma, seed_threshold=seed).labels(c) for c in calibrated]
+            labels = [InstanceSettings(sigma=sigma, seed_threshold=seed, seeds=seeds).labels(c) for c in calibrated]
             for min_size in INSTANCE_GRID["min_size"]:
                 score = _pooled_mean_ap([drop_small_cells(lab, min_size) for lab in labels], truths)
                 if score > best_score:
-                    best, best_score = InstanceSettings(sigma=sigma, seed_threshold=seed, min_size=min_size), score
+                    best = InstanceSettings(sigma=sigma, seed_threshold=seed, min_size=min_size, seeds=seeds)
+                    best_score = score
     return best, best_score
 
 
