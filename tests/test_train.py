@@ -271,3 +271,38 @@ def test_best_threshold_by_hand_and_against_a_brute_force_sweep(rng):
     sweep = [np.mean([metrics.pixel_error(q, t, th) for q, t in zip(probs, truths)]) for th in THRESHOLDS]
     chosen = best_threshold(probs, truths)
     assert np.mean([metrics.pixel_error(q, t, chosen) for q, t in zip(probs, truths)]) == pytest.approx(min(sweep))
+
+
+def test_init_starts_from_a_model_and_refits_the_head(tmp_path, data):
+    from unet.distributed import Context
+    from unet.training.setup import build_run
+
+    start = tmp_path / "start.pt"
+    unet.save_model(unet.UNet(width=4, depth=2, padding="same", dropout=0.2), start)
+    saved = load_model(start)[0].state_dict()
+    # No --width or --depth: the architecture comes from the starting model.
+    cfg = TrainConfig(data=str(data), out=str(tmp_path / "r"), init=str(start), tile_size=76, workers=0,
+                      precision="fp32", device="cpu").resolved()
+    assert (cfg.width, cfg.depth, cfg.padding) == (4, 2, "same")
+    run = build_run(cfg, tmp_path / "r", Context(), torch.device("cpu"))
+    for k, v in run.raw.state_dict().items():
+        torch.testing.assert_close(v, saved[k], msg=k)
+    # Three classes instead of one: every weight but the output layer's comes from the model.
+    cells = _touching_cells(tmp_path / "cells")
+    three = TrainConfig(**{**cfg.__dict__, "data": str(cells), "cell_target": "boundary", "w0": 10.0})
+    run = build_run(three, tmp_path / "r", Context(), torch.device("cpu"))
+    assert run.raw.head.out_channels == 3
+    for k, v in run.raw.state_dict().items():
+        if not k.startswith("head."):
+            torch.testing.assert_close(v, saved[k], msg=k)
+
+
+def test_init_with_another_architecture_is_one_line(tmp_path, data, capsys):
+    start = tmp_path / "start.pt"
+    unet.save_model(unet.UNet(width=4, depth=2, padding="same"), start)
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "r"), "--init", str(start), "--width", "8",
+            "--epochs", "1", "--workers", "0", "--device", "cpu"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--init" in err[0] and "width 4" in err[0] and "needs 8" in err[0]
+    assert main(args[:5] + ["--init", str(tmp_path / "nothing.pt")] + args[7:]) == 2

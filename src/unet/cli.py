@@ -108,6 +108,8 @@ def _add_train_run(r: argparse._ArgumentGroup) -> None:
     r.add_argument("--resume", metavar="RUN", help="continue the run in this folder exactly where it stopped")
     r.add_argument("--overwrite", action="store_true", help="reuse a non-empty run folder")
     r.add_argument("--preset", default="fast", help="fast (CPU minutes, default), paper or seed")
+    r.add_argument("--init", metavar="MODEL", help="start from this trained model (fine-tuning): its architecture "
+                   "and weights; the output layer starts afresh where the number of classes differs")
     r.add_argument("--epochs", type=int, help="epochs (default: from the preset)")
     r.add_argument("--time-limit", help="stop cleanly after this long, e.g. 15m (calibration included)")
     r.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -126,9 +128,9 @@ def _add_train_run(r: argparse._ArgumentGroup) -> None:
 
 def _add_train_model(m: argparse._ArgumentGroup) -> None:
     m.add_argument("--width", type=int, help="channels at the first level")
-    m.add_argument("--depth", type=int, default=4, help="poolings (default: 4)")
+    m.add_argument("--depth", type=int, help="poolings (default: 4)")
     m.add_argument("--padding", choices=["valid", "same"])
-    m.add_argument("--up-mode", choices=["transpose", "bilinear"], default="transpose")
+    m.add_argument("--up-mode", choices=["transpose", "bilinear"], help="upsampling (default: transpose, the paper)")
     m.add_argument("--dropout", type=float)
     m.add_argument("--tile-size", type=int, help="network input per tile (px)")
     m.add_argument("--batch-size", type=int)
@@ -138,7 +140,7 @@ def _add_train_model(m: argparse._ArgumentGroup) -> None:
     m.add_argument("--lr", type=float)
     m.add_argument("--momentum", type=float)
     m.add_argument("--ema", type=float, help="decay of a moving average of the weights, validated and saved (0: off)")
-    m.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=True, help="BatchNorm (default: on)")
+    m.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, help="BatchNorm (default: on)")
     m.add_argument("--weight-map", action=argparse.BooleanOptionalAction, help="the paper's border weight map")
     m.add_argument("--w0", type=_number_or_auto,
                    help="the weight map's border weight, or auto (fast's default): 10 (the paper's) where the labels "
@@ -175,12 +177,11 @@ def _run_train(args: argparse.Namespace) -> int | None:
     if _needs_launch(args):
         return _launch(args)
 
-    names = ["data", "images", "labels", "val", "val_fraction", "classes", "out", "preset", "epochs", "seed", "device",
-             "precision", "workers", "select_by", "width", "depth", "padding", "up_mode", "dropout", "tile_size",
-             "batch_size", "samples_per_epoch", "loss", "optimizer", "lr", "momentum", "ema", "weight_map", "w0",
-             "sigma", "class_balance", "skeleton_recall", "cell_target", "elastic", "elastic_sigma", "flips", "grey",
-             "soft_labels",
-             "label_offset", "batch_norm", "dist_timeout"]
+    names = ["data", "images", "labels", "val", "val_fraction", "classes", "out", "preset", "init", "epochs", "seed",
+             "device", "precision", "workers", "select_by", "width", "depth", "padding", "up_mode", "dropout",
+             "tile_size", "batch_size", "samples_per_epoch", "loss", "optimizer", "lr", "momentum", "ema",
+             "weight_map", "w0", "sigma", "class_balance", "skeleton_recall", "cell_target", "elastic",
+             "elastic_sigma", "flips", "grey", "soft_labels", "label_offset", "batch_norm", "dist_timeout"]
     cfg = TrainConfig(**{n: getattr(args, n) for n in names if getattr(args, n) is not None},
                       time_limit=parse_duration(args.time_limit) if args.time_limit else None,
                       calibrate_tta=not args.no_calibrate_tta, skip_nonfinite=args.skip_nonfinite)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .. import symmetries
 from ..errors import UserInputError
+from ..nn.checkpoint import load_payload
 from ..normalization import Normalization
 from ..registration import parse_label_offset
 from .data import CELL_TARGETS
@@ -32,12 +33,13 @@ class TrainConfig:
     val: str | None = None  # a separate validation folder (images/, labels/)
     val_fraction: float = 0.2  # else: the last slices validate
     preset: str = "fast"
+    init: str | None = None  # a checkpoint to start from (fine-tuning): its architecture, its weights
     classes: int | None = None  # class count for integer class-id labels (>2); None: a mask or instance ids
     in_channels: int | None = None  # image channels (default: as the data)
     width: int | None = None
-    depth: int = 4
+    depth: int | None = None  # poolings (default 4)
     padding: str | None = None  # valid (the paper) or same
-    up_mode: str = "transpose"
+    up_mode: str | None = None  # "transpose" (the paper) or "bilinear"
     dropout: float | None = None
     tile_size: int | None = None  # network input px (a valid size; rounded to one)
     batch_size: int | None = None
@@ -73,15 +75,18 @@ class TrainConfig:
     select_by: str = "loss"
     calibrate_tta: bool = True  # choose the final threshold on TTA predictions, as predict --tta
     skip_nonfinite: bool = False  # skip steps whose loss is NaN/inf instead of stopping
-    batch_norm: bool = True  # BatchNorm after each convolution
+    batch_norm: bool | None = None  # BatchNorm after each convolution (default on)
     dist_timeout: float = 300.0  # seconds a collective call waits for the other processes
     normalization: dict = field(default_factory=lambda: Normalization().to_dict())
 
     def resolved(self) -> "TrainConfig":
         """Fill ``None`` fields from the preset and check every value."""
         values = preset(self.preset)
-        base = dict(momentum=0.9, centre_crop=False, workers=None, ema=0.0, class_balance=True, w0=10.0, sigma=5.0,
-                    skeleton_recall=0.0, label_offset="none", soft_labels=False, cell_target="foreground")
+        if self.init is not None:  # the starting model's architecture wins over the preset's
+            values.update(initial_architecture(self.init))
+        base = dict(depth=4, up_mode="transpose", batch_norm=True, momentum=0.9, centre_crop=False, workers=None,
+                    ema=0.0, class_balance=True, w0=10.0, sigma=5.0, skeleton_recall=0.0, label_offset="none",
+                    soft_labels=False, cell_target="foreground")
         out = dataclasses.replace(self)
         for name, value in {**base, **values}.items():
             if getattr(out, name) is None:
@@ -143,3 +148,10 @@ def resume_config(cfg: TrainConfig, run: Path) -> TrainConfig:
     resumed.out = str(run)  # the run stays where it is, whatever its config says
     return resumed
 
+
+
+def initial_architecture(path: str | Path) -> dict:
+    """The architecture settings (width, depth, padding, up_mode, batch_norm) of the
+    checkpoint ``--init`` starts from."""
+    config = load_payload(path).get("config", {})
+    return {k: config[k] for k in ("width", "depth", "padding", "up_mode", "batch_norm") if k in config}

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from .. import __version__, distributed
 from ..device import choose_precision
 from ..errors import UserInputError
+from ..nn.checkpoint import load_payload
 from ..nn.model import UNet, UNetConfig, init_he
 from ..normalization import Normalization
 from ..registration import MAX_OFFSET, MIN_OFFSET, estimate_label_offset, parse_label_offset, shift_image
@@ -81,6 +82,8 @@ def build_run(cfg: TrainConfig, folder: Path, ctx: distributed.Context, device: 
         width=cfg.width, padding=cfg.padding, up_mode=cfg.up_mode, dropout=cfg.dropout, batch_norm=cfg.batch_norm,
     )
     raw = init_he(UNet(config=model_cfg))
+    if cfg.init is not None:
+        load_initial_weights(raw, Path(cfg.init))
     tile = raw.valid_input_size(cfg.tile_size)
     out_size = raw.output_size(tile)  # = tile with same padding
     if tile != cfg.tile_size:
@@ -107,6 +110,30 @@ def build_run(cfg: TrainConfig, folder: Path, ctx: distributed.Context, device: 
                optimizer=optimizer, scaler=torch.amp.GradScaler("cuda", enabled=precision == "fp16"), loader=loader,
                sampler=sampler, steps_per_epoch=steps_per_epoch, val_items=val_items, input_shift=input_shift,
                metadata=metadata, record=record)
+
+
+def load_initial_weights(model: UNet, path: Path) -> None:
+    """Start ``model`` from the weights of the checkpoint ``path`` (``--init``, fine-tuning).
+
+    The architecture must match (one line naming the difference otherwise); where the
+    number of output classes differs, the output layer keeps its fresh initialisation.
+    """
+    payload = load_payload(path)
+    saved = UNetConfig.from_dict(payload["config"])
+    for name in ("in_channels", "depth", "width", "padding", "up_mode", "batch_norm"):
+        have, want = getattr(saved, name), getattr(model.config, name)
+        if have != want:
+            raise UserInputError(f"--init {path}: the model has {name} {have}, this run needs {want}; start from a "
+                                 "model of the same architecture (or train without --init)")
+    state = payload["state_dict"]
+    if saved.out_channels != model.config.out_channels:
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        log.info("--init %s: %d output class(es) there, %d here: the output layer starts afresh", path,
+                 saved.out_channels, model.config.out_channels)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("head.") for k in missing):
+        raise UserInputError(f"--init {path}: its weights do not fit this net ({(unexpected or missing)[0]})")
+    log.info("starting from the weights of %s", path)
 
 
 def build_loader(cfg: TrainConfig, train_items: list[LabelledImage], tile: int, out_size: int,
