@@ -146,8 +146,8 @@ def resume_config(cfg: TrainConfig, run: Path) -> TrainConfig:
                  if k in ("epochs", "time_limit", "device", "workers") and v is not None}
     resumed = dataclasses.replace(TrainConfig(**{k: v for k, v in saved.items() if k in known}), **overrides)
     resumed.out = str(run)  # the run stays where it is, whatever its config says
+    resumed.init = None  # the weights come from last.pt; the saved settings already hold the architecture
     return resumed
-
 
 
 def initial_architecture(path: str | Path) -> dict:

@@ -76,6 +76,8 @@ def build_run(cfg: TrainConfig, folder: Path, ctx: distributed.Context, device: 
         # Training tiles come from resampled images; validation resamples per tile, as predict does.
         train_items = [dataclasses.replace(it, image=shift_image(it.image, input_shift)) for it in train_items]
     boundary = cfg.cell_target == "boundary" and any(it.instances is not None for it in train_items)
+    if cfg.cell_target == "boundary" and not boundary:
+        log.warning("--cell-target boundary applies to instance-id labels only; these labels are masks or classes")
     model_cfg = UNetConfig(
         in_channels=channels, out_channels=3 if boundary else 1 if (cfg.classes or 2) == 2 else cfg.classes,
         depth=cfg.depth,
