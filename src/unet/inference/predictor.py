@@ -138,9 +138,7 @@ class Predictor:
 
         ``suffix``: the output file's kind (".png" holds 8-bit probabilities or class ids).
         """
-        prob = self.probabilities(image, name=name, progress=progress)
-        if prob.shape[0] == 1:
-            prob = calibrate(prob, self.threshold)
+        prob = calibrate_map(self.probabilities(image, name=name, progress=progress), self.threshold)
         return encode(prob, suffix, self.options.threshold, self.instance_settings)
 
     def streams(self, target: Path) -> bool:
@@ -215,6 +213,12 @@ def calibrate(prob: np.ndarray, threshold: float) -> np.ndarray:
     low = prob * (0.5 / t)
     high = 0.5 + (prob - t) * (0.5 / (1 - t))
     return np.where(prob <= t, low, high).astype(np.float32)
+
+
+def calibrate_map(prob: np.ndarray, threshold: float) -> np.ndarray:
+    """(C, H, W) probabilities as `unet predict` writes them: a one-class map calibrated to
+    ``threshold`` (`calibrate`), class probabilities as they are."""
+    return calibrate(prob, threshold) if prob.shape[0] == 1 else prob
 
 
 def encode(prob: np.ndarray, suffix: str, threshold: float | None,

@@ -14,8 +14,8 @@ import torch
 from .. import distributed
 from ..errors import UserInputError
 from ..evaluation import metrics
-from ..inference.instances import InstanceSettings, drop_small_cells
-from ..inference.predictor import calibrate
+from ..inference.instances import DEFAULT_METHOD, InstanceSettings, drop_small_cells
+from ..inference.predictor import calibrate_map
 from ..inference.tiling import predict_tiled
 from ..nn.checkpoint import load_model, save_model
 from ..nn.model import UNet
@@ -135,9 +135,8 @@ def calibrate_checkpoint(checkpoint: Path, val_items: list[LabelledImage], cfg: 
                  v.threshold, v.pixel_error, v.adapted_rand_error, v.rand_error, v.v_rand)
     with_ids = [(m[4], it.instances) for m, it in zip(maps, val_items) if it.instances is not None]
     if with_ids:
-        seeds = "interior" if meta.get("cell_target") == "boundary" else "foreground"
         settings, score = choose_instance_settings([p for p, _ in with_ids], [ids for _, ids in with_ids],
-                                                   v.threshold, seeds)
+                                                   v.threshold, InstanceSettings.from_metadata(DEFAULT_METHOD, meta))
         meta.update(instances=settings.to_dict(), val_instances_mean_ap=score)
         log.info("cells: seeded watershed with sigma %g, seed level %g, cells of at least %d px (validation mean AP "
                  "%.4f)", settings.sigma, settings.seed_threshold, settings.min_size, score)
@@ -150,29 +149,30 @@ INSTANCE_GRID = {"sigma": (0.0, 1.0, 2.0, 3.0), "seed_threshold": (0.6, 0.7, 0.7
 
 
 def choose_instance_settings(probs: list[np.ndarray], truths: list[np.ndarray], threshold: float,
-                             seeds: str = "foreground") -> tuple[InstanceSettings, float]:
+                             base: InstanceSettings = InstanceSettings()) -> tuple[InstanceSettings, float]:
     """The watershed settings of `INSTANCE_GRID` with the best mean AP (IoU 0.5:0.95, counts
     pooled over the images) -> (settings, that mean AP).
 
     ``probs``: (C, H, W) probabilities as the net gives them; one-class maps are calibrated
     to ``threshold`` first, as `unet predict` writes them. ``truths``: (H, W) instance ids.
-    ``seeds``: `InstanceSettings.seeds`. Ties keep the first in grid order (the least
+    ``base``: the method and the map seeds come from (the checkpoint's, `InstanceSettings.from_metadata`);
+    the grid's settings replace the rest. Ties keep the first in grid order (the least
     smoothing and filtering).
     """
-    calibrated = [calibrate(p, threshold) if p.shape[0] == 1 else p for p in probs]
-    best, best_score = InstanceSettings(seeds=seeds), -1.0
+    calibrated = [calibrate_map(p, threshold) for p in probs]
+    best, best_score = base, -1.0
     for sigma in INSTANCE_GRID["sigma"]:
         for seed in INSTANCE_GRID["seed_threshold"]:
-            labels = [InstanceSettings(sigma=sigma, seed_threshold=seed, seeds=seeds).labels(c) for c in calibrated]
+            labels = [dataclasses.replace(base, sigma=sigma, seed_threshold=seed, min_size=0).labels(c)
+                      for c in calibrated]
             for min_size in INSTANCE_GRID["min_size"]:
                 score = _pooled_mean_ap([drop_small_cells(lab, min_size) for lab in labels], truths)
                 if score > best_score:
-                    best = InstanceSettings(sigma=sigma, seed_threshold=seed, min_size=min_size, seeds=seeds)
+                    best = dataclasses.replace(base, sigma=sigma, seed_threshold=seed, min_size=min_size)
                     best_score = score
     return best, best_score
 
 
 def _pooled_mean_ap(labels: list[np.ndarray], truths: list[np.ndarray]) -> float:
-    counts = [metrics.cell_counts(t, lab) for lab, t in zip(labels, truths)]
-    pooled = [sum(column[1:], column[0]) for column in zip(*counts)]
-    return float(np.mean([c.ap for c in pooled]))
+    counts = metrics.pooled([metrics.cell_counts(t, lab) for lab, t in zip(labels, truths)])
+    return float(np.mean([c.ap for c in counts]))

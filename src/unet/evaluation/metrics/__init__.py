@@ -49,7 +49,7 @@ from .common import (
     prediction_labels,
     truth_labels,
 )
-from .objects import IOU_THRESHOLDS, CellCounts, cell_counts, cell_scores
+from .objects import IOU_THRESHOLDS, CellCounts, cell_counts, cell_scores, pooled
 from .pixel import class_scores, dice, foreground_scores, iou, isbi_pixel_error, pixel_error, precision, recall
 from .rand import (
     InfoScores,
@@ -97,5 +97,6 @@ __all__ = [
     "CellCounts",
     "cell_counts",
     "cell_scores",
+    "pooled",
     "evaluate_stack",
 ]

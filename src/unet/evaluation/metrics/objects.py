@@ -266,8 +266,13 @@ def cell_scores(
     for p, t in zip(p_list, t_list):
         check_pair(p, t)
         per_image.append(cell_counts(truth_labels(t), prediction_labels(p, threshold), ts))
-    pooled = [sum(column[1:], column[0]) for column in zip(*per_image)]
-    return {"iou_thresholds": list(ts), "pooled": _summary(pooled), "images": [_summary(c) for c in per_image]}
+    return {"iou_thresholds": list(ts), "pooled": _summary(pooled(per_image)),
+            "images": [_summary(c) for c in per_image]}
+
+
+def pooled(per_image: list[list[CellCounts]]) -> list[CellCounts]:
+    """Each image's `cell_counts` -> the data set's, counts summed per IoU threshold."""
+    return [sum(column[1:], column[0]) for column in zip(*per_image)]
 
 
 def _summary(counts: list[CellCounts]) -> dict:
