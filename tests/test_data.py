@@ -165,3 +165,20 @@ def test_boundary_classes_mark_every_edge_and_the_line_between_touching_cells():
     cls, cells = interpret_labels(ids, None, cell_target="boundary")
     np.testing.assert_array_equal(cls, classes)
     assert (cells[2:10, 9] == 0).all() or (cells[2:10, 10] == 0).all()  # the weight map still sees them apart
+
+
+def test_distance_target_peaks_at_one_in_every_cell_and_is_zero_between_touching_cells():
+    from unet.training.data import distance_target, interpret_labels
+
+    ids = np.zeros((9, 17), np.int32)
+    ids[1:8, 1:8] = 3  # a 7 x 7 cell: its centre is 4 px from the background, its edge 1 px
+    ids[1:8, 8:16] = 4  # touches cell 3 along x = 7 | 8
+    target, cells = interpret_labels(ids, None, cell_target="distance")
+    assert target.dtype == np.float32 and target[ids == 0].max() == 0.0
+    np.testing.assert_allclose(target[4, 4], 1.0)
+    np.testing.assert_allclose(target[1, 4], 0.25)  # edge: 1 px of 4
+    line = (cells[1:8, 7] == 0).all() or (cells[1:8, 8] == 0).all()
+    assert line and (target[1:8, 7] * target[1:8, 8] == 0).all()  # the valley between the two peaks
+    for cell in (3, 4):
+        assert np.isclose(target[cells == cell].max(), 1.0)
+    np.testing.assert_array_equal(distance_target(np.zeros((4, 4), np.int32)), np.zeros((4, 4), np.float32))

@@ -165,6 +165,22 @@ def test_cli_trains_on_16_bit_instance_ids(tmp_path):
     assert predictor.instance_settings.to_dict() == meta["instances"]
 
 
+def test_distance_target_trains_a_one_channel_net_whose_cells_come_from_its_peaks(tmp_path):
+    _touching_cells(tmp_path / "d")
+    args = ["train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r"), "--width", "4", "--depth", "2",
+            "--tile-size", "76", "--epochs", "1", "--samples-per-epoch", "2", "--precision", "fp32", "--workers", "0",
+            "--cell-target", "distance"]
+    assert main(args) == 0
+    model, meta = load_model(tmp_path / "r" / "best.pt")
+    assert model.head.out_channels == 1 and meta["cell_target"] == "distance" and "instances" in meta
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["train"]["cell_target"] == "distance"
+    assert main(["predict", "--model", str(tmp_path / "r" / "best.pt"), "--input", str(tmp_path / "d" / "images"),
+                 "--out", str(tmp_path / "p"), "--instances"]) == 0
+    labels = unet.io.read_image(tmp_path / "p" / "0.tif")
+    assert labels.dtype.kind == "u" and labels.shape[-2:] == (64, 64)
+
+
 def test_boundary_target_trains_a_three_class_net_that_predicts_cells(tmp_path):
     _touching_cells(tmp_path / "d")
     args = ["train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r"), "--width", "4", "--depth", "2",

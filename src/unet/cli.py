@@ -152,9 +152,10 @@ def _add_train_model(m: argparse._ArgumentGroup) -> None:
     m.add_argument("--skeleton-recall", type=float, metavar="WEIGHT",
                    help="add the skeleton recall loss on the background, this much of it: keeps thin gaps "
                         "between cells open (default: 0, off)")
-    m.add_argument("--cell-target", choices=["foreground", "boundary"],
+    m.add_argument("--cell-target", choices=["foreground", "boundary", "distance"],  # training.data.CELL_TARGETS
                    help="instance-id labels: learn the cells' foreground, touching cells parted by a 1-px line "
-                        "(default), or three classes: background, cell interior, a 2-px band along each edge")
+                        "(default); three classes: background, cell interior, a 2-px band along each edge; or "
+                        "each cell pixel's distance to the background (relative to the cell's largest)")
     m.add_argument("--elastic", action=argparse.BooleanOptionalAction, help="elastic deformation")
     m.add_argument("--elastic-sigma", type=float, help="std of the elastic displacements, px (default: 10, the paper)")
     m.add_argument("--flips", choices=list(GROUPS),

@@ -14,6 +14,11 @@ Two methods:
 
 Both return ``uint32`` labels, 0 = boundary, cells numbered 1..K.
 
+The map is what the net learnt (``metadata["cell_target"]``): the foreground probability; the
+class probabilities of a three-class net (mask: not background; seeds: the interior class);
+or a cell's distance to the background relative to its largest (``"distance"``), where the
+seeds are the cores around each cell's peak and the flood runs down from them.
+
 Choice of the default (watershed, sigma 2, seed threshold 0.75).  Measured on ISBI 2012
 train slices 18-23 with synthetic maps (truth blurred with sigma 1, Gaussian noise 0.2,
 blurred again, 8-bit), scored as label images with `unet.metrics`:

@@ -40,7 +40,8 @@ from .weights import background_skeleton, border_weight_map, cells_from_mask
 class LabelledImage:
     name: str
     image: np.ndarray  # (C, H, W) float32, normalised
-    classes: np.ndarray  # (H, W) int64 class ids (binary: 0 background, 1 foreground)
+    classes: np.ndarray  # (H, W) int64 class ids (binary: 0 background, 1 foreground); float32 distances
+    #                      in [0, 1] for --cell-target distance (0 background)
     weight: np.ndarray  # (H, W) float32 loss weight (the border weight map, or class balance)
     instances: np.ndarray | None = None  # (H, W) int32 the label's instance ids, where it holds them
 
@@ -88,17 +89,19 @@ def read_pairs(
 
 
 #: What a net learns from instance-id labels (``--cell-target``): "foreground" (cells, parted by
-#: a 1-px background line where they touch) or "boundary" (three classes: background, cell
-#: interior, and a `BOUNDARY_WIDTH`-px band along each cell's edge).
-CELL_TARGETS = ("foreground", "boundary")
+#: a 1-px background line where they touch), "boundary" (three classes: background, cell
+#: interior, and a `BOUNDARY_WIDTH`-px band along each cell's edge) or "distance" (each cell
+#: pixel's distance to the background, divided by its cell's largest: `distance_target`).
+CELL_TARGETS = ("foreground", "boundary", "distance")
 BOUNDARY_WIDTH = 2  # px
 
 
 def interpret_labels(label: np.ndarray, n_classes: int | None, source: str = "label",
                      cell_target: str = "foreground") -> tuple[np.ndarray, np.ndarray]:
-    """A raw label (H, W) -> (class ids (H, W) int64, cells (H, W) int32 for the weight map).
+    """A raw label (H, W) -> (target (H, W), cells (H, W) int32 for the weight map).
 
-    ``cell_target`` applies to instance-id labels only (see `CELL_TARGETS`)."""
+    The target is int64 class ids, or for ``cell_target="distance"`` float32 distances in
+    [0, 1]; ``cell_target`` applies to instance-id labels only (see `CELL_TARGETS`)."""
     if label.dtype.kind == "f":
         if not np.all(np.isfinite(label)) or not np.all(label == np.round(label)):
             raise UserInputError(f"{source}: label values must be integers")
@@ -127,6 +130,8 @@ def interpret_labels(label: np.ndarray, n_classes: int | None, source: str = "la
     separated = np.where(touching_borders(ids), 0, ids)
     if cell_target == "boundary":
         return boundary_classes(ids), separated.astype(np.int32)
+    if cell_target == "distance":
+        return distance_target(separated), separated.astype(np.int32)
     return (separated > 0).astype(np.int64), separated.astype(np.int32)
 
 
@@ -139,6 +144,23 @@ def boundary_classes(ids: np.ndarray, width: int = BOUNDARY_WIDTH) -> np.ndarray
     classes = (ids > 0).astype(np.int64)
     classes[edge & (ids > 0)] = 2
     return classes
+
+
+def distance_target(cells: np.ndarray) -> np.ndarray:
+    """Cell ids (H, W), touching cells parted by background -> (H, W) float32 in [0, 1]: each
+    cell pixel's Euclidean distance to the nearest pixel outside its cell (1 on its edge), divided
+    by the largest in that cell, so every cell peaks at 1 whatever its size; 0 on background.
+
+    A net that learns it marks each nucleus by a peak and two touching nuclei by two peaks
+    with a valley between; `unet predict --instances` seeds the watershed from the peaks.
+    """
+    inside = cells > 0
+    distance = ndimage.distance_transform_edt(inside)
+    if not inside.any():
+        return distance.astype(np.float32)
+    peaks = np.asarray(ndimage.maximum(distance, cells, np.arange(cells.max() + 1)))
+    peaks[0] = 1.0
+    return (distance / peaks[cells]).astype(np.float32)
 
 
 def label_kind(label: np.ndarray, n_classes: int | None, source: str = "label") -> str:
@@ -196,7 +218,8 @@ def prepare(
         is_ids = label_kind(label, n_classes) == "instances"
         if weight_map:
             n_out = 3 if is_ids and cell_target == "boundary" else n_classes or 2
-            weight = border_weight_map(cells, w0, sigma, n_out, classes, class_balance)
+            ids = classes if classes.dtype.kind == "i" else (classes > 0).astype(np.int64)  # distances: in or out
+            weight = border_weight_map(cells, w0, sigma, n_out, ids, class_balance)
         else:
             weight = np.ones(classes.shape, np.float32)
         items.append(LabelledImage(name, normalize(image, normalization), classes, weight,

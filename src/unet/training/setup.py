@@ -75,11 +75,9 @@ def build_run(cfg: TrainConfig, folder: Path, ctx: distributed.Context, device: 
     if input_shift != (0.0, 0.0):
         # Training tiles come from resampled images; validation resamples per tile, as predict does.
         train_items = [dataclasses.replace(it, image=shift_image(it.image, input_shift)) for it in train_items]
-    boundary = cfg.cell_target == "boundary" and any(it.instances is not None for it in train_items)
-    if cfg.cell_target == "boundary" and not boundary:
-        log.warning("--cell-target boundary applies to instance-id labels only; these labels are masks or classes")
+    cell_target = cell_target_of(cfg, train_items)
     model_cfg = UNetConfig(
-        in_channels=channels, out_channels=3 if boundary else 1 if (cfg.classes or 2) == 2 else cfg.classes,
+        in_channels=channels, out_channels=3 if cell_target == "boundary" else 1 if (cfg.classes or 2) == 2 else cfg.classes,
         depth=cfg.depth,
         width=cfg.width, padding=cfg.padding, up_mode=cfg.up_mode, dropout=cfg.dropout, batch_norm=cfg.batch_norm,
     )
@@ -96,11 +94,12 @@ def build_run(cfg: TrainConfig, folder: Path, ctx: distributed.Context, device: 
     optimizer = build_optimizer(cfg, raw)
     ema = weight_average(raw, cfg.ema) if cfg.ema > 0 else None
     loader, sampler, steps_per_epoch = build_loader(cfg, train_items, tile, out_size, ctx, device,
-                                                    soft_labels=cfg.soft_labels and model_cfg.out_channels == 1)
+                                                    soft_labels=(cfg.soft_labels and model_cfg.out_channels == 1)
+                                                    or cell_target == "distance")  # distances warp bilinearly
     metadata = dict(normalization=cfg.normalization, tile_size=tile, preset=cfg.preset, version=__version__,
                     flips=cfg.flips,  # predict --tta averages over the flips the net was trained with
                     input_shift=list(input_shift),  # and resamples its input as training did
-                    cell_target="boundary" if boundary else "foreground")  # how predict --instances seeds cells
+                    cell_target=cell_target)  # what the map means to predict --instances
     record = {"train": dataclasses.asdict(cfg), "model": model_cfg.to_dict(), "tile_size": tile,
               "output_size": out_size, "precision": precision, "device": str(device), "processes": ctx.world,
               "version": __version__, "data_sha256": data_sha, "input_shift": list(input_shift),
@@ -112,6 +111,16 @@ def build_run(cfg: TrainConfig, folder: Path, ctx: distributed.Context, device: 
                optimizer=optimizer, scaler=torch.amp.GradScaler("cuda", enabled=precision == "fp16"), loader=loader,
                sampler=sampler, steps_per_epoch=steps_per_epoch, val_items=val_items, input_shift=input_shift,
                metadata=metadata, record=record)
+
+
+def cell_target_of(cfg: TrainConfig, train_items: list) -> str:
+    """What the net learns from the labels: ``cfg.cell_target`` where they hold instance ids,
+    else "foreground" (a warning where another target was asked for)."""
+    with_ids = any(it.instances is not None for it in train_items)
+    if cfg.cell_target != "foreground" and not with_ids:
+        log.warning("--cell-target %s applies to instance-id labels only; these labels are masks or classes",
+                    cfg.cell_target)
+    return cfg.cell_target if with_ids else "foreground"
 
 
 def load_initial_weights(model: UNet, path: Path) -> None:
