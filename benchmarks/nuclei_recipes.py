@@ -5,7 +5,7 @@ otherwise), then `unet predict --tta --instances` segments the held-apart test i
 `unet evaluate` scores the cells. One table at the end, also written as JSON.
 
     .venv/bin/python benchmarks/nuclei_recipes.py --time-limit 15m \\
-        "default: --seed 0" "default: --seed 1" "three-class: --instance-head boundary --seed 0"
+        "default: --seed 0" "default: --seed 1" "boundary: --cell-target boundary --seed 0"
 
 The split (links, no copies): the images sorted by the SHA-1 of their names, the first
 ``--test`` of them held apart for testing; the rest train, and `unet train` validates on
@@ -26,45 +26,70 @@ from pathlib import Path
 UNET = [sys.executable, "-m", "unet"]
 
 
+def hashed_names(folder: Path) -> list[str]:
+    """The file names in ``folder`` in the order of the SHA-1 of each name (fixed, unrelated to content)."""
+    return sorted((p.name for p in folder.iterdir()), key=lambda n: hashlib.sha1(n.encode()).hexdigest())
+
+
+def link_pairs(data: Path, names: list[str], folder: Path) -> Path:
+    """``folder`` with images/ and labels/ holding links to those of ``data`` named ``names``."""
+    for kind in ("images", "labels"):
+        (folder / kind).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            link = folder / kind / name
+            if not link.exists():
+                link.symlink_to((data / kind / name).resolve())
+    return folder
+
+
 def make_split(data: Path, out: Path, n_test: int) -> tuple[Path, Path]:
     """-> (train folder, test folder), each with images/ and labels/ of links."""
-    names = sorted((p.name for p in (data / "images").iterdir()), key=lambda n: hashlib.sha1(n.encode()).hexdigest())
+    names = hashed_names(data / "images")
     if len(names) <= n_test:
         raise SystemExit(f"{data}: {len(names)} images, too few to hold {n_test} apart")
-    for part, chosen in (("train", names[n_test:]), ("test", names[:n_test])):
-        for kind in ("images", "labels"):
-            folder = out / "split" / part / kind
-            folder.mkdir(parents=True, exist_ok=True)
-            for name in chosen:
-                link = folder / name
-                if not link.exists():
-                    link.symlink_to((data / kind / name).resolve())
-    return out / "split" / "train", out / "split" / "test"
+    return (link_pairs(data, names[n_test:], out / "split" / "train"),
+            link_pairs(data, names[:n_test], out / "split" / "test"))
+
+
+def run_steps(name: str, steps: list[tuple[list[str], Path]]) -> None:
+    """Run each (command, log file); stop with a line naming the log of the first that fails."""
+    for step, log in steps:
+        with open(log, "w") as f:
+            if subprocess.run(step, stdout=f, stderr=subprocess.STDOUT).returncode != 0:
+                raise SystemExit(f"{name}: {step[3]} failed, see {log}")
+
+
+def score_model(name: str, options: list[str], model: Path, test: Path, folder: Path, steps: int = 0) -> dict:
+    """`unet predict --tta --instances` on the test images, `unet evaluate` -> the row of the table."""
+    folder.mkdir(parents=True, exist_ok=True)
+    run_steps(name, [
+        ([*UNET, "-q", "predict", "--model", str(model), "--input", str(test / "images"), "--out",
+          str(folder / "pred"), "--tta", "--instances", "--overwrite"], folder / "predict.log"),
+        ([*UNET, "-q", "evaluate", "--pred", str(folder / "pred"), "--labels", str(test / "labels"),
+          "--json", str(folder / "scores.json")], folder / "evaluate.log"),
+    ])
+    scores = json.loads((folder / "scores.json").read_text())
+    cells = scores["cells"]["pooled"]
+    return {"recipe": name, "options": " ".join(options), "steps": steps, "ap_50": cells["ap_50"],
+            "f1_50": cells["f1_50"], "ap_75": cells["ap_75"], "mean_ap": cells["mean_ap"], "pq": cells["pq_50"],
+            "dice": scores["mean"]["dice"], "adapted_rand_error": scores["mean"]["adapted_rand_error"],
+            "merged": cells["merged"], "split": cells["split"]}
 
 
 def run_recipe(name: str, options: list[str], train: Path, test: Path, folder: Path, time_limit: str) -> dict:
     """Train, predict the test images as cells, evaluate (all in ``folder``) -> the row of the table."""
     folder.mkdir(parents=True, exist_ok=True)
-    steps = [
-        [*UNET, "train", "--data", str(train), "--out", str(folder / "run"), "--overwrite",
-         "--time-limit", time_limit, *options],
-        [*UNET, "-q", "predict", "--model", str(folder / "run" / "best.pt"), "--input", str(test / "images"),
-         "--out", str(folder / "pred"), "--tta", "--instances", "--overwrite"],
-        [*UNET, "-q", "evaluate", "--pred", str(folder / "pred"), "--labels", str(test / "labels"),
-         "--json", str(folder / "scores.json")],
-    ]
-    for step, log in zip(steps, ("train.log", "predict.log", "evaluate.log")):
-        with open(folder / log, "w") as f:
-            if subprocess.run(step, stdout=f, stderr=subprocess.STDOUT).returncode != 0:
-                raise SystemExit(f"{name}: {step[3]} failed, see {folder / log}")
-    scores = json.loads((folder / "scores.json").read_text())
-    cells = scores["cells"]["pooled"]
+    run_steps(name, [([*UNET, "train", "--data", str(train), "--out", str(folder / "run"), "--overwrite",
+                       "--time-limit", time_limit, *options], folder / "train.log")])
     with open(folder / "run" / "metrics.csv") as f:
         last = f.read().strip().splitlines()[-1].split(",")
-    return {"recipe": name, "options": " ".join(options), "steps": int(last[1]), "ap_50": cells["ap_50"],
-            "f1_50": cells["f1_50"], "ap_75": cells["ap_75"], "mean_ap": cells["mean_ap"], "pq": cells["pq_50"],
-            "dice": scores["mean"]["dice"], "adapted_rand_error": scores["mean"]["adapted_rand_error"],
-            "merged": cells["merged"], "split": cells["split"]}
+    return score_model(name, options, folder / "run" / "best.pt", test, folder, steps=int(last[1]))
+
+
+def append_row(row: dict, results: Path) -> None:
+    print(format_rows([row]).splitlines()[-1], flush=True)
+    with open(results, "a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 def format_rows(rows: list[dict]) -> str:
@@ -92,10 +117,7 @@ def main() -> None:
         name, _, options = recipe.partition(":")
         folder = out / "-".join([name.strip(), *shlex.split(options)]).replace("/", "_").replace(" ", "_")
         rows.append(run_recipe(name.strip(), shlex.split(options), train, test, folder, args.time_limit))
-        print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
-        results = out / "results.jsonl"
-        with open(results, "a") as f:
-            f.write(json.dumps(rows[-1]) + "\n")
+        append_row(rows[-1], out / "results.jsonl")
     print(format_rows(rows))
 
 

@@ -322,3 +322,15 @@ def test_init_with_another_architecture_is_one_line(tmp_path, data, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--init" in err[0] and "width 4" in err[0] and "needs 8" in err[0]
     assert main(args[:5] + ["--init", str(tmp_path / "nothing.pt")] + args[7:]) == 2
+
+
+def test_epoch_validation_keeps_a_small_set_whole_and_spreads_a_subset_over_a_large_one():
+    from types import SimpleNamespace
+
+    from unet.training.validation import epoch_subset, pixels
+
+    items = [SimpleNamespace(classes=np.zeros((100, 100))) for _ in range(10)]  # 10 x 10,000 px
+    assert epoch_subset(items, max_pixels=100_000) == items  # fits: all, as on ISBI
+    subset = epoch_subset(items, max_pixels=35_000)
+    assert subset == items[::4] and pixels(subset) == 30_000  # every 3rd would be 4 images, 40,000 px
+    assert epoch_subset(items[:1], max_pixels=1) == items[:1]  # at least one image

@@ -35,7 +35,7 @@ from .config import MAXIMISE, TrainConfig, resume_config
 from .logbook import Logbook
 from .losses import segmentation_loss
 from .setup import Run, build_run
-from .validation import calibrate_checkpoint, validate
+from .validation import calibrate_checkpoint, pixels, validate
 
 log = logging.getLogger(__name__)
 
@@ -280,8 +280,9 @@ def end_epoch(run: Run, position: Position, clock: Clock, logbook: Logbook | Non
         raise UserInputError(f"the weights became non-finite in epoch {position.epoch}; the last good state is "
                              f"{run.folder / 'last.pt'}: lower --lr")
     t_val = time.monotonic()
-    v = validate(run.averaged, run.val_items, cfg, run.precision, ctx=run.ctx, input_shift=run.input_shift)
-    clock.val_seconds = time.monotonic() - t_val
+    v = validate(run.averaged, run.epoch_val_items, cfg, run.precision, ctx=run.ctx, input_shift=run.input_shift)
+    # The reserve is for validating all the images: scale the subset's time by their pixels.
+    clock.val_seconds = (time.monotonic() - t_val) * pixels(run.val_items) / pixels(run.epoch_val_items)
     value = v.value(cfg.select_by)
     best = position.best_value
     improved = best is None or (value > best if cfg.select_by in MAXIMISE else value < best)

@@ -24,6 +24,7 @@ from ..registration import MAX_OFFSET, MIN_OFFSET, estimate_label_offset, parse_
 from .augment import Augmentation
 from .config import TrainConfig
 from .data import EpochSampler, LabelledImage, TileDataset, checksum, label_kind, prepare, read_pairs, split
+from .validation import epoch_subset, pixels
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,8 @@ class Run:
     loader: DataLoader  # batches (image, label, weight[, skeleton]) of augmented tiles
     sampler: EpochSampler
     steps_per_epoch: int
-    val_items: list[LabelledImage]
+    val_items: list[LabelledImage]  # all validation images: the final calibration uses them all
+    epoch_val_items: list[LabelledImage]  # those validated after each epoch (validation.epoch_subset)
     input_shift: tuple[float, float]  # px: the images resampled onto the labels' grid
     metadata: dict  # stored with every checkpoint of the run (normalisation, tile, flips, shift)
     record: dict  # what config.json holds
@@ -109,8 +111,19 @@ def build_run(cfg: TrainConfig, folder: Path, ctx: distributed.Context, device: 
              precision, device)
     return Run(cfg=cfg, folder=folder, ctx=ctx, device=device, precision=precision, raw=raw, model=raw, ema=ema,
                optimizer=optimizer, scaler=torch.amp.GradScaler("cuda", enabled=precision == "fp16"), loader=loader,
-               sampler=sampler, steps_per_epoch=steps_per_epoch, val_items=val_items, input_shift=input_shift,
+               sampler=sampler, steps_per_epoch=steps_per_epoch, val_items=val_items,
+               epoch_val_items=epoch_validation(val_items), input_shift=input_shift,
                metadata=metadata, record=record)
+
+
+def epoch_validation(val_items: list[LabelledImage]) -> list[LabelledImage]:
+    """The validation images scored after each epoch: all, or a spread subset of a large set."""
+    subset = epoch_subset(val_items)
+    if len(subset) < len(val_items):
+        log.info("validating %d of the %d validation images after each epoch (%.1f of %.1f Mpx); best.pt is "
+                 "calibrated on all of them", len(subset), len(val_items), pixels(subset) / 1e6,
+                 pixels(val_items) / 1e6)
+    return subset
 
 
 def cell_target_of(cfg: TrainConfig, train_items: list) -> str:
