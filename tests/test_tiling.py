@@ -7,7 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from unet import Normalization, UserInputError, predict_tiled, valid_input_size
-from unet.inference.tiling import reflect_indices, tile_layout
+from unet.inference.tile_io import reflect_indices
+from unet.inference.tiling import tile_layout
 
 from .conftest import tiny_unet
 
@@ -159,3 +160,29 @@ def test_tiles_cover_the_axis_on_the_grid(length, k):
     assert layout.origins[-1] + layout.output_size >= length
     assert all(b - a <= layout.output_size for a, b in zip(layout.origins, layout.origins[1:]))
     assert valid_input_size(layout.input_size) == layout.input_size
+
+
+@pytest.mark.parametrize("batch", [1, 5, 16])  # 16: a batch spans several bands of rows
+def test_tiles_cut_on_the_device_equal_tiles_gathered_on_the_host(rng, batch):
+    """The device-resident path (the default on CUDA), run here on CPU tensors: same numbers,
+    uint16 input normalised per channel, TTA, the last ragged row and column of tiles."""
+    net = tiny_unet(width=4, depth=3, in_channels=2, seed=3)
+    image = (rng.random((2, 301, 257)) * 4000 + 100).astype(np.uint16)
+    kwargs = dict(tile_size=124, batch_size=batch, normalization=Normalization(), tta=True)
+    host = predict_tiled(net, image, resident=False, **kwargs)
+    device = predict_tiled(net, image, resident=True, **kwargs)
+    assert host.std() > 0.01 and np.abs(device - host).max() <= 1e-6
+
+
+def test_device_tiles_are_written_in_order_and_resume_where_they_stopped(rng):
+    image = rng.random((200, 200)).astype(np.float32)
+    done: list[int] = []
+    full = predict_tiled(NET3, image, tile_size=124, batch_size=2, resident=True, on_batch=done.append)
+    assert done == list(range(1, len(done) + 1)) and len(done) > 2  # each batch reported once written
+    partial, resumed = np.full_like(full, np.nan), []
+    predict_tiled(NET3, image, tile_size=124, batch_size=2, resident=True, out=partial, skip_batches=3,
+                  on_batch=resumed.append)
+    written = ~np.isnan(partial)
+    assert written.any() and not written.all()  # the first 3 batches were skipped, the rest written
+    np.testing.assert_array_equal(partial[written], full[written])
+    assert resumed == done[3:]

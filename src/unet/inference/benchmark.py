@@ -35,7 +35,8 @@ import torch
 
 from ..nn.model import UNet, init_he, probabilities
 from .predictor import inference_model
-from .tiling import predict_tiled, reflect_indices
+from .tile_io import reflect_indices
+from .tiling import predict_tiled
 
 
 @dataclass

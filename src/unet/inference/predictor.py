@@ -126,7 +126,7 @@ class Predictor:
             image = image[None]
         image = match_channels(image, self.config.in_channels, name, self.options.convert_channels)
         tile = self.options.tile_size or default_tile_size(self.model, image.shape[-2], image.shape[-1])
-        batch = self.options.batch_size or default_batch_size(self.model, tile, self.precision)
+        batch = self.options.batch_size or default_batch_size(self.model, tile, self.precision, self.device)
         return predict_tiled(self.model, image, tile_size=tile, batch_size=batch, tta=self.options.tta,
                              flips=self.flips, normalization=self.normalization, input_shift=self.input_shift,
                              precision=self.precision, channels_last=self.precision != "fp32", progress=progress,

@@ -17,7 +17,8 @@ they are discarded (margin = halo rounded up to the grid) so the same guarantee 
 
 Memory: the input is never copied whole: each tile is gathered from the image by index (the
 mirror is an index map), normalised on its own with the whole image's percentiles, and the
-only full-size array is the float32 output (which may be a memory map, ``out=``).
+only full-size array is the float32 output (which may be a memory map, ``out=``). On CUDA the
+tiles are cut on the device from bands of rows instead (tile_io.py): the same numbers.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from .. import symmetries
 from ..device import autocast
 from ..errors import UserInputError
 from ..nn.model import UNet, probabilities
-from ..normalization import Normalization, apply_normalization
-from ..registration import shift_image, tile_halo
+from ..normalization import Normalization
+from .tile_io import TileWriter, tile_reader
 
 DEFAULT_TILE_SIZE = 572  # the paper's tile; rounded to the nearest valid size of each net
 MAX_DEFAULT_TILE = 892  # largest tile the tool picks by itself (memory: ~0.5 GB per tile at width 64, bf16)
@@ -89,20 +90,6 @@ def tile_layout(model_like, length: int, tile_size: int) -> TileLayout:
     return TileLayout(tile_size, kept, context, tuple(origins))
 
 
-def reflect_indices(start: int, size: int, length: int) -> np.ndarray:
-    """Indices into an axis of ``length`` px for positions start..start+size-1, mirrored.
-
-    Mirroring without repeating the edge pixel (NumPy's ``pad(mode="reflect")``), applied
-    as often as needed, so a 1-px image or a tile far wider than the image still works.
-    """
-    idx = np.arange(start, start + size)
-    if length == 1:
-        return np.zeros_like(idx)
-    period = 2 * (length - 1)
-    idx = np.abs(idx) % period
-    return np.where(idx >= length, period - idx, idx)
-
-
 def default_tile_size(model_like, height: int, width: int, max_tile: int = MAX_DEFAULT_TILE) -> int:
     """The valid tile size (<= ``max_tile`` px) that computes the fewest input pixels in all.
 
@@ -153,6 +140,7 @@ def predict_tiled(
     encode: Callable[[np.ndarray], np.ndarray] | None = None,
     skip_batches: int = 0,
     on_batch: Callable[[int], None] | None = None,
+    resident: bool | None = None,
 ) -> np.ndarray:
     """Segment an image of any size seamlessly: (H, W) or (C, H, W) -> (C_out, H, W) float32.
 
@@ -182,6 +170,8 @@ def predict_tiled(
         skip_batches: batches already written by an interrupted run (resume); batches are
             always formed the same way, so a resumed result is bit-identical.
         on_batch: called with the number of batches done after each one is written.
+        resident: cut, mirror and normalise the tiles on the device from bands of rows
+            uploaded once (`tile_io.DeviceTileReader`); None: on CUDA. The same numbers.
 
     Returns:
         probabilities (C_out, H, W) float32: sigmoid for one output channel, softmax otherwise.
@@ -201,8 +191,8 @@ def predict_tiled(
         out = np.empty(out_shape, dtype=np.float32)
     elif tuple(out.shape) != out_shape:
         raise ValueError(f"out must have shape {out_shape}, got {out.shape}")
-    reader = _TileReader(image, rows, cols, normalization, input_shift)
     net = _TileNet(model, rows, cols, precision, channels_last)
+    reader = tile_reader(image, rows, cols, normalization, input_shift, net.device, resident)
     group = symmetries.group(flips)  # checked even without tta
     if not tta:
         group = symmetries.group("none")
@@ -212,21 +202,13 @@ def predict_tiled(
     model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     bar = tqdm(total=len(positions), desc="tiles", unit="tile", disable=not progress, leave=False,
                initial=min(len(positions), skip_batches * batch_size))
+    writer = TileWriter(out, rows, cols, encode, on_batch, bar.update)
     try:
         with torch.inference_mode():
             for index, chunk in enumerate(_chunks(positions, batch_size)):
-                if index < skip_batches:
-                    continue
-                batch = torch.from_numpy(np.stack([reader(y, x) for y, x in chunk])).to(net.device)
-                probs = net.predict(batch, group).cpu().numpy()
-                for (y, x), p in zip(chunk, probs):
-                    h = min(rows.output_size, height - y)
-                    w = min(cols.output_size, width - x)
-                    p = p[:, :h, :w]
-                    out[:, y : y + h, x : x + w] = encode(p) if encode is not None else p
-                if on_batch is not None:
-                    on_batch(index + 1)
-                bar.update(len(chunk))
+                if index >= skip_batches:
+                    writer.put(index, chunk, net.predict(reader.batch(chunk), group))
+            writer.flush()
     finally:
         bar.close()
         model.train(was_training)
@@ -249,28 +231,6 @@ def _checked_image(model: UNet, image: np.ndarray, precision: str, batch_size: i
     if batch_size < 1:
         raise UserInputError(f"batch size must be >= 1, got {batch_size}")
     return image
-
-
-class _TileReader:
-    """One tile's network input (C, tile, tile) float32, read from the image through the
-    mirror index map, normalised with the whole image's percentiles, and resampled by the
-    labels' sub-pixel offset (with a halo, so that it matches resampling the whole image)."""
-
-    def __init__(self, image: np.ndarray, rows: TileLayout, cols: TileLayout, normalization: Normalization | None,
-                 input_shift: tuple[float, float]) -> None:
-        self.image, self.rows, self.cols, self.input_shift = image, rows, cols, input_shift
-        self.stats = normalization.statistics(image) if normalization is not None else None
-        self.halo = tile_halo(input_shift)
-
-    def __call__(self, y: int, x: int) -> np.ndarray:
-        tile, halo = self.rows.input_size, self.halo
-        r = reflect_indices(y - self.rows.context - halo, tile + 2 * halo, self.image.shape[1])
-        c = reflect_indices(x - self.cols.context - halo, tile + 2 * halo, self.image.shape[2])
-        t = self.image[:, r[:, None], c[None, :]]
-        t = apply_normalization(t, *self.stats) if self.stats is not None else t.astype(np.float32, copy=False)
-        if halo:
-            t = shift_image(t, self.input_shift)[:, halo : halo + tile, halo : halo + tile]
-        return t
 
 
 class _TileNet:
@@ -300,17 +260,22 @@ class _TileNet:
         return p
 
 
-def default_batch_size(model_like, tile_size: int, precision: str, budget_bytes: float = 1.5 * 2**30) -> int:
-    """Tiles per forward pass that keep the activations within ``budget_bytes`` (1-8).
+def default_batch_size(model_like, tile_size: int, precision: str, device: torch.device | None = None) -> int:
+    """Tiles per forward pass that keep the activations within the device's budget.
 
-    Measured here: one 876-px tile of the paper's net (width 64) costs ~0.45 GB of
-    resident memory in bf16; the estimate below (8 full-resolution maps of ``width``
-    channels per tile) is a little above that, so the budget holds.
+    On a CPU: 1.5 GB, 1-8 tiles (more gains nothing there). Measured here: one 876-px tile
+    of the paper's net (width 64) costs ~0.45 GB of resident memory in bf16; the estimate
+    below (8 full-resolution maps of ``width`` channels per tile) is a little above that,
+    so the budget holds. On CUDA: half the free device memory, 1-32 tiles.
     """
     width = getattr(model_like.config, "width", 64)
     element = 2 if precision in ("bf16", "fp16") else 4
     per_tile = 8 * width * tile_size**2 * element
-    return int(max(1, min(8, budget_bytes // per_tile)))
+    if device is not None and device.type == "cuda":
+        budget, most = 0.5 * torch.cuda.mem_get_info(device)[0], 32
+    else:
+        budget, most = 1.5 * 2**30, 8
+    return int(max(1, min(most, budget // per_tile)))
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:

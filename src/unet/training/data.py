@@ -29,7 +29,7 @@ from skimage.segmentation import find_boundaries
 from torch.utils.data import Dataset, Sampler
 
 from ..errors import UserInputError
-from ..inference.tiling import reflect_indices
+from ..inference.tile_io import reflect_indices
 from ..io import list_images, read_image
 from ..normalization import Normalization, normalize
 from .augment import Augmentation, augment_region

@@ -1,0 +1,179 @@
+"""How tiles get into the net and their probabilities back out (used by `tiling.predict_tiled`).
+
+Readers turn tile positions into a batch of network inputs (N, C, tile, tile) on the net's
+device: the mirror-extended window of the image, normalised with the whole image's
+percentiles. Two ways, the same numbers (both normalise in float32 with the same operations):
+
+* `HostTileReader` gathers each tile on the host through the mirror index map and copies the
+  batch to the device. On a CPU that is all there is to do, and it keeps memory at one tile.
+* `DeviceTileReader` (the default on CUDA) uploads one *band* of image rows per row of tiles
+  (from a pinned buffer, without blocking) and cuts, mirrors and normalises the tiles on the
+  device; a 100,000-px-wide slide costs one band (tile x width px) of device memory, not the
+  image. The host's part per tile shrinks from a gather and a normalisation to nothing.
+
+`TileWriter` takes each batch of probabilities from the device and writes it into the output
+array. On CUDA it copies into a pinned buffer without blocking and writes the *previous*
+batch meanwhile, so the device computes batch i + 1 while the host writes batch i.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from ..normalization import Normalization, apply_normalization
+from ..registration import shift_image, tile_halo
+
+if TYPE_CHECKING:
+    from .tiling import TileLayout
+
+Position = tuple[int, int]  # (y, x): image coordinates of a tile's first kept output pixel
+
+
+def reflect_indices(start: int, size: int, length: int) -> np.ndarray:
+    """Indices into an axis of ``length`` px for positions start..start+size-1, mirrored.
+
+    Mirroring without repeating the edge pixel (NumPy's ``pad(mode="reflect")``), applied
+    as often as needed, so a 1-px image or a tile far wider than the image still works.
+    """
+    idx = np.arange(start, start + size)
+    if length == 1:
+        return np.zeros_like(idx)
+    period = 2 * (length - 1)
+    idx = np.abs(idx) % period
+    return np.where(idx >= length, period - idx, idx)
+
+
+class HostTileReader:
+    """Tiles gathered on the host: read through the mirror index map, normalised, resampled
+    by the labels' sub-pixel offset (with a halo, so it matches resampling the whole image)."""
+
+    def __init__(self, image: np.ndarray, rows: TileLayout, cols: TileLayout, normalization: Normalization | None,
+                 input_shift: tuple[float, float], device: torch.device) -> None:
+        self.image, self.rows, self.cols, self.input_shift, self.device = image, rows, cols, input_shift, device
+        self.stats = normalization.statistics(image) if normalization is not None else None
+        self.halo = tile_halo(input_shift)
+
+    def tile(self, y: int, x: int) -> np.ndarray:
+        """One tile's network input (C, tile, tile) float32."""
+        tile, halo = self.rows.input_size, self.halo
+        r = reflect_indices(y - self.rows.context - halo, tile + 2 * halo, self.image.shape[1])
+        c = reflect_indices(x - self.cols.context - halo, tile + 2 * halo, self.image.shape[2])
+        t = self.image[:, r[:, None], c[None, :]]
+        t = apply_normalization(t, *self.stats) if self.stats is not None else t.astype(np.float32, copy=False)
+        if halo:
+            t = shift_image(t, self.input_shift)[:, halo : halo + tile, halo : halo + tile]
+        return t
+
+    def batch(self, positions: list[Position]) -> torch.Tensor:
+        """(N, C, tile, tile) float32 on the device."""
+        return torch.from_numpy(np.stack([self.tile(y, x) for y, x in positions])).to(self.device)
+
+
+class DeviceTileReader:
+    """Tiles cut on the device from bands of image rows uploaded once (no sub-pixel shift:
+    `HostTileReader` does that)."""
+
+    def __init__(self, image: np.ndarray, rows: TileLayout, cols: TileLayout, normalization: Normalization | None,
+                 device: torch.device) -> None:
+        self.image, self.rows, self.cols, self.device = image, rows, cols, device
+        stats = normalization.statistics(image) if normalization is not None else None
+        self.low = self.scale = None
+        if stats is not None:
+            low, high = stats
+            scale = np.where(high > low, high - low, 1.0).astype(np.float32)  # as apply_normalization
+            self.low = torch.from_numpy(low.astype(np.float32)).to(device)[:, None, None]
+            self.scale = torch.from_numpy(scale).to(device)[:, None, None]
+        self._bands: dict[int, torch.Tensor] = {}  # y -> (C, tile, W) normalised band, the last two
+        self._columns: dict[int, torch.Tensor] = {}  # x -> the tile's mirrored column indices
+
+    def band(self, y: int) -> torch.Tensor:
+        """The normalised rows (C, tile, W) float32 on the device that the tiles at ``y`` read."""
+        if y not in self._bands:
+            r = reflect_indices(y - self.rows.context, self.rows.input_size, self.image.shape[1])
+            host = torch.from_numpy(np.ascontiguousarray(self.image[:, r, :], dtype=np.float32))
+            if self.device.type == "cuda":
+                host = host.pin_memory()
+            band = host.to(self.device, non_blocking=True)
+            if self.low is not None:
+                band = (band - self.low) / self.scale
+            if len(self._bands) >= 2:  # a batch spans at most the end of one band and the next
+                self._bands.pop(next(iter(self._bands)))
+            self._bands[y] = band
+        return self._bands[y]
+
+    def columns(self, x: int) -> torch.Tensor:
+        if x not in self._columns:
+            c = reflect_indices(x - self.cols.context, self.cols.input_size, self.image.shape[2])
+            self._columns[x] = torch.from_numpy(c).to(self.device)
+        return self._columns[x]
+
+    def batch(self, positions: list[Position]) -> torch.Tensor:
+        """(N, C, tile, tile) float32 on the device."""
+        return torch.stack([self.band(y).index_select(2, self.columns(x)) for y, x in positions])
+
+
+def tile_reader(image: np.ndarray, rows: TileLayout, cols: TileLayout, normalization: Normalization | None,
+                input_shift: tuple[float, float], device: torch.device, resident: bool | None):
+    """The reader for this run: on the device where ``resident`` (None: on CUDA) and no
+    sub-pixel shift is asked for, else on the host."""
+    if resident is None:
+        resident = device.type == "cuda"
+    if resident and input_shift == (0.0, 0.0):
+        return DeviceTileReader(image, rows, cols, normalization, device)
+    return HostTileReader(image, rows, cols, normalization, input_shift, device)
+
+
+class TileWriter:
+    """Writes batches of tile probabilities (N, C_out, kept, kept) into ``out`` (C_out, H, W),
+    each cut to the image; ``encode`` applied per tile. ``on_batch(k)`` is called once the
+    first k batches are written (a resumable run records it)."""
+
+    def __init__(self, out, rows: TileLayout, cols: TileLayout, encode: Callable | None,
+                 on_batch: Callable[[int], None] | None, on_tiles: Callable[[int], None]) -> None:
+        self.out, self.rows, self.cols, self.encode = out, rows, cols, encode
+        self.on_batch, self.on_tiles = on_batch, on_tiles
+        self._pending: tuple | None = None  # (batch number, positions, host tensor, copy-done event)
+        self._buffers: list[torch.Tensor] = []  # two pinned buffers, alternating (CUDA)
+
+    def put(self, index: int, positions: list[Position], probs: torch.Tensor) -> None:
+        """Start copying batch ``index`` to the host; write the one before it meanwhile."""
+        if probs.device.type == "cuda":
+            host = self._buffer(index, probs).copy_(probs, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+        else:
+            host, done = probs, None
+        self.flush()
+        self._pending = (index, positions, host, done)
+
+    def flush(self) -> None:
+        """Write the batch still in flight, if any."""
+        if self._pending is None:
+            return
+        index, positions, host, done = self._pending
+        self._pending = None
+        if done is not None:
+            done.synchronize()
+        self._write(positions, host.numpy())
+        if self.on_batch is not None:
+            self.on_batch(index + 1)
+        self.on_tiles(len(positions))
+
+    def _buffer(self, index: int, probs: torch.Tensor) -> torch.Tensor:
+        slot = index % 2
+        if len(self._buffers) < 2:
+            self._buffers = [torch.empty(probs.shape, dtype=probs.dtype, pin_memory=True) for _ in range(2)]
+        if self._buffers[slot].shape != probs.shape:  # the last, smaller batch
+            self._buffers[slot] = torch.empty(probs.shape, dtype=probs.dtype, pin_memory=True)
+        return self._buffers[slot]
+
+    def _write(self, positions: list[Position], probs: np.ndarray) -> None:
+        height, width = self.out.shape[-2:]
+        for (y, x), p in zip(positions, probs):
+            h, w = min(self.rows.output_size, height - y), min(self.cols.output_size, width - x)
+            p = p[:, :h, :w]
+            self.out[:, y : y + h, x : x + w] = self.encode(p) if self.encode is not None else p
