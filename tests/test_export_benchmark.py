@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from unet import predict_tiled, save_model
 from unet.cli import main
@@ -66,11 +67,21 @@ def test_reference_loop_matches_the_tiled_prediction(rng):
 def test_benchmark_rows_and_json(tmp_path, rng):
     images = {"96x96": [rng.random((96, 96), dtype=np.float32)]}
     result = run_benchmark(width=4, json_path=tmp_path / "b.json", precision="fp32", workloads=images,
-                           methods=("reference", "predict_tiled", "onnxruntime", "limit"))
+                           methods=("reference", "predict_tiled", "predict_tiled+compile", "onnxruntime", "limit"),
+                           device="cpu")
     saved = json.loads((tmp_path / "b.json").read_text())
+    # On a CPU the compiled row (a CUDA graphs trial) is left out; no row has GPU memory.
     assert [r["method"] for r in saved["rows"]] == ["reference", "predict_tiled", "onnxruntime", "limit"]
+    assert saved["machine"]["device"] == "cpu" and all(r["peak_gpu_mb"] is None for r in saved["rows"])
     for r in saved["rows"]:
         assert r["seconds"] > 0 and r["mpix_per_s"] > 0 and r["workload"] == "96x96"
     # predict_tiled runs the BatchNorm-folded copy: the same function to fp32 rounding.
     assert saved["rows"][1]["max_abs_diff"] <= 1e-4 and saved["rows"][2]["max_abs_diff"] <= 1e-4
     assert "vs ref" in format_table(result)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_benchmark_on_cuda_without_cuda_is_one_line(capsys):
+    assert main(["benchmark", "--device", "cuda", "--quick"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "CUDA is not available" in err[0]

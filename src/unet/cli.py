@@ -284,13 +284,15 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", help="write the rows and the machine to this JSON file")
     p.add_argument("--width", type=int, default=64, help="net width (default: 64, the paper's)")
     p.add_argument("--precision", default="auto", help="fast path precision: auto, fp32, bf16")
+    p.add_argument("--device", help="cpu, cuda or cuda:N: every row on that device (default: CUDA where present)")
     p.set_defaults(run=_run_benchmark)
 
 
 def _run_benchmark(args: argparse.Namespace) -> None:
     from .inference.benchmark import run_benchmark
 
-    run_benchmark(quick=args.quick, width=args.width, json_path=args.json, precision=args.precision)
+    run_benchmark(quick=args.quick, width=args.width, json_path=args.json, precision=args.precision,
+                  device=args.device)
 
 
 def build_parser() -> argparse.ArgumentParser:

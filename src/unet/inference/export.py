@@ -82,14 +82,14 @@ class OnnxModel:
 
     outputs_probabilities = True
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, providers: tuple[str, ...] = ("CPUExecutionProvider",)):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), options, providers=list(providers))
         except Exception as e:  # noqa: BLE001 - any load failure is a bad file for the user
             raise UserInputError(f"{path}: not a readable ONNX model ({e})") from e
         props = self.session.get_modelmeta().custom_metadata_map
