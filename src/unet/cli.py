@@ -116,6 +116,9 @@ def _add_train_run(r: argparse._ArgumentGroup) -> None:
     r.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if present)")
     r.add_argument("--precision", default="auto", help="auto (bf16 on CPUs with it, AMP on CUDA), fp32, bf16, fp16")
     r.add_argument("--workers", type=int, help="DataLoader worker processes for augmentation (default: 1 on 2 cores)")
+    r.add_argument("--tiles-on", choices=["auto", "cpu", "device"],
+                   help="where training tiles are cut and augmented: auto (on CUDA the GPU, holding the training "
+                        "images, unless --skeleton-recall or they fill a quarter of its memory), cpu, device")
     r.add_argument("--select-by", default="loss", help="best.pt by: loss (validation loss, default), score (pixel + "
                    "adapted Rand error), pixel_error, adapted_rand_error, rand_error, v_rand, dice")
     r.add_argument("--devices", type=int, default=1,
@@ -179,7 +182,7 @@ def _run_train(args: argparse.Namespace) -> int | None:
         return _launch(args)
 
     names = ["data", "images", "labels", "val", "val_fraction", "classes", "out", "preset", "init", "epochs", "seed",
-             "device", "precision", "workers", "select_by", "width", "depth", "padding", "up_mode", "dropout",
+             "device", "precision", "workers", "tiles_on", "select_by", "width", "depth", "padding", "up_mode", "dropout",
              "tile_size", "batch_size", "samples_per_epoch", "loss", "optimizer", "lr", "momentum", "ema",
              "weight_map", "w0", "sigma", "class_balance", "skeleton_recall", "cell_target", "elastic",
              "elastic_sigma", "flips", "grey", "soft_labels", "label_offset", "batch_norm", "dist_timeout"]

@@ -3,8 +3,9 @@
 Image, label and weight map are transformed together, so they stay aligned: the image
 with bicubic interpolation, the label with nearest neighbour (order 0) so class ids stay
 ids (or, for binary labels with ``soft_labels``, bilinearly into foreground fractions), the
-weight map bilinearly. All functions take a NumPy Generator, so a tile's
-augmentation is a pure function of its seed (repeatable runs, exact resume).
+weight map bilinearly. A tile's random choices (`AugmentDraw`) come from a NumPy Generator
+in a fixed order, so its augmentation is a pure function of its seed (repeatable runs, exact
+resume), and device_augment.py applies the very same choices to batches on a GPU.
 """
 
 from __future__ import annotations
@@ -37,11 +38,45 @@ class Augmentation:
         return cls(elastic=False, flips="none", grey=False)
 
 
+@dataclass(frozen=True)
+class AugmentDraw:
+    """The random choices of one tile's augmentation (`draw_augmentation`)."""
+
+    symmetry: symmetries.Symmetry = (0, False)  # the flip / rotation
+    coarse: np.ndarray | None = None  # (2, grid, grid) elastic displacements, px; None: no deformation
+    grey: tuple[float, float, float] | None = None  # (contrast, brightness, gamma); None: unchanged
+
+
+def draw_augmentation(rng: np.random.Generator, aug: Augmentation) -> AugmentDraw:
+    """Draw a tile's choices, always in this order: symmetry, displacements, grey values."""
+    symmetry = draw_symmetry(rng, aug.flips) if aug.flips != "none" else (0, False)
+    coarse = rng.normal(0.0, aug.elastic_sigma, size=(2, aug.elastic_grid, aug.elastic_grid)) if aug.elastic else None
+    grey = draw_grey(rng, aug.grey_strength) if aug.grey else None
+    return AugmentDraw(symmetry, coarse, grey)
+
+
+def draw_symmetry(rng: np.random.Generator, flips: str) -> symmetries.Symmetry:
+    choices = symmetries.group(flips)
+    return choices[int(rng.integers(len(choices)))]
+
+
+def draw_grey(rng: np.random.Generator, strength: float) -> tuple[float, float, float]:
+    """(contrast x (1 +- s), brightness +- s, gamma 2^(+-s))."""
+    contrast = 1.0 + rng.uniform(-strength, strength)
+    brightness = rng.uniform(-strength, strength)
+    gamma = 2.0 ** rng.uniform(-strength, strength)
+    return contrast, brightness, gamma
+
+
 def displacement_field(rng: np.random.Generator, size: int, grid: int, sigma: float) -> np.ndarray:
     """(2, size, size) per-pixel displacements (px): Gaussian vectors on a coarse grid,
     interpolated bicubically over the tile, as in the paper."""
-    coarse = rng.normal(0.0, sigma, size=(2, grid, grid))
-    m = upsampling_matrix(size, grid)
+    return upsample_displacements(rng.normal(0.0, sigma, size=(2, grid, grid)), size)
+
+
+def upsample_displacements(coarse: np.ndarray, size: int) -> np.ndarray:
+    """(2, grid, grid) displacements -> (2, size, size) float32 (`upsampling_matrix`)."""
+    m = upsampling_matrix(size, coarse.shape[-1])
     return (m @ coarse @ m.T).astype(np.float32)
 
 
@@ -57,10 +92,11 @@ def upsampling_matrix(size: int, grid: int) -> np.ndarray:
     )
 
 
-def elastic_coordinates(rng: np.random.Generator, size: int, margin: int, grid: int, sigma: float) -> np.ndarray:
-    """(2, size, size) sampling coordinates into a region of size + 2 * margin px."""
+def elastic_coordinates(coarse: np.ndarray, size: int, margin: int) -> np.ndarray:
+    """(2, size, size) sampling coordinates into a region of size + 2 * margin px, displaced
+    by the (2, grid, grid) ``coarse`` displacements."""
     yy, xx = np.meshgrid(np.arange(size, dtype=np.float32), np.arange(size, dtype=np.float32), indexing="ij")
-    d = displacement_field(rng, size, grid, sigma)
+    d = upsample_displacements(coarse, size)
     # Keep samples inside the region so no edge padding is ever sampled.
     return np.clip(np.stack([yy + margin + d[0], xx + margin + d[1]]), 0, size + 2 * margin - 1)
 
@@ -84,16 +120,13 @@ def warp(arrays: np.ndarray, coords: np.ndarray, mode: str) -> np.ndarray:
 
 def flip_rotate(arrays: list[np.ndarray], rng: np.random.Generator, flips: str = "dihedral") -> list[np.ndarray]:
     """Apply the same random symmetry of the group ``flips`` to each (..., H, W) array."""
-    choices = symmetries.group(flips)
-    s = choices[int(rng.integers(len(choices)))]
+    s = draw_symmetry(rng, flips)
     return [symmetries.apply(a, s) for a in arrays]
 
 
-def grey_values(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
-    """Random contrast (x (1 +- s)), brightness (+- s) and gamma (2^(+-s)) on a [0, 1]-ish image."""
-    contrast = 1.0 + rng.uniform(-strength, strength)
-    brightness = rng.uniform(-strength, strength)
-    gamma = 2.0 ** rng.uniform(-strength, strength)
+def grey_values(image: np.ndarray, grey: tuple[float, float, float]) -> np.ndarray:
+    """Contrast, brightness and gamma (`draw_grey`) on a [0, 1]-ish image, relative to its range."""
+    contrast, brightness, gamma = grey
     lo, hi = float(image.min()), float(image.max())
     span = hi - lo if hi > lo else 1.0
     unit = (image - lo) / span
@@ -109,18 +142,20 @@ def augment_region(
     out_size: int,
     margin: int,
     aug: Augmentation,
-    rng: np.random.Generator,
+    rng: np.random.Generator | AugmentDraw,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Turn a region (C, S, S) / (S, S) / (S, S), S = size + 2 * margin, into one training tile.
 
+    ``rng``: the Generator to draw the choices from, or the choices (`draw_augmentation`).
     Returns the image tile (C, size, size) and the label and weight (out_size, out_size) at
     its centre (the net's output window).
     """
-    if aug.flips != "none":
-        image, label, weight = flip_rotate([image, label, weight], rng, aug.flips)
+    draw = rng if isinstance(rng, AugmentDraw) else draw_augmentation(rng, aug)
+    if draw.symmetry != (0, False):
+        image, label, weight = (symmetries.apply(a, draw.symmetry) for a in (image, label, weight))
     lo = margin + (size - out_size) // 2
-    if aug.elastic:
-        coords = elastic_coordinates(rng, size, margin, aug.elastic_grid, aug.elastic_sigma)
+    if draw.coarse is not None:
+        coords = elastic_coordinates(draw.coarse, size, margin)
         image = warp(image, coords, "bicubic")
         centre = coords[:, lo - margin : lo - margin + out_size, lo - margin : lo - margin + out_size]
         if aug.soft_labels:
@@ -133,6 +168,6 @@ def augment_region(
         label = label[lo : lo + out_size, lo : lo + out_size]
         weight = weight[lo : lo + out_size, lo : lo + out_size]
     image = image.astype(np.float32)
-    if aug.grey:
-        image = grey_values(image, rng, aug.grey_strength)
+    if draw.grey is not None:
+        image = grey_values(image, draw.grey)
     return image, np.ascontiguousarray(label), np.ascontiguousarray(weight, dtype=np.float32)

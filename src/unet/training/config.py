@@ -67,6 +67,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     device: str | None = None
     workers: int | None = None
+    tiles_on: str = "auto"  # where training tiles are made: auto, cpu, device (setup.tiles_on_device)
     seed: int = 0
     time_limit: float | None = None  # seconds for the whole run, calibration included
     # best.pt by the validation loss: smooth, so it follows the schedule to its end. Selecting
@@ -116,6 +117,10 @@ class TrainConfig:
             raise UserInputError(f"--skeleton-recall must be >= 0, got {out.skeleton_recall}")
         if out.cell_target not in CELL_TARGETS:
             raise UserInputError(f"--cell-target {out.cell_target}: choose one of {', '.join(CELL_TARGETS)}")
+        if out.tiles_on not in ("auto", "cpu", "device"):
+            raise UserInputError(f"--tiles-on {out.tiles_on}: choose auto, cpu or device")
+        if out.tiles_on == "device" and out.skeleton_recall > 0:
+            raise UserInputError("--tiles-on device cannot compute --skeleton-recall's skeletons; use --tiles-on cpu")
         if out.elastic_sigma <= 0:
             raise UserInputError(f"--elastic-sigma must be > 0, got {out.elastic_sigma}")
         if out.classes is not None and out.classes < 2:
@@ -143,7 +148,7 @@ def resume_config(cfg: TrainConfig, run: Path) -> TrainConfig:
         raise UserInputError(f"{run / 'config.json'}: cannot resume from this run folder ({e})") from e
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     overrides = {k: v for k, v in dataclasses.asdict(cfg).items()
-                 if k in ("epochs", "time_limit", "device", "workers") and v is not None}
+                 if k in ("epochs", "time_limit", "device", "workers", "tiles_on") and v is not None}
     resumed = dataclasses.replace(TrainConfig(**{k: v for k, v in saved.items() if k in known}), **overrides)
     resumed.out = str(run)  # the run stays where it is, whatever its config says
     resumed.init = None  # the weights come from last.pt; the saved settings already hold the architecture

@@ -32,7 +32,7 @@ from ..errors import UserInputError
 from ..inference.tile_io import reflect_indices
 from ..io import list_images, read_image
 from ..normalization import Normalization, normalize
-from .augment import Augmentation, augment_region
+from .augment import Augmentation, AugmentDraw, augment_region, draw_augmentation
 from .weights import background_skeleton, border_weight_map, cells_from_mask
 
 
@@ -245,6 +245,16 @@ def checksum(paths: list[Path]) -> str:
     return h.hexdigest()
 
 
+@dataclass(frozen=True)
+class TileDraw:
+    """One training tile's random choices (`TileDataset.draw`)."""
+
+    item: int  # which training image
+    y0: int  # the region's first row and column in image coordinates (may lie outside: mirrored)
+    x0: int
+    augmentation: AugmentDraw
+
+
 class TileDataset(Dataset):
     """Training tiles: item ``index`` is a deterministic function of ``(seed, index)``.
 
@@ -276,27 +286,39 @@ class TileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int):
+    def draw(self, index: int) -> TileDraw:
+        """Tile ``index``'s random choices: where it lies and how it is augmented."""
         rng = np.random.default_rng([self.seed, index])
         if self.centre_crop:
-            item = self.items[index % len(self.items)]
-            h, w = item.classes.shape
+            item = index % len(self.items)
+            h, w = self.items[item].classes.shape
             cy, cx = h // 2, w // 2
         else:
-            item = self.items[int(rng.choice(len(self.items), p=self.p))]
-            h, w = item.classes.shape
+            item = int(rng.choice(len(self.items), p=self.p))
+            h, w = self.items[item].classes.shape
             cy, cx = int(rng.integers(h)), int(rng.integers(w))
         size = self.tile_size + 2 * self.margin
-        y0, x0 = cy - size // 2, cx - size // 2
-        r, c = reflect_indices(y0, size, h), reflect_indices(x0, size, w)
+        return TileDraw(item, cy - size // 2, cx - size // 2, draw_augmentation(rng, self.aug))
+
+    def region_indices(self, draw: TileDraw) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, columns, inside): the mirrored indices of the tile's region (with room for
+        the elastic displacements) and (S, S) bool, True where the region is inside the image."""
+        h, w = self.items[draw.item].classes.shape
+        size = self.tile_size + 2 * self.margin
+        ys, xs = draw.y0 + np.arange(size), draw.x0 + np.arange(size)
+        inside = ((ys >= 0) & (ys < h))[:, None] & ((xs >= 0) & (xs < w))[None, :]
+        return reflect_indices(draw.y0, size, h), reflect_indices(draw.x0, size, w), inside
+
+    def __getitem__(self, index: int):
+        draw = self.draw(index)
+        item = self.items[draw.item]
+        r, c, inside = self.region_indices(draw)
         image = item.image[:, r[:, None], c[None, :]]
         label = item.classes[r[:, None], c[None, :]]
         # Pixels outside the image (mirrored) carry no loss: labels are the image's own.
-        inside = ((y0 + np.arange(size)) >= 0) & ((y0 + np.arange(size)) < h)
-        inside = inside[:, None] & (((x0 + np.arange(size)) >= 0) & ((x0 + np.arange(size)) < w))[None, :]
         weight = item.weight[r[:, None], c[None, :]] * inside
         image, label, weight = augment_region(
-            image, label, weight, self.tile_size, self.out_size, self.margin, self.aug, rng
+            image, label, weight, self.tile_size, self.out_size, self.margin, self.aug, draw.augmentation
         )
         label = label.astype(np.float32 if self.aug.soft_labels else np.int64)
         tensors = (torch.from_numpy(image), torch.from_numpy(label), torch.from_numpy(weight))

@@ -24,6 +24,7 @@ from ..registration import MAX_OFFSET, MIN_OFFSET, estimate_label_offset, parse_
 from .augment import Augmentation
 from .config import TrainConfig
 from .data import EpochSampler, LabelledImage, TileDataset, checksum, label_kind, prepare, read_pairs, split
+from .device_augment import DeviceLoader, DeviceTiles
 from .validation import epoch_subset, pixels
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class Run:
     ema: torch.optim.swa_utils.AveragedModel | None  # the weight average (--ema), or None
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler  # fp16 only; a no-op otherwise
-    loader: DataLoader  # batches (image, label, weight[, skeleton]) of augmented tiles
+    loader: DataLoader | DeviceLoader  # batches (image, label, weight[, skeleton]) of augmented tiles
     sampler: EpochSampler
     steps_per_epoch: int
     val_items: list[LabelledImage]  # all validation images: the final calibration uses them all
@@ -162,7 +163,7 @@ def load_initial_weights(model: UNet, path: Path) -> None:
 
 def build_loader(cfg: TrainConfig, train_items: list[LabelledImage], tile: int, out_size: int,
                  ctx: distributed.Context, device: torch.device,
-                 soft_labels: bool) -> tuple[DataLoader, EpochSampler, int]:
+                 soft_labels: bool) -> tuple[DataLoader | DeviceLoader, EpochSampler, int]:
     """The loader of augmented training tiles -> (loader, its sampler, optimiser steps per epoch)."""
     aug = Augmentation(elastic=cfg.elastic, elastic_sigma=cfg.elastic_sigma, flips=cfg.flips, grey=cfg.grey,
                        soft_labels=soft_labels)
@@ -170,6 +171,10 @@ def build_loader(cfg: TrainConfig, train_items: list[LabelledImage], tile: int, 
                           skeleton=cfg.skeleton_recall > 0)
     per_epoch = cfg.samples_per_epoch or len(train_items)
     sampler = EpochSampler(per_epoch, ctx.rank, ctx.world)
+    steps_per_epoch = math.ceil(per_epoch / (cfg.batch_size * ctx.world))
+    if tiles_on_device(cfg, device, train_items):
+        log.info("training tiles are cut and augmented on %s", device)
+        return DeviceLoader(DeviceTiles(dataset, device), sampler, cfg.batch_size), sampler, steps_per_epoch
     cpus = os.cpu_count() or 1
     workers = cfg.workers if cfg.workers is not None else (1 if cpus <= 2 else min(4, cpus // ctx.world - 1))
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers,
@@ -177,7 +182,19 @@ def build_loader(cfg: TrainConfig, train_items: list[LabelledImage], tile: int, 
                         # Its own generator, so that creating an iterator never draws from the
                         # global RNG that dropout uses (exact resume mid-epoch).
                         generator=torch.Generator().manual_seed(cfg.seed))
-    return loader, sampler, math.ceil(per_epoch / (cfg.batch_size * ctx.world))
+    return loader, sampler, steps_per_epoch
+
+
+def tiles_on_device(cfg: TrainConfig, device: torch.device, train_items: list[LabelledImage]) -> bool:
+    """``--tiles-on``: "device" or "cpu" as asked; "auto": the device where it is a GPU, the
+    skeleton recall is off (its skeletons are computed on the CPU) and the training images,
+    labels and weights take less than a quarter of its free memory."""
+    if cfg.tiles_on != "auto":
+        return cfg.tiles_on == "device"
+    if device.type != "cuda" or cfg.skeleton_recall > 0:
+        return False
+    size = sum(it.image.nbytes + 2 * it.classes.size * 4 for it in train_items)
+    return size < 0.25 * torch.cuda.mem_get_info(device)[0]
 
 
 def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
