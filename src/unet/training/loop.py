@@ -91,7 +91,8 @@ class Clock:
     def __init__(self, limit: float | None, started: float, calibrate_tta: bool) -> None:
         self.limit, self.started, self.calibrate_tta = limit, started, calibrate_tta
         self.before = 0.0  # seconds spent by the runs this one resumes
-        self.val_seconds: float | None = None  # the last validation's duration
+        self.val_seconds: float | None = None  # the last validation's duration (after an epoch)
+        self.val_scale = 1.0  # all validation images' pixels over those validated after each epoch
         self.tune_cells = False  # whether the end chooses how cells are cut (instance-id labels)
 
     def elapsed(self) -> float:
@@ -101,11 +102,12 @@ class Clock:
         return math.inf if self.limit is None else self.limit - self.elapsed()
 
     def reserve(self) -> float:
-        """Seconds to keep for the last validation and the calibration (TTA: 8 predictions of the
-        validation images; choosing how cells are cut: about two validations' time)."""
+        """Seconds to keep for the last validation and the calibration on all the validation
+        images (TTA: 8 predictions of each; choosing how cells are cut: about two validations' time)."""
         if self.val_seconds is None:
             return 0.0
-        return self.val_seconds * (1 + (8 if self.calibrate_tta else 0) + (2 if self.tune_cells else 0)) + 5
+        calibration = (8 if self.calibrate_tta else 0) + (2 if self.tune_cells else 0)
+        return self.val_seconds * (1 + self.val_scale * calibration) + 5
 
     def progress(self, step: int, total_steps: int) -> float:
         """How far the schedule is, 0 -> 1: by steps, or by the clock where that is further."""
@@ -281,8 +283,8 @@ def end_epoch(run: Run, position: Position, clock: Clock, logbook: Logbook | Non
                              f"{run.folder / 'last.pt'}: lower --lr")
     t_val = time.monotonic()
     v = validate(run.averaged, run.epoch_val_items, cfg, run.precision, ctx=run.ctx, input_shift=run.input_shift)
-    # The reserve is for validating all the images: scale the subset's time by their pixels.
-    clock.val_seconds = (time.monotonic() - t_val) * pixels(run.val_items) / pixels(run.epoch_val_items)
+    clock.val_seconds = time.monotonic() - t_val
+    clock.val_scale = pixels(run.val_items) / pixels(run.epoch_val_items)  # the calibration sees them all
     value = v.value(cfg.select_by)
     best = position.best_value
     improved = best is None or (value > best if cfg.select_by in MAXIMISE else value < best)
