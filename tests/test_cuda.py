@@ -74,3 +74,65 @@ def test_cli_stack_prediction_on_cuda_with_default_precision(tmp_path, rng):
                  "--out", str(tmp_path / "o"), "--device", "cuda", "--format", "tif", "--tta"]) == 0
     out = read_image(tmp_path / "o" / "vol.tif")
     assert out.shape == (3, 1, 140, 130) and 0 <= out.min() and out.max() <= 1 and out.std() > 0
+
+
+def test_tiles_cut_on_the_gpu_equal_the_cpu_path_and_the_whole_image(rng):
+    """The device-resident path (the default on CUDA): fp32 equals the host path and a tile
+    larger than the image to 1e-5; uint16 input normalised on the device."""
+    from unet import Normalization
+
+    net = tiny_unet(width=8, in_channels=2)
+    image = (rng.random((2, 700, 530)) * 4000).astype(np.uint16)
+    norm = Normalization()
+    host = predict_tiled(net, image, tile_size=252, batch_size=3, device="cuda", normalization=norm, resident=False)
+    resident = predict_tiled(net, image, tile_size=252, batch_size=5, device="cuda", normalization=norm)
+    whole = predict_tiled(net, image, tile_size=892, batch_size=1, device="cuda", normalization=norm)
+    assert host.std() > 0.02 and np.abs(resident - host).max() <= 1e-5 and np.abs(resident - whole).max() <= 1e-5
+
+
+def test_bf16_on_the_gpu_flips_few_pixels(rng):
+    net = tiny_unet(width=16)
+    image = rng.random((1024, 1024)).astype(np.float32)
+    exact = predict_tiled(net, image, device="cuda")
+    fast = predict_tiled(net, image, device="cuda", precision="bf16", channels_last=True)
+    assert ((fast > 0.5) != (exact > 0.5)).mean() < 0.001
+
+
+def test_training_tiles_made_on_the_gpu_equal_the_cpu_tiles():
+    from unet.training.augment import Augmentation
+    from unet.training.data import TileDataset
+    from unet.training.device_augment import DeviceTiles
+
+    from .test_device_augment import _items
+
+    for aug in (Augmentation(), Augmentation(soft_labels=True)):
+        dataset = TileDataset(_items(), 76, 36, aug, seed=5)
+        image, label, weight = DeviceTiles(dataset, torch.device("cuda")).batch([3, 17, 4, 40])
+        cpu = [dataset[i] for i in (3, 17, 4, 40)]
+        torch.testing.assert_close(image.cpu(), torch.stack([t[0] for t in cpu]), atol=1e-4, rtol=0)
+        assert (label.cpu() != torch.stack([t[1] for t in cpu])).float().mean() < 0.002  # nearest: ties may differ
+        torch.testing.assert_close(weight.cpu(), torch.stack([t[2] for t in cpu]), atol=1e-3, rtol=0)
+
+
+def test_training_on_cuda_makes_its_tiles_on_the_gpu(tmp_path, caplog):
+    import logging
+
+    data = write_dataset(tmp_path / "syn", 5, 64, seed=0)
+    with caplog.at_level(logging.INFO):
+        run = train(tiny_train_config(data, tmp_path / "run", device="cuda", precision="bf16"))
+    assert "cut and augmented on cuda" in caplog.text
+    model, meta = load_model(run / "best.pt")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_benchmark_on_cuda_reports_gpu_memory(tmp_path, rng):
+    import json
+
+    from unet.inference.benchmark import run_benchmark
+
+    images = {"300x300": [rng.random((300, 300), dtype=np.float32)]}
+    run_benchmark(width=4, json_path=tmp_path / "b.json", workloads=images, device="cuda",
+                  methods=("reference", "predict_tiled", "limit"))
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["reference", "predict_tiled", "limit"]
+    assert rows[1]["peak_gpu_mb"] > 0 and rows[1]["flipped_fraction"] < 0.001

@@ -14,7 +14,8 @@ log = logging.getLogger(__name__)
 
 CURVES_EVERY = 30.0  # seconds between redraws of curves.png while training; always drawn at the end
 CSV_FIELDS = ["epoch", "step", "train_loss", "val_loss", "val_pixel_error", "val_dice", "val_adapted_rand_error",
-              "val_rand_error", "val_v_rand", "val_threshold", "lr", "seconds"]
+              "val_rand_error", "val_v_rand", "val_threshold", "lr", "seconds", "val_seconds"]
+# seconds: the epoch's wall time, its validation (val_seconds) included
 
 
 class Logbook:

@@ -299,7 +299,8 @@ def end_epoch(run: Run, position: Position, clock: Clock, logbook: Logbook | Non
                            val_pixel_error=v.pixel_error, val_dice=v.dice,
                            val_adapted_rand_error=v.adapted_rand_error, val_rand_error=v.rand_error,
                            val_v_rand=v.v_rand, val_threshold=v.threshold, lr=lr,
-                           seconds=round(time.monotonic() - t_epoch, 2)), improved)
+                           seconds=round(time.monotonic() - t_epoch, 2), val_seconds=round(clock.val_seconds, 2)),
+                      improved)
 
 
 def save_last(run: Run, position: Position, clock: Clock) -> None:
