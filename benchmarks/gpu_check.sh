@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Every GPU check of issue 23 in one run on one GPU machine (about 8 minutes on an H200);
+# every figure lands in $OUT (at most 8 files, so that the device tool brings them all back).
+#
+#   DATA=.isbi OUT=$OUT benchmarks/gpu_check.sh
+#
+# DATA: ISBI 2012's labelled slices (images/, labels/); on the device machine a git-ignored
+# copy carried with the working tree (../shared does not travel). The last 5 slices are the
+# held-apart slices scored here, as in isbi_recipes.sh. LIMIT: each training's clock [3m].
+# Writes: gpu.txt, test_cuda.log, benchmark.txt, benchmark.json, throughput.txt, log.txt
+# (training / predict / evaluate logs), scores.json (per recipe: scores, steps/s).
+set -uo pipefail
+OUT=${OUT:-gpu_check}; DATA=${DATA:-../shared/data/isbi2012/train}; PY=${PY:-python3}; LIMIT=${LIMIT:-3m}
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+unet() { "$PY" -m unet "$@"; }
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
+"$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py > "$OUT/test_cuda.log" 2>&1
+unet benchmark --device cuda --json "$OUT/benchmark.json" > "$OUT/benchmark.txt" 2>&1
+# The model alone (random data, no augmentation) at each preset's shape: what training should reach.
+"$PY" benchmarks/train_throughput.py --device cuda --configs 16:256:4:bf16,64:572:1:bf16 > "$OUT/throughput.txt" 2>&1
+
+split=$(mktemp -d)
+mapfile -t names < <(ls "$DATA/images" | sort)
+n=${#names[@]}
+for i in "${!names[@]}"; do
+    part=train; [ "$i" -ge $((n - 5)) ] && part=val
+    for d in images labels; do mkdir -p "$split/$part/$d"; ln -s "$(realpath "$DATA/$d/${names[$i]}")" "$split/$part/$d/"; done
+done
+for recipe in default paper; do
+    opts=(); [ "$recipe" = paper ] && opts=(--preset paper)
+    run="$split/run-$recipe"
+    { unet train --data "$split/train" --val "$split/val" --out "$run" --time-limit "$LIMIT" "${opts[@]}" &&
+      unet -q predict --model "$run/best.pt" --input "$split/val/images" --out "$split/pred-$recipe" --tta &&
+      unet -q evaluate --pred "$split/pred-$recipe" --labels "$split/val/labels" --json "$split/scores-$recipe.json"
+    } >> "$OUT/log.txt" 2>&1 || echo "$recipe: failed" >> "$OUT/log.txt"
+done
+
+"$PY" - "$split" "$OUT/scores.json" <<'PY'
+import csv, json, sys
+from pathlib import Path
+split, out = Path(sys.argv[1]), Path(sys.argv[2])
+result = {}
+for recipe in ("default", "paper"):
+    try:
+        rows = list(csv.DictReader(open(split / f"run-{recipe}" / "metrics.csv")))
+        scores = json.loads((split / f"scores-{recipe}.json").read_text())["mean"]
+    except (OSError, KeyError, ValueError) as e:
+        result[recipe] = {"error": str(e)}
+        continue
+    steps = int(rows[-1]["step"])
+    train_s = sum(float(r["seconds"]) - float(r["val_seconds"]) for r in rows)
+    result[recipe] = {"steps": steps, "train_steps_per_s": steps / train_s, "scores": scores}
+out.write_text(json.dumps(result, indent=2))
+print(json.dumps(result, indent=2))
+PY
