@@ -165,13 +165,18 @@ def test_cli_trains_on_16_bit_instance_ids(tmp_path):
     assert predictor.instance_settings.to_dict() == meta["instances"]
 
 
-def test_distance_target_trains_a_one_channel_net_whose_cells_come_from_its_peaks(tmp_path):
+def _train_cells(tmp_path, cell_target: str):
+    """A tiny one-epoch run on touching cells with ``--cell-target`` -> best.pt's (model, metadata)."""
     _touching_cells(tmp_path / "d")
     args = ["train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r"), "--width", "4", "--depth", "2",
             "--tile-size", "76", "--epochs", "1", "--samples-per-epoch", "2", "--precision", "fp32", "--workers", "0",
-            "--cell-target", "distance"]
+            "--cell-target", cell_target]
     assert main(args) == 0
-    model, meta = load_model(tmp_path / "r" / "best.pt")
+    return load_model(tmp_path / "r" / "best.pt")
+
+
+def test_distance_target_trains_a_one_channel_net_whose_cells_come_from_its_peaks(tmp_path):
+    model, meta = _train_cells(tmp_path, "distance")
     assert model.head.out_channels == 1 and meta["cell_target"] == "distance" and "instances" in meta
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert config["train"]["cell_target"] == "distance"
@@ -182,12 +187,7 @@ def test_distance_target_trains_a_one_channel_net_whose_cells_come_from_its_peak
 
 
 def test_boundary_target_trains_a_three_class_net_that_predicts_cells(tmp_path):
-    _touching_cells(tmp_path / "d")
-    args = ["train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r"), "--width", "4", "--depth", "2",
-            "--tile-size", "76", "--epochs", "1", "--samples-per-epoch", "2", "--precision", "fp32", "--workers", "0",
-            "--cell-target", "boundary"]
-    assert main(args) == 0
-    model, meta = load_model(tmp_path / "r" / "best.pt")
+    model, meta = _train_cells(tmp_path, "boundary")
     assert model.head.out_channels == 3 and meta["cell_target"] == "boundary"
     predictor = unet.Predictor.load(tmp_path / "r" / "best.pt", unet.PredictOptions(instances="watershed"))
     assert predictor.instance_settings.seeds == "interior"
