@@ -288,14 +288,25 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=int, default=64, help="net width (default: 64, the paper's)")
     p.add_argument("--precision", default="auto", help="fast path precision: auto, fp32, bf16")
     p.add_argument("--device", help="cpu, cuda or cuda:N: every row on that device (default: CUDA where present)")
+    p.add_argument("--methods", help="comma-separated rows to run (default: all of "
+                   "reference,monai,predict_tiled,predict_tiled+compile,onnxruntime,limit)")
+    p.add_argument("--sides", help="comma-separated sides of the single-image workloads (default: 2048, "
+                   "and 8192 on CUDA; 1024 with --quick); the 512^2 stack always runs")
     p.set_defaults(run=_run_benchmark)
 
 
 def _run_benchmark(args: argparse.Namespace) -> None:
-    from .inference.benchmark import run_benchmark
+    from .inference.benchmark import METHODS, run_benchmark
 
+    methods = tuple(args.methods.split(",")) if args.methods else METHODS
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise UserInputError(f"--methods: unknown row(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    if args.sides and not all(s.isdigit() for s in args.sides.split(",")):
+        raise UserInputError(f"--sides: {args.sides!r} is not a comma-separated list of whole numbers")
+    sides = tuple(int(s) for s in args.sides.split(",")) if args.sides else None
     run_benchmark(quick=args.quick, width=args.width, json_path=args.json, precision=args.precision,
-                  device=args.device)
+                  device=args.device, methods=methods, sides=sides)
 
 
 def build_parser() -> argparse.ArgumentParser:

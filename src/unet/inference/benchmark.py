@@ -188,17 +188,19 @@ METHODS = ("reference", "monai", "predict_tiled", "predict_tiled+compile", "onnx
 
 def run_benchmark(quick: bool = False, width: int = 64, json_path: str | Path | None = None,
                   precision: str = "auto", methods: tuple[str, ...] = METHODS,
-                  workloads: dict[str, list[np.ndarray]] | None = None, device: str | None = None) -> dict:
+                  workloads: dict[str, list[np.ndarray]] | None = None, device: str | None = None,
+                  sides: tuple[int, ...] | None = None) -> dict:
     """Measure every row on every workload on one device; print the table; optionally write JSON.
 
-    ``workloads`` (name -> images) replaces the standard ones (used by the tests); ``device``:
-    "cpu", "cuda[:N]" or None (CUDA where present).
+    ``workloads`` (name -> images) replaces the standard ones (used by the tests); ``sides``
+    replaces the standard single-image sides; ``device``: "cpu", "cuda[:N]" or None (CUDA where
+    present).
     """
     dev = resolve_device(device)
     torch.manual_seed(0)
     model = init_he(UNet(width=width)).eval().to(dev)
     fast = choose_precision(precision, dev)
-    workloads = workloads or standard_workloads(quick, dev)
+    workloads = workloads or standard_workloads(quick, dev, sides)
     if dev.type != "cuda":
         methods = tuple(m for m in methods if m != "predict_tiled+compile")
     contenders = _contenders(model, fast, methods, dev)
@@ -215,11 +217,13 @@ def run_benchmark(quick: bool = False, width: int = 64, json_path: str | Path | 
     return result
 
 
-def standard_workloads(quick: bool, device: torch.device) -> dict[str, list[np.ndarray]]:
-    """A large image and a stack of 512² slices (see the module docstring)."""
+def standard_workloads(quick: bool, device: torch.device,
+                       sides: tuple[int, ...] | None = None) -> dict[str, list[np.ndarray]]:
+    """Large images (``sides``) and a stack of 512² slices (see the module docstring)."""
     rng = np.random.default_rng(0)
     side, slices = (1024, 6) if quick else (2048, 30)
-    sides = [side, 8192] if device.type == "cuda" else [side]
+    if sides is None:
+        sides = (side, 8192) if device.type == "cuda" else (side,)
     out = {f"{s}x{s}": [rng.random((s, s), dtype=np.float32)] for s in sides}
     out[f"{slices}x512x512"] = [rng.random((512, 512), dtype=np.float32) for _ in range(slices)]
     return out
@@ -231,7 +235,7 @@ def _contenders(model: UNet, precision: str, methods: tuple[str, ...], device: t
         twin = UNet(width=model.config.width, padding="same").eval().to(device)
         twin.load_state_dict(model.state_dict())
     fast = inference_model(model, precision)
-    compiled = torch.compile(fast, mode="reduce-overhead") if "predict_tiled+compile" in methods else None
+    compiled = torch.compile(fast, mode="reduce-overhead", dynamic=False) if "predict_tiled+compile" in methods else None
     onnx = _export_onnx(model, device) if "onnxruntime" in methods else None
     return _Contenders(device, model, fast, precision, twin, onnx, compiled)
 
@@ -264,7 +268,8 @@ def _measure(contenders: _Contenders, method: str, images: list[np.ndarray]) -> 
     if device.type != "cuda":
         out, t = _timed(device, contenders.predict, method, images)
         return out, t, None
-    contenders.predict(method, images[:1])  # warm-up: cuDNN's choices, compilation
+    _, warm_up = _timed(device, contenders.predict, method, images[:1])  # cuDNN's choices, compilation
+    print(f"{method}: untimed first run {warm_up:.1f} s", flush=True)
     torch.cuda.reset_peak_memory_stats(device)
     out, t = _timed(device, contenders.predict, method, images)
     return out, t, torch.cuda.max_memory_allocated(device) / 2**20
