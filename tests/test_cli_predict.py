@@ -69,10 +69,12 @@ def _bad_cases(tmp_path, model_path, rng):
         "not a checkpoint": (["--model", str(not_ckpt), "--input", str(good)], "not a checkpoint"),
         "tile too small": (["--model", m, "--input", str(good), "--tile-size", "20"], "tile size"),
         "cuda absent": (["--model", m, "--input", str(good), "--device", "cuda"], "CUDA"),
+        "compile on cpu": (["--model", m, "--input", str(good), "--device", "cpu", "--compile"], "--compile needs"),
     }
 
 
-@pytest.mark.parametrize("case", ["missing input", "unreadable image", "wrong channels", "not a checkpoint", "tile too small", "cuda absent"])
+@pytest.mark.parametrize("case", ["missing input", "unreadable image", "wrong channels", "not a checkpoint",
+                                  "tile too small", "cuda absent", "compile on cpu"])
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, model_path, rng, capsys, case):
     import torch
 

@@ -36,6 +36,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    help="auto (default): bf16 + channels_last on CPUs with bf16, AMP on CUDA, else fp32")
     p.add_argument("--resume", action="store_true",
                    help="continue TIFF outputs that an interrupted run left unfinished (bit-identical result)")
+    p.add_argument("--compile", action="store_true",
+                   help="CUDA: torch.compile + CUDA graphs; ~10 s to compile, then ~1.4x faster (whole slides)")
     p.add_argument("--devices", type=int, default=1,
                    help="split the slices/files across N processes (runs torchrun; one GPU each where present)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present, else cpu)")
@@ -66,6 +68,7 @@ def _run_predict(args: argparse.Namespace) -> int | None:
         instances=args.instances,
         convert_channels=args.channels == "convert",
         resume=args.resume,
+        compile=args.compile,
     )
     written = predict_files(args.model, args.input, args.out, options, device=args.device)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -21,6 +21,17 @@ def resolve_device(device: str | None) -> torch.device:
         raise UserInputError(f"--device {device}: not a device name ({e})") from e
 
 
+def use_fast_kernels(device: torch.device) -> None:
+    """On CUDA, let cuDNN time its algorithms for each new input shape and keep the fastest.
+
+    Tiles and training batches repeat one shape, so the search is paid once per shape. The
+    algorithms chosen may differ between processes, so CUDA results can differ in the last
+    bits between runs (as they may anyway across GPUs); CPU results are unaffected.
+    """
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 def cpu_has_bf16() -> bool:
     """True where the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX)."""
     try:

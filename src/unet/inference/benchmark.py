@@ -44,9 +44,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..device import choose_precision, resolve_device
+from ..device import choose_precision, resolve_device, use_fast_kernels
 from ..nn.model import UNet, init_he, probabilities
-from .predictor import inference_model
+from .predictor import compiled as compile_for_cuda, inference_model
 from .tile_io import reflect_indices
 from .tiling import default_batch_size, default_tile_size, predict_tiled
 
@@ -197,6 +197,7 @@ def run_benchmark(quick: bool = False, width: int = 64, json_path: str | Path | 
     present).
     """
     dev = resolve_device(device)
+    use_fast_kernels(dev)  # for every row alike
     torch.manual_seed(0)
     model = init_he(UNet(width=width)).eval().to(dev)
     fast = choose_precision(precision, dev)
@@ -235,7 +236,7 @@ def _contenders(model: UNet, precision: str, methods: tuple[str, ...], device: t
         twin = UNet(width=model.config.width, padding="same").eval().to(device)
         twin.load_state_dict(model.state_dict())
     fast = inference_model(model, precision)
-    compiled = torch.compile(fast, mode="reduce-overhead", dynamic=False) if "predict_tiled+compile" in methods else None
+    compiled = compile_for_cuda(fast, device) if "predict_tiled+compile" in methods else None
     onnx = _export_onnx(model, device) if "onnxruntime" in methods else None
     return _Contenders(device, model, fast, precision, twin, onnx, compiled)
 

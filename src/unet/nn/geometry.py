@@ -15,12 +15,14 @@ therefore compute exactly what one pass over the whole (mirror-extended) image w
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Literal
 
 Padding = Literal["valid", "same"]
 UpMode = Literal["transpose", "bilinear"]
 
 
+@lru_cache(maxsize=4096)  # pure; called thousands of times per image by the tile-size search
 def _trace(input_size: int, depth: int, padding: Padding, up_mode: UpMode) -> tuple[int, bool]:
     """Follow one axis through the net: (output size, whether every pooling was exact).
 
@@ -71,6 +73,7 @@ def is_valid_input_size(
     return exact and n > 0
 
 
+@lru_cache(maxsize=4096)
 def valid_input_size(
     n: int,
     depth: int = 4,

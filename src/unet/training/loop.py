@@ -241,21 +241,24 @@ def train_step(run: Run, batch: list[torch.Tensor], lr: float, position: Positio
     with autocast(run.device, run.precision):
         logits = run.model(x)
     loss = segmentation_loss(logits, y, w, run.cfg.loss, skeleton, run.cfg.skeleton_recall)
-    if run.ctx.any(not bool(torch.isfinite(loss))):
-        if run.cfg.skip_nonfinite:
-            log.warning("skipping step %d: the loss is not finite", position.step)
-            run.optimizer.zero_grad(set_to_none=True)
-            return None
-        raise UserInputError(
-            f"the loss became {loss.item()} at step {position.step} (epoch {position.epoch + 1}); the last good "
-            f"state is {run.folder / 'last.pt'}: lower --lr, or skip such steps with --skip-nonfinite")
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
+    # One wait for the device per step, after the backward pass is queued: the optimiser's
+    # step then runs on the GPU while the host prepares the next batch.
+    value = loss.item()
+    if run.ctx.any(not math.isfinite(value)):
+        run.optimizer.zero_grad(set_to_none=True)  # a non-finite loss never reaches the weights
+        if run.cfg.skip_nonfinite:
+            log.warning("skipping step %d: the loss is not finite", position.step)
+            return None
+        raise UserInputError(
+            f"the loss became {value} at step {position.step} (epoch {position.epoch + 1}); the last good "
+            f"state is {run.folder / 'last.pt'}: lower --lr, or skip such steps with --skip-nonfinite")
     run.scaler.step(run.optimizer)
     run.scaler.update()
     if run.ema is not None:
         run.ema.update_parameters(run.raw)
-    return loss.item()
+    return value
 
 
 def _stop_reason(run: Run, position: Position, clock: Clock, stop: "_StopRequest",
