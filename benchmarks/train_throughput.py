@@ -13,7 +13,7 @@ import time
 import torch
 
 from unet import UNet, init_he
-from unet.device import autocast, use_fast_kernels
+from unet.device import autocast
 from unet.training.losses import segmentation_loss
 
 
@@ -59,7 +59,6 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     a = p.parse_args()
     device = torch.device(a.device)
-    use_fast_kernels(device)  # as training does
     print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}")
     print(f"{'width':>5} {'tile':>5} {'batch':>5} {'precision':>9} {'samples/s':>10} {'out Mpx/s':>10}")
     for c in a.configs.split(","):

@@ -24,7 +24,9 @@ def resolve_device(device: str | None) -> torch.device:
 def use_fast_kernels(device: torch.device) -> None:
     """On CUDA, let cuDNN time its algorithms for each new input shape and keep the fastest.
 
-    Tiles and training batches repeat one shape, so the search is paid once per shape. The
+    Used for prediction, where tiles repeat one shape, so the search is paid once per shape
+    (on an H200 the paper net's 8192² ran ~10% faster with it). Training does not use it: the
+    model-alone training rate measured 15% lower with it (docs/results.md, "GPU"). The
     algorithms chosen may differ between processes, so CUDA results can differ in the last
     bits between runs (as they may anyway across GPUs); CPU results are unaffected.
     """

@@ -1,8 +1,9 @@
 """`unet benchmark`: prediction speed side by side, every row in one process, same weights.
 
-Every row runs on one device (``--device``: CUDA where present, else the CPU); on CUDA the
+Every row runs on one device (``--device``: CUDA where present, else the CPU). On CUDA the
 timings are synchronised, each row is run once untimed first (cuDNN's algorithm search,
-compilation), and the JSON holds each row's peak GPU memory (``torch.cuda.max_memory_allocated``).
+compilation) and then timed as the median of runs repeated for about a second, and the
+JSON holds each row's peak GPU memory (``torch.cuda.max_memory_allocated``).
 
 Rows (each on the same inputs, with the same He-initialised paper net unless ``--width``):
 
@@ -264,7 +265,9 @@ def _measure_workload(contenders: _Contenders, methods: tuple[str, ...], name: s
 
 
 def _measure(contenders: _Contenders, method: str, images: list[np.ndarray]) -> tuple[list, float, float | None]:
-    """(outputs, seconds, peak GPU MB or None): on CUDA after one untimed run."""
+    """(outputs, seconds, peak GPU MB or None). On CUDA: after one untimed run, the median of
+    timed runs repeated for about a second (at most 5), since one run of a small workload
+    there lasts tens of milliseconds and varies by ~20%."""
     device = contenders.device
     if device.type != "cuda":
         out, t = _timed(device, contenders.predict, method, images)
@@ -272,8 +275,11 @@ def _measure(contenders: _Contenders, method: str, images: list[np.ndarray]) -> 
     _, warm_up = _timed(device, contenders.predict, method, images[:1])  # cuDNN's choices, compilation
     print(f"{method}: untimed first run {warm_up:.1f} s", flush=True)
     torch.cuda.reset_peak_memory_stats(device)
-    out, t = _timed(device, contenders.predict, method, images)
-    return out, t, torch.cuda.max_memory_allocated(device) / 2**20
+    times: list[float] = []
+    while len(times) < 5 and sum(times) < 1.0:
+        out, t = _timed(device, contenders.predict, method, images)
+        times.append(t)
+    return out, float(np.median(times)), torch.cuda.max_memory_allocated(device) / 2**20
 
 
 def _limit_rows(model: UNet, precision: str, workloads: dict[str, list[np.ndarray]],

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .. import __version__, distributed
-from ..device import choose_precision, use_fast_kernels
+from ..device import choose_precision
 from ..errors import UserInputError
 from ..nn.checkpoint import load_payload
 from ..nn.model import UNet, UNetConfig, init_he
@@ -70,7 +70,6 @@ class Run:
 def build_run(cfg: TrainConfig, folder: Path, ctx: distributed.Context, device: torch.device) -> Run:
     """Read the data and build the net, optimiser and loader of a run (nothing is written)."""
     precision = choose_precision(cfg.precision, device)
-    use_fast_kernels(device)
     if precision == "fp16" and device.type != "cuda":
         raise UserInputError("--precision fp16 needs CUDA; use bf16 or fp32 on a CPU")
     torch.manual_seed(cfg.seed)
