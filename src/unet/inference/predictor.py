@@ -208,7 +208,7 @@ def inference_model(model: UNet, precision: str = "fp32") -> UNet:
 def compiled(model: UNet, device: torch.device) -> torch.nn.Module:
     """``model`` through ``torch.compile`` with CUDA graphs (``mode="reduce-overhead"``), for CUDA.
 
-    Measured on an H200 (docs/results.md): 1.45x the eager net's throughput at 8192², but each
+    Measured on an H200 (docs/results.md): 1.3-1.5x the eager net's throughput at 8192², but each
     new tile batch shape compiles for ~10 s, so it pays on whole slides, not on small images.
     The compiled module still answers ``config``, ``halo`` etc. through to ``model``.
     """
