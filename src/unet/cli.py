@@ -30,8 +30,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="write a 0/255 mask at this (calibrated) probability instead of probabilities (default: off)",
     )
-    p.add_argument("--format", choices=["auto", "png", "tif"], default="auto",
-                   help="output format (default: auto, as the input)")
+    p.add_argument("--format", choices=["auto", "png", "tif", "zarr"], default="auto",
+                   help="output format (default: auto, as the input; OME-Zarr for a zarr input)")
+    p.add_argument("--cluster", default=None,
+                   help="predict OME-Zarr outputs on Dask: local:N (N worker processes) or tcp://HOST:PORT")
+    p.add_argument("--block-size", type=int, default=2048,
+                   help="OME-Zarr outputs: px per block and chunk side, rounded to whole tile steps (default 2048)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="auto (default): bf16 + channels_last on CPUs with bf16, AMP on CUDA, else fp32")
     p.add_argument("--resume", action="store_true",
@@ -70,7 +74,8 @@ def _run_predict(args: argparse.Namespace) -> int | None:
         resume=args.resume,
         compile=args.compile,
     )
-    written = predict_files(args.model, args.input, args.out, options, device=args.device)
+    written = predict_files(args.model, args.input, args.out, options, device=args.device, cluster=args.cluster,
+                            block_px=args.block_size)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote {len(written)} file(s) to {args.out}")
     return None

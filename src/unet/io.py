@@ -46,15 +46,21 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 
 
 def list_images(path: str | Path) -> list[Path]:
-    """A file -> [file]; a folder -> its image files sorted by name. Errors name the path."""
+    """A file or a zarr store -> [it]; a folder -> its image files and ``*.zarr`` stores sorted
+    by name. Errors name the path."""
+    from .chunked import is_zarr
+
     path = Path(path)
     if not path.exists():
         raise UserInputError(f"{path}: no such file or folder")
+    if is_zarr(path):  # a zarr store is one image, though a folder
+        return [path]
     if path.is_file():
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             raise UserInputError(f"{path}: not an image file (expected {', '.join(IMAGE_SUFFIXES)})")
         return [path]
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in path.iterdir()
+                   if (p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) or p.suffix == ".zarr")
     if not files:
         raise UserInputError(f"{path}: the folder holds no image files ({', '.join(IMAGE_SUFFIXES)})")
     return files
@@ -77,7 +83,7 @@ def read_image(path: str | Path) -> np.ndarray:
             array = _read_pil(path)
     except UserInputError:
         raise
-    except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file for the user
+    except Exception as e:
         raise UserInputError(f"{path}: cannot read the image ({type(e).__name__}: {e})") from e
     if array.shape[-1] == 0 or array.shape[-2] == 0:
         raise UserInputError(f"{path}: the image is empty (shape {array.shape[-2:]})")

@@ -19,11 +19,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .. import distributed
+from ..chunked import is_zarr, open_chunked
 from ..device import resolve_device
 from ..errors import UserInputError
 from ..io import TIFF_SUFFIXES, list_images, match_channels
+from .block_run import cluster_client, predict_to_zarr
+from .blocks import DEFAULT_BLOCK_PX
 from .predictor import PredictOptions, Predictor
 from .streaming import open_input, part_path
+from .zarr_output import part_store
 
 __all__ = ["PredictOptions", "output_path", "predict_files"]
 
@@ -36,8 +40,12 @@ def predict_files(
     out_dir: str | Path,
     options: PredictOptions = PredictOptions(),
     device: str | None = None,
+    cluster: str | None = None,
+    block_px: int = DEFAULT_BLOCK_PX,
 ) -> list[Path]:
-    """Segment every image in ``input_path`` (file or folder) into ``out_dir``; return the outputs."""
+    """Segment every image in ``input_path`` (file, zarr store or folder) into ``out_dir``;
+    return the outputs. OME-Zarr outputs are predicted in blocks of about ``block_px`` px,
+    on the Dask cluster ``cluster`` where given (block_run.py)."""
     predictor = Predictor.load(model_path, options, resolve_device(device))
     sources = list_images(input_path)
     out_dir = Path(out_dir)
@@ -46,10 +54,15 @@ def predict_files(
         if out_dir.resolve() == input_dir or input_dir in out_dir.resolve().parents:
             raise UserInputError(f"{out_dir}: the output folder is inside the input folder {input_path}; "
                                  "choose another --out")
-    if options.format not in ("auto", "png", "tif"):
-        raise UserInputError(f"--format {options.format}: use png, tif or auto")
+    if options.format not in ("auto", "png", "tif", "zarr"):
+        raise UserInputError(f"--format {options.format}: use png, tif, zarr or auto")
     shapes = [_check_input(src, predictor) for src in sources]
     targets = _plan_outputs(input_path, sources, shapes, out_dir, options)
+    _check_zarr_plan(targets, options, cluster, model_path)
+    if any(t.suffix == ".zarr" for t in targets):
+        with cluster_client(cluster) as client:  # before anything is written: the scheduler must answer
+            _make_out_dir(out_dir)
+            return [_predict_zarr(predictor, src, t, client, block_px) for src, t in zip(sources, targets)]
     _make_out_dir(out_dir)
 
     ctx, dev = distributed.init(predictor.device)
@@ -71,9 +84,12 @@ def predict_files(
 
 
 def output_path(source: Path, out_dir: Path, fmt: str, n_slices: int) -> Path:
-    """Same name as the input, with the suffix of the written format (stacks are TIFF)."""
+    """Same name as the input, with the suffix of the written format (stacks are TIFF, or
+    OME-Zarr: the default for a zarr input)."""
     if fmt == "instances":
         return out_dir / f"{source.stem}.tif"
+    if fmt == "zarr" or (fmt == "auto" and is_zarr(source)):
+        return out_dir / f"{source.stem}.zarr"
     if fmt == "auto":
         fmt = "tif" if source.suffix.lower() in TIFF_SUFFIXES else "png"
     if n_slices > 1:
@@ -83,7 +99,16 @@ def output_path(source: Path, out_dir: Path, fmt: str, n_slices: int) -> Path:
 
 def _check_input(src: Path, predictor: Predictor) -> tuple[int, ...]:
     """Read (and discard) one input to find its problems before anything is written -> its
-    (N, C, H, W) shape. Prediction reads it again, keeping memory to one image."""
+    (N, C, H, W) shape. Prediction reads it again, keeping memory to one image. A zarr store
+    is checked by its metadata only (its pixels may be a terabyte)."""
+    if is_zarr(src):
+        chunked = open_chunked(src)
+        if chunked.dtype.kind not in "uif":
+            raise UserInputError(f"{src}: unsupported pixel type {chunked.dtype}")
+        shape = chunked.shape
+        match_channels(np.zeros((shape[1], 1, 1), chunked.dtype), predictor.config.in_channels, src,
+                       predictor.options.convert_channels)
+        return shape
     img = open_input(src)
     if img.dtype.kind not in "uif":
         raise UserInputError(f"{src}: unsupported pixel type {img.dtype}")
@@ -112,10 +137,32 @@ def _plan_outputs(input_path: str | Path, sources: list[Path], shapes: list[tupl
         for t in targets:
             if t.exists():
                 raise UserInputError(f"{t}: already exists (use --overwrite to replace it)")
-            if part_path(t).exists() and not options.resume:
-                raise UserInputError(f"{t}: an interrupted run left {part_path(t).name}; continue it with --resume, "
+            part = part_store(t) if t.suffix == ".zarr" else part_path(t)
+            if part.exists() and not options.resume:
+                raise UserInputError(f"{t}: an interrupted run left {part.name}; continue it with --resume, "
                                      "or start again with --overwrite")
     return targets
+
+
+def _check_zarr_plan(targets: list[Path], options: PredictOptions, cluster: str | None,
+                     model_path: str | Path) -> None:
+    """What OME-Zarr outputs (and a cluster) can and cannot do yet, said before any work."""
+    zarr_out = [t.suffix == ".zarr" for t in targets]
+    if cluster is not None and not all(zarr_out):
+        raise UserInputError("--cluster writes OME-Zarr outputs: add --format zarr")
+    if any(zarr_out) and not all(zarr_out):
+        raise UserInputError("zarr and other inputs mixed: give --format zarr to write them all as OME-Zarr")
+    if any(zarr_out) and options.instances:
+        raise UserInputError("--instances writes TIFF label images; OME-Zarr cell labels are not supported yet")
+    if cluster is not None and Path(model_path).suffix.lower() == ".onnx":
+        raise UserInputError("--cluster runs PyTorch checkpoints (.pt); give the .pt model")
+
+
+def _predict_zarr(predictor: Predictor, source: Path, target: Path, client, block_px: int) -> Path:
+    try:
+        return predict_to_zarr(predictor, source, target, client, block_px)
+    except PermissionError as e:
+        raise UserInputError(f"{target}: cannot write ({e.strerror or e})") from e
 
 
 def _make_out_dir(out_dir: Path) -> None:

@@ -174,7 +174,7 @@ class Predictor:
 
     def _predict_to_tiff(self, source: Path, target: Path, ctx: Context, bar: tqdm | None, progress: bool) -> None:
         dtype = np.uint8 if self.options.threshold is not None else np.float32
-        fingerprint = {"model": _fingerprint(self.source),
+        fingerprint = {"model": model_fingerprint(self.source),
                        "options": {k: v for k, v in asdict(self.options).items() if k not in ("overwrite", "resume")}}
         predict_slice = functools.partial(self._predict_slice_into, source, bar, progress)
         predict_to_tiff(source, target, dtype, predict_slice, fingerprint, self.options.resume, ctx)
@@ -257,7 +257,7 @@ def encode(prob: np.ndarray, suffix: str, threshold: float | None,
     return p
 
 
-def _fingerprint(path: Path | None) -> str:
+def model_fingerprint(path: Path | None) -> str:
     """The model file's identity for a resume: path, size and modification time."""
     if path is None:
         return "in-memory model"

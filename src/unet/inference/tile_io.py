@@ -19,6 +19,7 @@ batch meanwhile, so the device computes batch i + 1 while the host writes batch 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -47,21 +48,38 @@ def reflect_indices(start: int, size: int, length: int) -> np.ndarray:
     return np.where(idx >= length, period - idx, idx)
 
 
+@dataclass(frozen=True)
+class Window:
+    """Where an array held in memory lies in its image: its first row and column (``top``,
+    ``left``) and the whole image's ``height`` and ``width`` (px). Tiles are mirrored at the
+    image's edges, not the window's."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+
 class HostTileReader:
     """Tiles gathered on the host: read through the mirror index map, normalised, resampled
-    by the labels' sub-pixel offset (with a halo, so it matches resampling the whole image)."""
+    by the labels' sub-pixel offset (with a halo, so it matches resampling the whole image).
 
-    def __init__(self, image: np.ndarray, rows: TileLayout, cols: TileLayout, normalization: Normalization | None,
-                 input_shift: tuple[float, float], device: torch.device) -> None:
+    ``image`` is the whole image, or (``window``) the part of it that the tiles read, with
+    ``stats`` the whole image's percentiles."""
+
+    def __init__(self, image: np.ndarray, rows: TileLayout, cols: TileLayout,
+                 stats: tuple[np.ndarray, np.ndarray] | None, input_shift: tuple[float, float],
+                 device: torch.device, window: Window | None = None) -> None:
         self.image, self.rows, self.cols, self.input_shift, self.device = image, rows, cols, input_shift, device
-        self.stats = normalization.statistics(image) if normalization is not None else None
+        self.stats = stats
         self.halo = tile_halo(input_shift)
+        self.window = window or Window(0, 0, image.shape[1], image.shape[2])
 
     def tile(self, y: int, x: int) -> np.ndarray:
         """One tile's network input (C, tile, tile) float32."""
-        tile, halo = self.rows.input_size, self.halo
-        r = reflect_indices(y - self.rows.context - halo, tile + 2 * halo, self.image.shape[1])
-        c = reflect_indices(x - self.cols.context - halo, tile + 2 * halo, self.image.shape[2])
+        tile, halo, w = self.rows.input_size, self.halo, self.window
+        r = reflect_indices(y - self.rows.context - halo, tile + 2 * halo, w.height) - w.top
+        c = reflect_indices(x - self.cols.context - halo, tile + 2 * halo, w.width) - w.left
         t = self.image[:, r[:, None], c[None, :]]
         t = apply_normalization(t, *self.stats) if self.stats is not None else t.astype(np.float32, copy=False)
         if halo:
@@ -124,17 +142,20 @@ def tile_reader(image: np.ndarray, rows: TileLayout, cols: TileLayout, normaliza
         resident = device.type == "cuda"
     if resident and input_shift == (0.0, 0.0):
         return DeviceTileReader(image, rows, cols, normalization, device)
-    return HostTileReader(image, rows, cols, normalization, input_shift, device)
+    stats = normalization.statistics(image) if normalization is not None else None
+    return HostTileReader(image, rows, cols, stats, input_shift, device)
 
 
 class TileWriter:
     """Writes batches of tile probabilities (N, C_out, kept, kept) into ``out`` (C_out, H, W),
-    each cut to the image; ``encode`` applied per tile. ``on_batch(k)`` is called once the
-    first k batches are written (a resumable run records it)."""
+    whose first pixel is the image's ``origin`` (the image itself, or a block of it), each
+    tile cut to ``out``; ``encode`` applied per tile. ``on_batch(k)`` is called once the first
+    k batches are written (a resumable run records it)."""
 
     def __init__(self, out, rows: TileLayout, cols: TileLayout, encode: Callable | None,
-                 on_batch: Callable[[int], None] | None, on_tiles: Callable[[int], None]) -> None:
-        self.out, self.rows, self.cols, self.encode = out, rows, cols, encode
+                 on_batch: Callable[[int], None] | None, on_tiles: Callable[[int], None],
+                 origin: Position = (0, 0)) -> None:
+        self.out, self.rows, self.cols, self.encode, self.origin = out, rows, cols, encode, origin
         self.on_batch, self.on_tiles = on_batch, on_tiles
         self._pending: tuple | None = None  # (batch number, positions, host tensor, copy-done event)
         self._buffers: list[torch.Tensor] = []  # two pinned buffers, alternating (CUDA)
@@ -174,6 +195,8 @@ class TileWriter:
     def _write(self, positions: list[Position], probs: np.ndarray) -> None:
         height, width = self.out.shape[-2:]
         for (y, x), p in zip(positions, probs):
+            y, x = y - self.origin[0], x - self.origin[1]  # into ``out``, which starts at ``origin``
+            top, left = max(0, -y), max(0, -x)  # a tile may begin before a block
             h, w = min(self.rows.output_size, height - y), min(self.cols.output_size, width - x)
-            p = p[:, :h, :w]
-            self.out[:, y : y + h, x : x + w] = self.encode(p) if self.encode is not None else p
+            p = p[:, top:h, left:w]
+            self.out[:, y + top : y + h, x + left : x + w] = self.encode(p) if self.encode is not None else p

@@ -36,7 +36,7 @@ from ..device import autocast
 from ..errors import UserInputError
 from ..nn.model import UNet, probabilities
 from ..normalization import Normalization
-from .tile_io import TileWriter, tile_reader
+from .tile_io import Position, TileWriter, tile_reader
 
 DEFAULT_TILE_SIZE = 572  # the paper's tile; rounded to the nearest valid size of each net
 MAX_DEFAULT_TILE = 892  # largest tile the tool picks by itself (memory: ~0.5 GB per tile at width 64, bf16)
@@ -191,18 +191,30 @@ def predict_tiled(
         out = np.empty(out_shape, dtype=np.float32)
     elif tuple(out.shape) != out_shape:
         raise ValueError(f"out must have shape {out_shape}, got {out.shape}")
-    net = _TileNet(model, rows, cols, precision, channels_last)
+    net = TileNet(model, rows, cols, precision, channels_last)
     reader = tile_reader(image, rows, cols, normalization, input_shift, net.device, resident)
     group = symmetries.group(flips)  # checked even without tta
     if not tta:
         group = symmetries.group("none")
     positions = [(y, x) for y in rows.origins for x in cols.origins]
-    was_training = model.training
-    model.eval()
-    model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     bar = tqdm(total=len(positions), desc="tiles", unit="tile", disable=not progress, leave=False,
                initial=min(len(positions), skip_batches * batch_size))
     writer = TileWriter(out, rows, cols, encode, on_batch, bar.update)
+    try:
+        run_tiles(net, reader, writer, positions, batch_size, group, skip_batches)
+    finally:
+        bar.close()
+    return out
+
+
+def run_tiles(net: TileNet, reader, writer: TileWriter, positions: list[Position], batch_size: int,
+              group: tuple[symmetries.Symmetry, ...], skip_batches: int = 0) -> None:
+    """Predict the tiles at ``positions`` (in this order, ``batch_size`` at a time) from
+    ``reader`` into ``writer``; the first ``skip_batches`` batches are skipped (resume)."""
+    model = net.model
+    was_training = model.training
+    model.eval()
+    model.to(memory_format=torch.channels_last if net.channels_last else torch.contiguous_format)
     try:
         with torch.inference_mode():
             for index, chunk in enumerate(_chunks(positions, batch_size)):
@@ -210,9 +222,7 @@ def predict_tiled(
                     writer.put(index, chunk, net.predict(reader.batch(chunk), group))
             writer.flush()
     finally:
-        bar.close()
         model.train(was_training)
-    return out
 
 
 def _checked_image(model: UNet, image: np.ndarray, precision: str, batch_size: int) -> np.ndarray:
@@ -233,7 +243,7 @@ def _checked_image(model: UNet, image: np.ndarray, precision: str, batch_size: i
     return image
 
 
-class _TileNet:
+class TileNet:
     """The net applied to a batch of tiles -> the kept part of their probabilities
     (N, C_out, kept, kept), averaged over a group of flips / rotations."""
 

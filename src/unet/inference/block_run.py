@@ -1,0 +1,177 @@
+"""Predicting a chunked image into OME-Zarr, block by block: in this process or on a Dask cluster.
+
+`predict_to_zarr` plans the blocks (blocks.py), opens the output (zarr_output.py), computes
+each plane's percentiles from a bounded sample (chunked.py), and predicts the blocks not yet
+done: here, one after another, or with ``cluster`` as one Dask task per block:
+
+* ``local:N`` starts a ``dask.distributed.LocalCluster`` of N worker processes (one thread
+  each) for this run;
+* ``tcp://HOST:PORT`` uses a running scheduler (``dask scheduler``; ``dask worker
+  tcp://HOST:PORT --nthreads 1`` on each machine, ``--resources GPU=1`` for a GPU each).
+
+Each worker loads the model once (cached per process) and writes its blocks straight into
+the output store, which every worker must reach at the same path (a shared file system);
+only block names travel back. A worker that dies costs only its blocks: Dask runs them
+again elsewhere, and since a block always writes the same values, the result is identical.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..chunked import ChunkedImage, open_chunked, sample_statistics
+from ..errors import UserInputError
+from .blocks import DEFAULT_BLOCK_PX, Block, BlockGrid, block_grid, predict_block
+from .zarr_output import ZarrOutput, output_layout
+
+
+@dataclass(frozen=True)
+class BlockJob:
+    """Everything a worker needs to predict and write any block of one image (small: it travels)."""
+
+    model: Path
+    options: object  # PredictOptions (frozen, hashable)
+    source: Path
+    target: Path
+    axes: str
+    grid: BlockGrid
+    stats: tuple[tuple[tuple[float, ...], tuple[float, ...]], ...]  # per plane: (low, high) per channel
+    ngff_version: str
+    scale: tuple[float, ...] | None
+    dtype: str
+    device: str | None = None  # None: the worker's CUDA device where it has one, else its CPU
+
+    def output(self) -> ZarrOutput:
+        return ZarrOutput(self.target, self.axes, self.grid, self.ngff_version, self.scale)
+
+    def plane_stats(self, plane: int) -> tuple[np.ndarray, np.ndarray]:
+        low, high = self.stats[plane]
+        return np.asarray(low, np.float32), np.asarray(high, np.float32)
+
+
+def predict_to_zarr(predictor, source: Path, target: Path, client=None,
+                    block_px: int = DEFAULT_BLOCK_PX, progress: bool = True) -> Path:
+    """Predict the chunked image ``source`` into the OME-Zarr ``target`` (see the module
+    docstring), in blocks (and output chunks) of about ``block_px`` px a side, here or on
+    the Dask ``client``'s cluster (`cluster_client`)."""
+    image = open_chunked(source)
+    job = plan(predictor, image, target, block_px)
+    output = job.output()
+    _, shape = output_layout(image, predictor.config.out_channels)
+    output.create(shape, np.dtype(job.dtype), _fingerprint(predictor, job), predictor.options.resume)
+    todo = [b for b in job.grid.blocks() if not output.done(b)]
+    total = len(job.grid.blocks())
+    with tqdm(total=total, initial=total - len(todo), desc=target.name, unit="block", disable=not progress) as bar:
+        if client is None:
+            for block in todo:
+                values = predict_block(predictor, image, job.grid, block, job.plane_stats(block.plane),
+                                       np.dtype(job.dtype))
+                output.write(block, values)
+                bar.update(1)
+        else:
+            _run_on_cluster(client, job, todo, bar)
+    output.finish()
+    return target
+
+
+def plan(predictor, image: ChunkedImage, target: Path, block_px: int = DEFAULT_BLOCK_PX) -> BlockJob:
+    """The blocks, the output's layout and dtype, and each plane's percentiles."""
+    from ..io import match_channels
+
+    n, _, height, width = image.shape
+    grid = block_grid(predictor.model, n, height, width, predictor.options.tile_size, block_px)
+    convert = functools.partial(match_channels, channels=predictor.config.in_channels, path=image.path,
+                                convert=predictor.options.convert_channels)
+    stats = []
+    for plane in range(n):
+        low, high = sample_statistics(image, plane, predictor.normalization, transform=convert)
+        stats.append((tuple(map(float, low)), tuple(map(float, high))))
+    axes, _ = output_layout(image, predictor.config.out_channels)
+    dtype = "uint8" if predictor.options.threshold is not None else "float32"
+    return BlockJob(predictor.source, predictor.options, image.path, target, axes, grid, tuple(stats),
+                    image.ngff_version or "0.5", _output_scale(image, axes), dtype)
+
+
+def _output_scale(image: ChunkedImage, axes: str) -> tuple[float, ...] | None:
+    if image.scale is None:
+        return None
+    size = dict(zip(image.axes, image.scale))
+    return tuple(size.get(a, 1.0) for a in axes)
+
+
+def _fingerprint(predictor, job: BlockJob) -> dict:
+    from .predictor import model_fingerprint
+
+    options = {k: v for k, v in asdict(predictor.options).items() if k not in ("overwrite", "resume")}
+    return {"model": model_fingerprint(predictor.source), "options": options, "stats": job.stats}
+
+
+# --- on a Dask cluster ---------------------------------------------------------------------
+
+def _run_on_cluster(client, job: BlockJob, todo: list[Block], bar: tqdm) -> None:
+    from distributed import as_completed
+
+    futures = client.map(run_block, todo, job=job, pure=False)
+    for future in as_completed(futures, loop=client.loop):
+        future.result()  # a worker's error (one line) is raised here
+        bar.update(1)
+
+
+@contextlib.contextmanager
+def cluster_client(cluster: str | None):
+    """A Dask client for ``local:N`` (a cluster made for this run, closed after it) or a
+    scheduler address ``tcp://HOST:PORT``; None: no client (predict in this process)."""
+    from distributed import Client, LocalCluster
+
+    if cluster is None:
+        yield None
+        return
+    if cluster.startswith("local:"):
+        count = cluster.removeprefix("local:")
+        if not count.isdigit() or int(count) < 1:
+            raise UserInputError(f"--cluster {cluster}: give local:N with N >= 1 workers")
+        with LocalCluster(n_workers=int(count), threads_per_worker=1, processes=True,
+                          dashboard_address=None) as local, Client(local, set_as_default=False) as client:
+            yield client
+        return
+    if not cluster.startswith(("tcp://", "tls://")):
+        raise UserInputError(f"--cluster {cluster}: give local:N or a scheduler address tcp://HOST:PORT")
+    try:
+        client = Client(cluster, timeout="10s", set_as_default=False)
+    except (OSError, TimeoutError) as e:
+        raise UserInputError(f"--cluster {cluster}: the scheduler does not answer ({e})") from e
+    with client:
+        yield client
+
+
+def run_block(block: Block, job: BlockJob) -> str:
+    """A Dask task: predict ``block`` of ``job`` and write it; returns its name."""
+    output = job.output()
+    if not output.done(block):
+        predictor, image = _worker_state(job.model, job.options, job.device, job.source)
+        values = predict_block(predictor, image, job.grid, block, job.plane_stats(block.plane), np.dtype(job.dtype))
+        output.write(block, values)
+    return block.name
+
+
+@functools.lru_cache(maxsize=2)
+def _worker_state(model: Path, options, device: str | None, source: Path):
+    """The model, loaded once per worker process, and the input, opened once."""
+    import torch
+
+    from ..device import resolve_device
+    from .predictor import Predictor
+
+    try:
+        from distributed import get_worker
+
+        torch.set_num_threads(max(1, get_worker().state.nthreads))
+    except ValueError:  # not inside a Dask worker
+        pass
+    return Predictor.load(model, options, resolve_device(device)), open_chunked(source)
