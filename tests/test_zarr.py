@@ -68,6 +68,15 @@ def level0(path):
     return zarr.open_group(str(path), mode="r")["0"][:]
 
 
+def test_blocks_run_each_tile_of_the_layout_once(model_path):
+    from unet.inference.blocks import block_grid
+
+    grid = block_grid(Predictor.load(model_path).model, 1, 300, 260, TILE, BLOCK)
+    assert grid.size == 108 and grid.rows.origins[-2:] == (252, 264)  # tiles every 36 px, the last one at 264
+    per_block = [len(grid.positions(b)) for b in grid.blocks()]
+    assert sum(per_block) == len(grid.rows.origins) * len(grid.cols.origins)
+
+
 def test_sample_percentiles_match_the_full_image(tmp_path, image):
     write_ome_zarr(tmp_path / "a.zarr", image, chunks=(32, 32))
     chunked = open_chunked(tmp_path / "a.zarr")

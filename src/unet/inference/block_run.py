@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,13 +55,14 @@ class BlockJob:
         return np.asarray(low, np.float32), np.asarray(high, np.float32)
 
 
-def predict_to_zarr(predictor, source: Path, target: Path, client=None,
-                    block_px: int = DEFAULT_BLOCK_PX, progress: bool = True) -> Path:
+def predict_to_zarr(predictor, source: Path, target: Path, client=None, block_px: int = DEFAULT_BLOCK_PX,
+                    progress: bool = True, worker_device: str | None = None) -> Path:
     """Predict the chunked image ``source`` into the OME-Zarr ``target`` (see the module
     docstring), in blocks (and output chunks) of about ``block_px`` px a side, here or on
-    the Dask ``client``'s cluster (`cluster_client`)."""
+    the Dask ``client``'s cluster (`cluster_client`), whose workers run on ``worker_device``
+    (None: their CUDA device where they have one, else their CPU)."""
     image = open_chunked(source)
-    job = plan(predictor, image, target, block_px)
+    job = replace(plan(predictor, image, target, block_px), device=worker_device)
     output = job.output()
     _, shape = output_layout(image, predictor.config.out_channels)
     output.create(shape, np.dtype(job.dtype), _fingerprint(predictor, job), predictor.options.resume)

@@ -59,10 +59,19 @@ class BlockGrid:
                 for top in range(0, self.height, self.size) for left in range(0, self.width, self.size)]
 
     def positions(self, block: Block) -> list[Position]:
-        """The tiles whose kept output reaches into ``block``, in the whole image's order."""
-        ys = [y for y in self.rows.origins if y < block.bottom and y + self.rows.output_size > block.top]
-        xs = [x for x in self.cols.origins if x < block.right and x + self.cols.output_size > block.left]
+        """The tiles that write into ``block`` in the whole image's pass, in its order."""
+        ys = _writing_origins(self.rows, block.top, block.bottom)
+        xs = _writing_origins(self.cols, block.left, block.right)
         return [(y, x) for y in ys for x in xs]
+
+
+def _writing_origins(layout: TileLayout, start: int, end: int) -> list[int]:
+    """Origins of the tiles whose kept output reaches into [start, end) and is not wholly
+    overwritten there by a later tile: the last tile beginning at or before ``start`` (it
+    covers what earlier ones reach, to at least as far) and those after it."""
+    reaching = [o for o in layout.origins if o < end and o + layout.output_size > start]
+    first = max((o for o in reaching if o <= start), default=reaching[0])
+    return [o for o in reaching if o >= first]
 
 
 def block_grid(model_like, planes: int, height: int, width: int, tile_size: int | None = None,

@@ -62,7 +62,7 @@ def predict_files(
     if any(t.suffix == ".zarr" for t in targets):
         with cluster_client(cluster) as client:  # before anything is written: the scheduler must answer
             _make_out_dir(out_dir)
-            return [_predict_zarr(predictor, src, t, client, block_px) for src, t in zip(sources, targets)]
+            return [_predict_zarr(predictor, src, t, client, block_px, device) for src, t in zip(sources, targets)]
     _make_out_dir(out_dir)
 
     ctx, dev = distributed.init(predictor.device)
@@ -154,13 +154,16 @@ def _check_zarr_plan(targets: list[Path], options: PredictOptions, cluster: str 
         raise UserInputError("zarr and other inputs mixed: give --format zarr to write them all as OME-Zarr")
     if any(zarr_out) and options.instances:
         raise UserInputError("--instances writes TIFF label images; OME-Zarr cell labels are not supported yet")
+    if any(zarr_out) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserInputError("--devices does not split OME-Zarr outputs; use --cluster local:N")
     if cluster is not None and Path(model_path).suffix.lower() == ".onnx":
         raise UserInputError("--cluster runs PyTorch checkpoints (.pt); give the .pt model")
 
 
-def _predict_zarr(predictor: Predictor, source: Path, target: Path, client, block_px: int) -> Path:
+def _predict_zarr(predictor: Predictor, source: Path, target: Path, client, block_px: int,
+                  device: str | None) -> Path:
     try:
-        return predict_to_zarr(predictor, source, target, client, block_px)
+        return predict_to_zarr(predictor, source, target, client, block_px, worker_device=device)
     except PermissionError as e:
         raise UserInputError(f"{target}: cannot write ({e.strerror or e})") from e
 
