@@ -9,6 +9,10 @@
 # DATA: ISBI 2012's labelled slices (images/, labels/); on the device machine a git-ignored
 # copy carried with the working tree (../shared does not travel). The last 5 slices are the
 # held-apart slices scored here, as in isbi_recipes.sh. LIMIT: each training's clock [3m].
+# Preparing it here (2026-12-01): `mkdir .isbi && cp -r ../shared/data/isbi2012/train/{images,labels} .isbi/`;
+# MONAI is not on the GPU machine: `pip download --no-deps --only-binary=:all: --python-version 3.12
+# -d .whl monai==1.6.1`, then run with carry [".isbi", ".whl"] and, first in the command,
+# `python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site;`
 # Writes: gpu.txt, test_cuda.log, benchmark.txt, benchmark.json, throughput.txt, log.txt
 # (training / predict / evaluate logs), scores.json (per recipe: scores, steps/s), compile.txt.
 set -uo pipefail
