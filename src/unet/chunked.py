@@ -148,7 +148,7 @@ def _unique_plane_axes(axes: str) -> str:
 
 
 def _check_axes(path: Path, axes: str) -> None:
-    if not axes.endswith("yx") or "y" not in axes or len(set(axes)) != len(axes):
+    if not axes.endswith("yx") or len(set(axes)) != len(axes):
         raise UserInputError(f"{path}: axes '{axes}' cannot be segmented: the last two must be y and x, "
                              "each axis named once")
 
@@ -161,7 +161,7 @@ def sample_statistics(image: ChunkedImage, n: int, normalization: Normalization,
     At most ``max_pixels`` px are read: every chunk where the plane is that small (then the
     result equals the full-image percentiles), else every k-th chunk along each axis of the
     chunk grid (k as small as the budget allows), so the sample spans the whole plane.
-    Measured on a test image (tests/test_chunked.py): within 1% of the intensity range of the
+    Measured on a test image (tests/test_zarr.py): within 1% of the intensity range of the
     full-image percentiles. ``transform`` (C, h, w) -> (C', h, w) is applied to each chunk
     first (the model's channel conversion).
     """

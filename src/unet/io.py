@@ -83,7 +83,7 @@ def read_image(path: str | Path) -> np.ndarray:
             array = _read_pil(path)
     except UserInputError:
         raise
-    except Exception as e:
+    except Exception as e:  # any decoder failure is a bad file for the user
         raise UserInputError(f"{path}: cannot read the image ({type(e).__name__}: {e})") from e
     if array.shape[-1] == 0 or array.shape[-2] == 0:
         raise UserInputError(f"{path}: the image is empty (shape {array.shape[-2:]})")

@@ -47,7 +47,8 @@ import torch
 
 from ..device import choose_precision, resolve_device, use_fast_kernels
 from ..nn.model import UNet, init_he, probabilities
-from .predictor import compiled as compile_for_cuda, inference_model
+from .predictor import compiled as compile_for_cuda
+from .predictor import inference_model
 from .tile_io import reflect_indices
 from .tiling import default_batch_size, default_tile_size, predict_tiled
 

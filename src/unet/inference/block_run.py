@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,8 @@ class BlockJob:
     options: object  # PredictOptions (frozen, hashable)
     source: Path
     target: Path
-    axes: str
+    axes: str  # the output's
+    shape: tuple[int, ...]  # the output's
     grid: BlockGrid
     stats: tuple[tuple[tuple[float, ...], tuple[float, ...]], ...]  # per plane: (low, high) per channel
     ngff_version: str
@@ -64,16 +65,14 @@ def predict_to_zarr(predictor, source: Path, target: Path, client=None, block_px
     image = open_chunked(source)
     job = replace(plan(predictor, image, target, block_px), device=worker_device)
     output = job.output()
-    _, shape = output_layout(image, predictor.config.out_channels)
-    output.create(shape, np.dtype(job.dtype), _fingerprint(predictor, job), predictor.options.resume)
+    fingerprint = {**predictor.resume_fingerprint(), "stats": job.stats}
+    output.create(job.shape, np.dtype(job.dtype), fingerprint, predictor.options.resume)
     todo = [b for b in job.grid.blocks() if not output.done(b)]
     total = len(job.grid.blocks())
     with tqdm(total=total, initial=total - len(todo), desc=target.name, unit="block", disable=not progress) as bar:
         if client is None:
             for block in todo:
-                values = predict_block(predictor, image, job.grid, block, job.plane_stats(block.plane),
-                                       np.dtype(job.dtype))
-                output.write(block, values)
+                write_block(predictor, image, job, output, block)
                 bar.update(1)
         else:
             _run_on_cluster(client, job, todo, bar)
@@ -93,9 +92,9 @@ def plan(predictor, image: ChunkedImage, target: Path, block_px: int = DEFAULT_B
     for plane in range(n):
         low, high = sample_statistics(image, plane, predictor.normalization, transform=convert)
         stats.append((tuple(map(float, low)), tuple(map(float, high))))
-    axes, _ = output_layout(image, predictor.config.out_channels)
+    axes, shape = output_layout(image, predictor.config.out_channels)
     dtype = "uint8" if predictor.options.threshold is not None else "float32"
-    return BlockJob(predictor.source, predictor.options, image.path, target, axes, grid, tuple(stats),
+    return BlockJob(predictor.source, predictor.options, image.path, target, axes, shape, grid, tuple(stats),
                     image.ngff_version or "0.5", _output_scale(image, axes), dtype)
 
 
@@ -104,13 +103,6 @@ def _output_scale(image: ChunkedImage, axes: str) -> tuple[float, ...] | None:
         return None
     size = dict(zip(image.axes, image.scale))
     return tuple(size.get(a, 1.0) for a in axes)
-
-
-def _fingerprint(predictor, job: BlockJob) -> dict:
-    from .predictor import model_fingerprint
-
-    options = {k: v for k, v in asdict(predictor.options).items() if k not in ("overwrite", "resume")}
-    return {"model": model_fingerprint(predictor.source), "options": options, "stats": job.stats}
 
 
 # --- on a Dask cluster ---------------------------------------------------------------------
@@ -156,9 +148,14 @@ def run_block(block: Block, job: BlockJob) -> str:
     output = job.output()
     if not output.done(block):
         predictor, image = _worker_state(job.model, job.options, job.device, job.source)
-        values = predict_block(predictor, image, job.grid, block, job.plane_stats(block.plane), np.dtype(job.dtype))
-        output.write(block, values)
+        write_block(predictor, image, job, output, block)
     return block.name
+
+
+def write_block(predictor, image: ChunkedImage, job: BlockJob, output: ZarrOutput, block: Block) -> None:
+    """Predict one block of ``job`` and write it (then it counts as done)."""
+    values = predict_block(predictor, image, job.grid, block, job.plane_stats(block.plane), np.dtype(job.dtype))
+    output.write(block, values)
 
 
 @functools.lru_cache(maxsize=2)

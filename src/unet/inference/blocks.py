@@ -17,11 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import symmetries
 from ..chunked import ChunkedImage
 from ..registration import tile_halo
 from .tile_io import HostTileReader, Position, TileWriter, Window, reflect_indices
-from .tiling import TileLayout, TileNet, default_batch_size, default_tile_size, run_tiles, tile_layout
+from .tiling import TileLayout, TileNet, default_tile_size, run_tiles, tile_layout, tta_group
 
 DEFAULT_BLOCK_PX = 2048  # about this many px a side; ~17 MB of float32 output per block
 
@@ -87,9 +86,10 @@ def block_grid(model_like, planes: int, height: int, width: int, tile_size: int 
 def read_window(grid: BlockGrid, positions: list[Position], input_shift: tuple[float, float]) -> Window:
     """The smallest window of the image that the tiles at ``positions`` read (mirror included)."""
     halo = tile_halo(input_shift)
-    span = grid.rows.input_size + 2 * halo
-    rows = [reflect_indices(y - grid.rows.context - halo, span, grid.height) for y in {p[0] for p in positions}]
-    cols = [reflect_indices(x - grid.cols.context - halo, span, grid.width) for x in {p[1] for p in positions}]
+    rows = [reflect_indices(y - grid.rows.context - halo, grid.rows.input_size + 2 * halo, grid.height)
+            for y in {p[0] for p in positions}]
+    cols = [reflect_indices(x - grid.cols.context - halo, grid.cols.input_size + 2 * halo, grid.width)
+            for x in {p[1] for p in positions}]
     top, left = min(r.min() for r in rows), min(c.min() for c in cols)
     bottom, right = max(r.max() for r in rows) + 1, max(c.max() for c in cols) + 1
     return Window(int(top), int(left), int(bottom - top), int(right - left))
@@ -111,14 +111,11 @@ def predict_block(predictor, image: ChunkedImage, grid: BlockGrid, block: Block,
     out = np.empty((channels, block.bottom - block.top, block.right - block.left), dtype=out_dtype)
     encode = predictor.encode_tile if channels == 1 else None
     writer = TileWriter(out, grid.rows, grid.cols, encode, None, _ignore, origin=(block.top, block.left))
-    net = TileNet(predictor.model, grid.rows, grid.cols, predictor.precision, predictor.precision != "fp32")
-    batch = predictor.options.batch_size or default_batch_size(predictor.model, grid.rows.input_size,
-                                                               predictor.precision, predictor.device)
-    group = symmetries.group(predictor.flips) if predictor.options.tta else symmetries.group("none")
-    run_tiles(net, reader, writer, positions, batch, group)
+    net = TileNet(predictor.model, grid.rows, grid.cols, predictor.precision, predictor.channels_last)
+    group = tta_group(predictor.flips, predictor.options.tta)
+    run_tiles(net, reader, writer, positions, predictor.batch_size(grid.rows.input_size), group)
     return out
 
 
 def _ignore(_: int) -> None:
     """The tile counter of a block (blocks count themselves)."""
-

@@ -130,11 +130,25 @@ class Predictor:
             image = image[None]
         image = match_channels(image, self.config.in_channels, name, self.options.convert_channels)
         tile = self.options.tile_size or default_tile_size(self.model, image.shape[-2], image.shape[-1])
-        batch = self.options.batch_size or default_batch_size(self.model, tile, self.precision, self.device)
-        return predict_tiled(self.model, image, tile_size=tile, batch_size=batch, tta=self.options.tta,
+        return predict_tiled(self.model, image, tile_size=tile, batch_size=self.batch_size(tile), tta=self.options.tta,
                              flips=self.flips, normalization=self.normalization, input_shift=self.input_shift,
-                             precision=self.precision, channels_last=self.precision != "fp32", progress=progress,
+                             precision=self.precision, channels_last=self.channels_last, progress=progress,
                              out=out, encode=encode, skip_batches=skip_batches, on_batch=on_batch)
+
+    @property
+    def channels_last(self) -> bool:
+        """The net runs channels-last at reduced precision (see `inference_model`)."""
+        return self.precision != "fp32"
+
+    def batch_size(self, tile: int) -> int:
+        """Tiles per forward pass: ``options.batch_size``, else what fits the device."""
+        return self.options.batch_size or default_batch_size(self.model, tile, self.precision, self.device)
+
+    def resume_fingerprint(self) -> dict:
+        """What an interrupted output must have been made with to be continued: the model
+        file and every option that changes what is written."""
+        options = {k: v for k, v in asdict(self.options).items() if k not in ("overwrite", "resume")}
+        return {"model": model_fingerprint(self.source), "options": options}
 
     def predict(self, image: np.ndarray, suffix: str = ".tif", *, name: str | Path = "image",
                 progress: bool = False) -> np.ndarray:
@@ -174,10 +188,8 @@ class Predictor:
 
     def _predict_to_tiff(self, source: Path, target: Path, ctx: Context, bar: tqdm | None, progress: bool) -> None:
         dtype = np.uint8 if self.options.threshold is not None else np.float32
-        fingerprint = {"model": model_fingerprint(self.source),
-                       "options": {k: v for k, v in asdict(self.options).items() if k not in ("overwrite", "resume")}}
         predict_slice = functools.partial(self._predict_slice_into, source, bar, progress)
-        predict_to_tiff(source, target, dtype, predict_slice, fingerprint, self.options.resume, ctx)
+        predict_to_tiff(source, target, dtype, predict_slice, self.resume_fingerprint(), self.options.resume, ctx)
 
     def _predict_slice_into(self, source: Path, bar: tqdm | None, progress: bool, page: np.ndarray, out,
                             skip_batches: int, on_batch) -> None:

@@ -193,9 +193,7 @@ def predict_tiled(
         raise ValueError(f"out must have shape {out_shape}, got {out.shape}")
     net = TileNet(model, rows, cols, precision, channels_last)
     reader = tile_reader(image, rows, cols, normalization, input_shift, net.device, resident)
-    group = symmetries.group(flips)  # checked even without tta
-    if not tta:
-        group = symmetries.group("none")
+    group = tta_group(flips, tta)
     positions = [(y, x) for y in rows.origins for x in cols.origins]
     bar = tqdm(total=len(positions), desc="tiles", unit="tile", disable=not progress, leave=False,
                initial=min(len(positions), skip_batches * batch_size))
@@ -205,6 +203,13 @@ def predict_tiled(
     finally:
         bar.close()
     return out
+
+
+def tta_group(flips: str, tta: bool) -> tuple[symmetries.Symmetry, ...]:
+    """The flips / rotations a prediction averages over: the group ``flips`` with ``tta``
+    (checked even without), else the identity alone."""
+    group = symmetries.group(flips)
+    return group if tta else symmetries.group("none")
 
 
 def run_tiles(net: TileNet, reader, writer: TileWriter, positions: list[Position], batch_size: int,

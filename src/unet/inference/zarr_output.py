@@ -25,6 +25,7 @@ import numpy as np
 
 from ..chunked import ChunkedImage, plane_key
 from ..errors import UserInputError
+from ..io import atomic_path
 from .blocks import Block, BlockGrid
 
 _AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
@@ -165,6 +166,5 @@ def _axis(name: str) -> dict:
 
 
 def _write_json(path: Path, value: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(value))
