@@ -49,7 +49,11 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--channels", choices=["strict", "convert"], default="strict",
                    help="strict: the image must have the model's channels (default); convert: RGB -> grey")
     p.add_argument("--instances", nargs="?", const="watershed", choices=["watershed", "components"],
-                   help="write cell label images (TIFF): seeded watershed (default) or connected components")
+                   help="write cell label images (TIFF; NGFF labels in OME-Zarr outputs): seeded watershed "
+                        "(default) or connected components")
+    p.add_argument("--into-input", action="store_true",
+                   help="OME-Zarr input: write the cells into its own labels/ group (never over an existing one)")
+    p.add_argument("--label-name", default="cells", help="OME-Zarr: the cells' name under labels/ (default: cells)")
     p.set_defaults(run=_run_predict)
 
 
@@ -70,6 +74,8 @@ def _run_predict(args: argparse.Namespace) -> int | None:
         precision=args.precision,
         overwrite=args.overwrite,
         instances=args.instances,
+        label_name=args.label_name,
+        into_input=args.into_input,
         convert_channels=args.channels == "convert",
         resume=args.resume,
         compile=args.compile,

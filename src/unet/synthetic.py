@@ -1,5 +1,7 @@
 """Synthetic EM-like images with exact labels, for the demo and the tests (no download);
-and synthetic fluorescence nuclei with instance ids (`synthetic_nuclei`), for benchmarks.
+synthetic fluorescence nuclei with instance ids (`synthetic_nuclei`), for benchmarks; and a
+U-Net wired by hand to find bright discs (`disc_detector`), for tests and benchmarks of
+what comes after the net (cells, blocks) without training one.
 
 Cells are a Voronoi tessellation of random seeds; membranes are dark lines of smoothly
 varying thickness along the cell borders; cells get their own grey level, texture and
@@ -82,6 +84,27 @@ def synthetic_nuclei(rng: np.random.Generator, size: int = 256, clusters: int = 
     image = ndimage.gaussian_filter(image, 1.2) + 0.05
     image = rng.poisson(image * 300) + rng.normal(100, 5, image.shape)
     return np.clip(image * 20, 0, 65535).astype(np.uint16), ids.astype(np.uint16)
+
+
+def disc_detector(width: int = 4, depth: int = 2):
+    """A U-Net (eval mode) whose map is sigmoid(20 (x - 0.5)) of the normalised input x: every
+    weight 0 but one path, the first channel of each level-0 convolution and the skip."""
+    import torch
+
+    from .nn.model import UNet
+
+    model = UNet(width=width, depth=depth).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.zero_()
+            if name.endswith((".1.weight", ".4.weight")):  # batch norms: identity
+                p.fill_(1.0)
+        last_up = f"up.{depth - 1}.conv"
+        for name in ("down.0.0", "down.0.3", f"{last_up}.0", f"{last_up}.3"):
+            model.get_submodule(name).weight[0, 0, 1, 1] = 1.0  # the skip comes first in the concatenation
+        model.head.weight[0, 0] = 20.0
+        model.head.bias[0] = -10.0
+    return model
 
 
 def write_dataset(folder: str | Path, n_images: int, size: int = 256, seed: int = 0, kind: str = "em") -> Path:

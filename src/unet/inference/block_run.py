@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from ..chunked import ChunkedImage, open_chunked, sample_statistics
 from ..errors import UserInputError
 from .blocks import DEFAULT_BLOCK_PX, Block, BlockGrid, block_grid, predict_block
+from .zarr_labels import CellJob, create_labels, finish_labels, label_block, merge_blocks, publish_labels, relabel_block
 from .zarr_output import ZarrOutput, output_layout
 
 
@@ -75,9 +76,32 @@ def predict_to_zarr(predictor, source: Path, target: Path, client=None, block_px
                 write_block(predictor, image, job, output, block)
                 bar.update(1)
         else:
-            _run_on_cluster(client, job, todo, bar)
+            run_blocks(client, run_block, todo, bar=bar, job=job)
+    if predictor.instance_settings is not None:
+        _cut_cells(predictor, job, output, client, progress)
     output.finish()
     return target
+
+
+def _cut_cells(predictor, job: BlockJob, output: ZarrOutput, client, progress: bool) -> None:
+    """``--instances``: the cells of the map just written, as an NGFF labels image in the
+    output (or, with ``--into-input``, in the input image's own labels/), zarr_labels.py."""
+    options = predictor.options
+    image = job.source if options.into_input else output.part
+    labels = (output.progress / "labels" if options.into_input else output.part / "labels") / options.label_name
+    threshold = 0.5 if options.threshold is None else options.threshold
+    cells = CellJob(output.part / "0", labels, output.progress / "cells", job.axes, job.grid,
+                    predictor.instance_settings, threshold)
+    shape = tuple(1 if a == "c" else s for a, s in zip(job.axes, job.shape))
+    create_labels(cells, shape, 2 if job.ngff_version == "0.4" else 3, options.resume)
+    blocks = job.grid.blocks()
+    with tqdm(total=len(blocks), desc="cells", unit="block", disable=not progress) as bar:
+        run_blocks(client, label_block, blocks, bar=bar, job=cells)
+    luts, count = merge_blocks(cells)
+    with tqdm(total=len(blocks), desc="cell ids", unit="block", disable=not progress) as bar:
+        run_blocks(client, relabel_block, blocks, luts, bar=bar, job=cells)
+    finish_labels(cells, job.ngff_version, job.scale)
+    publish_labels(labels, image, options.label_name, count, job.ngff_version)
 
 
 def plan(predictor, image: ChunkedImage, target: Path, block_px: int = DEFAULT_BLOCK_PX) -> BlockJob:
@@ -93,7 +117,8 @@ def plan(predictor, image: ChunkedImage, target: Path, block_px: int = DEFAULT_B
         low, high = sample_statistics(image, plane, predictor.normalization, transform=convert)
         stats.append((tuple(map(float, low)), tuple(map(float, high))))
     axes, shape = output_layout(image, predictor.config.out_channels)
-    dtype = "uint8" if predictor.options.threshold is not None else "float32"
+    mask = predictor.options.threshold is not None and not predictor.options.instances
+    dtype = "uint8" if mask else "float32"
     return BlockJob(predictor.source, predictor.options, image.path, target, axes, shape, grid, tuple(stats),
                     image.ngff_version or "0.5", _output_scale(image, axes), dtype)
 
@@ -105,12 +130,19 @@ def _output_scale(image: ChunkedImage, axes: str) -> tuple[float, ...] | None:
     return tuple(size.get(a, 1.0) for a in axes)
 
 
-# --- on a Dask cluster ---------------------------------------------------------------------
+# --- tasks, here or on a Dask cluster ------------------------------------------------------
 
-def _run_on_cluster(client, job: BlockJob, todo: list[Block], bar: tqdm) -> None:
+def run_blocks(client, task, blocks: list[Block], *per_block, bar: tqdm, **shared) -> None:
+    """``task(block, *per_block values, **shared)`` for each block: here in order without a
+    ``client``, else as one Dask task each (any order, any worker)."""
+    if client is None:
+        for args in zip(blocks, *per_block):
+            task(*args, **shared)
+            bar.update(1)
+        return
     from distributed import as_completed
 
-    futures = client.map(run_block, todo, job=job, pure=False)
+    futures = client.map(task, blocks, *per_block, pure=False, **shared)
     for future in as_completed(futures, loop=client.loop):
         future.result()  # a worker's error (one line) is raised here
         bar.update(1)

@@ -58,7 +58,7 @@ def predict_files(
         raise UserInputError(f"--format {options.format}: use png, tif, zarr or auto")
     shapes = [_check_input(src, predictor) for src in sources]
     targets = _plan_outputs(input_path, sources, shapes, out_dir, options)
-    _check_zarr_plan(targets, options, cluster, model_path)
+    _check_zarr_plan(sources, targets, options, cluster, model_path)
     if any(t.suffix == ".zarr" for t in targets):
         with cluster_client(cluster) as client:  # before anything is written: the scheduler must answer
             _make_out_dir(out_dir)
@@ -83,13 +83,13 @@ def predict_files(
     return targets
 
 
-def output_path(source: Path, out_dir: Path, fmt: str, n_slices: int) -> Path:
-    """Same name as the input, with the suffix of the written format (stacks are TIFF, or
-    OME-Zarr: the default for a zarr input)."""
-    if fmt == "instances":
-        return out_dir / f"{source.stem}.tif"
+def output_path(source: Path, out_dir: Path, fmt: str, n_slices: int, instances: bool = False) -> Path:
+    """Same name as the input, with the suffix of the written format (stacks and cell labels
+    are TIFF, or OME-Zarr: the default for a zarr input)."""
     if fmt == "zarr" or (fmt == "auto" and is_zarr(source)):
         return out_dir / f"{source.stem}.zarr"
+    if instances:
+        return out_dir / f"{source.stem}.tif"
     if fmt == "auto":
         fmt = "tif" if source.suffix.lower() in TIFF_SUFFIXES else "png"
     if n_slices > 1:
@@ -126,8 +126,8 @@ def _plan_outputs(input_path: str | Path, sources: list[Path], shapes: list[tupl
                   options: PredictOptions) -> list[Path]:
     """The output of each input; refuse outputs that would replace an input, each other, or
     (without ``overwrite``) an existing file or an interrupted run's part file."""
-    fmt = "instances" if options.instances else options.format
-    targets = [output_path(src, out_dir, fmt, shape[0]) for src, shape in zip(sources, shapes)]
+    targets = [output_path(src, out_dir, options.format, shape[0], bool(options.instances))
+               for src, shape in zip(sources, shapes)]
     for src, t in zip(sources, targets):
         if t.resolve() == src.resolve():
             raise UserInputError(f"{t}: the output would replace its own input; choose another --out")
@@ -144,20 +144,41 @@ def _plan_outputs(input_path: str | Path, sources: list[Path], shapes: list[tupl
     return targets
 
 
-def _check_zarr_plan(targets: list[Path], options: PredictOptions, cluster: str | None,
+def _check_zarr_plan(sources: list[Path], targets: list[Path], options: PredictOptions, cluster: str | None,
                      model_path: str | Path) -> None:
-    """What OME-Zarr outputs (and a cluster) can and cannot do yet, said before any work."""
+    """What OME-Zarr outputs (and a cluster) can and cannot do, said before any work."""
     zarr_out = [t.suffix == ".zarr" for t in targets]
     if cluster is not None and not all(zarr_out):
         raise UserInputError("--cluster writes OME-Zarr outputs: add --format zarr")
     if any(zarr_out) and not all(zarr_out):
         raise UserInputError("zarr and other inputs mixed: give --format zarr to write them all as OME-Zarr")
-    if any(zarr_out) and options.instances:
-        raise UserInputError("--instances writes TIFF label images; OME-Zarr cell labels are not supported yet")
+    if options.into_input or options.label_name != "cells":
+        _check_label_plan(sources, zarr_out, options)
     if any(zarr_out) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserInputError("--devices does not split OME-Zarr outputs; use --cluster local:N")
     if cluster is not None and Path(model_path).suffix.lower() == ".onnx":
         raise UserInputError("--cluster runs PyTorch checkpoints (.pt); give the .pt model")
+
+
+def _check_label_plan(sources: list[Path], zarr_out: list[bool], options: PredictOptions) -> None:
+    """--into-input and --label-name: cells into OME-Zarr, never over an existing label image."""
+    import re
+
+    name = options.label_name
+    if not options.instances:
+        raise UserInputError("--into-input and --label-name name the cells of OME-Zarr outputs: add --instances")
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
+        raise UserInputError(f"--label-name {name!r}: use letters, digits, '_', '-' and '.', not first '.'")
+    for src in sources if options.into_input else []:
+        if not is_zarr(src) or open_chunked(src).kind != "ome-zarr":
+            raise UserInputError(f"{src}: --into-input writes into an OME-Zarr image's labels/; this is not one")
+        if (src / "labels" / name).exists():
+            raise UserInputError(f"{src}: already holds a label image '{name}' (labels/{name}); it is never "
+                                 "replaced: choose another --label-name")
+        if not os.access(src, os.W_OK) or ((src / "labels").exists() and not os.access(src / "labels", os.W_OK)):
+            raise UserInputError(f"{src}: not writable, so --into-input cannot add its labels")
+    if not all(zarr_out):
+        raise UserInputError("--into-input and --label-name name the cells of OME-Zarr outputs: add --format zarr")
 
 
 def _predict_zarr(predictor: Predictor, source: Path, target: Path, client, block_px: int,

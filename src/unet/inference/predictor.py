@@ -52,10 +52,12 @@ class PredictOptions:
     batch_size: int | None = None  # tiles per forward pass; None: as many as fit in ~1.5 GB
     tta: bool = False  # average over the flips / rotations the model was trained with
     threshold: float | None = None  # write masks at this calibrated probability
-    format: str = "auto"  # "png", "tif" or "auto" (the input's own kind)
+    format: str = "auto"  # "png", "tif", "zarr" or "auto" (the input's own kind; OME-Zarr for zarr)
     precision: str = "auto"  # auto: bf16 + channels_last on CPUs with bf16, AMP on CUDA
     overwrite: bool = False
-    instances: str | None = None  # "watershed" or "components": write cell labels (TIFF)
+    instances: str | None = None  # "watershed" or "components": write cell labels (TIFF, or NGFF labels)
+    label_name: str = "cells"  # OME-Zarr: the labels image's name under labels/
+    into_input: bool = False  # OME-Zarr: write the cells into the input's own labels/ group
     convert_channels: bool = False  # RGB -> grey (or grey -> repeated) to fit the model
     resume: bool = False  # continue unfinished TIFF outputs of an interrupted run
     compile: bool = False  # CUDA: torch.compile + CUDA graphs (~10 s per tile shape; pays on large images)
@@ -200,8 +202,10 @@ class Predictor:
             bar.update(1)
 
     def encode_tile(self, prob: np.ndarray) -> np.ndarray:
-        """A tile's probabilities (1, h, w) -> the (1, h, w) values a streamed TIFF holds."""
-        return encode(calibrate(prob, self.threshold), ".tif", self.options.threshold)[None]
+        """A tile's probabilities (1, h, w) -> the (1, h, w) values a streamed TIFF or OME-Zarr
+        holds (with --instances, the calibrated map that cells are cut from)."""
+        mask_at = None if self.options.instances else self.options.threshold
+        return encode(calibrate(prob, self.threshold), ".tif", mask_at)[None]
 
 
 def inference_model(model: UNet, precision: str = "fp32") -> UNet:

@@ -87,8 +87,8 @@ class ZarrOutput:
         self.progress.mkdir(parents=True)
         zarr_format = 2 if self.ngff_version == "0.4" else 3
         group = zarr.open_group(str(self.part), mode="w", zarr_format=zarr_format)
-        chunks = tuple(self.grid.size if a in "yx" else 1 for a in self.axes)
-        group.create_array("0", shape=shape, chunks=_clip(chunks, shape), dtype=dtype, fill_value=0)
+        group.create_array("0", shape=shape, chunks=block_chunks(self.axes, self.grid, shape), dtype=dtype,
+                           fill_value=0)
         _write_json(saved, fingerprint)
 
     def done(self, block: Block) -> bool:
@@ -98,11 +98,7 @@ class ZarrOutput:
         """Write one block's (C, h, w) values, then mark it done."""
         import zarr
 
-        array = zarr.open_array(str(self.part / "0"), mode="r+")
-        ys, xs = slice(block.top, block.bottom), slice(block.left, block.right)
-        key = plane_key(self.axes, array.shape, block.plane, ys, xs)
-        kept = [a for a in self.axes if a in "cyx"]
-        array[key] = np.moveaxis(values, 0, kept.index("c"))
+        write_block_values(zarr.open_array(str(self.part / "0"), mode="r+"), self.axes, block, values)
         (self.progress / block.name).touch()
 
     def finish(self) -> None:
@@ -110,19 +106,32 @@ class ZarrOutput:
         import zarr
 
         group = zarr.open_group(str(self.part), mode="r+")
-        levels = _pyramid(group, self.axes, self.grid)
-        _write_metadata(group, self.axes, levels, self.ngff_version, self.scale, self.target.name)
+        levels = write_pyramid(group, self.axes, self.grid)
+        write_multiscales(group, self.axes, levels, self.ngff_version, self.scale, self.target.name)
         if self.target.exists():  # --overwrite: the plan allowed it
             shutil.rmtree(self.target)
         os.replace(self.part, self.target)
         shutil.rmtree(self.progress, ignore_errors=True)
 
 
+def write_block_values(array, axes: str, block: Block, values: np.ndarray) -> None:
+    """Write (C, h, w) ``values`` into ``block`` of the zarr ``array`` of ``axes``."""
+    ys, xs = slice(block.top, block.bottom), slice(block.left, block.right)
+    key = plane_key(axes, array.shape, block.plane, ys, xs)
+    kept = [a for a in axes if a in "cyx"]
+    array[key] = np.moveaxis(values, 0, kept.index("c"))
+
+
+def block_chunks(axes: str, grid: BlockGrid, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Chunks of one block's rows and columns and one plane (so that writers never share one)."""
+    return _clip(tuple(grid.size if a in "yx" else 1 for a in axes), shape)
+
+
 def _clip(chunks: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(max(1, min(c, s)) for c, s in zip(chunks, shape))
 
 
-def _pyramid(group, axes: str, grid: BlockGrid) -> int:
+def write_pyramid(group, axes: str, grid: BlockGrid) -> int:
     """Levels 1, 2, ... from level 0, each every other pixel of the one above, chunk by chunk
     (memory: one block); returns how many levels there are in all."""
     level, source = 0, group["0"]
@@ -144,7 +153,7 @@ def _pyramid(group, axes: str, grid: BlockGrid) -> int:
     return level + 1
 
 
-def _write_metadata(group, axes: str, levels: int, ngff_version: str, scale: tuple[float, ...] | None,
+def write_multiscales(group, axes: str, levels: int, ngff_version: str, scale: tuple[float, ...] | None,
                     name: str) -> None:
     from ome_zarr.format import FormatV04, FormatV05
     from ome_zarr.writer import write_multiscales_metadata

@@ -1,0 +1,206 @@
+"""Cells of a whole slide, cut block by block, with one id per cell across block borders.
+
+After the probability map is written (block_run.py), ``--instances`` cuts it into cells in
+three passes over the same blocks; passes 1 and 3 are tasks that any process may run, and
+run again (a worker that died, ``--resume``), with the same result:
+
+1. **label**: each block's window of the map, widened by ``margin`` px on every side
+   (clipped at the image's edges), is cut into cells as in memory (`InstanceSettings.labels`);
+   the block's own part is written with provisional ids 1..K, and K and the block's four
+   edge lines are kept (``.NAME.progress/cells/BLOCK.npz``).
+2. **merge** (in the calling process; it reads only the edge lines): each block's ids get an
+   offset; two non-zero pixels facing each other across a block border are linked; the
+   connected components of the links (SciPy's ``csgraph``) are the cells, numbered 1..K in
+   the order the blocks first meet them.
+3. **relabel**: each block's provisional ids are mapped to the final ones and written into
+   an NGFF labels image (uint32, 0 = background, its own small pyramid, ``image-label``
+   metadata with colours and a link to its image).
+
+Why this equals one pass over the whole image (up to the numbering): near a block, the
+smoothing, the seeds and the watershed see what a whole-image pass sees whenever each cell,
+together with the cells it touches, is smaller than ``margin``; then both sides of a border
+carry the whole-image labels, in which distinct cells never touch (the watershed line or
+the components' 4-connectivity keeps them apart), so two non-zero pixels across a border
+are one cell. A larger cell is still one cell across borders, but its cut may differ from
+a whole-image pass (as in dask-image's and Cellpose's distributed labelling).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..chunked import ChunkedImage
+from ..io import atomic_path
+from .blocks import Block, BlockGrid
+from .instances import InstanceSettings
+from .zarr_output import block_chunks, write_block_values, write_multiscales, write_pyramid
+
+LABEL_MARGIN = 128  # px of map read around a block: cells smaller than this are cut as in one pass
+_MOST_COLOURS = 1024  # cells given a colour in the metadata; viewers choose the others
+
+
+@dataclass(frozen=True)
+class CellJob:
+    """What a worker needs to label or relabel any block of one image (small: it travels)."""
+
+    probabilities: Path  # level 0 of the probability map (a zarr array)
+    labels: Path  # the labels image's group being built
+    work: Path  # the progress folder of the cells
+    axes: str  # the probability map's (the labels image has one channel)
+    grid: BlockGrid
+    settings: InstanceSettings
+    threshold: float  # a pixel is inside a cell above this calibrated probability
+    margin: int = LABEL_MARGIN
+
+    def labelled(self, block: Block) -> Path:
+        return self.work / f"{block.name}.npz"
+
+    def relabelled(self, block: Block) -> Path:
+        return self.work / f"{block.name}.final"
+
+
+def label_block(block: Block, job: CellJob) -> str:
+    """Pass 1 (a task): cut ``block``'s window into cells; write its provisional ids."""
+    import zarr
+
+    if job.labelled(block).exists():
+        return block.name
+    array = zarr.open_array(str(job.probabilities), mode="r")
+    prob_map = ChunkedImage(job.probabilities, array, job.axes, "zarr")
+    top, left = max(0, block.top - job.margin), max(0, block.left - job.margin)
+    bottom = min(job.grid.height, block.bottom + job.margin)
+    right = min(job.grid.width, block.right + job.margin)
+    prob = prob_map.window(block.plane, slice(top, bottom), slice(left, right))
+    cells = job.settings.labels(prob, job.threshold)
+    core = cells[block.top - top : block.bottom - top, block.left - left : block.right - left]
+    core, count = _renumbered(core)
+    write_block_values(zarr.open_array(str(job.work / "provisional"), mode="r+"), job.axes, block, core[None])
+    with atomic_path(job.labelled(block)) as tmp, open(tmp, "wb") as f:
+        np.savez(f, count=count, top=core[0], bottom=core[-1], left=core[:, 0], right=core[:, -1])
+    return block.name
+
+
+def relabel_block(block: Block, lut: np.ndarray, job: CellJob) -> str:
+    """Pass 3 (a task): write ``block``'s final ids (``lut[provisional id]``)."""
+    import zarr
+
+    if job.relabelled(block).exists():
+        return block.name
+    provisional = ChunkedImage(job.work, zarr.open_array(str(job.work / "provisional"), mode="r"), job.axes, "zarr")
+    ids = provisional.window(block.plane, slice(block.top, block.bottom), slice(block.left, block.right))
+    write_block_values(zarr.open_array(str(job.labels / "0"), mode="r+"), job.axes, block, lut[ids])
+    job.relabelled(block).touch()
+    return block.name
+
+
+def merge_blocks(job: CellJob) -> tuple[list[np.ndarray], int]:
+    """Pass 2: each block's table provisional id -> final id, and the number of cells."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    blocks = job.grid.blocks()
+    edges = {b: np.load(job.labelled(b)) for b in blocks}
+    counts = np.array([int(edges[b]["count"]) for b in blocks], dtype=np.int64)
+    offsets = dict(zip(blocks, np.concatenate([[0], np.cumsum(counts)[:-1]])))
+    at = {(b.plane, b.top, b.left): b for b in blocks}
+    links = []
+    for b in blocks:
+        for other, mine, theirs in ((at.get((b.plane, b.top, b.right)), "right", "left"),
+                                    (at.get((b.plane, b.bottom, b.left)), "bottom", "top")):
+            if other is not None:
+                links.append(_facing(edges[b][mine], offsets[b], edges[other][theirs], offsets[other]))
+    nodes = int(counts.sum()) + 1  # node 0: the background, never linked
+    pairs = np.concatenate(links, axis=1) if links else np.zeros((2, 0), np.int64)
+    graph = coo_matrix((np.ones(pairs.shape[1], np.int8), (pairs[0], pairs[1])), shape=(nodes, nodes))
+    _, component = connected_components(graph, directed=False)
+    final = _numbered_by_first_appearance(component)
+    luts = [np.concatenate([[0], final[offsets[b] + 1 : offsets[b] + 1 + c]]).astype(np.uint32)
+            for b, c in zip(blocks, counts)]
+    return luts, int(final.max(initial=0))
+
+
+def _facing(mine: np.ndarray, my_offset: int, theirs: np.ndarray, their_offset: int) -> np.ndarray:
+    """(2, n) global ids of the cells that face each other across one border."""
+    both = (mine > 0) & (theirs > 0)
+    return np.stack([mine[both].astype(np.int64) + my_offset, theirs[both].astype(np.int64) + their_offset])
+
+
+def _numbered_by_first_appearance(component: np.ndarray) -> np.ndarray:
+    """Node -> 1..K by the order of each component's first node; node 0 -> 0."""
+    comps, first = np.unique(component[1:], return_index=True)
+    number = np.empty(comps.size, dtype=np.int64)
+    number[np.argsort(first)] = np.arange(1, comps.size + 1)
+    final = np.zeros(component.size, dtype=np.int64)
+    final[1:] = number[np.searchsorted(comps, component[1:])]
+    return final
+
+
+def _renumbered(cells: np.ndarray) -> tuple[np.ndarray, int]:
+    """Ids 1..K of the cells present (a window's cells may lie outside the block)."""
+    ids, inverse = np.unique(cells, return_inverse=True)
+    if ids[0] != 0:
+        inverse = inverse + 1
+    return inverse.reshape(cells.shape).astype(np.uint32), int(ids.size - (ids[0] == 0))
+
+
+# --- the labels image: created, finished, published -------------------------------------------
+
+def create_labels(job: CellJob, shape: tuple[int, ...], zarr_format: int, resume: bool) -> None:
+    """The labels image's level 0 and the provisional ids (kept when resuming)."""
+    import zarr
+
+    if resume and job.work.exists() and (job.labels / "0").exists():
+        return
+    shutil.rmtree(job.work, ignore_errors=True)
+    shutil.rmtree(job.labels, ignore_errors=True)
+    job.work.mkdir(parents=True)
+    chunks = block_chunks(job.axes, job.grid, shape)
+    zarr.create_array(str(job.work / "provisional"), shape=shape, chunks=chunks, dtype=np.uint32, fill_value=0,
+                      zarr_format=zarr_format)
+    group = zarr.open_group(str(job.labels), mode="w", zarr_format=zarr_format)
+    group.create_array("0", shape=shape, chunks=chunks, dtype=np.uint32, fill_value=0)
+
+
+def finish_labels(job: CellJob, ngff_version: str, scale: tuple[float, ...] | None) -> None:
+    """The labels image's pyramid and multiscales metadata (before it is listed anywhere)."""
+    import zarr
+
+    group = zarr.open_group(str(job.labels), mode="r+")
+    levels = write_pyramid(group, job.axes, job.grid)
+    write_multiscales(group, job.axes, levels, ngff_version, scale, job.labels.name)
+
+
+def publish_labels(built: Path, image: Path, name: str, cells: int, ngff_version: str) -> Path:
+    """Move the finished labels image ``built`` to ``image``/labels/``name`` and list it there
+    with its ``image-label`` metadata (colours, the link to its image), last of all."""
+    import zarr
+    from ome_zarr.format import FormatV04, FormatV05
+    from ome_zarr.writer import write_label_metadata
+
+    zarr_format = 2 if ngff_version == "0.4" else 3
+    labels_group = zarr.open_group(str(image / "labels"), mode="a", zarr_format=zarr_format)
+    target = image / "labels" / name
+    if built != target:
+        hidden = target.with_name(f".{name}.part")
+        shutil.rmtree(hidden, ignore_errors=True)
+        shutil.move(built, hidden)
+        os.replace(hidden, target)
+    fmt = FormatV04() if ngff_version == "0.4" else FormatV05()
+    write_label_metadata(labels_group, name, colors=_colours(cells), fmt=fmt, source={"image": "../../"})
+    return target
+
+
+def _colours(cells: int) -> list[dict]:
+    """Background transparent; cells 1.. (up to `_MOST_COLOURS`) on well-spread hues."""
+    import colorsys
+
+    colours = [{"label-value": 0, "rgba": [0, 0, 0, 0]}]
+    for i in range(1, min(cells, _MOST_COLOURS) + 1):
+        r, g, b = colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.75, 0.95)
+        colours.append({"label-value": i, "rgba": [round(255 * r), round(255 * g), round(255 * b), 255]})
+    return colours
