@@ -7,7 +7,9 @@ done: here, one after another, or with ``cluster`` as one Dask task per block:
 * ``local:N`` starts a ``dask.distributed.LocalCluster`` of N worker processes (one thread
   each) for this run;
 * ``tcp://HOST:PORT`` uses a running scheduler (``dask scheduler``; ``dask worker
-  tcp://HOST:PORT --nthreads 1`` on each machine, ``--resources GPU=1`` for a GPU each).
+  tcp://HOST:PORT --nthreads 1`` on each machine; for GPUs one worker per GPU, started with
+  ``CUDA_VISIBLE_DEVICES=N`` and ``--resources GPU=1``: where any worker offers a GPU, the
+  blocks' predictions ask for one, so they run on the GPU workers only).
 
 Each worker loads the model once (cached per process) and writes its blocks straight into
 the output store, which every worker must reach at the same path (a shared file system);
@@ -76,7 +78,7 @@ def predict_to_zarr(predictor, source: Path, target: Path, client=None, block_px
                 write_block(predictor, image, job, output, block)
                 bar.update(1)
         else:
-            run_blocks(client, run_block, todo, bar=bar, job=job)
+            run_blocks(client, run_block, todo, bar=bar, resources=_gpu_if_offered(client), job=job)
     if predictor.instance_settings is not None:
         _cut_cells(predictor, job, output, client, progress)
     output.finish()
@@ -132,9 +134,10 @@ def _output_scale(image: ChunkedImage, axes: str) -> tuple[float, ...] | None:
 
 # --- tasks, here or on a Dask cluster ------------------------------------------------------
 
-def run_blocks(client, task, blocks: list[Block], *per_block, bar: tqdm, **shared) -> None:
+def run_blocks(client, task, blocks: list[Block], *per_block, bar: tqdm, resources: dict | None = None,
+               **shared) -> None:
     """``task(block, *per_block values, **shared)`` for each block: here in order without a
-    ``client``, else as one Dask task each (any order, any worker)."""
+    ``client``, else as one Dask task each (any order, any worker that has ``resources``)."""
     if client is None:
         for args in zip(blocks, *per_block):
             task(*args, **shared)
@@ -142,10 +145,16 @@ def run_blocks(client, task, blocks: list[Block], *per_block, bar: tqdm, **share
         return
     from distributed import as_completed
 
-    futures = client.map(task, blocks, *per_block, pure=False, **shared)
+    futures = client.map(task, blocks, *per_block, pure=False, resources=resources, **shared)
     for future in as_completed(futures, loop=client.loop):
         future.result()  # a worker's error (one line) is raised here
         bar.update(1)
+
+
+def _gpu_if_offered(client) -> dict | None:
+    """{"GPU": 1} where a worker of the cluster offers GPUs (``--resources GPU=1``), else None."""
+    workers = client.scheduler_info()["workers"].values()
+    return {"GPU": 1} if any("GPU" in w.get("resources", {}) for w in workers) else None
 
 
 @contextlib.contextmanager
