@@ -279,14 +279,32 @@ def _run_demo(args: argparse.Namespace) -> None:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a model to ONNX or TorchScript (dynamic height/width)")
+    p = sub.add_parser("export", help="export a model: ONNX, TorchScript (dynamic height/width) or a BioImage.IO package")
     p.add_argument("--model", required=True, help="checkpoint (e.g. RUN/best.pt)")
-    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
-    p.add_argument("--out", required=True, help="output file (e.g. model.onnx)")
+    p.add_argument("--format", choices=["onnx", "torchscript", "bioimageio"], default="onnx")
+    p.add_argument("--out", required=True, help="output file (e.g. model.onnx, or model.zip for bioimageio)")
+    b = p.add_argument_group("BioImage.IO package (--format bioimageio)")
+    b.add_argument("--author", action="append", default=[], help="an author's name (required; repeat for several)")
+    b.add_argument("--license", default="CC-BY-4.0", help="SPDX licence of the model (default: CC-BY-4.0)")
+    b.add_argument("--cite", action="append", default=[],
+                   help="a citation 'TEXT|DOI' or 'TEXT|URL', e.g. the training data's (repeatable)")
+    b.add_argument("--name", help="the model's name (default: from the run folder)")
+    b.add_argument("--description", help="one sentence: what it segments, in which images")
+    b.add_argument("--sample", help="an image for the test tensors and cover (default: the run's first training image)")
     p.set_defaults(run=_run_export)
 
 
 def _run_export(args: argparse.Namespace) -> None:
+    if args.format == "bioimageio":
+        from pathlib import Path
+
+        from .inference.model_package import PackageInfo, export_package
+
+        info = PackageInfo(tuple(args.author), args.license, tuple(args.cite), args.name, args.description,
+                           Path(args.sample) if args.sample else None)
+        diff = export_package(args.model, args.out, info)
+        print(f"wrote {args.out}; TorchScript and ONNX against PyTorch: max |dprob| = {diff:.2e}")
+        return
     from .inference.export import export_model
 
     diff = export_model(args.model, args.out, args.format)

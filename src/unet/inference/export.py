@@ -36,42 +36,57 @@ def export_model(model_path: str | Path, out: str | Path, fmt: str = "onnx") -> 
     (the exported model against PyTorch fp32 on a random valid input)."""
     model, meta = load_model(model_path)
     wrapped = _WithProbabilities(model).eval()
-    size = model.valid_input_size(300)
-    example = torch.randn(1, model.config.in_channels, size, size)
-    check = torch.randn(2, model.config.in_channels, model.valid_input_size(size + 40), size)
+    example, check = parity_inputs(model)
     out = Path(out)
     with torch.no_grad():
         reference = wrapped(check).numpy()
     if fmt == "onnx":
-        metadata = {"unet_config": json.dumps(model.config.to_dict()), "unet_metadata": json.dumps(meta)}
-        with atomic_path(out) as tmp, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
-            # The TorchScript-based exporter handles the data-dependent centre crops of the
-            # skip connections with symbolic sizes; dynamic H and W stay dynamic.
-            torch.onnx.export(
-                wrapped, (example,), str(tmp), dynamo=False, input_names=["image"], output_names=["probabilities"],
-                dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
-                              "probabilities": {0: "batch", 2: "out_height", 3: "out_width"}},
-                opset_version=17,
-            )
-            import onnx
-
-            proto = onnx.load(str(tmp))
-            for k, v in metadata.items():
-                proto.metadata_props.add(key=k, value=v)
-            onnx.save(proto, str(tmp))
+        save_onnx(wrapped, example, out, {"unet_config": json.dumps(model.config.to_dict()),
+                                          "unet_metadata": json.dumps(meta)})
         got = OnnxModel(out)(torch.from_numpy(check.numpy())).numpy()
     elif fmt == "torchscript":
-        with atomic_path(out) as tmp:
-            scripted = torch.jit.trace(wrapped, example, check_trace=False)
-            scripted = torch.jit.freeze(scripted)
-            torch.jit.save(scripted, str(tmp), _extra_files={"unet.json": json.dumps(
-                {"config": model.config.to_dict(), "metadata": meta})})
+        save_torchscript(wrapped, example, out, {"unet.json": json.dumps({"config": model.config.to_dict(),
+                                                                          "metadata": meta})})
         with torch.no_grad():
             got = torch.jit.load(str(out))(check).numpy()
     else:
-        raise UserInputError(f"--format {fmt}: choose onnx or torchscript")
+        raise UserInputError(f"--format {fmt}: choose onnx, torchscript or bioimageio")
     return float(np.abs(got - reference).max())
+
+
+def parity_inputs(model: UNet) -> tuple[torch.Tensor, torch.Tensor]:
+    """A valid input to trace with, and a batch of two of another valid size to check on."""
+    size = model.valid_input_size(300)
+    example = torch.randn(1, model.config.in_channels, size, size)
+    check = torch.randn(2, model.config.in_channels, model.valid_input_size(size + 40), size)
+    return example, check
+
+
+def save_onnx(module: torch.nn.Module, example: torch.Tensor, out: Path, metadata: dict[str, str]) -> None:
+    """``module`` as ONNX (opset 17; batch, height and width dynamic), with ``metadata``."""
+    import onnx
+
+    with atomic_path(out) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
+        # The TorchScript-based exporter handles the data-dependent centre crops of the
+        # skip connections with symbolic sizes; dynamic H and W stay dynamic.
+        torch.onnx.export(
+            module, (example,), str(tmp), dynamo=False, input_names=["image"], output_names=["probabilities"],
+            dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
+                          "probabilities": {0: "batch", 2: "out_height", 3: "out_width"}},
+            opset_version=17,
+        )
+        proto = onnx.load(str(tmp))
+        for k, v in metadata.items():
+            proto.metadata_props.add(key=k, value=v)
+        onnx.save(proto, str(tmp))
+
+
+def save_torchscript(module: torch.nn.Module, example: torch.Tensor, out: Path, extra_files: dict[str, str]) -> None:
+    """``module`` traced and frozen as TorchScript, with ``extra_files`` inside."""
+    with atomic_path(out) as tmp:
+        scripted = torch.jit.freeze(torch.jit.trace(module, example, check_trace=False))
+        torch.jit.save(scripted, str(tmp), _extra_files=extra_files)
 
 
 class OnnxModel:

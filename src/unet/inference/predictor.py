@@ -93,7 +93,8 @@ class Predictor:
     @classmethod
     def load(cls, path: str | Path, options: PredictOptions = PredictOptions(),
              device: str | torch.device | None = None) -> "Predictor":
-        """From a checkpoint (``.pt``, as `unet train` writes) or an exported ``.onnx`` file."""
+        """From a checkpoint (``.pt``, as `unet train` writes), an exported ``.onnx`` file or a
+        BioImage.IO package (``.zip``) from `unet export`."""
         dev = device if isinstance(device, torch.device) else resolve_device(device)
         path = Path(path)
         if path.suffix.lower() == ".onnx":
@@ -103,7 +104,12 @@ class Predictor:
                 raise UserInputError(f"{path}: no such model file")
             model = OnnxModel(path)
             return cls(model, model.metadata, options, dev, path)
-        model, metadata = load_model(path, dev)
+        if path.suffix.lower() == ".zip":
+            from .model_package import load_package
+
+            model, metadata = load_package(path, dev)
+        else:
+            model, metadata = load_model(path, dev)
         return cls(model, metadata, options, dev, path)
 
     @property

@@ -1,0 +1,139 @@
+"""BioImage.IO model packages: `unet export --format bioimageio`, validated by bioimageio.core,
+predicted through this tool and through bioimageio.core, against the checkpoint."""
+
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # bioimageio.core's per-block bars
+core = pytest.importorskip("bioimageio.core")
+
+from unet import save_model
+from unet.cli import main
+from unet.inference.packaged_net import PackagedNet
+from unet.io import read_image, write_image
+from unet.registration import shift_image
+from unet.synthetic import write_dataset
+from unet.training.loop import train
+
+from .conftest import tiny_train_config, tiny_unet
+
+SIDE = (300, 260)  # larger than one tile of the tiny nets below (tile 76) and than core's blocks
+
+
+@pytest.fixture(scope="module")
+def trained_runs(tmp_path_factory):
+    """Two tiny trained runs: a valid-padding net and a same-padding one with a label offset."""
+    root = tmp_path_factory.mktemp("runs")
+    data = write_dataset(root / "data", 4, 96, seed=0)
+    runs = {}
+    for padding, offset in (("valid", "none"), ("same", "-0.6,-0.15")):
+        cfg = tiny_train_config(data, root / padding, padding=padding, label_offset=offset, tile_size=76 if
+                                padding == "same" else 92, epochs=2)
+        runs[padding] = train(cfg)
+    return runs
+
+
+def core_prediction(package, image):
+    """bioimageio.core's own blockwise prediction of (H, W) ``image``, one array per weight format."""
+    from bioimageio.core import Tensor, create_prediction_pipeline, load_model_description, predict
+    from bioimageio.core.digest_spec import create_sample_for_model
+    from bioimageio.spec.model.v0_5 import AxisId, TensorId
+
+    model = load_model_description(package)
+    dims = tuple(AxisId(a) for a in ("batch", "channel", "y", "x"))
+    results = {}
+    for weights in ("pytorch_state_dict", "torchscript", "onnx"):
+        pipeline = create_prediction_pipeline(model, weight_format=weights, devices=["cpu"])
+        sample = create_sample_for_model(model, inputs={TensorId("image"): Tensor.from_numpy(
+            image[None, None].astype(np.float32), dims=dims)}, sample_id="test")
+        out = predict(model=pipeline, inputs=sample, blocksize_parameter=1)
+        results[weights] = out.members[TensorId("probability")].data.to_numpy()[0, 0]
+    return results
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_package_validates_and_predicts_as_the_checkpoint(tmp_path, trained_runs, rng, padding):
+    run = trained_runs[padding]
+    package = tmp_path / "model.zip"
+    assert main(["export", "--model", str(run / "best.pt"), "--format", "bioimageio", "--out", str(package),
+                 "--author", "A. Tester", "--cite", "Synthetic data|https://example.org/data"]) == 0
+    summary = core.test_model(package)  # bioimageio.core's own check: loads each weight format, reproduces
+    assert summary.status == "passed", summary.format()
+    assert {d.name for d in summary.details} >= {f"Reproduce test outputs from test inputs ({w})"
+                                                 for w in ("onnx", "pytorch_state_dict", "torchscript")}
+    with zipfile.ZipFile(package) as archive:  # the test tensors come from the run's first training image
+        card = archive.read("README.md").decode()
+        assert "cover.png" in archive.namelist() and "data/images/00.png" in card and "## Validation" in card
+
+    image = (rng.random(SIDE) * 200 + 20).astype(np.uint8)
+    write_image(tmp_path / "img.tif", image)
+    for model, out in ((run / "best.pt", "pt"), (package, "zip")):
+        assert main(["predict", "--model", str(model), "--input", str(tmp_path / "img.tif"), "--out",
+                     str(tmp_path / out), "--precision", "fp32", "--tile-size", "76" if padding == "same" else "92",
+                     "--format", "tif"]) == 0
+    expected = read_image(tmp_path / "pt" / "img.tif")[0, 0]
+    assert np.array_equal(read_image(tmp_path / "zip" / "img.tif")[0, 0], expected)  # the same model, the same run
+    for weights, got in core_prediction(package, image).items():
+        difference = np.abs(got - expected)
+        print(f"{padding} {weights}: max |dprob| {difference.max():.2e}")  # measured: 3e-7 to 5e-7
+        assert difference.max() < 1e-5, weights
+
+
+def test_packaged_net_shifts_and_calibrates_as_predict_does(rng):
+    """The shift as a fixed convolution equals SciPy's cubic-spline shift (mirror) to 1e-6."""
+    image = rng.normal(size=(1, 120, 100)).astype(np.float32)
+    net = tiny_unet(width=4, depth=2, padding="same")
+    packaged = PackagedNet(net.config.to_dict(), threshold=0.4, input_shift=(-0.6, -0.15)).eval()
+    packaged.net.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        prob = torch.sigmoid(net(torch.from_numpy(shift_image(image, (-0.6, -0.15)))[None]))[0].numpy()
+        got = packaged(torch.from_numpy(image)[None])[0].numpy()
+    calibrated = np.where(prob <= 0.4, prob * 0.5 / 0.4, 0.5 + (prob - 0.4) * 0.5 / 0.6)
+    assert np.abs(got - calibrated).max() < 1e-6
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    save_model(tiny_unet(width=4, depth=2), tmp_path / "m.pt")
+    return tmp_path / "m.pt"
+
+
+def _not_a_unet(tmp_path):
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    return tmp_path / "other.pt"
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no author", "--author is required"),
+    ("not a unet", "other.pt"),
+    ("exists", "already exists"),
+])
+def test_bad_export_is_one_line_nothing_written(tmp_path, checkpoint, capsys, case, message):
+    out = tmp_path / "model.zip"
+    args = ["export", "--format", "bioimageio", "--out", str(out), "--author", "A"]
+    model = _not_a_unet(tmp_path) if case == "not a unet" else checkpoint
+    if case == "no author":
+        args = args[:-2]
+    if case == "exists":
+        out.write_bytes(b"keep me")
+    assert main([*args, "--model", str(model)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert (out.read_bytes() == b"keep me") if case == "exists" else not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no half-written file
+
+
+def test_a_package_from_elsewhere_is_one_line(tmp_path, capsys):
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as archive:
+        archive.writestr("rdf.yaml", json.dumps({"type": "model", "format_version": "0.5.4", "config": {}}))
+    write_image(tmp_path / "img.png", np.zeros((40, 40), np.uint8))
+    assert main(["predict", "--model", str(tmp_path / "other.zip"), "--input", str(tmp_path / "img.png"),
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "config.unet" in err[0] and "bioimageio" in err[0]
+    assert not (tmp_path / "o").exists()
