@@ -243,6 +243,23 @@ def _save(descr, out: Path) -> None:
         save_bioimageio_package(descr, output_path=tmp)
 
 
+def predict_with_core(package: Path, image: np.ndarray, weights: str, blocksize: int = 1) -> np.ndarray:
+    """bioimageio.core's own blockwise prediction of (C, H, W) ``image`` with one weight format
+    (``pytorch_state_dict``, ``torchscript`` or ``onnx``) -> (C_out, H, W): the reference a
+    package is checked against."""
+    from bioimageio.core import Tensor, create_prediction_pipeline, load_model_description, predict
+    from bioimageio.core.digest_spec import create_sample_for_model
+    from bioimageio.spec.model.v0_5 import AxisId, TensorId
+
+    model = load_model_description(package)
+    pipeline = create_prediction_pipeline(model, weight_format=weights, devices=["cpu"])
+    tensor = Tensor.from_numpy(image[None].astype(np.float32), dims=tuple(AxisId(a) for a in ("batch", "channel",
+                                                                                               "y", "x")))
+    sample = create_sample_for_model(model, inputs={TensorId("image"): tensor}, sample_id="check")
+    out = predict(model=pipeline, inputs=sample, blocksize_parameter=blocksize)
+    return out.members[TensorId("probability")].data.to_numpy()[0]
+
+
 # --- reading a package back ----------------------------------------------------------------
 
 def is_package(path: Path) -> bool:
