@@ -1,6 +1,9 @@
 """Shared fixtures: tiny He-initialised nets and the optional ISBI 2012 data folder."""
 
+import os
 from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # the napari widgets' tests run headless
 
 import numpy as np
 import pytest

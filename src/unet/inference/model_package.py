@@ -182,7 +182,8 @@ def _describe(packaged: PackagedNet, metadata: dict, info: PackageInfo, work: Pa
               *(spec.SpaceInputAxis(id=a, size=spec.ParameterizedSize(min=low, step=step)) for a in yx)],
         test_tensor=spec.FileDescr(source=work / "test_input.npy"),
         sample_tensor=spec.FileDescr(source=work / "sample_input.tif"),
-        data=spec.IntervalOrRatioDataDescr(type="float32"), pad=spec.ReflectPadding(mode="reflect"),  # explicit, or the writer drops it (spec 0.5.12)
+        data=spec.IntervalOrRatioDataDescr(type="float32"),
+        pad=spec.ReflectPadding(mode="reflect"),  # mode given, or the writer drops it (spec 0.5.12)
         preprocessing=[spec.ScaleRangeDescr(kwargs=spec.ScaleRangeKwargs(
             axes=yx, min_percentile=float(norm["low"]), max_percentile=float(norm["high"]), eps=_EPS))])]
     names = ["foreground"] if config.out_channels == 1 else [f"class{i}" for i in range(config.out_channels)]

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,11 +49,17 @@ def learning_rate(base: float, progress: float) -> float:
 
 
 class _StopRequest:
-    """SIGINT/SIGTERM set a flag: the current step finishes, last.pt is written, then exit."""
+    """SIGINT/SIGTERM (or ``external``, a threading.Event a GUI sets) ask to stop: the current
+    step finishes, last.pt is written, then exit."""
 
-    def __init__(self) -> None:
-        self.requested = False
+    def __init__(self, external: threading.Event | None = None) -> None:
+        self._signalled = False
+        self._external = external
         self._old: dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self._signalled or (self._external is not None and self._external.is_set())
 
     def __enter__(self) -> "_StopRequest":
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -63,9 +70,9 @@ class _StopRequest:
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:  # a second Ctrl-C: stop now
+        if self._signalled:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
-        self.requested = True
+        self._signalled = True
         log.warning("stopping after this step (press Ctrl-C again to abort)")
 
     def __exit__(self, *exc) -> None:
@@ -118,12 +125,13 @@ class Clock:
 
 
 def train(cfg: TrainConfig, resume: str | Path | None = None, overwrite: bool = False,
-          stop_after_steps: int | None = None) -> Path:
+          stop_after_steps: int | None = None, stop: threading.Event | None = None) -> Path:
     """Train and return the run folder. ``resume``: a run folder to continue exactly.
 
     Under torchrun (WORLD_SIZE > 1) each process trains its share of every batch with
     DistributedDataParallel. ``stop_after_steps`` stops (as a signal would) after that
-    many optimiser steps in this call: for tests of exact resumption.
+    many optimiser steps in this call: for tests of exact resumption. ``stop``: setting
+    this event (from another thread: the napari widget's Stop) stops as a signal would.
     """
     t_start = time.monotonic()
     state = None
@@ -138,7 +146,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, overwrite: bool = 
     clock = Clock(cfg.time_limit, t_start, cfg.calibrate_tta)
     ctx, device = distributed.init(resolve_device(cfg.device), cfg.dist_timeout)
     try:
-        return _train(cfg, run, state, ctx, device, clock, stop_after_steps)
+        return _train(cfg, run, state, ctx, device, clock, stop_after_steps, stop)
     except RuntimeError as e:
         if ctx.active and ("gloo" in str(e).lower() or "nccl" in str(e).lower() or "connection" in str(e).lower()
                            or isinstance(e, getattr(torch.distributed, "DistError", ()))):
@@ -150,7 +158,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, overwrite: bool = 
 
 
 def _train(cfg: TrainConfig, folder: Path, state: dict | None, ctx: distributed.Context, device: torch.device,
-           clock: Clock, stop_after_steps: int | None) -> Path:
+           clock: Clock, stop_after_steps: int | None, external_stop: threading.Event | None = None) -> Path:
     """The loop: build, then epochs of training steps and validation, then the calibration."""
     run = build_run(cfg, folder, ctx, device)  # the net unwrapped: restore loads into it, then DDP wraps it
     clock.tune_cells = any(it.instances is not None for it in run.val_items)
@@ -158,7 +166,7 @@ def _train(cfg: TrainConfig, folder: Path, state: dict | None, ctx: distributed.
     run.model = distributed.wrap(run.raw, ctx, device)
     logbook = Logbook(folder) if ctx.is_main else None
     stopped = None
-    with _StopRequest() as stop:
+    with _StopRequest(external_stop) as stop:
         while position.epoch < run.cfg.epochs and stopped is None:
             t_epoch = time.monotonic()
             stopped, losses, lr = train_one_epoch(run, position, clock, stop, stop_after_steps)
