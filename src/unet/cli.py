@@ -16,7 +16,8 @@ from .symmetries import GROUPS
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="segment images with a trained model (overlap-tile, any size)")
-    p.add_argument("--model", required=True, help="checkpoint written by `unet train` (e.g. RUN/best.pt)")
+    p.add_argument("--model", required=True, help="checkpoint written by `unet train` (e.g. RUN/best.pt), an exported "
+                   ".onnx / BioImage.IO .zip, or a shipped model's name (`unet models`)")
     p.add_argument("--input", required=True, help="an image (PNG/TIFF, a TIFF may be a stack) or a folder of them")
     p.add_argument("--out", required=True, help="output folder; each input gives an output of the same name")
     p.add_argument("--tile-size", type=int, default=None, help="network input per tile in px (default: 572 or less)")
@@ -122,8 +123,8 @@ def _add_train_run(r: argparse._ArgumentGroup) -> None:
     r.add_argument("--resume", metavar="RUN", help="continue the run in this folder exactly where it stopped")
     r.add_argument("--overwrite", action="store_true", help="reuse a non-empty run folder")
     r.add_argument("--preset", default="fast", help="fast (CPU minutes, default), paper or seed")
-    r.add_argument("--init", metavar="MODEL", help="start from this trained model (fine-tuning): its architecture "
-                   "and weights; the output layer starts afresh where the number of classes differs")
+    r.add_argument("--init", metavar="MODEL", help="start from this trained model or shipped model's name (fine-tuning): "
+                   "its architecture and weights; the output layer starts afresh where the number of classes differs")
     r.add_argument("--epochs", type=int, help="epochs (default: from the preset)")
     r.add_argument("--time-limit", help="stop cleanly after this long, e.g. 15m (calibration included)")
     r.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -280,7 +281,7 @@ def _run_demo(args: argparse.Namespace) -> None:
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a model: ONNX, TorchScript (dynamic height/width) or a BioImage.IO package")
-    p.add_argument("--model", required=True, help="checkpoint (e.g. RUN/best.pt)")
+    p.add_argument("--model", required=True, help="checkpoint (e.g. RUN/best.pt) or a shipped model's name")
     p.add_argument("--format", choices=["onnx", "torchscript", "bioimageio"], default="onnx")
     p.add_argument("--out", required=True, help="output file (e.g. model.onnx, or model.zip for bioimageio)")
     b = p.add_argument_group("BioImage.IO package (--format bioimageio)")
@@ -311,6 +312,23 @@ def _run_export(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}; parity with PyTorch fp32: max |dprob| = {diff:.2e}")
     if diff > 1e-4:
         raise RuntimeError(f"exported model differs from PyTorch by {diff:.2e} > 1e-4")
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="the ready-to-use models shipped with this installation (--model NAME)")
+    p.set_defaults(run=_run_models)
+
+
+def _run_models(args: argparse.Namespace) -> None:
+    from .zoo import ZOO, shipped_models, summary
+
+    models = shipped_models()
+    if not models:
+        print("no models are shipped with this installation")
+    for name, path in models.items():
+        print(f"{name:22s} {summary(name)}")
+    if models:
+        print(f"\nuse: unet predict --model NAME ...; cards: {ZOO}/NAME/card.md")
 
 
 def _add_benchmark(sub: argparse._SubParsersAction) -> None:
@@ -355,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(sub)
     _add_evaluate(sub)
     _add_export(sub)
+    _add_models(sub)
     _add_benchmark(sub)
     return parser
 

@@ -94,9 +94,11 @@ class Predictor:
     def load(cls, path: str | Path, options: PredictOptions = PredictOptions(),
              device: str | torch.device | None = None) -> "Predictor":
         """From a checkpoint (``.pt``, as `unet train` writes), an exported ``.onnx`` file or a
-        BioImage.IO package (``.zip``) from `unet export`."""
+        BioImage.IO package (``.zip``) from `unet export`; or a shipped model's name (unet.zoo)."""
+        from ..zoo import resolve_model
+
         dev = device if isinstance(device, torch.device) else resolve_device(device)
-        path = Path(path)
+        path = resolve_model(path)
         if path.suffix.lower() == ".onnx":
             from .export import OnnxModel
 

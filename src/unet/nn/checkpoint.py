@@ -58,8 +58,11 @@ def save_payload(payload: dict, path: str | Path) -> None:
 
 
 def load_payload(path: str | Path) -> dict:
-    """Read a checkpoint dict with ``weights_only=True``; errors name the file."""
-    path = Path(path)
+    """Read a checkpoint dict with ``weights_only=True``; errors name the file. ``path`` may be
+    a shipped model's name (unet.zoo); a file of that name wins."""
+    from ..zoo import resolve_model
+
+    path = resolve_model(path)
     if not path.is_file():
         raise UserInputError(f"{path}: no such checkpoint file")
     if not zipfile.is_zipfile(path):
