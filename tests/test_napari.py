@@ -102,6 +102,11 @@ def test_train_widget_trains_on_layers_stops_and_offers_its_model(viewer_model, 
     assert segmenter.model.value == tmp_path / "run" / "best.pt", widget.status.value  # offered to Segment
     assert (tmp_path / "run.data" / "images.tif").exists()  # one image: four quarters, the last validates
     assert read_image(tmp_path / "run.data" / "images.tif").shape == (4, 1, 96, 96)
+    stopped_at = read_curves(tmp_path / "run")["epoch"][-1]
+    widget.resume.value, widget.overrides["epochs"] = True, int(stopped_at) + 1  # resume: one epoch more
+    worker = widget.start()
+    qtbot.waitUntil(lambda: widget.start_button.enabled, timeout=WAIT_MS)
+    assert read_curves(tmp_path / "run")["epoch"][-1] == stopped_at + 1
 
 
 def test_labels_writer_saves_what_unet_train_reads(tmp_path):

@@ -88,7 +88,10 @@ def test_labels_open_as_labels_of_their_image(tmp_path, blob_model, discs):
 def test_into_input_on_a_cluster_never_replaces_a_label_image(tmp_path, blob_model, discs, capsys):
     source = write_ome_zarr(tmp_path / "img.zarr", discs)
     assert predict(blob_model, source, tmp_path / "a", "--into-input", "--cluster", "local:2") == 0
-    cells = zarr.open_group(str(source), mode="r")["labels"]["cells"]["0"][:][0]
+    label_image = zarr.open_group(str(source), mode="r")["labels"]["cells"]
+    cells = label_image["0"][:]  # the input's own axes (y, x): no channel axis added
+    axes = label_image.attrs["ome"]["multiscales"][0]["axes"]
+    assert [a["name"] for a in axes] == ["y", "x"] and cells.shape == (300, 260)
     expected = InstanceSettings().labels(zarr.open_group(str(tmp_path / "a" / "img.zarr"), mode="r")["0"][:], 0.5)
     assert same_up_to_numbering(cells, expected)
     assert json.loads((source / "labels" / "zarr.json").read_text())["attributes"]["ome"]["labels"] == ["cells"]
@@ -126,6 +129,27 @@ def test_cells_resume_after_an_interrupt(tmp_path, blob_model, discs, monkeypatc
     assert np.array_equal(once, twice)
 
 
+def test_into_input_resumes_after_an_interrupt_while_finishing(tmp_path, blob_model, discs, monkeypatch):
+    """Killed after the labels went into the input but before the map was finished: --resume
+    finishes without refusing its own label image, and lists it once."""
+    from unet.inference.zarr_output import ZarrOutput
+
+    source = write_ome_zarr(tmp_path / "img.zarr", discs)
+    real_finish = ZarrOutput.finish
+
+    def die(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ZarrOutput, "finish", die)
+    assert predict(blob_model, source, tmp_path / "out", "--into-input") == 130
+    assert (source / "labels" / "cells").exists() and not (tmp_path / "out" / "img.zarr").exists()
+    assert predict(blob_model, source, tmp_path / "out", "--into-input") == 2  # not silently redone
+    monkeypatch.setattr(ZarrOutput, "finish", real_finish)
+    assert predict(blob_model, source, tmp_path / "out", "--into-input", "--resume") == 0
+    assert json.loads((source / "labels" / "zarr.json").read_text())["attributes"]["ome"]["labels"] == ["cells"]
+    assert (tmp_path / "out" / "img.zarr" / "0").exists()
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--instances", "--into-input"], "not one"),  # a TIFF input has no labels/ group
     (["--label-name", "x"], "add --instances"),
@@ -147,9 +171,9 @@ def blockwise_cells(tmp_path, prob, margin):
     work = tmp_path / f"margin-{margin}"
     zarr.create_array(str(work / "prob"), shape=prob.shape, chunks=(1, 64, 64), dtype=np.float32)[:] = prob
     grid = BlockGrid(rows=None, cols=None, size=64, planes=1, height=prob.shape[1], width=prob.shape[2])
-    job = zarr_labels.CellJob(work / "prob", work / "cells", work / "work", "cyx", grid, InstanceSettings(), 0.5,
+    job = zarr_labels.CellJob(work / "prob", work / "cells", work / "work", "cyx", "cyx", grid, InstanceSettings(), 0.5,
                               margin=margin)
-    zarr_labels.create_labels(job, prob.shape, 3, resume=False)
+    zarr_labels.create_labels(job, prob.shape, "0.5", resume=False)
     for block in grid.blocks():
         zarr_labels.label_block(block, job)
     luts, count = zarr_labels.merge_blocks(job)

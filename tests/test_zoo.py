@@ -1,7 +1,6 @@
 """Shipped models: `--model NAME`, `unet models`, a path winning over a name, unknown names."""
 
 import numpy as np
-import pytest
 import torch
 
 from unet import save_model
@@ -13,7 +12,10 @@ from unet.zoo import resolve_model, shipped_models
 from .conftest import tiny_unet
 
 NAME = "nuclei-fluorescence"
-pytestmark = pytest.mark.skipif(NAME not in shipped_models(), reason="the model is not in this installation")
+
+
+def test_the_package_ships_its_models():
+    assert {"nuclei-fluorescence"} <= set(shipped_models())  # package data present (pyproject's package-data)
 
 
 def test_unet_models_lists_the_shipped_models_with_their_summary(capsys):

@@ -164,6 +164,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def label_dtype(labels: np.ndarray) -> type:
+    """The smallest of uint16 / uint32 that holds these cell ids."""
+    return np.uint16 if labels.max(initial=0) < 2**16 else np.uint32
+
+
 def write_image(path: str | Path, array: np.ndarray, axes: str | None = None) -> None:
     """Write atomically: (H, W), (C, H, W) or a stack (N, H, W) / (N, C, H, W).
 

@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 from ..chunked import ChunkedImage, open_chunked, sample_statistics
 from ..errors import UserInputError
 from .blocks import DEFAULT_BLOCK_PX, Block, BlockGrid, block_grid, predict_block
-from .zarr_labels import CellJob, create_labels, finish_labels, label_block, merge_blocks, publish_labels, relabel_block
+from .zarr_labels import (CellJob, cells_work, create_labels, finish_labels, label_block, merge_blocks, publish_labels,
+                          relabel_block)
 from .zarr_output import ZarrOutput, output_layout
 
 
@@ -91,19 +92,30 @@ def _cut_cells(predictor, job: BlockJob, output: ZarrOutput, client, progress: b
     options = predictor.options
     image = job.source if options.into_input else output.part
     labels = (output.progress / "labels" if options.into_input else output.part / "labels") / options.label_name
+    axes, shape, scale = _labels_layout(job, image if options.into_input else None)
     threshold = 0.5 if options.threshold is None else options.threshold
-    cells = CellJob(output.part / "0", labels, output.progress / "cells", job.axes, job.grid,
+    cells = CellJob(output.part / "0", labels, cells_work(output.progress), job.axes, axes, job.grid,
                     predictor.instance_settings, threshold)
-    shape = tuple(1 if a == "c" else s for a, s in zip(job.axes, job.shape))
-    create_labels(cells, shape, 2 if job.ngff_version == "0.4" else 3, options.resume)
+    if options.resume and cells.published.exists():
+        return  # an earlier run got as far as listing the labels
+    create_labels(cells, shape, job.ngff_version, options.resume)
     blocks = job.grid.blocks()
     with tqdm(total=len(blocks), desc="cells", unit="block", disable=not progress) as bar:
         run_blocks(client, label_block, blocks, bar=bar, job=cells)
     luts, count = merge_blocks(cells)
     with tqdm(total=len(blocks), desc="cell ids", unit="block", disable=not progress) as bar:
         run_blocks(client, relabel_block, blocks, luts, bar=bar, job=cells)
-    finish_labels(cells, job.ngff_version, job.scale)
-    publish_labels(labels, image, options.label_name, count, job.ngff_version)
+    finish_labels(cells, job.ngff_version, scale)
+    publish_labels(cells, image, options.label_name, count, job.ngff_version)
+
+
+def _labels_layout(job: BlockJob, image: Path | None) -> tuple[str, tuple[int, ...], tuple[float, ...] | None]:
+    """(axes, shape, scale) of the labels image: those of the OME-Zarr ``image`` it goes into
+    (one channel where it has c), else of the output's map (one channel)."""
+    if image is None:
+        return job.axes, tuple(1 if a == "c" else n for a, n in zip(job.axes, job.shape)), job.scale
+    source = open_chunked(image)
+    return source.axes, tuple(1 if a == "c" else n for a, n in zip(source.axes, source.array.shape)), source.scale
 
 
 def plan(predictor, image: ChunkedImage, target: Path, block_px: int = DEFAULT_BLOCK_PX) -> BlockJob:

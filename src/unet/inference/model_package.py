@@ -263,10 +263,6 @@ def predict_with_core(package: Path, image: np.ndarray, weights: str, blocksize:
 
 # --- reading a package back ----------------------------------------------------------------
 
-def is_package(path: Path) -> bool:
-    return path.suffix.lower() == ".zip"
-
-
 def load_package(path: Path, device: str | torch.device = "cpu") -> tuple[UNet, dict]:
     """A package from `unet export --format bioimageio` -> (model, metadata), as from its
     checkpoint; another package -> one line naming what this tool cannot honour."""
@@ -287,6 +283,10 @@ def load_package(path: Path, device: str | torch.device = "cpu") -> tuple[UNet, 
             state = torch.load(archive.open(weights), map_location="cpu", weights_only=True)
     except (zipfile.BadZipFile, KeyError, yaml.YAMLError) as e:
         raise UserInputError(f"{path}: not a readable BioImage.IO package ({e})") from e
-    model = UNet(config=UNetConfig.from_dict(unet["config"]))
-    model.load_state_dict({k.removeprefix("net."): v for k, v in state.items()})
+    try:
+        model = UNet(config=UNetConfig.from_dict(unet["config"]))
+        model.load_state_dict({k.removeprefix("net."): v for k, v in state.items()})
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserInputError(f"{path}: the package's weights do not fit its config.unet ({first})") from e
     return model.to(device).eval(), dict(unet["metadata"])

@@ -27,7 +27,8 @@ from .block_run import cluster_client, predict_to_zarr
 from .blocks import DEFAULT_BLOCK_PX
 from .predictor import PredictOptions, Predictor
 from .streaming import open_input, part_path
-from .zarr_output import part_store
+from .zarr_labels import published_marker
+from .zarr_output import part_store, progress_folder
 
 __all__ = ["PredictOptions", "output_path", "predict_files"]
 
@@ -153,15 +154,16 @@ def _check_zarr_plan(sources: list[Path], targets: list[Path], options: PredictO
     if any(zarr_out) and not all(zarr_out):
         raise UserInputError("zarr and other inputs mixed: give --format zarr to write them all as OME-Zarr")
     if options.into_input or options.label_name != "cells":
-        _check_label_plan(sources, zarr_out, options)
+        _check_label_plan(sources, targets, zarr_out, options)
     if any(zarr_out) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserInputError("--devices does not split OME-Zarr outputs; use --cluster local:N")
     if cluster is not None and Path(model_path).suffix.lower() == ".onnx":
         raise UserInputError("--cluster runs PyTorch checkpoints (.pt); give the .pt model")
 
 
-def _check_label_plan(sources: list[Path], zarr_out: list[bool], options: PredictOptions) -> None:
-    """--into-input and --label-name: cells into OME-Zarr, never over an existing label image."""
+def _check_label_plan(sources: list[Path], targets: list[Path], zarr_out: list[bool], options: PredictOptions) -> None:
+    """--into-input and --label-name: cells into OME-Zarr, never over an existing label image
+    (except the one this run's interrupted predecessor published: --resume finishes it)."""
     import re
 
     name = options.label_name
@@ -169,10 +171,11 @@ def _check_label_plan(sources: list[Path], zarr_out: list[bool], options: Predic
         raise UserInputError("--into-input and --label-name name the cells of OME-Zarr outputs: add --instances")
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
         raise UserInputError(f"--label-name {name!r}: use letters, digits, '_', '-' and '.', not first '.'")
-    for src in sources if options.into_input else []:
+    for src, target in zip(sources, targets) if options.into_input else []:
         if not is_zarr(src) or open_chunked(src).kind != "ome-zarr":
             raise UserInputError(f"{src}: --into-input writes into an OME-Zarr image's labels/; this is not one")
-        if (src / "labels" / name).exists():
+        ours = options.resume and published_marker(progress_folder(target)).exists()
+        if (src / "labels" / name).exists() and not ours:
             raise UserInputError(f"{src}: already holds a label image '{name}' (labels/{name}); it is never "
                                  "replaced: choose another --label-name")
         if not os.access(src, os.W_OK) or ((src / "labels").exists() and not os.access(src / "labels", os.W_OK)):

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from ..device import choose_precision, resolve_device, use_fast_kernels
 from ..distributed import Context
 from ..errors import UserInputError
-from ..io import match_channels, write_image
+from ..io import label_dtype, match_channels, write_image
 from ..nn.checkpoint import load_model
 from ..nn.model import UNet, fold_batch_norm
 from ..normalization import Normalization
@@ -268,7 +268,7 @@ def encode(prob: np.ndarray, suffix: str, threshold: float | None,
     """Calibrated probabilities (C, H, W) -> the array to write (see the module docstring)."""
     if instances is not None:
         labels = instances.labels(prob, 0.5 if threshold is None else threshold)
-        return labels.astype(np.uint16) if labels.max() < 2**16 else labels
+        return labels.astype(label_dtype(labels))
     if prob.shape[0] > 1:
         if suffix == ".png" or threshold is not None:
             return prob.argmax(axis=0).astype(np.uint8)

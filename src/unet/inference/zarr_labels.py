@@ -38,7 +38,7 @@ from ..chunked import ChunkedImage
 from ..io import atomic_path
 from .blocks import Block, BlockGrid
 from .instances import InstanceSettings
-from .zarr_output import block_chunks, write_block_values, write_multiscales, write_pyramid
+from .zarr_output import block_chunks, ngff_format, write_block_values, write_multiscales, write_pyramid, zarr_format
 
 LABEL_MARGIN = 128  # px of map read around a block: cells smaller than this are cut as in one pass
 _MOST_COLOURS = 1024  # cells given a colour in the metadata; viewers choose the others
@@ -51,7 +51,8 @@ class CellJob:
     probabilities: Path  # level 0 of the probability map (a zarr array)
     labels: Path  # the labels image's group being built
     work: Path  # the progress folder of the cells
-    axes: str  # the probability map's (the labels image has one channel)
+    axes: str  # the probability map's
+    label_axes: str  # the labels image's: its image's axes, with one channel where it has c
     grid: BlockGrid
     settings: InstanceSettings
     threshold: float  # a pixel is inside a cell above this calibrated probability
@@ -62,6 +63,20 @@ class CellJob:
 
     def relabelled(self, block: Block) -> Path:
         return self.work / f"{block.name}.final"
+
+    @property
+    def published(self) -> Path:
+        return published_marker(self.work.parent)
+
+
+def cells_work(progress: Path) -> Path:
+    """The cells' part of an output's progress folder."""
+    return progress / "cells"
+
+
+def published_marker(progress: Path) -> Path:
+    """Written once the labels image is listed beside its image: a resumed run is done."""
+    return cells_work(progress) / "published"
 
 
 def label_block(block: Block, job: CellJob) -> str:
@@ -79,7 +94,7 @@ def label_block(block: Block, job: CellJob) -> str:
     cells = job.settings.labels(prob, job.threshold)
     core = cells[block.top - top : block.bottom - top, block.left - left : block.right - left]
     core, count = _renumbered(core)
-    write_block_values(zarr.open_array(str(job.work / "provisional"), mode="r+"), job.axes, block, core[None])
+    write_block_values(zarr.open_array(str(job.work / "provisional"), mode="r+"), job.label_axes, block, core[None])
     with atomic_path(job.labelled(block)) as tmp, open(tmp, "wb") as f:
         np.savez(f, count=count, top=core[0], bottom=core[-1], left=core[:, 0], right=core[:, -1])
     return block.name
@@ -91,9 +106,10 @@ def relabel_block(block: Block, lut: np.ndarray, job: CellJob) -> str:
 
     if job.relabelled(block).exists():
         return block.name
-    provisional = ChunkedImage(job.work, zarr.open_array(str(job.work / "provisional"), mode="r"), job.axes, "zarr")
-    ids = provisional.window(block.plane, slice(block.top, block.bottom), slice(block.left, block.right))
-    write_block_values(zarr.open_array(str(job.labels / "0"), mode="r+"), job.axes, block, lut[ids])
+    provisional = zarr.open_array(str(job.work / "provisional"), mode="r")
+    ids = ChunkedImage(job.work, provisional, job.label_axes, "zarr").window(
+        block.plane, slice(block.top, block.bottom), slice(block.left, block.right))
+    write_block_values(zarr.open_array(str(job.labels / "0"), mode="r+"), job.label_axes, block, lut[ids])
     job.relabelled(block).touch()
     return block.name
 
@@ -104,7 +120,7 @@ def merge_blocks(job: CellJob) -> tuple[list[np.ndarray], int]:
     from scipy.sparse.csgraph import connected_components
 
     blocks = job.grid.blocks()
-    edges = {b: np.load(job.labelled(b)) for b in blocks}
+    edges = {b: _edges(job.labelled(b)) for b in blocks}
     counts = np.array([int(edges[b]["count"]) for b in blocks], dtype=np.int64)
     offsets = dict(zip(blocks, np.concatenate([[0], np.cumsum(counts)[:-1]])))
     at = {(b.plane, b.top, b.left): b for b in blocks}
@@ -122,6 +138,12 @@ def merge_blocks(job: CellJob) -> tuple[list[np.ndarray], int]:
     luts = [np.concatenate([[0], final[offsets[b] + 1 : offsets[b] + 1 + c]]).astype(np.uint32)
             for b, c in zip(blocks, counts)]
     return luts, int(final.max(initial=0))
+
+
+def _edges(path: Path) -> dict[str, np.ndarray]:
+    """A block's saved count and edge lines, read and the file closed (thousands of blocks)."""
+    with np.load(path) as saved:
+        return {key: saved[key] for key in saved.files}
 
 
 def _facing(mine: np.ndarray, my_offset: int, theirs: np.ndarray, their_offset: int) -> np.ndarray:
@@ -150,7 +172,7 @@ def _renumbered(cells: np.ndarray) -> tuple[np.ndarray, int]:
 
 # --- the labels image: created, finished, published -------------------------------------------
 
-def create_labels(job: CellJob, shape: tuple[int, ...], zarr_format: int, resume: bool) -> None:
+def create_labels(job: CellJob, shape: tuple[int, ...], ngff_version: str, resume: bool) -> None:
     """The labels image's level 0 and the provisional ids (kept when resuming)."""
     import zarr
 
@@ -159,10 +181,10 @@ def create_labels(job: CellJob, shape: tuple[int, ...], zarr_format: int, resume
     shutil.rmtree(job.work, ignore_errors=True)
     shutil.rmtree(job.labels, ignore_errors=True)
     job.work.mkdir(parents=True)
-    chunks = block_chunks(job.axes, job.grid, shape)
+    chunks = block_chunks(job.label_axes, job.grid, shape)
     zarr.create_array(str(job.work / "provisional"), shape=shape, chunks=chunks, dtype=np.uint32, fill_value=0,
-                      zarr_format=zarr_format)
-    group = zarr.open_group(str(job.labels), mode="w", zarr_format=zarr_format)
+                      zarr_format=zarr_format(ngff_version))
+    group = zarr.open_group(str(job.labels), mode="w", zarr_format=zarr_format(ngff_version))
     group.create_array("0", shape=shape, chunks=chunks, dtype=np.uint32, fill_value=0)
 
 
@@ -171,27 +193,30 @@ def finish_labels(job: CellJob, ngff_version: str, scale: tuple[float, ...] | No
     import zarr
 
     group = zarr.open_group(str(job.labels), mode="r+")
-    levels = write_pyramid(group, job.axes, job.grid)
-    write_multiscales(group, job.axes, levels, ngff_version, scale, job.labels.name)
+    levels = write_pyramid(group, job.label_axes, job.grid)
+    write_multiscales(group, job.label_axes, levels, ngff_version, scale, job.labels.name)
 
 
-def publish_labels(built: Path, image: Path, name: str, cells: int, ngff_version: str) -> Path:
-    """Move the finished labels image ``built`` to ``image``/labels/``name`` and list it there
-    with its ``image-label`` metadata (colours, the link to its image), last of all."""
+def publish_labels(job: CellJob, image: Path, name: str, cells: int, ngff_version: str) -> Path:
+    """Move the finished labels image to ``image``/labels/``name`` and list it there with its
+    ``image-label`` metadata (colours, the link to its image), last of all; then mark the job
+    published (a resumed run does nothing more)."""
     import zarr
-    from ome_zarr.format import FormatV04, FormatV05
-    from ome_zarr.writer import write_label_metadata
+    from ome_zarr.writer import add_metadata, get_metadata, write_label_metadata
 
-    zarr_format = 2 if ngff_version == "0.4" else 3
-    labels_group = zarr.open_group(str(image / "labels"), mode="a", zarr_format=zarr_format)
+    built = job.labels
+    labels_group = zarr.open_group(str(image / "labels"), mode="a", zarr_format=zarr_format(ngff_version))
     target = image / "labels" / name
     if built != target:
         hidden = target.with_name(f".{name}.part")
         shutil.rmtree(hidden, ignore_errors=True)
         shutil.move(built, hidden)
         os.replace(hidden, target)
-    fmt = FormatV04() if ngff_version == "0.4" else FormatV05()
+    fmt = ngff_format(ngff_version)
+    listed = [n for n in get_metadata(labels_group).get("labels", []) if n != name]  # listed once, also on resume
+    add_metadata(labels_group, {"labels": listed}, fmt=fmt)
     write_label_metadata(labels_group, name, colors=_colours(cells), fmt=fmt, source={"image": "../../"})
+    job.published.touch()
     return target
 
 

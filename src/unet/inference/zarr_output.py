@@ -33,6 +33,18 @@ _SMALLEST_LEVEL = 64  # px: no pyramid level smaller than this
 _MOST_LEVELS = 3  # below level 0
 
 
+def zarr_format(ngff_version: str) -> int:
+    """The zarr format of an NGFF version: 2 for 0.4, 3 from 0.5 on."""
+    return 2 if ngff_version == "0.4" else 3
+
+
+def ngff_format(ngff_version: str):
+    """ome-zarr's format object of an NGFF version."""
+    from ome_zarr.format import FormatV04, FormatV05
+
+    return FormatV04() if ngff_version == "0.4" else FormatV05()
+
+
 def output_layout(image: ChunkedImage, channels: int) -> tuple[str, tuple[int, ...]]:
     """(axes, shape) of the output: an OME-Zarr input's own axes (with c, ``channels`` of
     them), else c, y, x (and z for a stack of planes)."""
@@ -85,8 +97,7 @@ class ZarrOutput:
         shutil.rmtree(self.part, ignore_errors=True)
         shutil.rmtree(self.progress, ignore_errors=True)
         self.progress.mkdir(parents=True)
-        zarr_format = 2 if self.ngff_version == "0.4" else 3
-        group = zarr.open_group(str(self.part), mode="w", zarr_format=zarr_format)
+        group = zarr.open_group(str(self.part), mode="w", zarr_format=zarr_format(self.ngff_version))
         group.create_array("0", shape=shape, chunks=block_chunks(self.axes, self.grid, shape), dtype=dtype,
                            fill_value=0)
         _write_json(saved, fingerprint)
@@ -119,7 +130,7 @@ def write_block_values(array, axes: str, block: Block, values: np.ndarray) -> No
     ys, xs = slice(block.top, block.bottom), slice(block.left, block.right)
     key = plane_key(axes, array.shape, block.plane, ys, xs)
     kept = [a for a in axes if a in "cyx"]
-    array[key] = np.moveaxis(values, 0, kept.index("c"))
+    array[key] = np.moveaxis(values, 0, kept.index("c")) if "c" in kept else values[0]
 
 
 def block_chunks(axes: str, grid: BlockGrid, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -132,8 +143,8 @@ def _clip(chunks: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def write_pyramid(group, axes: str, grid: BlockGrid) -> int:
-    """Levels 1, 2, ... from level 0, each every other pixel of the one above, chunk by chunk
-    (memory: one block); returns how many levels there are in all."""
+    """Levels 1, 2, ... from level 0, each every other pixel of the one above, a block's rows
+    and columns at a time (memory: one block of every plane); returns the number of levels."""
     level, source = 0, group["0"]
     y, x = axes.index("y"), axes.index("x")
     while level < _MOST_LEVELS and min(source.shape[y], source.shape[x]) // 2 >= _SMALLEST_LEVEL:
@@ -155,7 +166,6 @@ def write_pyramid(group, axes: str, grid: BlockGrid) -> int:
 
 def write_multiscales(group, axes: str, levels: int, ngff_version: str, scale: tuple[float, ...] | None,
                     name: str) -> None:
-    from ome_zarr.format import FormatV04, FormatV05
     from ome_zarr.writer import write_multiscales_metadata
 
     base = list(scale) if scale and len(scale) == len(axes) else [1.0] * len(axes)
@@ -164,8 +174,7 @@ def write_multiscales(group, axes: str, levels: int, ngff_version: str, scale: t
         factors = [2.0**level if a in "yx" else 1.0 for a in axes]
         datasets.append({"path": str(level), "coordinateTransformations": [
             {"type": "scale", "scale": [b * f for b, f in zip(base, factors)]}]})
-    fmt = FormatV04() if ngff_version == "0.4" else FormatV05()
-    write_multiscales_metadata(group, datasets, fmt=fmt, axes=[_axis(a) for a in axes],
+    write_multiscales_metadata(group, datasets, fmt=ngff_format(ngff_version), axes=[_axis(a) for a in axes],
                                name=name)
 
 

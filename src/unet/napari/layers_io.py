@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import write_image
+from ..io import label_dtype, write_image
 
 
 class LayerSlices:
@@ -45,6 +45,5 @@ def write_labels(path: str, data: np.ndarray, meta: dict) -> list[str]:
     """npe2 writer: a Labels layer as the label image `unet train` reads (uint16 / uint32 ids,
     0 = background; a stack as a multi-page TIFF)."""
     labels = np.asarray(data)
-    dtype = np.uint16 if labels.max(initial=0) < 2**16 else np.uint32
-    write_image(Path(path), labels.astype(dtype), "QYX" if labels.ndim == 3 else None)
+    write_image(Path(path), labels.astype(label_dtype(labels)), "QYX" if labels.ndim == 3 else None)
     return [path]

@@ -19,7 +19,8 @@ from .layers_io import LayerSlices, layer_choices
 from .notify import show_one_line
 from .train import events
 
-OUTPUTS = ("probability", "mask", "cells (watershed)", "cells (components)")
+# What the widget offers -> the `--instances` method it means (None: a map or a mask).
+OUTPUTS = {"probability": None, "mask": None, "cells (watershed)": "watershed", "cells (components)": "components"}
 
 
 @dataclass(frozen=True)
@@ -32,9 +33,8 @@ class SegmentRequest:
     device: str = "auto"  # auto (CUDA where present), cpu, cuda
 
     def options(self) -> PredictOptions:
-        cells = self.output.startswith("cells")
         return PredictOptions(tta=self.tta, threshold=0.5 if self.output == "mask" else None,
-                              instances=self.output[7:-1] if cells else None)
+                              instances=OUTPUTS[self.output])
 
 
 def predict_planes(request: SegmentRequest, planes: LayerSlices):
@@ -56,7 +56,7 @@ class SegmentWidget(Container):
         self.viewer = napari_viewer
         self.model = FileEdit(label="model", filter="*.pt *.onnx *.zip")
         self.image_layer = ComboBox(label="image", choices=layer_choices(napari_viewer, "Image"))
-        self.output = ComboBox(label="output", choices=OUTPUTS, value="probability")
+        self.output = ComboBox(label="output", choices=list(OUTPUTS), value="probability")
         self.tta = CheckBox(text="average over flips (TTA)")
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
         self.run_button = PushButton(text="Segment")

@@ -18,7 +18,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton
 from psygnal import Signal
 
-from ..io import write_image
+from ..io import label_dtype, write_image
 from ..training.config import TrainConfig
 from ..training.presets import PRESETS
 from .layers_io import LayerSlices, layer_choices
@@ -38,9 +38,11 @@ def write_training_data(image_layer, labels_layer, folder: Path) -> tuple[Path, 
     """The layers as two multi-page TIFFs `unet train --images --labels` reads -> their paths."""
     planes = LayerSlices(image_layer)
     images = np.stack([planes[i] for i in range(planes.count)])  # (N, C, H, W)
-    labels = np.asarray(labels_layer.data).reshape(-1, *images.shape[-2:])
-    if labels.shape[0] != images.shape[0]:
-        raise ValueError(f"the labels layer has {labels.shape[0]} planes, the image {images.shape[0]}")
+    labels = np.asarray(labels_layer.data)
+    if labels.shape[-2:] != images.shape[-2:] or labels.size // np.prod(labels.shape[-2:]) != images.shape[0]:
+        raise ValueError(f"the labels layer '{labels_layer.name}' is {labels.shape}, the image "
+                         f"'{image_layer.name}' {images.shape[0]} plane(s) of {images.shape[-2:]}: they must match")
+    labels = labels.reshape(-1, *images.shape[-2:])
     if images.shape[0] == 1:  # one image: four quarters, the last validates
         h, w = images.shape[-2] // 2, images.shape[-1] // 2
         quarters = [(slice(0, h), slice(0, w)), (slice(0, h), slice(w, 2 * w)), (slice(h, 2 * h), slice(0, w)),
@@ -49,7 +51,7 @@ def write_training_data(image_layer, labels_layer, folder: Path) -> tuple[Path, 
         labels = np.stack([labels[0][ys, xs] for ys, xs in quarters])
     folder.mkdir(parents=True, exist_ok=True)
     write_image(folder / "images.tif", images, "QCYX")
-    write_image(folder / "labels.tif", labels.astype(np.uint16 if labels.max() < 2**16 else np.uint32), "QYX")
+    write_image(folder / "labels.tif", labels.astype(label_dtype(labels)), "QYX")
     return folder / "images.tif", folder / "labels.tif"
 
 
@@ -58,11 +60,16 @@ def read_curves(run: Path) -> dict[str, list[float]]:
     curves: dict[str, list[float]] = {"epoch": [], "train_loss": [], "val_loss": []}
     try:
         with open(run / "metrics.csv", newline="") as f:
-            for row in csv.DictReader(f):
-                for key in curves:
-                    curves[key].append(float(row[key]))
-    except (OSError, KeyError, ValueError):
-        pass
+            rows = list(csv.DictReader(f))
+    except OSError:
+        return curves
+    for row in rows:
+        try:  # the last row may be half-written: training appends while this reads
+            values = [float(row[key]) for key in curves]
+        except (KeyError, TypeError, ValueError):
+            continue
+        for key, value in zip(curves, values):
+            curves[key].append(value)
     return curves
 
 
@@ -100,9 +107,10 @@ class TrainWidget(Container):
         if self.image_layer.value is None or self.labels_layer.value is None:
             show_one_line("choose an image layer and its labels layer")
             return None
-        try:
-            images, labels = write_training_data(self.image_layer.value, self.labels_layer.value,
-                                                 run.with_name(run.name + ".data"))
+        data = run.with_name(run.name + ".data")
+        try:  # resuming trains on the files the run began with, whatever the layers hold now
+            images, labels = ((data / "images.tif", data / "labels.tif") if self.resume.value
+                              else write_training_data(self.image_layer.value, self.labels_layer.value, data))
         except ValueError as e:
             show_one_line(str(e))
             return None
