@@ -15,7 +15,7 @@ NAME = "nuclei-fluorescence"
 
 
 def test_the_package_ships_its_models():
-    assert {"nuclei-fluorescence"} <= set(shipped_models())  # package data present (pyproject's package-data)
+    assert {"em-membranes", "nuclei-fluorescence"} <= set(shipped_models())  # package data (pyproject)
 
 
 def test_unet_models_lists_the_shipped_models_with_their_summary(capsys):
