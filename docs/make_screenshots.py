@@ -1,17 +1,19 @@
 """Re-make the napari pictures of the README: the Train widget with its loss curves after a
-short run on a synthetic EM image, and the Segment widget beside its result.
+short run on a synthetic EM image, and the viewer with the Segment widget docked and its
+cells overlaid on a new image.
 
-    QT_QPA_PLATFORM=offscreen .venv/bin/python docs/make_screenshots.py [--minutes 2] [--out docs/img]
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_screenshots.py [--minutes 2]
 
-The widgets are the plugin's own, in a napari viewer model, drawn by Qt (offscreen). napari's
-image canvas needs OpenGL, which a machine without a display server lacks, so the canvas
-beside the Segment widget is drawn with matplotlib from the same layers (the image, and the
-cells as a Labels-style overlay).
+napari's canvas needs OpenGL, so this wants a display (a desktop, or Xvfb as above:
+``apt-get install xvfb``). Without one (``QT_QPA_PLATFORM=offscreen``) the widgets are still
+drawn by Qt, and the canvas beside the Segment widget is drawn with matplotlib from the same
+layers.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -46,6 +48,28 @@ def train_picture(viewer, out: Path, minutes: float) -> Path:
     widget.native.resize(420, 640)
     widget.native.grab().save(str(out / "napari-train.png"))
     return run / "best.pt"
+
+
+def viewer_picture(out: Path, model: Path) -> None:
+    """The real viewer: Segment docked, the cells over the image (needs OpenGL)."""
+    import napari
+
+    from unet.napari.segment import SegmentWidget
+    from unet.synthetic import synthetic_em
+
+    image, _ = synthetic_em(np.random.default_rng(7), size=384)
+    viewer = napari.Viewer(show=False)
+    viewer.window.resize(1300, 760)
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Segment (U-Net)", area="right")
+    widget.image_layer.value = viewer.add_image(image, name="new image")
+    widget.model.value, widget.output.value = model, "cells (watershed)"
+    widget.run()
+    wait_until(lambda: widget.run_button.enabled)
+    viewer.layers[-1].opacity = 0.45
+    viewer.reset_view()
+    viewer.screenshot(str(out / "napari-segment.png"), canvas_only=False)
+    viewer.close()
 
 
 def segment_picture(viewer, out: Path, model: Path) -> None:
@@ -92,7 +116,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     viewer = ViewerModel()
     model = train_picture(viewer, out, args.minutes)
-    segment_picture(viewer, out, model)
+    if os.environ.get("QT_QPA_PLATFORM") == "offscreen":
+        segment_picture(viewer, out, model)
+    else:
+        viewer_picture(out, model)
     print(f"wrote {out / 'napari-train.png'} and {out / 'napari-segment.png'}")
 
 

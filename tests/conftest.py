@@ -3,7 +3,8 @@
 import os
 from pathlib import Path
 
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # the napari widgets' tests run headless
+if not os.environ.get("DISPLAY"):  # the napari widgets' tests run headless (xvfb-run: with a display)
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import numpy as np
 import pytest

@@ -3,7 +3,8 @@ trains on layers and can be stopped, bad input is a one-line notification."""
 
 import os
 
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+if not os.environ.get("DISPLAY"):
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -23,9 +24,12 @@ WAIT_MS = 120_000
 
 
 @pytest.fixture
-def viewer_model():
-    """napari's viewer without its OpenGL canvas: this machine has no display server, and
-    napari's canvas (and so `make_napari_viewer`) needs an OpenGL context to add a layer."""
+def viewer_model(request):
+    """With a display (e.g. ``xvfb-run -a pytest``): napari's own `make_napari_viewer`, canvas
+    and all. Without one (CI: no X server, and napari's canvas needs OpenGL to add a layer):
+    napari's `ViewerModel`, the same viewer without its canvas."""
+    if os.environ.get("DISPLAY"):
+        return request.getfixturevalue("make_napari_viewer")()
     from napari.components import ViewerModel
 
     return ViewerModel()
