@@ -325,7 +325,7 @@ def _run_models(args: argparse.Namespace) -> None:
     models = shipped_models()
     if not models:
         print("no models are shipped with this installation")
-    for name, path in models.items():
+    for name in models:
         print(f"{name:22s} {summary(name)}")
     if models:
         print(f"\nuse: unet predict --model NAME ...; cards: {ZOO}/NAME/card.md")

@@ -9,5 +9,12 @@ class UserInputError(Exception):
     """A problem with the user's input: the message names the file or option and the fix."""
 
 
+def first_line(error: BaseException, default: str | None = None) -> str:
+    """The first line of ``error``'s message (for one-line reports); ``default`` (else the
+    exception's type name) when the message is empty."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else (type(error).__name__ if default is None else default)
+
+
 class Interrupted(Exception):
     """A run stopped on request (SIGINT/SIGTERM); its state was saved to resume from."""

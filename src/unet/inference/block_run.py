@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from ..chunked import ChunkedImage, open_chunked, sample_statistics
 from ..errors import UserInputError
 from .blocks import DEFAULT_BLOCK_PX, Block, BlockGrid, block_grid, predict_block
+from .predictor import cell_threshold
 from .zarr_labels import (CellJob, cells_work, create_labels, finish_labels, label_block, merge_blocks, publish_labels,
                           relabel_block)
 from .zarr_output import ZarrOutput, output_layout
@@ -93,9 +94,8 @@ def _cut_cells(predictor, job: BlockJob, output: ZarrOutput, client, progress: b
     image = job.source if options.into_input else output.part
     labels = (output.progress / "labels" if options.into_input else output.part / "labels") / options.label_name
     axes, shape, scale = _labels_layout(job, image if options.into_input else None)
-    threshold = 0.5 if options.threshold is None else options.threshold
     cells = CellJob(output.part / "0", labels, cells_work(output.progress), job.axes, axes, job.grid,
-                    predictor.instance_settings, threshold)
+                    predictor.instance_settings, cell_threshold(options.threshold))
     if options.resume and cells.published.exists():
         return  # an earlier run got as far as listing the labels
     create_labels(cells, shape, job.ngff_version, options.resume)

@@ -36,7 +36,7 @@ def export_model(model_path: str | Path, out: str | Path, fmt: str = "onnx") -> 
     (the exported model against PyTorch fp32 on a random valid input)."""
     model, meta = load_model(model_path)
     wrapped = _WithProbabilities(model).eval()
-    example, check = parity_inputs(model)
+    example, check = _parity_inputs(model)
     out = Path(out)
     with torch.no_grad():
         reference = wrapped(check).numpy()
@@ -54,7 +54,7 @@ def export_model(model_path: str | Path, out: str | Path, fmt: str = "onnx") -> 
     return float(np.abs(got - reference).max())
 
 
-def parity_inputs(model: UNet) -> tuple[torch.Tensor, torch.Tensor]:
+def _parity_inputs(model: UNet) -> tuple[torch.Tensor, torch.Tensor]:
     """A valid input to trace with, and a batch of two of another valid size to check on."""
     size = model.valid_input_size(300)
     example = torch.randn(1, model.config.in_channels, size, size)

@@ -33,10 +33,11 @@ import torch
 
 from ..errors import UserInputError
 from ..io import match_channels, read_image
-from ..nn.checkpoint import load_model
-from ..nn.model import UNet, UNetConfig
+from ..nn.checkpoint import load_model, rebuild
+from ..nn.model import UNet
 from .export import save_onnx, save_torchscript
 from .model_card import cover_image, model_card, training_record
+from ..zoo import resolve_model
 from .packaged_net import PackagedNet
 
 RONNEBERGER = ("Ronneberger O., Fischer P., Brox T. U-Net: Convolutional Networks for Biomedical Image "
@@ -59,7 +60,7 @@ class PackageInfo:
 def export_package(model_path: str | Path, out: str | Path, info: PackageInfo) -> float:
     """Write the package ``out`` (a .zip); returns the largest difference between the
     TorchScript / ONNX weights and PyTorch on the test input."""
-    model_path, out = Path(model_path), Path(out)
+    model_path, out = resolve_model(model_path), Path(out)  # a shipped name: its folder holds no run record
     _check_request(out, info)
     model, metadata = load_model(model_path)
     packaged = packaged_net(model, metadata)
@@ -283,10 +284,6 @@ def load_package(path: Path, device: str | torch.device = "cpu") -> tuple[UNet, 
             state = torch.load(archive.open(weights), map_location="cpu", weights_only=True)
     except (zipfile.BadZipFile, KeyError, yaml.YAMLError) as e:
         raise UserInputError(f"{path}: not a readable BioImage.IO package ({e})") from e
-    try:
-        model = UNet(config=UNetConfig.from_dict(unet["config"]))
-        model.load_state_dict({k.removeprefix("net."): v for k, v in state.items()})
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserInputError(f"{path}: the package's weights do not fit its config.unet ({first})") from e
+    net_state = {k.removeprefix("net."): v for k, v in state.items()}  # PackagedNet's keys -> the UNet's
+    model = rebuild({**unet, "state_dict": net_state}, f"{path}: the package's weights do not fit its config.unet")
     return model.to(device).eval(), dict(unet["metadata"])

@@ -263,11 +263,17 @@ def calibrate_map(prob: np.ndarray, threshold: float) -> np.ndarray:
     return calibrate(prob, threshold) if prob.shape[0] == 1 else prob
 
 
+def cell_threshold(threshold: float | None) -> float:
+    """Where cells begin in the calibrated map: ``--threshold`` where given, else 0.5 (the
+    calibrated decision threshold)."""
+    return 0.5 if threshold is None else threshold
+
+
 def encode(prob: np.ndarray, suffix: str, threshold: float | None,
            instances: InstanceSettings | None = None) -> np.ndarray:
     """Calibrated probabilities (C, H, W) -> the array to write (see the module docstring)."""
     if instances is not None:
-        labels = instances.labels(prob, 0.5 if threshold is None else threshold)
+        labels = instances.labels(prob, cell_threshold(threshold))
         return labels.astype(label_dtype(labels))
     if prob.shape[0] > 1:
         if suffix == ".png" or threshold is not None:

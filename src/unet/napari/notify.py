@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import UserInputError
+from ..errors import UserInputError, first_line
 
 
 def one_line(error: BaseException | str) -> str:
@@ -10,7 +10,7 @@ def one_line(error: BaseException | str) -> str:
     can fix (a bad file, a wrong option), else the exception's type and first line."""
     if isinstance(error, str):
         return error
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    text = first_line(error, default="")
     return text if isinstance(error, UserInputError) else f"{type(error).__name__}: {text}"
 
 

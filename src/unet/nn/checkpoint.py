@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..errors import UserInputError
+from ..errors import UserInputError, first_line
 from ..io import atomic_path
 from ..normalization import Normalization
 from .model import UNet, UNetConfig
@@ -75,8 +75,7 @@ def load_payload(path: str | Path) -> dict:
             "which could run code when loaded"
         ) from e
     except Exception as e:  # noqa: BLE001 - corrupt or truncated: refused the same way
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserInputError(f"{path}: not a readable checkpoint ({reason})") from e
+        raise UserInputError(f"{path}: not a readable checkpoint ({first_line(e)})") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserInputError(f"{path}: not a U-Net checkpoint of this tool (no '{FORMAT}' marker)")
     if payload.get("version", 0) > VERSION:
@@ -87,15 +86,20 @@ def load_payload(path: str | Path) -> dict:
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet, dict]:
     """Rebuild the saved model (eval mode) -> (model, metadata)."""
     payload = load_payload(path)
-    try:
-        config = UNetConfig.from_dict(payload["config"])
-        model = UNet(config=config)
-        model.load_state_dict(payload["state_dict"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserInputError(f"{path}: checkpoint does not match its architecture ({first})") from e
+    model = rebuild(payload, f"{path}: checkpoint does not match its architecture")
     model.to(device).eval()
     return model, dict(payload.get("metadata", {}))
+
+
+def rebuild(record: dict, mismatch: str) -> UNet:
+    """The `UNet` of ``record["config"]`` holding ``record["state_dict"]``; a one-line
+    `UserInputError` ``mismatch (why)`` when either is missing or they do not fit."""
+    try:
+        model = UNet(config=UNetConfig.from_dict(record["config"]))
+        model.load_state_dict(record["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise UserInputError(f"{mismatch} ({first_line(e)})") from e
+    return model
 
 
 def _unwrap(model: torch.nn.Module) -> UNet:
