@@ -1,5 +1,5 @@
 """A trained checkpoint as a BioImage.IO package: export time and size, bioimageio.core's own
-test, and core's blockwise prediction of real images against `unet predict --model best.pt`.
+test, and core's blockwise prediction of real images against `unetile predict --model best.pt`.
 
     .venv/bin/python benchmarks/bioimageio_package.py --model RUN/best.pt --images DIR [--out runs/package]
 
@@ -19,9 +19,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import numpy as np  # noqa: E402
 
-from unet.inference.model_package import PackageInfo, export_package, predict_with_core  # noqa: E402
-from unet.inference.predictor import PredictOptions, Predictor  # noqa: E402
-from unet.io import list_images, read_image  # noqa: E402
+from unetile.inference.model_package import PackageInfo, export_package, predict_with_core  # noqa: E402
+from unetile.inference.predictor import PredictOptions, Predictor  # noqa: E402
+from unetile.io import list_images, read_image  # noqa: E402
 
 WEIGHTS = ("pytorch_state_dict", "torchscript", "onnx")
 
@@ -54,7 +54,7 @@ def main() -> None:
             got = predict_with_core(out / "model.zip", image, weights, blocksize=4)
             worst[weights] = max(worst[weights], float(np.abs(got - expected).max()))
         print(f"{path.name} {image.shape}: " + ", ".join(f"{w} {worst[w]:.1e}" for w in WEIGHTS), flush=True)
-    print("| weights | max abs difference to `unet predict` |\n|---|---|")
+    print("| weights | max abs difference to `unetile predict` |\n|---|---|")
     for weights in WEIGHTS:
         print(f"| {weights} | {worst[weights]:.1e} |")
 

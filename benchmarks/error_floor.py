@@ -2,11 +2,11 @@
 
     .venv/bin/python benchmarks/error_floor.py --labels VAL/labels PRED_A PRED_B [PRED_C ...]
 
-Each PRED is a folder of written maps (``unet predict`` output, 8-bit PNG or float TIFF, one
+Each PRED is a folder of written maps (``unetile predict`` output, 8-bit PNG or float TIFF, one
 per label image, same names). Foreground = map > 0.5, as the issue's scorer does. One table:
 
 - per run: the pixel error; the error of the same map with each image's own best threshold
-  (`unet.training.validation.best_threshold` per image, 0.01 steps: an oracle no calibration can beat); the share of the error lying within
+  (`unetile.training.validation.best_threshold` per image, 0.01 steps: an oracle no calibration can beat); the share of the error lying within
   ``--near`` px of a true boundary (where the annotator's stroke decides).
 - every pair of runs: the error of their averaged map (the simplest ensemble) against the
   mean of the two single errors. If averaging gains nothing, the runs do not differ by
@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from unet import metrics
-from unet.io import list_images, read_image
-from unet.training.validation import best_threshold
+from unetile import metrics
+from unetile.io import list_images, read_image
+from unetile.training.validation import best_threshold
 
 
 def read_map(folder: Path, stem: str) -> np.ndarray:

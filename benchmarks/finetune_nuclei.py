@@ -1,12 +1,12 @@
-"""Fine-tuning with few labels (`unet train --init`) against training from scratch, same clock.
+"""Fine-tuning with few labels (`unetile train --init`) against training from scratch, same clock.
 
 On the DSB 2018 fluorescence split of `nuclei_recipes.py` (run that first): the model given
 by ``--pretrained`` was trained on the split's train images. The 90 test images, which it
 never saw, are cut in two by the SHA-1 order of their names: the first ``--pool`` (20) are
 the labelled images a user would have, the other 70 are scored. For each k in ``--shots``
 (5, 10, 20), the first k of the pool are trained on twice, from scratch and from the
-pretrained model, each for ``--time-limit``; both are scored with `unet predict --tta
---instances` and `unet evaluate`, as is the pretrained model untouched (k = 0).
+pretrained model, each for ``--time-limit``; both are scored with `unetile predict --tta
+--instances` and `unetile evaluate`, as is the pretrained model untouched (k = 0).
 
     .venv/bin/python benchmarks/finetune_nuclei.py \\
         --pretrained runs/nuclei/default---seed-1/run/best.pt --time-limit 5m

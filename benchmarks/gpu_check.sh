@@ -22,7 +22,7 @@ mkdir -p "$OUT"
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
 timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py > "$OUT/test_cuda.log" 2>&1
-timeout 180 "$PY" -m unet benchmark --device cuda --json "$OUT/benchmark.json" \
+timeout 180 "$PY" -m unetile benchmark --device cuda --json "$OUT/benchmark.json" \
     --methods reference,monai,predict_tiled,onnxruntime,limit > "$OUT/benchmark.txt" 2>&1
 # The model alone (random data, no augmentation) at each preset's shape: what training should reach.
 timeout 60 "$PY" benchmarks/train_throughput.py --device cuda --configs 16:256:4:bf16,64:572:1:bf16 \
@@ -38,9 +38,9 @@ done
 for recipe in default paper; do
     opts=(); [ "$recipe" = paper ] && opts=(--preset paper)
     run="$split/run-$recipe"
-    { timeout $((${LIMIT%m} * 60 + 60)) "$PY" -m unet train --data "$split/train" --val "$split/val" --out "$run" --time-limit "$LIMIT" "${opts[@]}" &&
-      timeout 60 "$PY" -m unet -q predict --model "$run/best.pt" --input "$split/val/images" --out "$split/pred-$recipe" --tta &&
-      timeout 60 "$PY" -m unet -q evaluate --pred "$split/pred-$recipe" --labels "$split/val/labels" --json "$split/scores-$recipe.json"
+    { timeout $((${LIMIT%m} * 60 + 60)) "$PY" -m unetile train --data "$split/train" --val "$split/val" --out "$run" --time-limit "$LIMIT" "${opts[@]}" &&
+      timeout 60 "$PY" -m unetile -q predict --model "$run/best.pt" --input "$split/val/images" --out "$split/pred-$recipe" --tta &&
+      timeout 60 "$PY" -m unetile -q evaluate --pred "$split/pred-$recipe" --labels "$split/val/labels" --json "$split/scores-$recipe.json"
     } >> "$OUT/log.txt" 2>&1 || echo "$recipe: failed" >> "$OUT/log.txt"
 done
 
@@ -64,5 +64,5 @@ print(json.dumps(result, indent=2))
 PY
 
 # torch.compile + CUDA graphs, last: each new tile batch shape compiles anew (rows print as they finish).
-timeout "${COMPILE_LIMIT:-120}" "$PY" -m unet benchmark --device cuda --sides 2048,8192 \
+timeout "${COMPILE_LIMIT:-120}" "$PY" -m unetile benchmark --device cuda --sides 2048,8192 \
     --methods predict_tiled,predict_tiled+compile > "$OUT/compile.txt" 2>&1 || echo "stopped: $?" >> "$OUT/compile.txt"

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Compare training recipes on ISBI 2012: several runs at once, each a fixed number of steps,
-# then `unet predict --tta` and `unet evaluate` on the held-apart slices. One table at the end.
+# then `unetile predict --tta` and `unetile evaluate` on the held-apart slices. One table at the end.
 #
 #   benchmarks/isbi_recipes.sh "default:" "nobal: --no-class-balance" "w3: --w0 3 --seed 1"
 #
-# Each argument is NAME: [unet train options]. Environment (defaults in brackets):
+# Each argument is NAME: [unetile train options]. Environment (defaults in brackets):
 #   DATA     folder with images/ and labels/ [../shared/data/isbi2012/train]
 #   VAL      how many of the last slices validate [5, the default --val-fraction 0.2 of 24]
 #   EPOCHS   epochs per run; the fast preset's epoch is 96 steps [29 = 2784 steps, what 15
@@ -18,9 +18,9 @@ VAL=${VAL:-5}
 EPOCHS=${EPOCHS:-29}
 WORKERS=${WORKERS:-2}
 OUT=${OUT:-runs/recipes}
-UNET=${UNET:-unet}
+UNET=${UNET:-unetile}
 [ $# -gt 0 ] || { echo "usage: $0 'NAME: [train options]' ..." >&2; exit 2; }
-command -v "$UNET" > /dev/null || { echo "$UNET: not found (activate .venv, or set UNET=.venv/bin/unet)" >&2; exit 2; }
+command -v "$UNET" > /dev/null || { echo "$UNET: not found (activate .venv, or set UNET=.venv/bin/unetile)" >&2; exit 2; }
 for d in images labels; do [ -d "$DATA/$d" ] || { echo "$DATA: no $d/ folder" >&2; exit 2; }; done
 
 # The split as folders (links, no copies): the last $VAL slices validate, the rest train.

@@ -1,14 +1,14 @@
 """Compare training recipes for touching nuclei on the DSB 2018 fluorescence images.
 
 Each recipe is trained under the same clock, one run at a time (the runs share the CPU
-otherwise), then `unet predict --tta --instances` segments the held-apart test images and
-`unet evaluate` scores the cells. One table at the end, also written as JSON.
+otherwise), then `unetile predict --tta --instances` segments the held-apart test images and
+`unetile evaluate` scores the cells. One table at the end, also written as JSON.
 
     .venv/bin/python benchmarks/nuclei_recipes.py --time-limit 15m \\
         "default: --seed 0" "default: --seed 1" "boundary: --cell-target boundary --seed 0"
 
 The split (links, no copies): the images sorted by the SHA-1 of their names, the first
-``--test`` of them held apart for testing; the rest train, and `unet train` validates on
+``--test`` of them held apart for testing; the rest train, and `unetile train` validates on
 the last 20% of those (its ``--val-fraction``). The same names always give the same split.
 """
 
@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-UNET = [sys.executable, "-m", "unet"]
+UNET = [sys.executable, "-m", "unetile"]
 
 
 def hashed_names(folder: Path) -> list[str]:
@@ -60,7 +60,7 @@ def run_steps(name: str, steps: list[tuple[list[str], Path]]) -> None:
 
 
 def score_model(name: str, options: list[str], model: Path, test: Path, folder: Path, steps: int = 0) -> dict:
-    """`unet predict --tta --instances` on the test images, `unet evaluate` -> the row of the table."""
+    """`unetile predict --tta --instances` on the test images, `unetile evaluate` -> the row of the table."""
     folder.mkdir(parents=True, exist_ok=True)
     run_steps(name, [
         ([*UNET, "-q", "predict", "--model", str(model), "--input", str(test / "images"), "--out",
@@ -104,7 +104,7 @@ def format_rows(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("recipes", nargs="+", help='"NAME: [unet train options]"')
+    parser.add_argument("recipes", nargs="+", help='"NAME: [unetile train options]"')
     parser.add_argument("--data", default="../shared/data/dsb2018/fluorescence", help="images/ and labels/")
     parser.add_argument("--out", default="runs/nuclei", help="runs, predictions, scores, table")
     parser.add_argument("--test", type=int, default=90, help="images held apart for testing (default: 90)")

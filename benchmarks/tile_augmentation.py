@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from unet.normalization import Normalization
-from unet.synthetic import synthetic_em
-from unet.training import augment
-from unet.training.augment import Augmentation
-from unet.training.data import TileDataset, prepare
+from unetile.normalization import Normalization
+from unetile.synthetic import synthetic_em
+from unetile.training import augment
+from unetile.training.augment import Augmentation
+from unetile.training.data import TileDataset, prepare
 
 
 def scipy_warp(arrays: np.ndarray, coords: np.ndarray, mode: str) -> np.ndarray:

@@ -2,10 +2,10 @@
 
     .venv/bin/python benchmarks/touching_cells.py [--minutes 4] [--seeds 0 1] [--w0 10 3]
 
-Writes synthetic fluorescence nuclei (`unet.synthetic.synthetic_nuclei`: 16-bit TIFFs,
+Writes synthetic fluorescence nuclei (`unetile.synthetic.synthetic_nuclei`: 16-bit TIFFs,
 instance ids, many nuclei touching with no dark gap between them) - 16 images to train
-on, 6 held apart - then for each w0 and seed: ``unet train --time-limit`` (the default
-recipe otherwise), ``unet predict --tta`` and ``unet predict --tta --instances``. One row
+on, 6 held apart - then for each w0 and seed: ``unetile train --time-limit`` (the default
+recipe otherwise), ``unetile predict --tta`` and ``unetile predict --tta --instances``. One row
 each: foreground Dice and adapted Rand error (scikit-image's, truth background ignored)
 of the map's 4-connected components at 0.5, and of the ``--instances`` label images.
 The runs go one after another (each uses the whole machine); the folder is kept with
@@ -21,15 +21,15 @@ from pathlib import Path
 import numpy as np
 from skimage.metrics import adapted_rand_error
 
-from unet import metrics
-from unet.io import read_image
-from unet.synthetic import write_dataset
+from unetile import metrics
+from unetile.io import read_image
+from unetile.synthetic import write_dataset
 
 
-def unet(*args: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "unet", *args], capture_output=True, text=True)
+def unetile(*args: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "unetile", *args], capture_output=True, text=True)
     if done.returncode:
-        sys.exit(f"unet {args[0]} failed:\n{done.stderr[-2000:]}")
+        sys.exit(f"unetile {args[0]} failed:\n{done.stderr[-2000:]}")
 
 
 def scores(truth_dir: Path, map_dir: Path, instance_dir: Path) -> tuple[float, float, float]:
@@ -62,10 +62,10 @@ def main() -> None:
             for seed in args.seeds:
                 run = work / f"w0_{w0}_seed_{seed}"
                 print(f"training --w0 {w0} --seed {seed} for {args.minutes:g} min ...", file=sys.stderr, flush=True)
-                unet("train", "--data", str(data), "--out", str(run / "run"), "--overwrite", "--w0", w0,
+                unetile("train", "--data", str(data), "--out", str(run / "run"), "--overwrite", "--w0", w0,
                      "--seed", str(seed), "--time-limit", f"{args.minutes}m")
                 for out, extra in (("map", []), ("cells", ["--instances"])):
-                    unet("predict", "--model", str(run / "run" / "best.pt"), "--input", str(test / "images"),
+                    unetile("predict", "--model", str(run / "run" / "best.pt"), "--input", str(test / "images"),
                          "--out", str(run / out), "--tta", "--overwrite", *extra)
                 d, r_map, r_cells = scores(test / "labels", run / "map", run / "cells")
                 print(f"| {w0} | {seed} | {d:.4f} | {r_map:.4f} | {r_cells:.4f} |", flush=True)

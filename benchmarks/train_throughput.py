@@ -12,9 +12,9 @@ import time
 
 import torch
 
-from unet import UNet, init_he
-from unet.device import autocast
-from unet.training.losses import segmentation_loss
+from unetile import UNet, init_he
+from unetile.device import autocast
+from unetile.training.losses import segmentation_loss
 
 
 def measure(width: int, tile: int, batch: int, precision: str, steps: int, device: torch.device) -> tuple[float, float]:

@@ -1,11 +1,11 @@
-"""A gigapixel OME-Zarr through `unet predict` block by block: 1 and 2 Dask workers, and an
+"""A gigapixel OME-Zarr through `unetile predict` block by block: 1 and 2 Dask workers, and an
 external scheduler with 2 workers; wall time, each worker's peak memory, chunks written.
 
     .venv/bin/python benchmarks/zarr_cluster.py [--side 32768] [--out runs/zarr_cluster]
     .venv/bin/python benchmarks/zarr_cluster.py --cells --side 8192 --runs local:1,local:2
 
 With ``--cells`` the image is bright discs (radius 6-11 px on a jittered 24-px grid, some
-touching) and the model `unet.synthetic.disc_detector` (width 8, a net that finds them
+touching) and the model `unetile.synthetic.disc_detector` (width 8, a net that finds them
 without training), predicted with ``--instances``: the time then includes the three
 passes that cut the cells and give each one id across blocks, and the cells found are
 counted against the discs drawn.
@@ -32,10 +32,10 @@ import numpy as np
 import torch
 import zarr
 
-from unet import UNet, init_he, save_model
-from unet.inference import block_run
-from unet.inference.predictor import PredictOptions, Predictor
-from unet.synthetic import disc_detector
+from unetile import UNet, init_he, save_model
+from unetile.inference import block_run
+from unetile.inference.predictor import PredictOptions, Predictor
+from unetile.synthetic import disc_detector
 
 
 def new_image(path: Path, side: int, chunk: int):
@@ -169,7 +169,7 @@ def main() -> None:
 def cells_as_in_memory(prediction: Path) -> bool:
     """The labels written block by block against `InstanceSettings.labels` of the whole map,
     up to the numbering (each id pairs with exactly one id of the other)."""
-    from unet.inference.instances import InstanceSettings
+    from unetile.inference.instances import InstanceSettings
 
     group = zarr.open_group(str(prediction), mode="r")
     t0 = time.perf_counter()

@@ -32,8 +32,8 @@ def wait_until(done) -> None:
 
 
 def train_picture(viewer, out: Path, minutes: float) -> Path:
-    from unet.napari.train import TrainWidget
-    from unet.synthetic import synthetic_em
+    from unetile.napari.train import TrainWidget
+    from unetile.synthetic import synthetic_em
 
     image, labels = synthetic_em(np.random.default_rng(1), size=512)
     widget = TrainWidget(viewer)
@@ -54,8 +54,8 @@ def viewer_picture(out: Path, model: Path) -> None:
     """The real viewer: Segment docked, the cells over the image (needs OpenGL)."""
     import napari
 
-    from unet.napari.segment import SegmentWidget
-    from unet.synthetic import synthetic_em
+    from unetile.napari.segment import SegmentWidget
+    from unetile.synthetic import synthetic_em
 
     image, _ = synthetic_em(np.random.default_rng(7), size=384)
     viewer = napari.Viewer(show=False)
@@ -75,8 +75,8 @@ def viewer_picture(out: Path, model: Path) -> None:
 def segment_picture(viewer, out: Path, model: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from unet.napari.segment import SegmentWidget
-    from unet.synthetic import synthetic_em
+    from unetile.napari.segment import SegmentWidget
+    from unetile.synthetic import synthetic_em
 
     image, _ = synthetic_em(np.random.default_rng(7), size=384)
     widget = SegmentWidget(viewer)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from unet import UNet, init_he
-from unet.training import TrainConfig
+from unetile import UNet, init_he
+from unetile.training import TrainConfig
 
 ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012"
 

@@ -2,7 +2,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unet.training.augment import Augmentation, augment_region, displacement_field, flip_rotate, warp
+from unetile.training.augment import Augmentation, augment_region, displacement_field, flip_rotate, warp
 
 
 def _blobs(seed: int, size: int) -> np.ndarray:

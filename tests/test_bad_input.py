@@ -12,10 +12,10 @@ import pytest
 import tifffile
 import torch
 
-from unet import UserInputError, save_model
-from unet.cli import main
-from unet.io import read_image, write_image
-from unet.synthetic import write_dataset
+from unetile import UserInputError, save_model
+from unetile.cli import main
+from unetile.io import read_image, write_image
+from unetile.synthetic import write_dataset
 
 from .conftest import tiny_unet
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unet.io import write_image
+from unetile.io import write_image
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 

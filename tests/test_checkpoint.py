@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from unet import Normalization, UserInputError, load_model, predict_tiled, save_model
+from unetile import Normalization, UserInputError, load_model, predict_tiled, save_model
 
 from .conftest import tiny_unet
 
@@ -37,7 +37,7 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "pwned"
     evil = _Exploit()
     evil.marker = marker
-    torch.save({"format": "unet-checkpoint", "version": 1, "payload": evil}, tmp_path / "evil.pt")
+    torch.save({"format": "unetile-checkpoint", "version": 1, "payload": evil}, tmp_path / "evil.pt")
     assert zipfile.is_zipfile(tmp_path / "evil.pt")
     with pytest.raises(UserInputError, match="refused"):
         load_model(tmp_path / "evil.pt")

@@ -1,12 +1,12 @@
-"""`unet predict` end to end: names, shapes, stacks, thresholds, and one-line errors."""
+"""`unetile predict` end to end: names, shapes, stacks, thresholds, and one-line errors."""
 
 import numpy as np
 import pytest
 
-from unet import save_model
-from unet.cli import main
-from unet.inference.predictor import calibrate
-from unet.io import read_image, write_image
+from unetile import save_model
+from unetile.cli import main
+from unetile.inference.predictor import calibrate
+from unetile.io import read_image, write_image
 
 from .conftest import tiny_unet
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from unet import UNet, init_he, load_model, predict_tiled, save_model
-from unet.cli import main
-from unet.io import read_image, write_image
-from unet.synthetic import write_dataset
-from unet.training import train
+from unetile import UNet, init_he, load_model, predict_tiled, save_model
+from unetile.cli import main
+from unetile.io import read_image, write_image
+from unetile.synthetic import write_dataset
+from unetile.training import train
 
 from .conftest import tiny_train_config, tiny_unet
 
@@ -79,7 +79,7 @@ def test_cli_stack_prediction_on_cuda_with_default_precision(tmp_path, rng):
 def test_tiles_cut_on_the_gpu_equal_the_cpu_path_and_the_whole_image(rng):
     """The device-resident path (the default on CUDA): fp32 equals the host path and a tile
     larger than the image to 1e-5; uint16 input normalised on the device."""
-    from unet import Normalization
+    from unetile import Normalization
 
     net = tiny_unet(width=8, in_channels=2)
     image = (rng.random((2, 700, 530)) * 4000).astype(np.uint16)
@@ -101,9 +101,9 @@ def test_bf16_on_the_gpu_flips_few_pixels(rng):
 
 
 def test_training_tiles_made_on_the_gpu_equal_the_cpu_tiles():
-    from unet.training.augment import Augmentation
-    from unet.training.data import TileDataset
-    from unet.training.device_augment import DeviceTiles
+    from unetile.training.augment import Augmentation
+    from unetile.training.data import TileDataset
+    from unetile.training.device_augment import DeviceTiles
 
     from .test_device_augment import _items
 
@@ -128,7 +128,7 @@ def test_training_on_cuda_makes_its_tiles_on_the_gpu(tmp_path, caplog):
 
 
 def test_compiled_prediction_equals_eager_on_cuda(rng):
-    from unet.inference.predictor import compiled
+    from unetile.inference.predictor import compiled
 
     net = tiny_unet(width=8).cuda().eval()
     image = rng.random((300, 300)).astype(np.float32)
@@ -140,7 +140,7 @@ def test_compiled_prediction_equals_eager_on_cuda(rng):
 def test_benchmark_on_cuda_reports_gpu_memory(tmp_path, rng):
     import json
 
-    from unet.inference.benchmark import run_benchmark
+    from unetile.inference.benchmark import run_benchmark
 
     images = {"300x300": [rng.random((300, 300), dtype=np.float32)]}
     run_benchmark(width=4, json_path=tmp_path / "b.json", workloads=images, device="cuda",

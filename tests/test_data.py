@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from unet import Normalization, UserInputError
-from unet.io import write_image
-from unet.synthetic import synthetic_em, write_dataset
-from unet.training.augment import Augmentation
-from unet.training.data import (
+from unetile import Normalization, UserInputError
+from unetile.io import write_image
+from unetile.synthetic import synthetic_em, write_dataset
+from unetile.training.augment import Augmentation
+from unetile.training.data import (
     EpochSampler,
     TileDataset,
     interpret_labels,
@@ -153,7 +153,7 @@ def test_epoch_sampler_splits_ranks_without_overlap():
 
 
 def test_boundary_classes_mark_every_edge_and_the_line_between_touching_cells():
-    from unet.training.data import boundary_classes, interpret_labels
+    from unetile.training.data import boundary_classes, interpret_labels
 
     ids = np.zeros((12, 20), np.uint16)
     ids[2:10, 2:10] = 5
@@ -168,7 +168,7 @@ def test_boundary_classes_mark_every_edge_and_the_line_between_touching_cells():
 
 
 def test_distance_target_peaks_at_one_in_every_cell_and_is_zero_between_touching_cells():
-    from unet.training.data import distance_target, interpret_labels
+    from unetile.training.data import distance_target, interpret_labels
 
     ids = np.zeros((9, 17), np.int32)
     ids[1:8, 1:8] = 3  # a 7 x 7 cell: its centre is 4 px from the background, its edge 1 px

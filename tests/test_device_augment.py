@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from unet.training.augment import Augmentation, upsample_displacements
-from unet.training.data import EpochSampler, LabelledImage, TileDataset
-from unet.training.device_augment import DeviceLoader, DeviceTiles
+from unetile.training.augment import Augmentation, upsample_displacements
+from unetile.training.data import EpochSampler, LabelledImage, TileDataset
+from unetile.training.device_augment import DeviceLoader, DeviceTiles
 
 
 def _items(seed: int = 1) -> list[LabelledImage]:
@@ -83,9 +83,9 @@ def test_a_run_with_tiles_made_on_the_device_equals_one_with_the_dataloader(tmp_
 
     (Weights are not compared one by one: a convolution's bias before BatchNorm gets a zero
     gradient up to rounding, which Adam scales up to steps of its learning rate.)"""
-    from unet import Normalization, load_model, predict_tiled
-    from unet.io import read_image
-    from unet.training import train
+    from unetile import Normalization, load_model, predict_tiled
+    from unetile.io import read_image
+    from unetile.training import train
 
     from .conftest import tiny_train_config
     from .test_train import _touching_cells

@@ -10,8 +10,8 @@ import time
 import pytest
 import torch
 
-from unet.synthetic import write_dataset
-from unet.training import TrainConfig, train
+from unetile.synthetic import write_dataset
+from unetile.training import TrainConfig, train
 
 COMMON = ["--width", "4", "--depth", "2", "--tile-size", "76", "--samples-per-epoch", "8", "--epochs", "3",
           "--precision", "fp32", "--workers", "0", "--no-calibrate-tta", "--no-batch-norm", "--dropout", "0",
@@ -26,7 +26,7 @@ def data(tmp_path_factory):
 def torchrun(args, **kw):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                             "-m", "unet", *args], env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             "-m", "unetile", *args], env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             **kw)
 
 
@@ -66,7 +66,7 @@ def test_a_dying_rank_ends_the_job_and_leaves_a_resumable_run(tmp_path, data):
     _, err = proc.communicate(timeout=180)  # ends, does not hang
     assert proc.returncode != 0
     assert "fail" in err.lower()
-    resumed = subprocess.run([sys.executable, "-m", "unet", "train", "--resume", str(run), "--epochs",
+    resumed = subprocess.run([sys.executable, "-m", "unetile", "train", "--resume", str(run), "--epochs",
                               str(torch.load(run / "last.pt", weights_only=True)["training"]["epoch"] + 1)],
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -76,8 +76,8 @@ def test_prediction_split_across_two_processes_equals_one(tmp_path, data):
     import numpy as np
     import tifffile
 
-    from unet import save_model
-    from unet.io import read_image, write_image
+    from unetile import save_model
+    from unetile.io import read_image, write_image
 
     from .conftest import tiny_unet
 
@@ -92,7 +92,7 @@ def test_prediction_split_across_two_processes_equals_one(tmp_path, data):
     common = ["predict", "--model", str(model), "--input", str(src), "--precision", "fp32", "--tile-size", "124",
               "--device", "cpu"]
     # The same thread count as each torchrun worker, so that the kernels are the same.
-    single = subprocess.run([sys.executable, "-m", "unet", *common, "--out", str(tmp_path / "one")],
+    single = subprocess.run([sys.executable, "-m", "unetile", *common, "--out", str(tmp_path / "one")],
                             capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert single.returncode == 0, single.stderr[-2000:]
     proc = torchrun([*common, "--out", str(tmp_path / "two")])
@@ -105,9 +105,9 @@ def test_prediction_split_across_two_processes_equals_one(tmp_path, data):
 
 
 def test_more_processes_than_gpus_is_a_clear_error(monkeypatch, tmp_path, capsys):
-    from unet.cli import main
-    from unet.distributed import check_gpus
-    from unet.errors import UserInputError
+    from unetile.cli import main
+    from unetile.distributed import check_gpus
+    from unetile.errors import UserInputError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
@@ -120,10 +120,10 @@ def test_more_processes_than_gpus_is_a_clear_error(monkeypatch, tmp_path, capsys
     # Resuming a CPU run: the run's own device counts, so torchrun is started.
     import json
 
-    import unet.distributed
+    import unetile.distributed
 
     launched = []
-    monkeypatch.setattr(unet.distributed, "launch", lambda n, argv: launched.append(n) or 0)
+    monkeypatch.setattr(unetile.distributed, "launch", lambda n, argv: launched.append(n) or 0)
     (tmp_path / "cpu_run").mkdir()
     (tmp_path / "cpu_run" / "config.json").write_text(json.dumps({"train": {"device": "cpu"}}))
     assert main(["train", "--resume", str(tmp_path / "cpu_run"), "--devices", "2"]) == 0 and launched == [2]

@@ -1,4 +1,4 @@
-"""Tests of unet.evaluation.evaluate (file pairing, table, JSON) and unet.evaluation.report (the HTML page)."""
+"""Tests of unetile.evaluation.evaluate (file pairing, table, JSON) and unetile.evaluation.report (the HTML page)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from PIL import Image
 from scipy import ndimage as ndi
 from skimage.metrics import adapted_rand_error as skimage_are
 
-from unet import metrics
-from unet.errors import UserInputError
-from unet.evaluation.evaluate import (
+from unetile import metrics
+from unetile.errors import UserInputError
+from unetile.evaluation.evaluate import (
     TABLE_COLUMNS,
     evaluate_paths,
     format_table,
@@ -23,7 +23,7 @@ from unet.evaluation.evaluate import (
     run_evaluate,
     write_json,
 )
-from unet.evaluation.report import error_classes, write_report
+from unetile.evaluation.report import error_classes, write_report
 
 H = W = 40
 FOUR = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from unet import predict_tiled, save_model
-from unet.cli import main
-from unet.inference.benchmark import format_table, reference_predict, run_benchmark
-from unet.inference.export import OnnxModel, export_model
-from unet.io import read_image, write_image
+from unetile import predict_tiled, save_model
+from unetile.cli import main
+from unetile.inference.benchmark import format_table, reference_predict, run_benchmark
+from unetile.inference.export import OnnxModel, export_model
+from unetile.io import read_image, write_image
 
 from .conftest import tiny_unet
 

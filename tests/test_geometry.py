@@ -2,8 +2,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from unet import output_size, valid_input_size
-from unet.nn.geometry import halo, is_valid_input_size
+from unetile import output_size, valid_input_size
+from unetile.nn.geometry import halo, is_valid_input_size
 
 from .conftest import tiny_unet
 

@@ -1,4 +1,4 @@
-"""Tests of unet.inference.instances.probabilities_to_instances."""
+"""Tests of unetile.inference.instances.probabilities_to_instances."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from unet import metrics as M
-from unet.errors import UserInputError
-from unet.inference.instances import DEFAULT_METHOD, METHODS, probabilities_to_instances
+from unetile import metrics as M
+from unetile.errors import UserInputError
+from unetile.inference.instances import DEFAULT_METHOD, METHODS, probabilities_to_instances
 
 
 def two_cells_with_gap(gap: bool = True) -> np.ndarray:

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from unet import load_model, save_model
-from unet.cli import main
-from unet.synthetic import write_dataset
+from unetile import load_model, save_model
+from unetile.cli import main
+from unetile.synthetic import write_dataset
 
 from .conftest import tiny_unet
 
 SAVER = """
 import sys, torch
-from unet import UNet, save_model
+from unetile import UNet, save_model
 net = UNet(width=48)  # ~70 MB of weights: each save takes a while
 path = sys.argv[1]
 print("ready", flush=True)
@@ -58,7 +58,7 @@ def data(tmp_path_factory):
 
 
 def _train_argv(data, out, *extra):
-    return [sys.executable, "-m", "unet", "train", "--data", str(data), "--out", str(out), "--width", "4",
+    return [sys.executable, "-m", "unetile", "train", "--data", str(data), "--out", str(out), "--width", "4",
             "--depth", "2", "--tile-size", "76", "--batch-size", "2", "--samples-per-epoch", "2", "--precision",
             "fp32", "--workers", "0", "--no-calibrate-tta", *extra]
 
@@ -78,7 +78,7 @@ def test_sigint_saves_last_and_resume_finishes(tmp_path, data):
     stopped_at = payload["training"]["step"]
     assert stopped_at >= 1
     # Resume (with a lower epoch target, so it ends) continues from that step.
-    done = subprocess.run([sys.executable, "-m", "unet", "train", "--resume", str(out), "--epochs",
+    done = subprocess.run([sys.executable, "-m", "unetile", "train", "--resume", str(out), "--epochs",
                            str(payload["training"]["epoch"] + 2)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert torch.load(out / "last.pt", weights_only=True)["training"]["step"] > stopped_at
@@ -97,7 +97,7 @@ def test_nonfinite_loss_stops_cleanly_and_never_saves_nan_weights(tmp_path, data
 
 
 def test_skip_nonfinite_keeps_going(tmp_path, data, monkeypatch):
-    import unet.training.loop as train_module
+    import unetile.training.loop as train_module
 
     calls = {"n": 0}
     real = train_module.segmentation_loss

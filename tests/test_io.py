@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from unet import UserInputError
-from unet.io import list_images, read_image, write_image
+from unetile import UserInputError
+from unetile.io import list_images, read_image, write_image
 
 FS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

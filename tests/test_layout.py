@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = ROOT / "src" / "unet"
+PACKAGE = ROOT / "src" / "unetile"
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 80
 
@@ -15,7 +15,7 @@ def _exceptions() -> set[str]:
     """`path` or `path:function` entries in architecture.md's "Size limits" section."""
     text = (ROOT / "docs" / "architecture.md").read_text()
     section = text.split("## Size limits", 1)[1].split("\n## ", 1)[0]
-    return set(re.findall(r"`(src/unet/[\w/]+\.py(?::\w+)?)`", section))
+    return set(re.findall(r"`(src/unetile/[\w/]+\.py(?::\w+)?)`", section))
 
 
 def _function_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
@@ -71,7 +71,7 @@ def test_the_checks_see_a_long_function_and_a_closure_in_a_loop():
 def test_readme_is_short_and_ci_runs_its_test_command():
     readme = (ROOT / "README.md").read_text()
     assert len(readme) <= 12_000, f"README.md has {len(readme)} characters; move detail to docs/"
-    demo = "python3 -m venv .venv && .venv/bin/pip install -q torch==2.13.0 -e . && .venv/bin/unet demo"
+    demo = "python3 -m venv .venv && .venv/bin/pip install -q torch==2.13.0 -e . && .venv/bin/unetile demo"
     tests = ("python3 -m venv .venv && .venv/bin/pip install -q torch==2.13.0 -e '.[test]' && "
              ".venv/bin/python -m pytest -q")
     assert f"```bash\n{demo}\n```" in readme and f"```bash\n{tests}\n```" in readme

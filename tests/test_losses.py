@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from unet.training.losses import segmentation_loss, skeleton_recall_loss
+from unetile.training.losses import segmentation_loss, skeleton_recall_loss
 
 
 def _gap_case():

@@ -1,4 +1,4 @@
-"""Tests of unet.metrics: hand-computed cases, scikit-image cross-checks and invariants."""
+"""Tests of unetile.metrics: hand-computed cases, scikit-image cross-checks and invariants."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import ndimage as ndi
 
-from unet import metrics as M
-from unet.errors import UserInputError
-from unet.evaluation.metrics import warping
+from unetile import metrics as M
+from unetile.errors import UserInputError
+from unetile.evaluation.metrics import warping
 
 ISBI = Path("/work/shared/data/isbi2012/train")
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from unet import UNet, UNetConfig, probabilities
+from unetile import UNet, UNetConfig, probabilities
 
 from .conftest import tiny_unet
 
@@ -66,7 +66,7 @@ def test_config_round_trip_ignores_unknown_keys():
 
 
 def test_folded_batch_norm_is_the_same_function():
-    from unet.nn.model import fold_batch_norm
+    from unetile.nn.model import fold_batch_norm
 
     net = tiny_unet(width=4, depth=3).train()
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""BioImage.IO model packages: `unet export --format bioimageio`, validated by bioimageio.core,
+"""BioImage.IO model packages: `unetile export --format bioimageio`, validated by bioimageio.core,
 predicted through this tool and through bioimageio.core, against the checkpoint."""
 
 import json
@@ -12,14 +12,14 @@ import torch
 os.environ.setdefault("TQDM_DISABLE", "1")  # bioimageio.core's per-block bars
 core = pytest.importorskip("bioimageio.core")
 
-from unet import save_model
-from unet.cli import main
-from unet.inference.model_package import predict_with_core
-from unet.inference.packaged_net import PackagedNet
-from unet.io import read_image, write_image
-from unet.registration import shift_image
-from unet.synthetic import write_dataset
-from unet.training.loop import train
+from unetile import save_model
+from unetile.cli import main
+from unetile.inference.model_package import predict_with_core
+from unetile.inference.packaged_net import PackagedNet
+from unetile.io import read_image, write_image
+from unetile.registration import shift_image
+from unetile.synthetic import write_dataset
+from unetile.training.loop import train
 
 from .conftest import tiny_train_config, tiny_unet
 
@@ -96,13 +96,13 @@ def _not_a_unet(tmp_path):
 
 @pytest.mark.parametrize("case, message", [
     ("no author", "--author is required"),
-    ("not a unet", "other.pt"),
+    ("not a unetile", "other.pt"),
     ("exists", "already exists"),
 ])
 def test_bad_export_is_one_line_nothing_written(tmp_path, checkpoint, capsys, case, message):
     out = tmp_path / "model.zip"
     args = ["export", "--format", "bioimageio", "--out", str(out), "--author", "A"]
-    model = _not_a_unet(tmp_path) if case == "not a unet" else checkpoint
+    model = _not_a_unet(tmp_path) if case == "not a unetile" else checkpoint
     if case == "no author":
         args = args[:-2]
     if case == "exists":
@@ -121,5 +121,5 @@ def test_a_package_from_elsewhere_is_one_line(tmp_path, capsys):
     assert main(["predict", "--model", str(tmp_path / "other.zip"), "--input", str(tmp_path / "img.png"),
                  "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "config.unet" in err[0] and "bioimageio" in err[0]
+    assert len(err) == 1 and "config.unetile" in err[0] and "bioimageio" in err[0]
     assert not (tmp_path / "o").exists()

@@ -1,4 +1,4 @@
-"""The napari plugin, headless (QT_QPA_PLATFORM=offscreen): Segment equals `unet predict`, Train
+"""The napari plugin, headless (QT_QPA_PLATFORM=offscreen): Segment equals `unetile predict`, Train
 trains on layers and can be stopped, bad input is a one-line notification."""
 
 import os
@@ -12,11 +12,11 @@ import pytest  # noqa: E402
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from unet import save_model  # noqa: E402
-from unet.cli import main  # noqa: E402
-from unet.io import read_image, write_image  # noqa: E402
-from unet.nn.checkpoint import load_model  # noqa: E402
-from unet.synthetic import synthetic_em  # noqa: E402
+from unetile import save_model  # noqa: E402
+from unetile.cli import main  # noqa: E402
+from unetile.io import read_image, write_image  # noqa: E402
+from unetile.nn.checkpoint import load_model  # noqa: E402
+from unetile.synthetic import synthetic_em  # noqa: E402
 
 from .conftest import tiny_unet  # noqa: E402
 
@@ -42,7 +42,7 @@ def model_path(tmp_path):
 
 
 def segment(viewer, qtbot, model, layer, output="probability"):
-    from unet.napari.segment import SegmentWidget
+    from unetile.napari.segment import SegmentWidget
 
     widget = SegmentWidget(viewer)
     widget.reset_choices()
@@ -86,8 +86,8 @@ def test_a_bad_model_file_is_a_notification_and_no_layer(viewer_model, qtbot, tm
 
 
 def test_train_widget_trains_on_layers_stops_and_offers_its_model(viewer_model, qtbot, tmp_path):
-    from unet.napari.segment import SegmentWidget
-    from unet.napari.train import TrainWidget, read_curves
+    from unetile.napari.segment import SegmentWidget
+    from unetile.napari.train import TrainWidget, read_curves
 
     viewer = viewer_model
     image, labels = synthetic_em(np.random.default_rng(0), size=192)
@@ -114,7 +114,7 @@ def test_train_widget_trains_on_layers_stops_and_offers_its_model(viewer_model, 
 
 
 def test_labels_writer_saves_what_unet_train_reads(tmp_path):
-    from unet.napari.layers_io import write_labels
+    from unetile.napari.layers_io import write_labels
 
     labels = np.zeros((2, 30, 40), np.int32)
     labels[:, 5:10, 5:10] = 3

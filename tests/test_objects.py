@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unet import metrics
-from unet.evaluation.metrics.objects import cell_counts, match, overlaps
+from unetile import metrics
+from unetile.evaluation.metrics.objects import cell_counts, match, overlaps
 
 
 def _at(counts, t):
@@ -139,7 +139,7 @@ def test_evaluate_reports_cells(tmp_path):
 
 
 def test_cells_overlay_and_report(tmp_path):
-    from unet.evaluation.report import cell_classes, write_report
+    from unetile.evaluation.report import cell_classes, write_report
 
     truth = np.zeros((40, 60), np.uint16)
     truth[5:15, 5:15], truth[5:15, 18:28], truth[25:35, 5:15] = 1, 2, 3
@@ -158,7 +158,7 @@ def test_cells_overlay_and_report(tmp_path):
 
 
 def test_sparse_and_dense_overlap_tables_agree(monkeypatch):
-    import unet.evaluation.metrics.objects as objects
+    import unetile.evaluation.metrics.objects as objects
 
     rng = np.random.default_rng(3)
     truth = rng.integers(0, 6, (30, 30)) * 1000  # large ids

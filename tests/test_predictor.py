@@ -1,12 +1,12 @@
-"""The Predictor: a loaded model applies its stored settings, and equals `unet predict`'s files."""
+"""The Predictor: a loaded model applies its stored settings, and equals `unetile predict`'s files."""
 
 import numpy as np
 import pytest
 
-from unet import Normalization, PredictOptions, Predictor, predict_tiled, save_model
-from unet.cli import main
-from unet.inference.predictor import calibrate
-from unet.io import read_image, write_image
+from unetile import Normalization, PredictOptions, Predictor, predict_tiled, save_model
+from unetile.cli import main
+from unetile.inference.predictor import calibrate
+from unetile.io import read_image, write_image
 
 from .conftest import tiny_unet
 

@@ -8,11 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from unet import UserInputError, load_model, predict_tiled
-from unet.cli import main
-from unet.registration import estimate_label_offset, parse_label_offset, shift_image
-from unet.synthetic import synthetic_em
-from unet.training import train
+from unetile import UserInputError, load_model, predict_tiled
+from unetile.cli import main
+from unetile.registration import estimate_label_offset, parse_label_offset, shift_image
+from unetile.synthetic import synthetic_em
+from unetile.training import train
 
 from .conftest import tiny_train_config as tiny
 from .conftest import tiny_unet
@@ -106,8 +106,8 @@ def test_training_estimates_stores_and_predict_applies_the_offset(tmp_path, offs
 
     written = tifffile.imread(tmp_path / "p" / "00.tif")
     model, _ = load_model(run / "best.pt")
-    from unet.inference.predictor import calibrate
-    from unet.normalization import Normalization, normalize
+    from unetile.inference.predictor import calibrate
+    from unetile.normalization import Normalization, normalize
 
     image = normalize(np.array(Image.open(offset_data / "images" / "00.png"))[None], Normalization())
     expected = calibrate(predict_tiled(model, image, input_shift=(dy, dx)), meta["threshold"])

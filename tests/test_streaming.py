@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import tifffile
 
-import unet.inference.streaming as streaming
-from unet import save_model
-from unet.inference.predict import PredictOptions, predict_files
-from unet.inference.streaming import open_input
-from unet.io import read_image
+import unetile.inference.streaming as streaming
+from unetile import save_model
+from unetile.inference.predict import PredictOptions, predict_files
+from unetile.inference.streaming import open_input
+from unetile.io import read_image
 
 from .conftest import tiny_unet
 
@@ -49,7 +49,7 @@ def test_interrupted_run_resumes_bit_identically(setup, tmp_path, monkeypatch):
     monkeypatch.setattr(streaming, "_write_state", real)
     out = tmp_path / "part"
     assert not (out / "vol.tif").exists() and (out / ".vol.tif.part.tif").exists()
-    from unet import UserInputError
+    from unetile import UserInputError
 
     with pytest.raises(UserInputError, match="--resume"):
         predict_files(model, vol, out, options)
@@ -75,7 +75,7 @@ def test_resume_refuses_other_settings(setup, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         predict_files(model, vol, tmp_path / "o", options)
     monkeypatch.undo()
-    from unet import UserInputError
+    from unetile import UserInputError
 
     with pytest.raises(UserInputError, match="other settings"):
         predict_files(model, vol, tmp_path / "o", PredictOptions(format="tif", batch_size=2, tile_size=124,

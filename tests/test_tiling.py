@@ -6,9 +6,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from unet import Normalization, UserInputError, predict_tiled, valid_input_size
-from unet.inference.tile_io import reflect_indices
-from unet.inference.tiling import tile_layout
+from unetile import Normalization, UserInputError, predict_tiled, valid_input_size
+from unetile.inference.tile_io import reflect_indices
+from unetile.inference.tiling import tile_layout
 
 from .conftest import tiny_unet
 

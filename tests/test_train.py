@@ -6,20 +6,20 @@ import numpy as np
 import pytest
 import torch
 
-import unet
-import unet.io
-import unet.training.validation
-from unet import load_model, metrics
-from unet.cli import main
-from unet.errors import UserInputError
-from unet.inference.predictor import calibrate
-from unet.synthetic import write_dataset
-from unet.training import TrainConfig, train
-from unet.training.config import parse_duration
-from unet.training.loop import learning_rate
-from unet.training.setup import automatic_weight_map, load_data, weight_average
-from unet.training.validation import THRESHOLDS, best_threshold
-from unet.training.validation import choose_instance_settings as best_instance_settings
+import unetile
+import unetile.io
+import unetile.training.validation
+from unetile import load_model, metrics
+from unetile.cli import main
+from unetile.errors import UserInputError
+from unetile.inference.predictor import calibrate
+from unetile.synthetic import write_dataset
+from unetile.training import TrainConfig, train
+from unetile.training.config import parse_duration
+from unetile.training.loop import learning_rate
+from unetile.training.setup import automatic_weight_map, load_data, weight_average
+from unetile.training.validation import THRESHOLDS, best_threshold
+from unetile.training.validation import choose_instance_settings as best_instance_settings
 
 from .conftest import tiny_train_config as tiny
 
@@ -49,9 +49,9 @@ def test_run_folder_has_everything(tmp_path, data):
 
 def test_curves_are_drawn_at_the_end_whatever_the_redraw_interval(tmp_path, data, monkeypatch):
     """curves.png is redrawn at most every CURVES_EVERY seconds, and once more when training ends."""
-    import unet.training.logbook
+    import unetile.training.logbook
 
-    monkeypatch.setattr(unet.training.logbook, "CURVES_EVERY", float("inf"))  # drawn after epoch 1, then not until the end
+    monkeypatch.setattr(unetile.training.logbook, "CURVES_EVERY", float("inf"))  # drawn after epoch 1, then not until the end
     run = train(tiny(data, tmp_path / "run"))
     assert len((run / "metrics.csv").read_text().strip().splitlines()) == 4  # 3 epochs
     assert (run / "curves.png").stat().st_mtime_ns >= (run / "metrics.csv").stat().st_mtime_ns
@@ -62,7 +62,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, data, e
     kw = dict(elastic=True, flips="dihedral", ema=ema, skeleton_recall=skeleton_recall)
     whole = train(tiny(data, tmp_path / "whole", **kw))
     part = tmp_path / "part"
-    from unet.errors import Interrupted
+    from unetile.errors import Interrupted
 
     with pytest.raises(Interrupted):
         train(tiny(data, part, **kw), stop_after_steps=3)  # stops mid-epoch 2
@@ -157,11 +157,11 @@ def test_cli_trains_on_16_bit_instance_ids(tmp_path):
     cfg = json.loads((tmp_path / "r" / "config.json").read_text())["train"]
     assert cfg["w0"] == 10.0 and cfg["class_balance"] is True  # the paper's, for cells
     # How cells are cut was chosen on the validation image and stored ...
-    grid = unet.training.validation.INSTANCE_GRID
+    grid = unetile.training.validation.INSTANCE_GRID
     assert meta["instances"]["sigma"] in grid["sigma"] and meta["instances"]["min_size"] in grid["min_size"]
     assert 0.0 <= meta["val_instances_mean_ap"] <= 1.0
     # ... and predict --instances uses it.
-    predictor = unet.Predictor.load(tmp_path / "r" / "best.pt", unet.PredictOptions(instances="watershed"))
+    predictor = unetile.Predictor.load(tmp_path / "r" / "best.pt", unetile.PredictOptions(instances="watershed"))
     assert predictor.instance_settings.to_dict() == meta["instances"]
 
 
@@ -182,18 +182,18 @@ def test_distance_target_trains_a_one_channel_net_whose_cells_come_from_its_peak
     assert config["train"]["cell_target"] == "distance"
     assert main(["predict", "--model", str(tmp_path / "r" / "best.pt"), "--input", str(tmp_path / "d" / "images"),
                  "--out", str(tmp_path / "p"), "--instances"]) == 0
-    labels = unet.io.read_image(tmp_path / "p" / "0.tif")
+    labels = unetile.io.read_image(tmp_path / "p" / "0.tif")
     assert labels.dtype.kind == "u" and labels.shape[-2:] == (64, 64)
 
 
 def test_boundary_target_trains_a_three_class_net_that_predicts_cells(tmp_path):
     model, meta = _train_cells(tmp_path, "boundary")
     assert model.head.out_channels == 3 and meta["cell_target"] == "boundary"
-    predictor = unet.Predictor.load(tmp_path / "r" / "best.pt", unet.PredictOptions(instances="watershed"))
+    predictor = unetile.Predictor.load(tmp_path / "r" / "best.pt", unetile.PredictOptions(instances="watershed"))
     assert predictor.instance_settings.seeds == "interior"
     assert main(["predict", "--model", str(tmp_path / "r" / "best.pt"), "--input", str(tmp_path / "d" / "images"),
                  "--out", str(tmp_path / "p"), "--instances"]) == 0
-    labels = unet.io.read_image(tmp_path / "p" / "0.tif")
+    labels = unetile.io.read_image(tmp_path / "p" / "0.tif")
     assert labels.shape == (1, 1, 64, 64) and labels.dtype in (np.uint16, np.uint32)
 
 
@@ -290,11 +290,11 @@ def test_best_threshold_by_hand_and_against_a_brute_force_sweep(rng):
 
 
 def test_init_starts_from_a_model_and_refits_the_head(tmp_path, data):
-    from unet.distributed import Context
-    from unet.training.setup import build_run
+    from unetile.distributed import Context
+    from unetile.training.setup import build_run
 
     start = tmp_path / "start.pt"
-    unet.save_model(unet.UNet(width=4, depth=2, padding="same", dropout=0.2), start)
+    unetile.save_model(unetile.UNet(width=4, depth=2, padding="same", dropout=0.2), start)
     saved = load_model(start)[0].state_dict()
     # No --width or --depth: the architecture comes from the starting model.
     cfg = TrainConfig(data=str(data), out=str(tmp_path / "r"), init=str(start), tile_size=76, workers=0,
@@ -315,7 +315,7 @@ def test_init_starts_from_a_model_and_refits_the_head(tmp_path, data):
 
 def test_init_with_another_architecture_is_one_line(tmp_path, data, capsys):
     start = tmp_path / "start.pt"
-    unet.save_model(unet.UNet(width=4, depth=2, padding="same"), start)
+    unetile.save_model(unetile.UNet(width=4, depth=2, padding="same"), start)
     args = ["train", "--data", str(data), "--out", str(tmp_path / "r"), "--init", str(start), "--width", "8",
             "--epochs", "1", "--workers", "0", "--device", "cpu"]
     assert main(args) == 2
@@ -327,7 +327,7 @@ def test_init_with_another_architecture_is_one_line(tmp_path, data, capsys):
 def test_epoch_validation_keeps_a_small_set_whole_and_spreads_a_subset_over_a_large_one():
     from types import SimpleNamespace
 
-    from unet.training.validation import epoch_subset, pixels
+    from unetile.training.validation import epoch_subset, pixels
 
     items = [SimpleNamespace(classes=np.zeros((100, 100))) for _ in range(10)]  # 10 x 10,000 px
     assert epoch_subset(items, max_pixels=100_000) == items  # fits: all, as on ISBI

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from unet.training.weights import (
+from unetile.training.weights import (
     background_skeleton,
     border_weight_map,
     cells_from_mask,

@@ -14,14 +14,14 @@ zarr = pytest.importorskip("zarr")
 pytest.importorskip("ome_zarr")
 distributed = pytest.importorskip("distributed")
 
-from unet import save_model
-from unet.chunked import open_chunked, sample_statistics
-from unet.cli import main
-from unet.inference import block_run
-from unet.inference.predictor import PredictOptions, Predictor
-from unet.inference.zarr_output import ZarrOutput, part_store, progress_folder
-from unet.io import read_image, write_image
-from unet.normalization import Normalization
+from unetile import save_model
+from unetile.chunked import open_chunked, sample_statistics
+from unetile.cli import main
+from unetile.inference import block_run
+from unetile.inference.predictor import PredictOptions, Predictor
+from unetile.inference.zarr_output import ZarrOutput, part_store, progress_folder
+from unetile.io import read_image, write_image
+from unetile.normalization import Normalization
 
 from .conftest import tiny_unet
 
@@ -56,7 +56,7 @@ def write_ome_zarr(path, image, version="0.5", axes="yx", chunks=(64, 64)):
 
 
 def tiff_path_result(tmp_path, model_path, image):
-    """What `unet predict` writes for the same image given as a plain TIFF."""
+    """What `unetile predict` writes for the same image given as a plain TIFF."""
     (tmp_path / "plain").mkdir()
     write_image(tmp_path / "plain" / "img.tif", image)
     assert main(["predict", "--model", str(model_path), "--input", str(tmp_path / "plain" / "img.tif"),
@@ -69,7 +69,7 @@ def level0(path):
 
 
 def test_blocks_run_each_tile_of_the_layout_once(model_path):
-    from unet.inference.blocks import block_grid
+    from unetile.inference.blocks import block_grid
 
     grid = block_grid(Predictor.load(model_path).model, 1, 300, 260, TILE, BLOCK)
     assert grid.size == 108 and grid.rows.origins[-2:] == (252, 264)  # tiles every 36 px, the last one at 264

@@ -1,13 +1,13 @@
-"""Shipped models: `--model NAME`, `unet models`, a path winning over a name, unknown names."""
+"""Shipped models: `--model NAME`, `unetile models`, a path winning over a name, unknown names."""
 
 import numpy as np
 import torch
 
-from unet import save_model
-from unet.cli import main
-from unet.io import read_image, write_image
-from unet.nn.checkpoint import load_model, load_payload
-from unet.zoo import resolve_model, shipped_models
+from unetile import save_model
+from unetile.cli import main
+from unetile.io import read_image, write_image
+from unetile.nn.checkpoint import load_model, load_payload
+from unetile.zoo import resolve_model, shipped_models
 
 from .conftest import tiny_unet
 

@@ -1,7 +1,0 @@
-"""`python -m unet ...` (also what `torchrun -m unet` runs)."""
-
-import sys
-
-from .cli import main
-
-sys.exit(main())

@@ -1,0 +1,7 @@
+"""`python -m unetile ...` (also what `torchrun -m unetile` runs)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,143 @@
+"""Export a trained model to ONNX or TorchScript, and run an ONNX model with the same tiling.
+
+The exported graph takes a normalised image batch (N, C, H, W) float32 of any valid size
+(dynamic height and width) and returns probabilities (sigmoid or softmax included), so
+any runtime gets exactly what `predict_tiled` computes. The checkpoint's config, threshold
+and normalisation travel in the ONNX file's metadata, so `unetile predict --model m.onnx`
+needs nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserInputError
+from ..io import atomic_path
+from ..nn.checkpoint import load_model
+from ..nn.model import UNet, UNetConfig, probabilities
+
+
+class _WithProbabilities(torch.nn.Module):
+    def __init__(self, model: UNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return probabilities(self.model(x))
+
+
+def export_model(model_path: str | Path, out: str | Path, fmt: str = "onnx") -> float:
+    """Export ``model_path`` to ``out``; returns the max |Δprobability| of the parity check
+    (the exported model against PyTorch fp32 on a random valid input)."""
+    model, meta = load_model(model_path)
+    wrapped = _WithProbabilities(model).eval()
+    example, check = _parity_inputs(model)
+    out = Path(out)
+    with torch.no_grad():
+        reference = wrapped(check).numpy()
+    if fmt == "onnx":
+        save_onnx(wrapped, example, out, {"unet_config": json.dumps(model.config.to_dict()),
+                                          "unet_metadata": json.dumps(meta)})
+        got = OnnxModel(out)(torch.from_numpy(check.numpy())).numpy()
+    elif fmt == "torchscript":
+        save_torchscript(wrapped, example, out, {"unetile.json": json.dumps({"config": model.config.to_dict(),
+                                                                          "metadata": meta})})
+        with torch.no_grad():
+            got = torch.jit.load(str(out))(check).numpy()
+    else:
+        raise UserInputError(f"--format {fmt}: choose onnx, torchscript or bioimageio")
+    return float(np.abs(got - reference).max())
+
+
+def _parity_inputs(model: UNet) -> tuple[torch.Tensor, torch.Tensor]:
+    """A valid input to trace with, and a batch of two of another valid size to check on."""
+    size = model.valid_input_size(300)
+    example = torch.randn(1, model.config.in_channels, size, size)
+    check = torch.randn(2, model.config.in_channels, model.valid_input_size(size + 40), size)
+    return example, check
+
+
+def save_onnx(module: torch.nn.Module, example: torch.Tensor, out: Path, metadata: dict[str, str]) -> None:
+    """``module`` as ONNX (opset 17; batch, height and width dynamic), with ``metadata``."""
+    import onnx
+
+    with atomic_path(out) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
+        # The TorchScript-based exporter handles the data-dependent centre crops of the
+        # skip connections with symbolic sizes; dynamic H and W stay dynamic.
+        torch.onnx.export(
+            module, (example,), str(tmp), dynamo=False, input_names=["image"], output_names=["probabilities"],
+            dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
+                          "probabilities": {0: "batch", 2: "out_height", 3: "out_width"}},
+            opset_version=17,
+        )
+        proto = onnx.load(str(tmp))
+        for k, v in metadata.items():
+            proto.metadata_props.add(key=k, value=v)
+        onnx.save(proto, str(tmp))
+
+
+def save_torchscript(module: torch.nn.Module, example: torch.Tensor, out: Path, extra_files: dict[str, str]) -> None:
+    """``module`` traced and frozen as TorchScript, with ``extra_files`` inside."""
+    with atomic_path(out) as tmp:
+        scripted = torch.jit.freeze(torch.jit.trace(module, example, check_trace=False))
+        torch.jit.save(scripted, str(tmp), _extra_files=extra_files)
+
+
+class OnnxModel:
+    """An exported ONNX model behind the small interface `predict_tiled` uses.
+
+    Calling it returns probabilities (the export includes the sigmoid/softmax).
+    """
+
+    outputs_probabilities = True
+
+    def __init__(self, path: str | Path, threads: int | None = None, providers: tuple[str, ...] = ("CPUExecutionProvider",)):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=list(providers))
+        except Exception as e:  # noqa: BLE001 - any load failure is a bad file for the user
+            raise UserInputError(f"{path}: not a readable ONNX model ({e})") from e
+        props = self.session.get_modelmeta().custom_metadata_map
+        if "unet_config" not in props:
+            raise UserInputError(f"{path}: an ONNX file not exported by `unetile export` (no unet_config)")
+        self.config = UNetConfig.from_dict(json.loads(props["unet_config"]))
+        self.metadata = json.loads(props.get("unet_metadata", "{}"))
+        self._geometry = UNet(config=UNetConfig(**{**self.config.to_dict(), "width": 1}))  # sizes only
+        self.training = False
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {"image": batch.float().cpu().numpy()})[0]
+        return torch.from_numpy(out)
+
+    # The geometry `predict_tiled` needs, from a 1-channel twin of the net.
+    def output_size(self, n: int) -> int:
+        return self._geometry.output_size(n)
+
+    def valid_input_size(self, n: int, direction: str = "nearest") -> int:
+        return self._geometry.valid_input_size(n, direction)
+
+    @property
+    def halo(self) -> int:
+        return self._geometry.halo
+
+    def eval(self) -> "OnnxModel":
+        return self
+
+    def train(self, mode: bool = True) -> "OnnxModel":
+        return self
+
+    def to(self, *args, **kwargs) -> "OnnxModel":
+        return self
+
+    def parameters(self):
+        return iter([torch.zeros(0)])

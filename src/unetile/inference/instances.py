@@ -1,0 +1,179 @@
+"""From a probability map of cell interior to a label image of cells.
+
+Two methods:
+
+* ``"components"``: the 4-connected components of ``prob > threshold``.  Any one-pixel gap
+  in a membrane merges the two cells on either side.
+* ``"watershed"``: a seeded watershed.  Seeds are the 4-connected components of the
+  *smoothed* map (Gaussian, ``sigma`` pixels) above ``seed_threshold``: smoothing pulls a
+  short break in a membrane below the threshold (the break is narrow, the membrane on both
+  sides is dark), so the two cells get separate seeds.  The seeds then flood
+  ``-smoothed`` inside the mask ``prob > threshold``, with a watershed line, so cells that
+  touch through a gap are cut where the smoothed map is lowest.  Mask components that hold
+  no seed (cells too small to survive smoothing) are kept as their own cells.
+
+Both return ``uint32`` labels, 0 = boundary, cells numbered 1..K.
+
+The map is what the net learnt (``metadata["cell_target"]``): the foreground probability; the
+class probabilities of a three-class net (mask: not background; seeds: the interior class);
+or a cell's distance to the background relative to its largest (``"distance"``), where the
+seeds are the cores around each cell's peak and the flood runs down from them.
+
+Choice of the default (watershed, sigma 2, seed threshold 0.75).  Measured on ISBI 2012
+train slices 18-23 with synthetic maps (truth blurred with sigma 1, Gaussian noise 0.2,
+blurred again, 8-bit), scored as label images with `unetile.metrics`:
+
+================================  ========  ========  ==========
+map                               method    V_rand    Rand error
+================================  ========  ========  ==========
+no gaps                           comps     0.9864    0.0166
+no gaps                           watershed 0.9981    0.0047
+60 faint 3x3 gaps per slice       comps     0.9696    0.0339
+60 faint 3x3 gaps per slice       watershed 0.9982    0.0047
+================================  ========  ========  ==========
+
+These are synthetic maps, not network output; re-measure on real validation maps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from ..errors import UserInputError
+from ..evaluation.metrics import as_probability
+
+__all__ = ["METHODS", "DEFAULT_METHOD", "InstanceSettings", "drop_small_cells", "probabilities_to_instances"]
+
+METHODS: tuple[str, ...] = ("components", "watershed")
+#: Chosen by measuring V_rand and Rand error on ISBI slices (see the package notes).
+DEFAULT_METHOD = "watershed"
+
+_FOUR = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
+
+
+@dataclass(frozen=True)
+class InstanceSettings:
+    """How `unetile predict --instances` cuts a foreground map into cells.
+
+    Training on instance-id labels chooses ``sigma``, ``seed_threshold`` and ``min_size`` on
+    the validation images and stores them in the checkpoint (``metadata["instances"]``);
+    without them the defaults below hold.
+    """
+
+    method: str = DEFAULT_METHOD  # "watershed" or "components"
+    sigma: float = 2.0  # smoothing of the seed map, px (watershed)
+    seed_threshold: float | None = None  # seeds: smoothed map above this; None: (1 + threshold) / 2
+    min_size: int = 0  # cells smaller than this many px are dropped
+    seeds: str = "foreground"  # the map seeds come from: "foreground", or "interior" (class 1 of a
+    #                            three-class net trained with --cell-target boundary)
+
+    @classmethod
+    def from_metadata(cls, method: str, metadata: dict) -> "InstanceSettings":
+        """``method`` from the command line, the rest from a checkpoint's metadata (if it has them)."""
+        stored = metadata.get("instances", {})
+        known = {k: stored[k] for k in ("sigma", "seed_threshold", "min_size") if k in stored}
+        seeds = "interior" if metadata.get("cell_target") == "boundary" else "foreground"
+        return cls(method=method, seeds=seeds, **known)
+
+    def to_dict(self) -> dict:
+        return {"sigma": self.sigma, "seed_threshold": self.seed_threshold, "min_size": self.min_size}
+
+    def labels(self, prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+        """Probabilities -> (H, W) uint32 cell labels (0 = background).
+
+        ``prob``: (H, W) foreground, (1, H, W) foreground, or (C, H, W) class probabilities
+        (foreground = 1 - background; with ``seeds="interior"`` class 1 seeds the cells).
+        """
+        prob = np.asarray(prob)
+        if prob.ndim == 2:
+            prob = prob[None]
+        foreground = prob[0] if prob.shape[0] == 1 else 1.0 - prob[0]
+        seed_map = prob[1] if self.seeds == "interior" and prob.shape[0] > 2 else None
+        return probabilities_to_instances(foreground, self.method, threshold, self.sigma, self.seed_threshold,
+                                          self.min_size, seed_map)
+
+
+def probabilities_to_instances(
+    prob: np.ndarray,
+    method: str = DEFAULT_METHOD,
+    threshold: float = 0.5,
+    sigma: float = 2.0,
+    seed_threshold: float | None = None,
+    min_size: int = 0,
+    seed_map: np.ndarray | None = None,
+) -> np.ndarray:
+    """Turn a cell-interior probability map into a label image.
+
+    prob: ``(H, W)`` map in [0, 1] (float), or uint8 read as ``value / 255``, or bool.
+    method: ``"components"`` or ``"watershed"`` (see the module docstring).
+    threshold: a pixel is interior when ``prob > threshold``.
+    sigma: Gaussian smoothing of the seed map in pixels (watershed only).
+    seed_threshold: seeds are ``smoothed > seed_threshold``; default ``(1 + threshold) / 2``
+        (0.75 at the default threshold), which cut more gaps than ``threshold`` itself in
+        the measurement described in the module docstring.
+    min_size: cells smaller than this many pixels are set to 0 (boundary).
+    seed_map: (H, W) map to seed and flood from instead of ``prob`` (watershed only): the
+        cell-interior class of a three-class net, low on the band between touching cells.
+    Returns ``(H, W)`` uint32 labels, 0 = boundary, 1..K consecutive.
+    """
+    if method not in METHODS:
+        raise UserInputError(f"unknown instance method {method!r}; choose one of {', '.join(METHODS)}")
+    if not (0.0 <= float(threshold) <= 1.0):
+        raise UserInputError(f"threshold {threshold} is outside [0, 1]")
+    if sigma < 0:
+        raise UserInputError(f"sigma must be >= 0, got {sigma}")
+    if min_size < 0:
+        raise UserInputError(f"min_size must be >= 0, got {min_size}")
+    p = as_probability(np.asarray(prob))
+    mask = p > threshold
+
+    if method == "components":
+        labels = ndi.label(mask, structure=_FOUR)[0]
+    else:
+        seed_t = (1.0 + threshold) / 2.0 if seed_threshold is None else float(seed_threshold)
+        labels = _seeded_watershed(p if seed_map is None else np.asarray(seed_map, np.float64), mask, sigma, seed_t)
+
+    return _sequential(drop_small_cells(labels, min_size))
+
+
+def drop_small_cells(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """``labels`` with the cells of fewer than ``min_size`` px set to 0 (not renumbered)."""
+    if min_size <= 1 or labels.max() == 0:
+        return labels
+    sizes = np.bincount(labels.ravel())
+    small = sizes < min_size
+    small[0] = False
+    return np.where(small[labels], 0, labels)
+
+
+def _seeded_watershed(p: np.ndarray, mask: np.ndarray, sigma: float, seed_threshold: float) -> np.ndarray:
+    from skimage.measure import label as label_components
+    from skimage.segmentation import watershed
+
+    smoothed = ndi.gaussian_filter(p, sigma) if sigma > 0 else p
+    seeds, n_seeds = ndi.label((smoothed > seed_threshold) & mask, structure=_FOUR)
+    # Keep cells that smoothing erased entirely: each seedless mask component seeds itself.
+    comps, n_comps = ndi.label(mask, structure=_FOUR)
+    if n_comps:
+        has_seed = np.zeros(n_comps + 1, dtype=bool)
+        has_seed[np.unique(comps[seeds > 0])] = True
+        orphan = ~has_seed[comps] & mask
+        if orphan.any():
+            seeds = np.where(orphan, comps + n_seeds, seeds)
+    if seeds.max() == 0:
+        return np.zeros(p.shape, dtype=np.int64)
+    basins = watershed(-smoothed, markers=seeds, mask=mask, connectivity=1, watershed_line=True)
+    # The watershed line can cut a basin into pieces that touch only at a corner (or not at
+    # all); each 4-connected piece is its own cell, as in the components method.
+    return label_components(basins, connectivity=1, background=0)
+
+
+def _sequential(labels: np.ndarray) -> np.ndarray:
+    ids = np.unique(labels)
+    ids = ids[ids != 0]
+    lut = np.zeros(int(labels.max()) + 1 if labels.size else 1, dtype=np.uint32)
+    lut[ids] = np.arange(1, ids.size + 1, dtype=np.uint32)
+    return lut[labels]

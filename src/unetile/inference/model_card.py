@@ -1,0 +1,100 @@
+"""The human side of a model package: its cover picture and its model card (README.md).
+
+The card says what a user needs to trust and run the model: what it segments, the data and
+recipe it was trained with (the run's ``config.json`` when it sits beside the checkpoint),
+its validation figures (stored in the checkpoint by training), its limitations, and how
+to run it in this tool, bioimageio.core, deepImageJ (Fiji) and ilastik.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..io import write_image
+
+_VALIDATION_NAMES = {"pixel_error": "pixel error", "adapted_rand_error": "adapted Rand error",
+                     "rand_error": "Rand error", "v_rand": "V_rand", "dice": "Dice", "loss": "validation loss",
+                     "threshold": "decision threshold"}
+
+
+def training_record(model_path: Path) -> dict:
+    """The run's config.json beside the checkpoint ({} when the checkpoint travels alone)."""
+    record = Path(model_path).parent / "config.json"
+    try:
+        return json.loads(record.read_text()) if record.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def cover_image(image: np.ndarray, probability: np.ndarray, path: Path) -> None:
+    """image | probability | overlay (foreground > 0.5 in red over the image), 8-bit RGB PNG.
+    ``image`` (C, H, W) raw; ``probability`` (C_out, H, W) in [0, 1]."""
+    grey = image.mean(axis=0)
+    low, high = np.percentile(grey, [1, 99])
+    grey = np.clip((grey - low) / max(high - low, 1e-6), 0, 1)
+    fore = probability[0] if probability.shape[0] == 1 else 1.0 - probability[0]
+    overlay = np.stack([grey, grey, grey])
+    overlay[0] = np.where(fore > 0.5, 0.5 * grey + 0.5, grey)
+    overlay[1:] = np.where(fore > 0.5, 0.5 * grey, grey)
+    gap = np.ones((3, grey.shape[0], 8))
+    panels = [np.stack([grey] * 3), gap, np.stack([fore] * 3), gap, overlay]
+    write_image(path, np.rint(np.concatenate(panels, axis=2) * 255).astype(np.uint8))
+
+
+def model_card(model_path: Path, model, metadata: dict, record: dict, info, sample: Path | None) -> str:
+    """The README.md of the package (markdown)."""
+    config = model.config
+    kind = "cells (instance ids)" if metadata.get("instances") else (
+        "a foreground mask" if config.out_channels == 1 else f"{config.out_channels} classes")
+    lines = [f"# {info.name or 'U-Net'}", "", info.description or "A U-Net trained with the unetile tool.", "",
+             f"Segments {kind}: input {config.in_channels} channel(s), output the "
+             + ("calibrated foreground probability (foreground where > 0.5)." if config.out_channels == 1
+                else "class probabilities."), "",
+             "## How to run it", "",
+             "- this tool: `unetile predict --model model.zip --input IMAGES --out PRED` "
+             "(the checkpoint's own tiling, flips and threshold; `--instances` for cells);",
+             "- Python: `bioimageio predict model.zip` or `bioimageio.core.predict` (tiles by the package's halo);",
+             "- Fiji: deepImageJ > Install model (from this zip), then Run; ilastik: the Neural Network "
+             "Classification workflow, loading this zip.", "",
+             "## Training", "", *_training_lines(record, metadata), "",
+             "## Validation", "", *_validation_lines(metadata), "",
+             "## Limitations", "",
+             "- Trained on the images described above; other microscopes, stains or scales need checking "
+             "(compare with a few hand-labelled images) and usually fine-tuning (`unetile train --init`).",
+             "- Each image is normalised by its own 1st and 99th percentiles; an image that is nearly empty "
+             "or saturated normalises badly.",
+             "- Cells: the package gives the probability; cutting it into cells (seeded watershed, settings "
+             "in `config.unetile.metadata.instances`) is done by `unetile predict --instances`.", "",
+             "## Test image", "", f"`{sample}`" if sample else "a fixed random image (no training image was at hand)",
+             "", "## Citation", "", f"{info.cite and 'See the citations of this package; ' or ''}"
+             "Ronneberger O., Fischer P., Brox T. U-Net: Convolutional Networks for Biomedical Image "
+             "Segmentation. MICCAI 2015. doi:10.1007/978-3-319-24574-4_28", ""]
+    return "\n".join(lines)
+
+
+def _training_lines(record: dict, metadata: dict) -> list[str]:
+    if not record:
+        return [f"Preset `{metadata.get('preset', '?')}`; the run's config.json was not beside the checkpoint."]
+    train = record.get("train", {})
+    data = train.get("data") or f"{train.get('images')} / {train.get('labels')}"
+    lines = [f"- data: `{data}` ({len(record.get('train_images', []))} training, "
+             f"{len(record.get('val_images', []))} validation images; SHA-256 `{record.get('data_sha256', '?')}`)",
+             f"- recipe: preset `{train.get('preset')}`, seed {train.get('seed')}, time limit "
+             f"{train.get('time_limit')} s, {record.get('precision')} on {record.get('device')}",
+             "", "The run's `config.json`:", "", "```json", json.dumps(record.get("train", {}), indent=1), "```"]
+    return lines
+
+
+def _validation_lines(metadata: dict) -> list[str]:
+    val = metadata.get("val_tta") or metadata.get("val")
+    if not val:
+        return ["No validation figures were stored with this model."]
+    lines = ["On the run's validation images (with test-time flips where marked `val_tta`), at epoch "
+             f"{metadata.get('epoch', '?')}:", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {_VALIDATION_NAMES.get(k, k)} | {v:.4f} |" for k, v in val.items() if isinstance(v, float)]
+    if "val_instances_mean_ap" in metadata:
+        lines.append(f"| cells: mean AP (IoU 0.5-0.95) | {metadata['val_instances_mean_ap']:.4f} |")
+    return lines

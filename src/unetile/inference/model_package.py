@@ -1,0 +1,289 @@
+"""`unetile export --format bioimageio`: a BioImage.IO model package (spec 0.5) that deepImageJ
+(Fiji), ilastik, QuPath, napari and bioimageio.core run without this tool; and reading such a
+package back (`load_package`) so that `unetile predict --model model.zip` runs it exactly as the
+checkpoint it came from.
+
+What the package holds (built with bioimageio.spec's own classes, written by its
+`save_bioimageio_package`, which fills in every checksum):
+
+* the input: (batch, channel, y, x) of any size min + k * step (for a valid-padding net the
+  sizes 16k + 188 at depth 4, plus the shift's margin), preprocessed by the spec's
+  ``scale_range`` with the checkpoint's percentiles per image and channel;
+* the output: the calibrated probability, as `unetile predict` writes it (packaged_net.py puts
+  the labels' sub-pixel shift, the sigmoid/softmax and the calibration in the network), the
+  size of the input, with a ``halo`` that a consumer overlaps its tiles by and crops;
+* weights as TorchScript and ONNX (self-contained), and a ``pytorch_state_dict`` whose
+  architecture is `unetile.inference.packaged_net.PackagedNet` (needs this tool installed);
+* test tensors from a real image (``--sample``, or the run's first training image), a cover
+  (image | probability | overlay), a model card, citations, licence, authors, tags; and in
+  ``config.unetile`` the checkpoint's config and metadata, which `load_package` reads.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+
+from ..errors import UserInputError
+from ..io import match_channels, read_image
+from ..nn.checkpoint import load_model, rebuild
+from ..nn.model import UNet
+from .export import save_onnx, save_torchscript
+from .model_card import cover_image, model_card, training_record
+from ..zoo import resolve_model
+from .packaged_net import PackagedNet
+
+RONNEBERGER = ("Ronneberger O., Fischer P., Brox T. U-Net: Convolutional Networks for Biomedical Image "
+               "Segmentation. MICCAI 2015, LNCS 9351, 234-241.", "10.1007/978-3-319-24574-4_28")
+_EPS = 1e-6  # bioimageio.core's scale_range: (x - low) / (high - low + eps)
+
+
+@dataclass(frozen=True)
+class PackageInfo:
+    """What a package says about itself beyond the checkpoint (the `unetile export` flags)."""
+
+    authors: tuple[str, ...]
+    license: str = "CC-BY-4.0"
+    cite: tuple[str, ...] = ()  # "TEXT|DOI" or "TEXT|https://..." (the training data's, e.g.)
+    name: str | None = None
+    description: str | None = None
+    sample: Path | None = None  # the image the test tensors and the cover are cut from
+
+
+def export_package(model_path: str | Path, out: str | Path, info: PackageInfo) -> float:
+    """Write the package ``out`` (a .zip); returns the largest difference between the
+    TorchScript / ONNX weights and PyTorch on the test input."""
+    model_path, out = resolve_model(model_path), Path(out)  # a shipped name: its folder holds no run record
+    _check_request(out, info)
+    model, metadata = load_model(model_path)
+    packaged = packaged_net(model, metadata)
+    record = training_record(model_path)
+    sample_path, image = _sample_image(info.sample, record, model.config.in_channels)
+    test_input = _test_crop(image, packaged)
+    with torch.no_grad():
+        test_output = packaged(torch.from_numpy(scale_range(test_input, metadata)[None])).numpy()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        np.save(work / "test_input.npy", test_input[None])
+        np.save(work / "test_output.npy", test_output)
+        tifffile.imwrite(work / "sample_input.tif", test_input, photometric="minisblack")  # for previews
+        tifffile.imwrite(work / "sample_output.tif", test_output[0], photometric="minisblack")
+        cover_image(test_input, test_output[0], work / "cover.png")
+        (work / "README.md").write_text(model_card(model_path, model, metadata, record, info, sample_path))
+        difference = _write_weights(packaged, test_input, work)
+        descr = _describe(packaged, metadata, info, work, model_path)
+        _save(descr, out)
+    return difference
+
+
+def packaged_net(model: UNet, metadata: dict) -> PackagedNet:
+    packaged = PackagedNet(model.config.to_dict(), float(metadata.get("threshold", 0.5)),
+                           tuple(metadata.get("input_shift", (0.0, 0.0))))
+    packaged.net.load_state_dict(model.state_dict())
+    return packaged.eval()
+
+
+def scale_range(image: np.ndarray, metadata: dict) -> np.ndarray:
+    """(C, H, W) -> float32, as the package's preprocessing computes it (bioimageio.core:
+    linear percentiles per channel over y and x, then (x - low) / (high - low + 1e-6))."""
+    norm = metadata.get("normalization", {"low": 1.0, "high": 99.0})
+    low, high = np.percentile(image, [norm["low"], norm["high"]], axis=(1, 2), keepdims=True)
+    return ((image - low) / (high - low + _EPS)).astype(np.float32)
+
+
+def _check_request(out: Path, info: PackageInfo) -> None:
+    if not info.authors or not all(a.strip() for a in info.authors):
+        raise UserInputError("--author is required for a BioImage.IO package (give each author's name; repeat it)")
+    if out.suffix.lower() != ".zip":
+        raise UserInputError(f"{out}: a BioImage.IO package is a .zip file; name it e.g. model.zip")
+    if out.exists():
+        raise UserInputError(f"{out}: already exists; choose another --out (an export never replaces a file)")
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
+        raise UserInputError(f"{out.parent}: not a writable folder")
+    for entry in info.cite:
+        if "|" not in entry:
+            raise UserInputError(f"--cite {entry!r}: give 'TEXT|DOI' or 'TEXT|URL'")
+
+
+def _sample_image(sample: Path | None, record: dict, channels: int) -> tuple[Path | None, np.ndarray]:
+    """(path, (C, H, W)) of the image the test tensors come from: ``sample``, else the run's
+    first training image, else (no such file here) a fixed random image."""
+    path = sample or _first_training_image(record)
+    if path is None:
+        rng = np.random.default_rng(0)
+        return None, rng.gamma(2.0, 50.0, size=(channels, 512, 512)).astype(np.float32)
+    image = read_image(path)[0]
+    return path, match_channels(image, channels, path, convert=False).astype(np.float32)
+
+
+def _first_training_image(record: dict) -> Path | None:
+    train = record.get("train", {})
+    folder = Path(train["data"]) / "images" if train.get("data") else None
+    names = record.get("train_images") or []
+    if folder is None or not folder.is_dir() or not names:
+        return None
+    return next((p for p in sorted(folder.iterdir()) if p.stem == names[0]), None)
+
+
+def _test_crop(image: np.ndarray, packaged: PackagedNet) -> np.ndarray:
+    """The centre of ``image`` at the largest allowed size up to 512 px (mirrored up to the
+    smallest allowed size if the image is smaller)."""
+    low, step = input_size_rule(packaged)
+    fits = min(image.shape[1], image.shape[2], 512)
+    side = low if fits < low else low + (fits - low) // step * step
+    if min(image.shape[1:]) < side:
+        image = np.pad(image, [(0, 0)] + [(max(0, side - n) // 2 + 1,) * 2 for n in image.shape[1:]], mode="reflect")
+    top, left = (image.shape[1] - side) // 2, (image.shape[2] - side) // 2
+    return np.ascontiguousarray(image[:, top : top + side, left : left + side])
+
+
+def input_size_rule(packaged: PackagedNet) -> tuple[int, int]:
+    """(min, step) of the input sizes the package takes: each leaves output beyond the halo."""
+    step = 2**packaged.net.config.depth
+    taps = 2 * (packaged.halo - packaged.net.halo) if packaged.valid else 0
+    wanted = 2 * packaged.halo + step
+    return packaged.net.valid_input_size(max(wanted - taps, step), "up") + taps, step
+
+
+def _write_weights(packaged: PackagedNet, test_input: np.ndarray, work: Path) -> float:
+    torch.save(packaged.state_dict(), work / "weights.pt")
+    example = torch.from_numpy(scale_range(test_input, {})[None])
+    save_torchscript(packaged, example, work / "weights_torchscript.pt", {})
+    save_onnx(packaged, example, work / "weights.onnx", {})
+    import onnxruntime
+
+    with torch.no_grad():
+        reference = packaged(example).numpy()
+        scripted = torch.jit.load(str(work / "weights_torchscript.pt"))(example).numpy()
+    session = onnxruntime.InferenceSession(str(work / "weights.onnx"), providers=["CPUExecutionProvider"])
+    onnx = session.run(None, {"image": example.numpy()})[0]
+    return float(max(np.abs(scripted - reference).max(), np.abs(onnx - reference).max()))
+
+
+def _describe(packaged: PackagedNet, metadata: dict, info: PackageInfo, work: Path, model_path: Path):
+    """The spec 0.5 `ModelDescr` of the package in ``work``."""
+    from bioimageio.spec.model import v0_5 as spec
+
+    config = packaged.net.config
+    low, step = input_size_rule(packaged)
+    norm = metadata.get("normalization", {"low": 1.0, "high": 99.0})
+    image = spec.TensorId("image")
+    yx = (spec.AxisId("y"), spec.AxisId("x"))
+    inputs = [spec.InputTensorDescr(
+        id=image, description="the raw image; each channel scaled by its own percentiles",
+        axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier(f"channel{i}")
+                                                                for i in range(config.in_channels)]),
+              *(spec.SpaceInputAxis(id=a, size=spec.ParameterizedSize(min=low, step=step)) for a in yx)],
+        test_tensor=spec.FileDescr(source=work / "test_input.npy"),
+        sample_tensor=spec.FileDescr(source=work / "sample_input.tif"),
+        data=spec.IntervalOrRatioDataDescr(type="float32"),
+        pad=spec.ReflectPadding(mode="reflect"),  # mode given, or the writer drops it (spec 0.5.12)
+        preprocessing=[spec.ScaleRangeDescr(kwargs=spec.ScaleRangeKwargs(
+            axes=yx, min_percentile=float(norm["low"]), max_percentile=float(norm["high"]), eps=_EPS))])]
+    names = ["foreground"] if config.out_channels == 1 else [f"class{i}" for i in range(config.out_channels)]
+    outputs = [spec.OutputTensorDescr(
+        id=spec.TensorId("probability"),
+        description="calibrated probability: foreground where > 0.5" if config.out_channels == 1
+        else "class probabilities (softmax)",
+        axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier(n) for n in names]),
+              *(spec.SpaceOutputAxisWithHalo(id=a, halo=packaged.halo,
+                                             size=spec.SizeReference(tensor_id=image, axis_id=a)) for a in yx)],
+        test_tensor=spec.FileDescr(source=work / "test_output.npy"),
+        sample_tensor=spec.FileDescr(source=work / "sample_output.tif"),
+        data=spec.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)))]
+    return spec.ModelDescr(
+        name=info.name or f"U-Net {model_path.parent.name or model_path.stem}"[:128],
+        description=info.description or "A U-Net (Ronneberger et al. 2015) trained with the unetile tool.",
+        authors=[spec.Author(name=a) for a in info.authors],
+        cite=_citations(info.cite), license=spec.LicenseId(info.license),
+        documentation=spec.FileDescr(source=work / "README.md"), covers=[spec.FileDescr(source=work / "cover.png")],
+        tags=["unet", "segmentation", "2d", "pytorch", "microscopy"],
+        inputs=inputs, outputs=outputs, weights=_weights(packaged, work),
+        config={"unetile": {"config": config.to_dict(), "metadata": metadata}})
+
+
+def _weights(packaged: PackagedNet, work: Path):
+    from bioimageio.spec.model import v0_5 as spec
+
+    version = spec.Version(torch.__version__.split("+")[0])
+    architecture = spec.ArchitectureFromLibraryDescr(
+        import_from="unetile.inference.packaged_net", callable=spec.Identifier("PackagedNet"),
+        kwargs={"config": packaged.net.config.to_dict(), "threshold": packaged.threshold,
+                "input_shift": [float(s) for s in packaged.input_shift]})
+    return spec.WeightsDescr(
+        pytorch_state_dict=spec.PytorchStateDictWeightsDescr(source=work / "weights.pt", architecture=architecture,
+                                                             pytorch_version=version),
+        torchscript=spec.TorchscriptWeightsDescr(source=work / "weights_torchscript.pt", pytorch_version=version,
+                                                 parent="pytorch_state_dict"),
+        onnx=spec.OnnxWeightsDescr(source=work / "weights.onnx", opset_version=17, parent="pytorch_state_dict"))
+
+
+def _citations(extra: tuple[str, ...]) -> list:
+    from bioimageio.spec.model import v0_5 as spec
+
+    entries = [spec.CiteEntry(text=RONNEBERGER[0], doi=spec.Doi(RONNEBERGER[1]))]
+    for entry in extra:
+        text, where = (s.strip() for s in entry.split("|", 1))
+        link = {"url": where} if where.startswith("http") else {"doi": spec.Doi(where.removeprefix("doi:"))}
+        entries.append(spec.CiteEntry(text=text, **link))
+    return entries
+
+
+def _save(descr, out: Path) -> None:
+    from bioimageio.spec import save_bioimageio_package
+
+    from ..io import atomic_path
+
+    with atomic_path(out) as tmp:  # tmp ends in .zip, as the writer wants
+        save_bioimageio_package(descr, output_path=tmp)
+
+
+def predict_with_core(package: Path, image: np.ndarray, weights: str, blocksize: int = 1) -> np.ndarray:
+    """bioimageio.core's own blockwise prediction of (C, H, W) ``image`` with one weight format
+    (``pytorch_state_dict``, ``torchscript`` or ``onnx``) -> (C_out, H, W): the reference a
+    package is checked against."""
+    from bioimageio.core import Tensor, create_prediction_pipeline, load_model_description, predict
+    from bioimageio.core.digest_spec import create_sample_for_model
+    from bioimageio.spec.model.v0_5 import AxisId, TensorId
+
+    model = load_model_description(package)
+    pipeline = create_prediction_pipeline(model, weight_format=weights, devices=["cpu"])
+    tensor = Tensor.from_numpy(image[None].astype(np.float32), dims=tuple(AxisId(a) for a in ("batch", "channel",
+                                                                                               "y", "x")))
+    sample = create_sample_for_model(model, inputs={TensorId("image"): tensor}, sample_id="check")
+    out = predict(model=pipeline, inputs=sample, blocksize_parameter=blocksize)
+    return out.members[TensorId("probability")].data.to_numpy()[0]
+
+
+# --- reading a package back ----------------------------------------------------------------
+
+def load_package(path: Path, device: str | torch.device = "cpu") -> tuple[UNet, dict]:
+    """A package from `unetile export --format bioimageio` -> (model, metadata), as from its
+    checkpoint; another package -> one line naming what this tool cannot honour."""
+    import yaml
+
+    if not path.is_file():
+        raise UserInputError(f"{path}: no such model file")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            rdf = yaml.safe_load(archive.read("rdf.yaml"))
+            unetile = (rdf.get("config") or {}).get("unetile")
+            if unetile is None:
+                raise UserInputError(f"{path}: a BioImage.IO model without this tool's config.unetile (not made by "
+                                     "`unetile export`); run it with bioimageio.core (`bioimageio predict`)")
+            weights = (rdf.get("weights") or {}).get("pytorch_state_dict", {}).get("source")
+            if weights is None:
+                raise UserInputError(f"{path}: the package has no weights.pytorch_state_dict")
+            state = torch.load(archive.open(weights), map_location="cpu", weights_only=True)
+    except (zipfile.BadZipFile, KeyError, yaml.YAMLError) as e:
+        raise UserInputError(f"{path}: not a readable BioImage.IO package ({e})") from e
+    net_state = {k.removeprefix("net."): v for k, v in state.items()}  # PackagedNet's keys -> the UNet's
+    model = rebuild({**unetile, "state_dict": net_state}, f"{path}: the package's weights do not fit its config.unetile")
+    return model.to(device).eval(), dict(unetile["metadata"])

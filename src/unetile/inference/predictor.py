@@ -1,0 +1,302 @@
+"""A trained model with the settings stored beside it, ready to segment arrays and files.
+
+Training stores, with the weights, everything prediction must repeat: the normalisation, the
+decision threshold chosen on the validation images, the flips the net was trained with (what
+``--tta`` averages over) and the labels' sub-pixel offset (``input_shift``). A `Predictor`
+reads them once and applies them to every image, so a caller never passes them by hand::
+
+    predictor = Predictor.load("runs/isbi/best.pt", PredictOptions(tta=True))
+    prob = predictor.probabilities(image)       # (C_out, H, W), the net's own (not calibrated)
+    out = predictor.predict(image)              # what `unetile predict` writes: calibrated, p > 0.5
+    predictor.predict_file(Path("a.tif"), Path("out/a.tif"))
+
+What is written (`encode`):
+
+- one output class, default: the foreground probability, calibrated so that 0.5 is the
+  stored threshold (`calibrate`); 8-bit PNG (round(p * 255)) or float32 TIFF.
+- one output class with ``threshold``: a mask, 255 where the calibrated probability is
+  above it, else 0 (uint8).
+- ``instances`` ("watershed" or "components"): a label image of cells (uint16, or uint32
+  past 65535 cells) as TIFF, 0 = boundary (see instances.py).
+- several classes: PNG holds the arg-max class id per pixel (uint8); TIFF the float32
+  probabilities (C, H, W).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..device import choose_precision, resolve_device, use_fast_kernels
+from ..distributed import Context
+from ..errors import UserInputError
+from ..io import label_dtype, match_channels, write_image
+from ..nn.checkpoint import load_model
+from ..nn.model import UNet, fold_batch_norm
+from ..normalization import Normalization
+from .instances import InstanceSettings
+from .streaming import open_input, predict_to_tiff
+from .tiling import default_batch_size, default_tile_size, predict_tiled
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How to predict and what to write; the model's own settings come from its checkpoint."""
+
+    tile_size: int | None = None  # px; None: the tool's choice
+    batch_size: int | None = None  # tiles per forward pass; None: as many as fit in ~1.5 GB
+    tta: bool = False  # average over the flips / rotations the model was trained with
+    threshold: float | None = None  # write masks at this calibrated probability
+    format: str = "auto"  # "png", "tif", "zarr" or "auto" (the input's own kind; OME-Zarr for zarr)
+    precision: str = "auto"  # auto: bf16 + channels_last on CPUs with bf16, AMP on CUDA
+    overwrite: bool = False
+    instances: str | None = None  # "watershed" or "components": write cell labels (TIFF, or NGFF labels)
+    label_name: str = "cells"  # OME-Zarr: the labels image's name under labels/
+    into_input: bool = False  # OME-Zarr: write the cells into the input's own labels/ group
+    convert_channels: bool = False  # RGB -> grey (or grey -> repeated) to fit the model
+    resume: bool = False  # continue unfinished TIFF outputs of an interrupted run
+    compile: bool = False  # CUDA: torch.compile + CUDA graphs (~10 s per tile shape; pays on large images)
+
+
+class Predictor:
+    """A loaded model (PyTorch checkpoint or exported ONNX) and its stored metadata.
+
+    Attributes read from the checkpoint: ``normalization``, ``threshold`` (the calibrated
+    decision threshold), ``flips`` (the group ``tta`` averages over) and ``input_shift``
+    ((dy, dx) px, the labels' offset that training resampled the images by). ``precision``
+    is decided once for the device (``options.precision``); a PyTorch net is made fast for
+    it (`inference_model`).
+    """
+
+    def __init__(self, model, metadata: dict, options: PredictOptions = PredictOptions(),
+                 device: torch.device = torch.device("cpu"), source: Path | None = None) -> None:
+        self.options, self.device, self.source = options, device, source
+        self.metadata = metadata
+        self.normalization = Normalization.from_dict(metadata.get("normalization", Normalization().to_dict()))
+        self.threshold = float(metadata.get("threshold", 0.5))
+        self.flips = metadata.get("flips", "dihedral")  # models saved before flips were stored: all 8
+        self.input_shift = tuple(metadata.get("input_shift", (0.0, 0.0)))
+        self.precision = choose_precision(options.precision, device)
+        # How --instances cuts cells: the method asked for, with the settings training chose.
+        self.instance_settings = (InstanceSettings.from_metadata(options.instances, metadata)
+                                  if options.instances else None)
+        self.model = inference_model(model, self.precision) if isinstance(model, UNet) else model
+        use_fast_kernels(device)
+        if options.compile:
+            self.model = compiled(self.model, device)
+
+    @classmethod
+    def load(cls, path: str | Path, options: PredictOptions = PredictOptions(),
+             device: str | torch.device | None = None) -> "Predictor":
+        """From a checkpoint (``.pt``, as `unetile train` writes), an exported ``.onnx`` file or a
+        BioImage.IO package (``.zip``) from `unetile export`; or a shipped model's name (unetile.zoo)."""
+        from ..zoo import resolve_model
+
+        dev = device if isinstance(device, torch.device) else resolve_device(device)
+        path = resolve_model(path)
+        if path.suffix.lower() == ".onnx":
+            from .export import OnnxModel
+
+            if not path.is_file():
+                raise UserInputError(f"{path}: no such model file")
+            model = OnnxModel(path)
+            return cls(model, model.metadata, options, dev, path)
+        if path.suffix.lower() == ".zip":
+            from .model_package import load_package
+
+            model, metadata = load_package(path, dev)
+        else:
+            model, metadata = load_model(path, dev)
+        return cls(model, metadata, options, dev, path)
+
+    @property
+    def config(self):
+        """The net's `UNetConfig` (channels in and out, depth, padding)."""
+        return self.model.config
+
+    def to(self, device: torch.device) -> "Predictor":
+        """Move the net (where it is a PyTorch module) to ``device``."""
+        if isinstance(self.model, torch.nn.Module):
+            self.model.to(device)
+        self.device = device
+        return self
+
+    def probabilities(self, image: np.ndarray, *, name: str | Path = "image", out=None, encode=None,
+                      skip_batches: int = 0, on_batch=None, progress: bool = False) -> np.ndarray:
+        """(H, W) or (C, H, W) -> (C_out, H, W) float32 probabilities, seamless at any size.
+
+        The image's channels are matched to the net's (``options.convert_channels``; errors
+        name the image ``name``); the other keywords go to `predict_tiled` (``out``: where to
+        write, e.g. a TIFF on disk; ``encode``: applied to each tile before writing;
+        ``skip_batches`` / ``on_batch``: resumable streaming). One-class maps are *not*
+        calibrated here: `predict` and `encode_tile` do that.
+        """
+        if image.ndim == 2:
+            image = image[None]
+        image = match_channels(image, self.config.in_channels, name, self.options.convert_channels)
+        tile = self.options.tile_size or default_tile_size(self.model, image.shape[-2], image.shape[-1])
+        return predict_tiled(self.model, image, tile_size=tile, batch_size=self.batch_size(tile), tta=self.options.tta,
+                             flips=self.flips, normalization=self.normalization, input_shift=self.input_shift,
+                             precision=self.precision, channels_last=self.channels_last, progress=progress,
+                             out=out, encode=encode, skip_batches=skip_batches, on_batch=on_batch)
+
+    @property
+    def channels_last(self) -> bool:
+        """The net runs channels-last at reduced precision (see `inference_model`)."""
+        return self.precision != "fp32"
+
+    def batch_size(self, tile: int) -> int:
+        """Tiles per forward pass: ``options.batch_size``, else what fits the device."""
+        return self.options.batch_size or default_batch_size(self.model, tile, self.precision, self.device)
+
+    def resume_fingerprint(self) -> dict:
+        """What an interrupted output must have been made with to be continued: the model
+        file and every option that changes what is written."""
+        options = {k: v for k, v in asdict(self.options).items() if k not in ("overwrite", "resume")}
+        return {"model": model_fingerprint(self.source), "options": options}
+
+    def predict(self, image: np.ndarray, suffix: str = ".tif", *, name: str | Path = "image",
+                progress: bool = False) -> np.ndarray:
+        """One image -> the array `unetile predict` writes for it (see the module docstring).
+
+        ``suffix``: the output file's kind (".png" holds 8-bit probabilities or class ids).
+        """
+        prob = calibrate_map(self.probabilities(image, name=name, progress=progress), self.threshold)
+        return encode(prob, suffix, self.options.threshold, self.instance_settings)
+
+    def streams(self, target: Path) -> bool:
+        """Whether ``target`` is written tile by tile into a TIFF on disk (bounded memory, resumable)."""
+        return target.suffix == ".tif" and not self.options.instances and self.config.out_channels == 1
+
+    def predict_file(self, source: Path, target: Path, *, ctx: Context = Context(), bar: tqdm | None = None,
+                     progress: bool = False) -> Path:
+        """Segment the image or stack ``source`` into ``target`` (written atomically).
+
+        Where `streams` holds, every process of ``ctx`` takes its share of the slices;
+        otherwise the caller gives each file to one process. ``bar`` advances by one per
+        slice; ``progress`` shows a bar over the tiles. ``target``'s folder must exist; an
+        existing ``target`` is replaced (`predict_files` checks before it calls this).
+        """
+        if self.streams(target):
+            self._predict_to_tiff(source, target, ctx, bar, progress)
+            return target
+        slices = []
+        for page in open_input(source):
+            slices.append(self.predict(np.asarray(page), target.suffix, name=source, progress=progress))
+            if bar is not None:
+                bar.update(1)
+        if len(slices) == 1:
+            _write(target, slices[0], "CYX" if slices[0].ndim == 3 else None)
+        else:
+            _write(target, np.stack(slices), "QCYX" if slices[0].ndim == 3 else "QYX")
+        return target
+
+    def _predict_to_tiff(self, source: Path, target: Path, ctx: Context, bar: tqdm | None, progress: bool) -> None:
+        dtype = np.uint8 if self.options.threshold is not None else np.float32
+        predict_slice = functools.partial(self._predict_slice_into, source, bar, progress)
+        predict_to_tiff(source, target, dtype, predict_slice, self.resume_fingerprint(), self.options.resume, ctx)
+
+    def _predict_slice_into(self, source: Path, bar: tqdm | None, progress: bool, page: np.ndarray, out,
+                            skip_batches: int, on_batch) -> None:
+        """`predict_to_tiff`'s callback: one slice of ``source`` into the TIFF on disk (``out``)."""
+        self.probabilities(page, name=source, out=out, encode=self.encode_tile, skip_batches=skip_batches,
+                           on_batch=on_batch, progress=progress)
+        if bar is not None:
+            bar.update(1)
+
+    def encode_tile(self, prob: np.ndarray) -> np.ndarray:
+        """A tile's probabilities (1, h, w) -> the (1, h, w) values a streamed TIFF or OME-Zarr
+        holds (with --instances, the calibrated map that cells are cut from)."""
+        mask_at = None if self.options.instances else self.options.threshold
+        return encode(calibrate(prob, self.threshold), ".tif", mask_at)[None]
+
+
+def inference_model(model: UNet, precision: str = "fp32") -> UNet:
+    """A copy of ``model`` made for fast prediction: BatchNorm folded into the convolutions,
+    weights stored in bf16/fp16 when predicting at that precision, channels-last memory.
+
+    The same function as ``model`` in eval mode, to the rounding of the precision.
+    """
+    fast = fold_batch_norm(model)
+    if precision in ("bf16", "fp16"):
+        fast = fast.to(torch.bfloat16 if precision == "bf16" else torch.float16)
+        fast = fast.to(memory_format=torch.channels_last)
+    return fast.to(next(model.parameters()).device)
+
+
+def compiled(model: UNet, device: torch.device) -> torch.nn.Module:
+    """``model`` through ``torch.compile`` with CUDA graphs (``mode="reduce-overhead"``), for CUDA.
+
+    Measured on an H200 (docs/results.md): 1.3-1.5x the eager net's throughput at 8192², but each
+    new tile batch shape compiles for ~10 s, so it pays on whole slides, not on small images.
+    The compiled module still answers ``config``, ``halo`` etc. through to ``model``.
+    """
+    if not isinstance(model, UNet):
+        raise UserInputError("--compile works on PyTorch checkpoints (.pt), not on exported models")
+    if device.type != "cuda":
+        raise UserInputError(f"--compile needs a CUDA device (this run is on {device}); it did not pay on CPUs")
+    return torch.compile(model, mode="reduce-overhead", dynamic=False)
+
+
+def calibrate(prob: np.ndarray, threshold: float) -> np.ndarray:
+    """Monotone piecewise-linear map of [0, 1] onto itself sending ``threshold`` to 0.5.
+
+    Training with the border weight map shifts the best decision threshold away from 0.5;
+    calibrating the written map keeps "foreground = p > 0.5" true for every downstream tool.
+    """
+    if threshold == 0.5:
+        return prob
+    t = float(np.clip(threshold, 1e-6, 1 - 1e-6))
+    low = prob * (0.5 / t)
+    high = 0.5 + (prob - t) * (0.5 / (1 - t))
+    return np.where(prob <= t, low, high).astype(np.float32)
+
+
+def calibrate_map(prob: np.ndarray, threshold: float) -> np.ndarray:
+    """(C, H, W) probabilities as `unetile predict` writes them: a one-class map calibrated to
+    ``threshold`` (`calibrate`), class probabilities as they are."""
+    return calibrate(prob, threshold) if prob.shape[0] == 1 else prob
+
+
+def cell_threshold(threshold: float | None) -> float:
+    """Where cells begin in the calibrated map: ``--threshold`` where given, else 0.5 (the
+    calibrated decision threshold)."""
+    return 0.5 if threshold is None else threshold
+
+
+def encode(prob: np.ndarray, suffix: str, threshold: float | None,
+           instances: InstanceSettings | None = None) -> np.ndarray:
+    """Calibrated probabilities (C, H, W) -> the array to write (see the module docstring)."""
+    if instances is not None:
+        labels = instances.labels(prob, cell_threshold(threshold))
+        return labels.astype(label_dtype(labels))
+    if prob.shape[0] > 1:
+        if suffix == ".png" or threshold is not None:
+            return prob.argmax(axis=0).astype(np.uint8)
+        return prob
+    p = prob[0]
+    if threshold is not None:
+        return np.where(p > threshold, 255, 0).astype(np.uint8)
+    if suffix == ".png":
+        return np.rint(p * 255).astype(np.uint8)
+    return p
+
+
+def model_fingerprint(path: Path | None) -> str:
+    """The model file's identity for a resume: path, size and modification time."""
+    if path is None:
+        return "in-memory model"
+    st = path.stat()
+    return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _write(target: Path, array: np.ndarray, axes: str | None) -> None:
+    try:
+        write_image(target, array, axes=axes)
+    except OSError as e:
+        raise UserInputError(f"{target}: cannot write ({e.strerror or e})") from e

@@ -1,0 +1,120 @@
+"""The Segment dock widget: a model, an image layer, and what to make of it.
+
+The prediction is `Predictor.predict`, plane by plane, exactly what `unetile predict` writes
+(the calibrated probability, a mask at the calibrated threshold, or cells), run by napari's
+``thread_worker`` so the viewer stays responsive; Cancel stops it after the current plane.
+The result is added as an Image or Labels layer on the input's scale and translation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, ProgressBar, PushButton
+
+from ..inference.predictor import PredictOptions, Predictor
+from .layers_io import LayerSlices, layer_choices
+from .notify import show_one_line
+from .train import events
+
+# What the widget offers -> the `--instances` method it means (None: a map or a mask).
+OUTPUTS = {"probability": None, "mask": None, "cells (watershed)": "watershed", "cells (components)": "components"}
+
+
+@dataclass(frozen=True)
+class SegmentRequest:
+    """What the widget asks for (the same choices as `unetile predict`)."""
+
+    model: Path
+    output: str = "probability"  # one of OUTPUTS
+    tta: bool = False
+    device: str = "auto"  # auto (CUDA where present), cpu, cuda
+
+    def options(self) -> PredictOptions:
+        return PredictOptions(tta=self.tta, threshold=0.5 if self.output == "mask" else None,
+                              instances=OUTPUTS[self.output])
+
+
+def predict_planes(request: SegmentRequest, planes: LayerSlices):
+    """A generator for ``thread_worker``: yields the planes done, returns the result
+    (..., H, W) in the layer's leading shape (class probabilities: (..., C, H, W))."""
+    predictor = Predictor.load(request.model, request.options(), None if request.device == "auto" else request.device)
+    results = []
+    for index in range(planes.count):
+        results.append(predictor.predict(planes[index].astype(np.float32, copy=False), ".tif"))
+        yield index + 1
+    return planes.stacked(results)
+
+
+class SegmentWidget(Container):
+    """Segment an image layer with a trained model (a .pt checkpoint, a run's best.pt, an
+    exported .onnx or a BioImage.IO .zip)."""
+
+    def __init__(self, napari_viewer):
+        self.viewer = napari_viewer
+        self.model = FileEdit(label="model", filter="*.pt *.onnx *.zip")
+        self.image_layer = ComboBox(label="image", choices=layer_choices(napari_viewer, "Image"))
+        self.output = ComboBox(label="output", choices=list(OUTPUTS), value="probability")
+        self.tta = CheckBox(text="average over flips (TTA)")
+        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
+        self.run_button = PushButton(text="Segment")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="planes", value=0, max=1)
+        super().__init__(widgets=[self.model, self.image_layer, self.output, self.tta, self.device, self.run_button,
+                                  self.cancel_button, self.progress])
+        self.worker = None
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        events.trained.connect(self.offer_model)
+        napari_viewer.layers.events.inserted.connect(self.reset_choices)
+        napari_viewer.layers.events.removed.connect(self.reset_choices)
+
+    def offer_model(self, path: Path) -> None:
+        """A model the Train widget just made becomes this widget's model."""
+        self.model.value = path
+
+    def run(self):
+        """Start segmenting; returns the worker (None when nothing can start)."""
+        layer = self.image_layer.value
+        if layer is None:
+            show_one_line("choose an image layer to segment")
+            return None
+        request = SegmentRequest(Path(self.model.value), self.output.value, self.tta.value, self.device.value)
+        planes = LayerSlices(layer)
+        self.progress.max, self.progress.value = planes.count, 0
+        from napari.qt.threading import create_worker
+
+        self.worker = create_worker(predict_planes, request, planes, _ignore_errors=True)  # shown, not raised
+        self.worker.yielded.connect(self._advance)
+        self.worker.returned.connect(self._add_result)
+        self.worker.errored.connect(show_one_line)
+        self.worker.finished.connect(self._finished)
+        self._source, self._request = layer, request
+        self.run_button.enabled, self.cancel_button.enabled = False, True
+        self.worker.start()
+        return self.worker
+
+    def cancel(self) -> None:
+        if self.worker is not None:
+            self.worker.quit()  # after the current plane; nothing is added
+
+    def _advance(self, done: int) -> None:
+        self.progress.value = done
+
+    def _finished(self) -> None:
+        self.run_button.enabled, self.cancel_button.enabled = True, False
+
+    def _add_result(self, result: np.ndarray) -> None:
+        source, output = self._source, self._request.output
+        where = {"scale": source.scale, "translate": source.translate}  # an RGB layer's are already 2D
+        name = f"{source.name} {output}"
+        if output == "probability" and result.ndim > len(where["scale"]):
+            self.viewer.add_image(result, name=name, channel_axis=result.ndim - 3, **where)
+        elif output == "probability":
+            self.viewer.add_image(result, name=name, colormap="magma", contrast_limits=(0, 1), **where)
+        elif output == "mask":
+            self.viewer.add_labels((result > 0).astype(np.uint8) if result.max() == 255 else result, name=name, **where)
+        else:
+            self.viewer.add_labels(result.astype(np.uint32), name=name, **where)

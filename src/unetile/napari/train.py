@@ -1,0 +1,193 @@
+"""The Train dock widget: an image layer and its Labels layer become a run of `unetile train`.
+
+The layers are written beside the run folder (``RUN.data/images.tif`` and ``labels.tif``,
+one page per plane; a single 2D image is cut into four quarters, so that the last can
+validate) and `training.train` runs them in napari's ``thread_worker``. The widget plots the
+run's metrics.csv (training and validation loss) every second while it trains. Stop asks the
+loop to stop as Ctrl-C does: the current step finishes and last.pt is written, so "resume"
+continues the run exactly. A finished run's best.pt is offered to every Segment widget.
+"""
+
+from __future__ import annotations
+
+import csv
+import threading
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton
+from psygnal import Signal
+
+from ..io import label_dtype, write_image
+from ..training.config import TrainConfig
+from ..training.presets import PRESETS
+from .layers_io import LayerSlices, layer_choices
+from .notify import show_one_line
+
+
+class TrainingEvents:
+    """What the Train widgets tell the Segment widgets."""
+
+    trained = Signal(Path)  # the best.pt of a run that just finished
+
+
+events = TrainingEvents()
+
+
+def write_training_data(image_layer, labels_layer, folder: Path) -> tuple[Path, Path]:
+    """The layers as two multi-page TIFFs `unetile train --images --labels` reads -> their paths."""
+    planes = LayerSlices(image_layer)
+    images = np.stack([planes[i] for i in range(planes.count)])  # (N, C, H, W)
+    labels = np.asarray(labels_layer.data)
+    if labels.shape[-2:] != images.shape[-2:] or labels.size // np.prod(labels.shape[-2:]) != images.shape[0]:
+        raise ValueError(f"the labels layer '{labels_layer.name}' is {labels.shape}, the image "
+                         f"'{image_layer.name}' {images.shape[0]} plane(s) of {images.shape[-2:]}: they must match")
+    labels = labels.reshape(-1, *images.shape[-2:])
+    if images.shape[0] == 1:  # one image: four quarters, the last validates
+        h, w = images.shape[-2] // 2, images.shape[-1] // 2
+        quarters = [(slice(0, h), slice(0, w)), (slice(0, h), slice(w, 2 * w)), (slice(h, 2 * h), slice(0, w)),
+                    (slice(h, 2 * h), slice(w, 2 * w))]
+        images = np.stack([images[0][:, ys, xs] for ys, xs in quarters])
+        labels = np.stack([labels[0][ys, xs] for ys, xs in quarters])
+    folder.mkdir(parents=True, exist_ok=True)
+    write_image(folder / "images.tif", images, "QCYX")
+    write_image(folder / "labels.tif", labels.astype(label_dtype(labels)), "QYX")
+    return folder / "images.tif", folder / "labels.tif"
+
+
+def read_curves(run: Path) -> dict[str, list[float]]:
+    """epoch, train_loss and val_loss columns of the run's metrics.csv (empty before epoch 1)."""
+    curves: dict[str, list[float]] = {"epoch": [], "train_loss": [], "val_loss": []}
+    try:
+        with open(run / "metrics.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError:
+        return curves
+    for row in rows:
+        try:  # the last row may be half-written: training appends while this reads
+            values = [float(row[key]) for key in curves]
+        except (KeyError, TypeError, ValueError):
+            continue
+        for key, value in zip(curves, values):
+            curves[key].append(value)
+    return curves
+
+
+class TrainWidget(Container):
+    """Train a U-Net on an image layer and its Labels layer, with live curves and Stop."""
+
+    def __init__(self, napari_viewer):
+        self.viewer = napari_viewer
+        self.image_layer = ComboBox(label="image", choices=layer_choices(napari_viewer, "Image"))
+        self.labels_layer = ComboBox(label="labels", choices=layer_choices(napari_viewer, "Labels"))
+        self.preset = ComboBox(label="recipe", choices=list(PRESETS), value="fast")
+        self.minutes = FloatSpinBox(label="minutes", value=15.0, min=0.1, max=10000.0, step=1.0)
+        self.run_folder = FileEdit(label="run folder", mode="d", value=Path("runs/napari"))
+        self.resume = CheckBox(text="resume this run")
+        self.start_button, self.stop_button = PushButton(text="Train"), PushButton(text="Stop", enabled=False)
+        self.status = Label(value="")
+        super().__init__(widgets=[self.image_layer, self.labels_layer, self.preset, self.minutes, self.run_folder,
+                                  self.resume, self.start_button, self.stop_button, self.status])
+        self.overrides: dict = {}  # further TrainConfig fields (tests use a tiny net)
+        self.worker, self.stop_event = None, threading.Event()
+        self.plot = _LossPlot()
+        self.native.layout().addWidget(self.plot.canvas)
+        napari_viewer.layers.events.inserted.connect(self.reset_choices)
+        napari_viewer.layers.events.removed.connect(self.reset_choices)
+        self.start_button.changed.connect(self.start)
+        self.stop_button.changed.connect(self.stop)
+
+    def start(self):
+        """Write the layers and start training; returns the worker (None when it cannot start)."""
+        from napari.qt.threading import create_worker
+
+        from ..training.loop import train
+
+        run = Path(self.run_folder.value)
+        if self.image_layer.value is None or self.labels_layer.value is None:
+            show_one_line("choose an image layer and its labels layer")
+            return None
+        data = run.with_name(run.name + ".data")
+        try:  # resuming trains on the files the run began with, whatever the layers hold now
+            images, labels = ((data / "images.tif", data / "labels.tif") if self.resume.value
+                              else write_training_data(self.image_layer.value, self.labels_layer.value, data))
+        except ValueError as e:
+            show_one_line(str(e))
+            return None
+        cfg = TrainConfig(out=str(run), images=str(images), labels=str(labels), preset=self.preset.value,
+                          time_limit=60.0 * self.minutes.value, **self.overrides)
+        self.stop_event = threading.Event()
+        self.worker = create_worker(train, cfg, resume=run if self.resume.value else None,
+                                    stop=self.stop_event, _ignore_errors=True)  # shown, not raised
+        self.worker.returned.connect(self._trained)
+        self.worker.errored.connect(self._failed)
+        self.worker.finished.connect(self._finished)
+        self.plot.follow(run)
+        self.start_button.enabled, self.stop_button.enabled = False, True
+        self.status.value = f"training into {run}"
+        self.worker.start()
+        return self.worker
+
+    def stop(self) -> None:
+        """Stop after the current step; last.pt is written (resume continues exactly)."""
+        self.stop_event.set()
+        self.status.value = "stopping after this step"
+
+    def _trained(self, run: Path) -> None:
+        self._offer(Path(run), f"done: {Path(run) / 'best.pt'}")
+
+    def _failed(self, error: Exception) -> None:
+        """Stop ends `train` with `Interrupted` (as Ctrl-C does): the run so far is kept."""
+        from ..errors import Interrupted
+
+        if isinstance(error, Interrupted):
+            self._offer(Path(self.run_folder.value), f"stopped; tick 'resume this run' to continue ({error})")
+        else:
+            self.status.value = "failed"
+            show_one_line(error)
+
+    def _offer(self, run: Path, status: str) -> None:
+        best = run / "best.pt"
+        self.status.value = status if best.exists() else f"stopped before the first epoch ended: {run}"
+        if best.exists():
+            events.trained.emit(best)
+
+    def _finished(self) -> None:
+        self.plot.update()
+        self.plot.stop()
+        self.start_button.enabled, self.stop_button.enabled = True, False
+
+
+class _LossPlot:
+    """Training and validation loss per epoch, redrawn from metrics.csv once a second."""
+
+    def __init__(self):
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+        from qtpy.QtCore import QTimer
+
+        self.figure = Figure(figsize=(4, 2.5), tight_layout=True)
+        self.axes = self.figure.add_subplot()
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.timer = QTimer()
+        self.timer.timeout.connect(self.update)
+        self.run: Path | None = None
+
+    def follow(self, run: Path) -> None:
+        self.run = run
+        self.timer.start(1000)
+
+    def stop(self) -> None:
+        self.timer.stop()
+
+    def update(self) -> None:
+        if self.run is None:
+            return
+        curves = read_curves(self.run)
+        self.axes.clear()
+        self.axes.plot(curves["epoch"], curves["train_loss"], label="training")
+        self.axes.plot(curves["epoch"], curves["val_loss"], label="validation")
+        self.axes.set_xlabel("epoch")
+        self.axes.set_ylabel("loss")
+        self.axes.legend(loc="upper right")
+        self.canvas.draw_idle()

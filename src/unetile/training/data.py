@@ -1,0 +1,348 @@
+"""Training data: image/label pairs from folders or stacks, label meaning, splits, random tiles.
+
+Labels are read in one of three ways:
+  - binary: 0 = background / membrane, any non-zero value = foreground (ISBI: 255 = interior);
+  - class ids 0..N-1 with ``n_classes = N`` (``--classes N``);
+  - instance ids (more than two values, no ``--classes``): one integer per cell, 0 =
+    background; touching cells are kept apart by a 1-px background border, as the paper
+    prepared its cell data, and the weight map's d1, d2 are computed from the ids.
+
+Training tiles are drawn at random centres (every pixel can be a centre) from the images
+extended by mirror reflection; the label and weight map are the net's output window at the
+tile's centre. A tile is a pure function of ``(seed, index)``, so runs repeat exactly,
+whatever the number of DataLoader workers, and resume exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+from skimage.measure import label as connected_components
+from skimage.segmentation import find_boundaries
+from torch.utils.data import Dataset, Sampler
+
+from ..errors import UserInputError
+from ..inference.tile_io import reflect_indices
+from ..io import list_images, read_image
+from ..normalization import Normalization, normalize
+from .augment import Augmentation, AugmentDraw, augment_region, draw_augmentation
+from .weights import background_skeleton, border_weight_map, cells_from_mask
+
+
+@dataclass
+class LabelledImage:
+    name: str
+    image: np.ndarray  # (C, H, W) float32, normalised
+    classes: np.ndarray  # (H, W) int64 class ids (binary: 0 background, 1 foreground); float32 distances
+    #                      in [0, 1] for --cell-target distance (0 background)
+    weight: np.ndarray  # (H, W) float32 loss weight (the border weight map, or class balance)
+    instances: np.ndarray | None = None  # (H, W) int32 the label's instance ids, where it holds them
+
+
+def read_pairs(
+    data: str | Path | None = None, images: str | Path | None = None, labels: str | Path | None = None
+) -> list[tuple[str, np.ndarray, np.ndarray, Path, Path]]:
+    """Read (name, image (C, H, W), label (H, W), image path, label path) for every slice.
+
+    Either ``data`` (a folder with ``images/`` and ``labels/`` holding files of matching
+    names) or ``images`` and ``labels`` (two files or folders: stacks match page by page).
+    """
+    if data is not None:
+        data = Path(data)
+        images, labels = data / "images", data / "labels"
+        for p in (images, labels):
+            if not p.is_dir():
+                raise UserInputError(f"{p}: missing; --data needs a folder with images/ and labels/")
+    if images is None or labels is None:
+        raise UserInputError("give --data DIR, or both --images and --labels")
+    image_files, label_files = list_images(images), list_images(labels)
+    if Path(images).is_dir():
+        by_stem = {p.stem: p for p in label_files}
+        missing = [p.name for p in image_files if p.stem not in by_stem]
+        if missing:
+            raise UserInputError(f"{labels}: no label for image(s) {', '.join(missing[:5])}")
+        label_files = [by_stem[p.stem] for p in image_files]
+    elif len(image_files) != len(label_files):
+        raise UserInputError(f"{labels}: {len(label_files)} label file(s) for {len(image_files)} image file(s)")
+    pairs = []
+    for ip, lp in zip(image_files, label_files):
+        img, lab = read_image(ip), read_image(lp)
+        if img.shape[0] != lab.shape[0]:
+            raise UserInputError(f"{lp}: {lab.shape[0]} label slice(s) for {img.shape[0]} image slice(s) in {ip}")
+        if lab.shape[1] != 1:
+            raise UserInputError(f"{lp}: a label image must have one channel, not {lab.shape[1]}")
+        if img.shape[-2:] != lab.shape[-2:]:
+            raise UserInputError(f"{lp}: label size {lab.shape[-2:]} differs from the image's {img.shape[-2:]} ({ip})")
+        if img.dtype.kind == "f" and not np.isfinite(img).all():
+            raise UserInputError(f"{ip}: the image holds NaN or infinite values")
+        for k in range(img.shape[0]):
+            name = ip.stem if img.shape[0] == 1 else f"{ip.stem}[{k}]"
+            pairs.append((name, img[k], lab[k, 0], ip, lp))
+    return pairs
+
+
+#: What a net learns from instance-id labels (``--cell-target``): "foreground" (cells, parted by
+#: a 1-px background line where they touch), "boundary" (three classes: background, cell
+#: interior, and a `BOUNDARY_WIDTH`-px band along each cell's edge) or "distance" (each cell
+#: pixel's distance to the background, divided by its cell's largest: `distance_target`).
+CELL_TARGETS = ("foreground", "boundary", "distance")
+BOUNDARY_WIDTH = 2  # px
+
+
+def interpret_labels(label: np.ndarray, n_classes: int | None, source: str = "label",
+                     cell_target: str = "foreground") -> tuple[np.ndarray, np.ndarray]:
+    """A raw label (H, W) -> (target (H, W), cells (H, W) int32 for the weight map).
+
+    The target is int64 class ids, or for ``cell_target="distance"`` float32 distances in
+    [0, 1]; ``cell_target`` applies to instance-id labels only (see `CELL_TARGETS`)."""
+    if label.dtype.kind == "f":
+        if not np.all(np.isfinite(label)) or not np.all(label == np.round(label)):
+            raise UserInputError(f"{source}: label values must be integers")
+        label = label.astype(np.int64)
+    if label.min() < 0:
+        raise UserInputError(f"{source}: negative label value {label.min()}")
+    kind = label_kind(label, n_classes, source)
+    if kind == "classes":
+        if label.max() >= n_classes:
+            raise UserInputError(
+                f"{source}: label value {label.max()} but --classes {n_classes} allows 0..{n_classes - 1}")
+        classes = label.astype(np.int64)
+        return classes, cells_from_mask(classes > 0)
+    if kind == "mask":
+        foreground = label > 0
+        return foreground.astype(np.int64), cells_from_mask(foreground)
+    ids = label.astype(np.int64)
+    n_ids = len(np.unique(ids[ids > 0]))
+    pieces = connected_components(ids, background=0, connectivity=2).max()  # connected regions of one id
+    if pieces > 2 * n_ids + 10:
+        # Not one id per cell: most likely a mask saved with stray grey values (JPEG, a resize).
+        raise UserInputError(f"{source}: {n_ids} label values in {pieces} separate pieces, not one id per cell; "
+                             "save a mask with two values (0 and one other), or give --classes N for class ids")
+    # Instance ids: separate touching cells by a background border before training (for the
+    # weight map's border term, whichever the target).
+    separated = np.where(touching_borders(ids), 0, ids)
+    if cell_target == "boundary":
+        return boundary_classes(ids), separated.astype(np.int32)
+    if cell_target == "distance":
+        return distance_target(separated), separated.astype(np.int32)
+    return (separated > 0).astype(np.int64), separated.astype(np.int32)
+
+
+def boundary_classes(ids: np.ndarray, width: int = BOUNDARY_WIDTH) -> np.ndarray:
+    """Instance ids (H, W) -> classes 0 background, 1 cell interior, 2 the ``width``-px band
+    along each cell's edge (where it meets the background or another cell)."""
+    edge = find_boundaries(ids, connectivity=1, mode="inner")
+    if width > 1:
+        edge = ndimage.binary_dilation(edge, iterations=width - 1)
+    classes = (ids > 0).astype(np.int64)
+    classes[edge & (ids > 0)] = 2
+    return classes
+
+
+def distance_target(cells: np.ndarray) -> np.ndarray:
+    """Cell ids (H, W), touching cells parted by background -> (H, W) float32 in [0, 1]: each
+    cell pixel's Euclidean distance to the nearest pixel outside its cell (1 on its edge), divided
+    by the largest in that cell, so every cell peaks at 1 whatever its size; 0 on background.
+
+    A net that learns it marks each nucleus by a peak and two touching nuclei by two peaks
+    with a valley between; `unetile predict --instances` seeds the watershed from the peaks.
+    """
+    inside = cells > 0
+    distance = ndimage.distance_transform_edt(inside)
+    if not inside.any():
+        return distance.astype(np.float32)
+    peaks = np.asarray(ndimage.maximum(distance, cells, np.arange(cells.max() + 1)))
+    peaks[0] = 1.0
+    return (distance / peaks[cells]).astype(np.float32)
+
+
+def label_kind(label: np.ndarray, n_classes: int | None, source: str = "label") -> str:
+    """How `interpret_labels` reads a raw label (H, W): ``"classes"`` (``--classes N`` > 2),
+    ``"mask"`` (at most two values) or ``"instances"`` (more values, no ``--classes``)."""
+    if n_classes is not None and n_classes > 2:
+        return "classes"
+    n_values = len(np.unique(label))
+    if n_values <= 2:
+        return "mask"
+    if n_classes == 2:
+        raise UserInputError(f"{source}: {n_values} label values for --classes 2 (expected 0 and one other)")
+    return "instances"
+
+
+def touching_borders(ids: np.ndarray) -> np.ndarray:
+    """Pixels of a cell that touch (8-neighbourhood) a cell with a smaller non-zero id.
+
+    Removing them leaves a 1-px background line between every two touching cells.
+    """
+    h, w = ids.shape
+    padded = np.pad(ids, 1)
+    border = np.zeros((h, w), bool)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy == dx == 0:
+                continue
+            nb = padded[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
+            border |= (nb > 0) & (nb < ids)
+    return border
+
+
+def prepare(
+    pairs: list[tuple[str, np.ndarray, np.ndarray, Path, Path]],
+    n_classes: int | None,
+    normalization: Normalization,
+    weight_map: bool,
+    w0: float = 10.0,
+    sigma: float = 5.0,
+    class_balance: bool = True,
+    cell_target: str = "foreground",
+) -> list[LabelledImage]:
+    """Normalise images, interpret labels and compute each image's weight map once.
+
+    ``n_classes`` is ``--classes``: ``None`` reads each label as a mask or as instance ids
+    (``cell_target``: what is learnt from instance ids, `CELL_TARGETS`).
+    ``w0`` and ``class_balance`` arrive decided (``"auto"`` is resolved before, by
+    `train.automatic_weight_map`).
+    """
+    if weight_map and (isinstance(w0, str) or isinstance(class_balance, str)):
+        raise ValueError(f"prepare needs a number for w0 and a bool for class_balance, not {w0!r}, {class_balance!r}")
+    items = []
+    for name, image, label, _, label_path in pairs:
+        classes, cells = interpret_labels(label, n_classes, str(label_path), cell_target)
+        is_ids = label_kind(label, n_classes) == "instances"
+        if weight_map:
+            n_out = 3 if is_ids and cell_target == "boundary" else n_classes or 2
+            ids = classes if classes.dtype.kind == "i" else (classes > 0).astype(np.int64)  # distances: in or out
+            weight = border_weight_map(cells, w0, sigma, n_out, ids, class_balance)
+        else:
+            weight = np.ones(classes.shape, np.float32)
+        items.append(LabelledImage(name, normalize(image, normalization), classes, weight,
+                                   label.astype(np.int32) if is_ids else None))
+    return items
+
+
+def split(items: list, val_fraction: float) -> tuple[list, list]:
+    """The last ``round(val_fraction * n)`` items (at least one) validate, as the seed did."""
+    if not 0 < val_fraction < 1:
+        raise UserInputError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
+    n_val = max(1, round(val_fraction * len(items)))
+    if n_val >= len(items):
+        raise UserInputError(f"{len(items)} labelled image(s) are too few to hold out {n_val} for validation")
+    return items[:-n_val], items[-n_val:]
+
+
+def checksum(paths: list[Path]) -> str:
+    """sha256 over the bytes of the given files, in order (recorded in config.json)."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(Path(p).read_bytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class TileDraw:
+    """One training tile's random choices (`TileDataset.draw`)."""
+
+    item: int  # which training image
+    y0: int  # the region's first row and column in image coordinates (may lie outside: mirrored)
+    x0: int
+    augmentation: AugmentDraw
+
+
+class TileDataset(Dataset):
+    """Training tiles: item ``index`` is a deterministic function of ``(seed, index)``.
+
+    Random mode: an image chosen with probability proportional to its area and a centre
+    uniform over its pixels. ``centre_crop`` mode (the seed's recipe): image
+    ``index % n``, centred. Returns (image (C, T, T), label (O, O), weight (O, O)); the label
+    is int64 class ids, or float32 foreground fractions with ``augmentation.soft_labels``.
+    With ``skeleton``, also the label's background skeleton (O, O) float32 0/1, computed
+    here in the worker, after the warp (skimage's thinning has no GPU/batched twin).
+    """
+
+    def __init__(
+        self,
+        items: list[LabelledImage],
+        tile_size: int,
+        out_size: int,
+        augmentation: Augmentation,
+        seed: int,
+        centre_crop: bool = False,
+        skeleton: bool = False,
+    ):
+        self.items, self.tile_size, self.out_size = items, tile_size, out_size
+        self.aug, self.seed, self.centre_crop, self.skeleton = augmentation, seed, centre_crop, skeleton
+        areas = np.array([it.classes.size for it in items], np.float64)
+        self.p = areas / areas.sum()
+        # Room for the elastic displacements (4 standard deviations) around the tile.
+        self.margin = int(math.ceil(4 * augmentation.elastic_sigma)) if augmentation.elastic else 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def draw(self, index: int) -> TileDraw:
+        """Tile ``index``'s random choices: where it lies and how it is augmented."""
+        rng = np.random.default_rng([self.seed, index])
+        if self.centre_crop:
+            item = index % len(self.items)
+            h, w = self.items[item].classes.shape
+            cy, cx = h // 2, w // 2
+        else:
+            item = int(rng.choice(len(self.items), p=self.p))
+            h, w = self.items[item].classes.shape
+            cy, cx = int(rng.integers(h)), int(rng.integers(w))
+        size = self.tile_size + 2 * self.margin
+        return TileDraw(item, cy - size // 2, cx - size // 2, draw_augmentation(rng, self.aug))
+
+    def region_indices(self, draw: TileDraw) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, columns, inside): the mirrored indices of the tile's region (with room for
+        the elastic displacements) and (S, S) bool, True where the region is inside the image."""
+        h, w = self.items[draw.item].classes.shape
+        size = self.tile_size + 2 * self.margin
+        ys, xs = draw.y0 + np.arange(size), draw.x0 + np.arange(size)
+        inside = ((ys >= 0) & (ys < h))[:, None] & ((xs >= 0) & (xs < w))[None, :]
+        return reflect_indices(draw.y0, size, h), reflect_indices(draw.x0, size, w), inside
+
+    def __getitem__(self, index: int):
+        draw = self.draw(index)
+        item = self.items[draw.item]
+        r, c, inside = self.region_indices(draw)
+        image = item.image[:, r[:, None], c[None, :]]
+        label = item.classes[r[:, None], c[None, :]]
+        # Pixels outside the image (mirrored) carry no loss: labels are the image's own.
+        weight = item.weight[r[:, None], c[None, :]] * inside
+        image, label, weight = augment_region(
+            image, label, weight, self.tile_size, self.out_size, self.margin, self.aug, draw.augmentation
+        )
+        label = label.astype(np.float32 if self.aug.soft_labels else np.int64)
+        tensors = (torch.from_numpy(image), torch.from_numpy(label), torch.from_numpy(weight))
+        if self.skeleton:
+            tensors += (torch.from_numpy(background_skeleton(label).astype(np.float32)),)
+        return tensors
+
+
+class EpochSampler(Sampler[int]):
+    """Indices ``epoch * n .. epoch * n + n - 1`` (each a fresh tile), split across ranks.
+
+    With ``num_replicas`` processes, rank r takes every num_replicas-th index, so the
+    ranks together see exactly the tiles one process would.
+    """
+
+    def __init__(self, samples_per_epoch: int, rank: int = 0, num_replicas: int = 1):
+        self.n, self.rank, self.replicas, self.epoch = samples_per_epoch, rank, num_replicas, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        start = self.epoch * self.n
+        return iter(range(start + self.rank, start + self.n, self.replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.replicas))
