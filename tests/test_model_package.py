@@ -3,6 +3,8 @@ predicted through this tool and through bioimageio.core, against the checkpoint.
 
 import json
 import os
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -15,7 +17,7 @@ core = pytest.importorskip("bioimageio.core")
 from unetile import save_model
 from unetile.cli import main
 from unetile.inference.model_package import predict_with_core
-from unetile.inference.packaged_net import PackagedNet
+from unetile.inference.package_architecture import packaged_net
 from unetile.io import read_image, write_image
 from unetile.registration import shift_image
 from unetile.synthetic import write_dataset
@@ -48,10 +50,10 @@ def test_package_validates_and_predicts_as_the_checkpoint(tmp_path, trained_runs
     package = tmp_path / "model.zip"
     assert main(["export", "--model", str(run / "best.pt"), "--format", "bioimageio", "--out", str(package),
                  "--author", "A. Tester", "--cite", "Synthetic data|https://example.org/data"]) == 0
-    summary = core.test_model(package)  # bioimageio.core's own check: loads each weight format, reproduces
-    assert summary.status == "passed", summary.format()
-    assert {d.name for d in summary.details} >= {f"Reproduce test outputs from test inputs ({w})"
-                                                 for w in ("onnx", "pytorch_state_dict", "torchscript")}
+    status, checks = _test_model_where_unetile_cannot_be_imported(package, tmp_path)
+    assert status == "passed", checks
+    assert set(checks) >= {f"Reproduce test outputs from test inputs ({w})"
+                           for w in ("onnx", "pytorch_state_dict", "torchscript")}
     with zipfile.ZipFile(package) as archive:  # the test tensors come from the run's first training image
         card = archive.read("README.md").decode()
         assert "cover.png" in archive.namelist() and "data/images/00.png" in card and "## Validation" in card
@@ -70,12 +72,45 @@ def test_package_validates_and_predicts_as_the_checkpoint(tmp_path, trained_runs
         assert difference.max() < 1e-5, weights
 
 
+# bioimageio.core's own check (each weight format loads and reproduces the test output), run
+# where this project cannot be imported, as on the bioimage.io checks or a colleague's machine:
+# a finder first in sys.meta_path refuses `unetile` (and `unet`), whatever installed it.
+ISOLATED_TEST_MODEL = """
+import importlib.abc, json, sys
+
+class Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("unetile", "unet"):
+            raise ModuleNotFoundError(f"No module named {name!r} (refused by the test)")
+
+sys.meta_path.insert(0, Refuse())
+sys.path = [p for p in sys.path if p not in ("", ".")]
+try:
+    import unetile  # noqa: F401
+    sys.exit("unetile is importable")
+except ModuleNotFoundError:
+    pass
+from bioimageio.core import test_model
+
+summary = test_model(sys.argv[1])
+print(json.dumps({"status": summary.status,
+                  "checks": {d.name: [d.status, *(e.msg for e in d.errors)] for d in summary.details}}))
+"""
+
+
+def _test_model_where_unetile_cannot_be_imported(package, cwd) -> tuple[str, dict]:
+    done = subprocess.run([sys.executable, "-c", ISOLATED_TEST_MODEL, str(package)], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, "PYTHONPATH": "", "TQDM_DISABLE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return result["status"], result["checks"]
+
+
 def test_packaged_net_shifts_and_calibrates_as_predict_does(rng):
     """The shift as a fixed convolution equals SciPy's cubic-spline shift (mirror) to 1e-6."""
     image = rng.normal(size=(1, 120, 100)).astype(np.float32)
     net = tiny_unet(width=4, depth=2, padding="same")
-    packaged = PackagedNet(net.config.to_dict(), threshold=0.4, input_shift=(-0.6, -0.15)).eval()
-    packaged.net.load_state_dict(net.state_dict())
+    packaged = packaged_net(net, {"threshold": 0.4, "input_shift": (-0.6, -0.15)})
     with torch.no_grad():
         prob = torch.sigmoid(net(torch.from_numpy(shift_image(image, (-0.6, -0.15)))[None]))[0].numpy()
         got = packaged(torch.from_numpy(image)[None])[0].numpy()
@@ -122,4 +157,50 @@ def test_a_package_from_elsewhere_is_one_line(tmp_path, capsys):
                  "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "config.unetile" in err[0] and "bioimageio" in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+class _RunsCodeWhenUnpickled:
+    """A pickled object that would create a file if it were ever unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_package_whose_weights_hold_objects_is_one_line_and_runs_nothing(tmp_path, capsys):
+    marker = tmp_path / "ran"
+    torch.save({"net.head.weight": torch.zeros(1), "evil": _RunsCodeWhenUnpickled(marker)}, tmp_path / "weights.pt")
+    rdf = {"type": "model", "format_version": "0.5.4", "config": {"unetile": {"config": {}, "metadata": {}}},
+           "weights": {"pytorch_state_dict": {"source": "weights.pt"}}}
+    with zipfile.ZipFile(tmp_path / "evil.zip", "w") as archive:
+        archive.writestr("rdf.yaml", json.dumps(rdf))
+        archive.write(tmp_path / "weights.pt", "weights.pt")
+    write_image(tmp_path / "img.png", np.zeros((40, 40), np.uint8))
+    assert main(["predict", "--model", str(tmp_path / "evil.zip"), "--input", str(tmp_path / "img.png"),
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "evil.zip:weights.pt" in err[0] and "refused" in err[0], err
+    assert not marker.exists() and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated weights", "not a zip", "bad yaml"])
+def test_a_damaged_package_is_one_line(tmp_path, capsys, checkpoint, damage):
+    package = tmp_path / "model.zip"
+    torch.save({"net.head.weight": torch.zeros(1)}, tmp_path / "weights.pt")
+    weights = (tmp_path / "weights.pt").read_bytes()
+    rdf = json.dumps({"config": {"unet": {"config": {}, "metadata": {}}},  # the key before the rename is read too
+                      "weights": {"pytorch_state_dict": {"source": "weights.pt"}}})
+    with zipfile.ZipFile(package, "w") as archive:
+        archive.writestr("rdf.yaml", "config: [unclosed" if damage == "bad yaml" else rdf)
+        archive.writestr("weights.pt", weights[: len(weights) // 2] if damage == "truncated weights" else weights)
+    if damage == "not a zip":
+        package.write_bytes(b"PK\x03\x04 but not really")
+    write_image(tmp_path / "img.png", np.zeros((40, 40), np.uint8))
+    assert main(["predict", "--model", str(package), "--input", str(tmp_path / "img.png"),
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.zip" in err[0], err
     assert not (tmp_path / "o").exists()

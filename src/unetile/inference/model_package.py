@@ -13,10 +13,13 @@ What the package holds (built with bioimageio.spec's own classes, written by its
   the labels' sub-pixel shift, the sigmoid/softmax and the calibration in the network), the
   size of the input, with a ``halo`` that a consumer overlaps its tiles by and crops;
 * weights as TorchScript and ONNX (self-contained), and a ``pytorch_state_dict`` whose
-  architecture is `unetile.inference.packaged_net.PackagedNet` (needs this tool installed);
+  architecture is a source file inside the package (package_architecture.py: the network
+  and its pre/post-processing in one module that needs only torch), so every weight format
+  runs where this tool is not installed;
 * test tensors from a real image (``--sample``, or the run's first training image), a cover
   (image | probability | overlay), a model card, citations, licence, authors, tags; and in
-  ``config.unetile`` the checkpoint's config and metadata, which `load_package` reads.
+  ``config.unetile`` the checkpoint's config and metadata, which `load_package` reads
+  (``config.unet`` in packages written before the rename).
 """
 
 from __future__ import annotations
@@ -31,18 +34,20 @@ import numpy as np
 import tifffile
 import torch
 
-from ..errors import UserInputError
+from ..errors import UserInputError, first_line
 from ..io import match_channels, read_image
-from ..nn.checkpoint import load_model, rebuild
+from ..nn.checkpoint import load_model, rebuild, safe_torch_load
 from ..nn.model import UNet
+from ..zoo import resolve_model
 from .export import save_onnx, save_torchscript
 from .model_card import cover_image, model_card, training_record
-from ..zoo import resolve_model
+from .package_architecture import FILE_NAME, architecture_kwargs, architecture_source, packaged_net
 from .packaged_net import PackagedNet
 
 RONNEBERGER = ("Ronneberger O., Fischer P., Brox T. U-Net: Convolutional Networks for Biomedical Image "
                "Segmentation. MICCAI 2015, LNCS 9351, 234-241.", "10.1007/978-3-319-24574-4_28")
 _EPS = 1e-6  # bioimageio.core's scale_range: (x - low) / (high - low + eps)
+CONFIG_KEYS = ("unetile", "unet")  # rdf.yaml's config key for this tool; "unet" before the rename
 
 
 @dataclass(frozen=True)
@@ -78,16 +83,10 @@ def export_package(model_path: str | Path, out: str | Path, info: PackageInfo) -
         cover_image(test_input, test_output[0], work / "cover.png")
         (work / "README.md").write_text(model_card(model_path, model, metadata, record, info, sample_path))
         difference = _write_weights(packaged, test_input, work)
-        descr = _describe(packaged, metadata, info, work, model_path)
+        (work / FILE_NAME).write_text(architecture_source())
+        descr = _describe(packaged, architecture_kwargs(model, metadata), metadata, info, work, model_path)
         _save(descr, out)
     return difference
-
-
-def packaged_net(model: UNet, metadata: dict) -> PackagedNet:
-    packaged = PackagedNet(model.config.to_dict(), float(metadata.get("threshold", 0.5)),
-                           tuple(metadata.get("input_shift", (0.0, 0.0))))
-    packaged.net.load_state_dict(model.state_dict())
-    return packaged.eval()
 
 
 def scale_range(image: np.ndarray, metadata: dict) -> np.ndarray:
@@ -167,8 +166,9 @@ def _write_weights(packaged: PackagedNet, test_input: np.ndarray, work: Path) ->
     return float(max(np.abs(scripted - reference).max(), np.abs(onnx - reference).max()))
 
 
-def _describe(packaged: PackagedNet, metadata: dict, info: PackageInfo, work: Path, model_path: Path):
-    """The spec 0.5 `ModelDescr` of the package in ``work``."""
+def _describe(packaged: PackagedNet, kwargs: dict, metadata: dict, info: PackageInfo, work: Path,
+              model_path: Path):
+    """The spec 0.5 `ModelDescr` of the package in ``work``; ``kwargs``: `PackagedNet`'s."""
     from bioimageio.spec.model import v0_5 as spec
 
     config = packaged.net.config
@@ -205,18 +205,16 @@ def _describe(packaged: PackagedNet, metadata: dict, info: PackageInfo, work: Pa
         cite=_citations(info.cite), license=spec.LicenseId(info.license),
         documentation=spec.FileDescr(source=work / "README.md"), covers=[spec.FileDescr(source=work / "cover.png")],
         tags=["unet", "segmentation", "2d", "pytorch", "microscopy"],
-        inputs=inputs, outputs=outputs, weights=_weights(packaged, work),
-        config={"unetile": {"config": config.to_dict(), "metadata": metadata}})
+        inputs=inputs, outputs=outputs, weights=_weights(kwargs, work),
+        config={CONFIG_KEYS[0]: {"config": config.to_dict(), "metadata": metadata}})
 
 
-def _weights(packaged: PackagedNet, work: Path):
+def _weights(kwargs: dict, work: Path):
     from bioimageio.spec.model import v0_5 as spec
 
     version = spec.Version(torch.__version__.split("+")[0])
-    architecture = spec.ArchitectureFromLibraryDescr(
-        import_from="unetile.inference.packaged_net", callable=spec.Identifier("PackagedNet"),
-        kwargs={"config": packaged.net.config.to_dict(), "threshold": packaged.threshold,
-                "input_shift": [float(s) for s in packaged.input_shift]})
+    architecture = spec.ArchitectureFromFileDescr(  # the writer fills in its sha256
+        source=work / FILE_NAME, callable=spec.Identifier("PackagedNet"), kwargs=kwargs)
     return spec.WeightsDescr(
         pytorch_state_dict=spec.PytorchStateDictWeightsDescr(source=work / "weights.pt", architecture=architecture,
                                                              pytorch_version=version),
@@ -266,7 +264,7 @@ def predict_with_core(package: Path, image: np.ndarray, weights: str, blocksize:
 
 def load_package(path: Path, device: str | torch.device = "cpu") -> tuple[UNet, dict]:
     """A package from `unetile export --format bioimageio` -> (model, metadata), as from its
-    checkpoint; another package -> one line naming what this tool cannot honour."""
+    checkpoint; another package, or one that is damaged or unsafe -> one line naming it."""
     import yaml
 
     if not path.is_file():
@@ -274,16 +272,26 @@ def load_package(path: Path, device: str | torch.device = "cpu") -> tuple[UNet, 
     try:
         with zipfile.ZipFile(path) as archive:
             rdf = yaml.safe_load(archive.read("rdf.yaml"))
-            unetile = (rdf.get("config") or {}).get("unetile")
-            if unetile is None:
-                raise UserInputError(f"{path}: a BioImage.IO model without this tool's config.unetile (not made by "
-                                     "`unetile export`); run it with bioimageio.core (`bioimageio predict`)")
-            weights = (rdf.get("weights") or {}).get("pytorch_state_dict", {}).get("source")
+            record = _own_config(rdf, path)
+            weights = ((rdf.get("weights") or {}).get("pytorch_state_dict") or {}).get("source")
             if weights is None:
                 raise UserInputError(f"{path}: the package has no weights.pytorch_state_dict")
-            state = torch.load(archive.open(weights), map_location="cpu", weights_only=True)
-    except (zipfile.BadZipFile, KeyError, yaml.YAMLError) as e:
-        raise UserInputError(f"{path}: not a readable BioImage.IO package ({e})") from e
+            with archive.open(weights) as member:
+                state = safe_torch_load(member, f"{path}:{weights}")
+    except (zipfile.BadZipFile, KeyError, OSError, EOFError, yaml.YAMLError, AttributeError) as e:
+        raise UserInputError(f"{path}: not a readable BioImage.IO package ({first_line(e)})") from e
+    if not isinstance(state, dict):
+        raise UserInputError(f"{path}:{weights}: not a state dict of tensors")
     net_state = {k.removeprefix("net."): v for k, v in state.items()}  # PackagedNet's keys -> the UNet's
-    model = rebuild({**unetile, "state_dict": net_state}, f"{path}: the package's weights do not fit its config.unetile")
-    return model.to(device).eval(), dict(unetile["metadata"])
+    model = rebuild({**record, "state_dict": net_state}, f"{path}: the package's weights do not fit its config")
+    return model.to(device).eval(), dict(record.get("metadata") or {})
+
+
+def _own_config(rdf: object, path: Path) -> dict:
+    """This tool's record in an rdf.yaml (config.unetile, or config.unet before the rename)."""
+    config = (rdf.get("config") or {}) if isinstance(rdf, dict) else {}
+    record = next((config[key] for key in CONFIG_KEYS if isinstance(config.get(key), dict)), None)
+    if record is None:
+        raise UserInputError(f"{path}: a BioImage.IO model without this tool's config.{CONFIG_KEYS[0]} (not made "
+                             "by `unetile export`); run it with bioimageio.core (`bioimageio predict`)")
+    return record

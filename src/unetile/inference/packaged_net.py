@@ -7,73 +7,57 @@ probabilities, and calibrates a one-class map so that 0.5 is the stored decision
 `PackagedNet` puts all three inside the network, so the package's output *is* what
 `unetile predict` writes (before 8-bit encoding).
 
-The shift: ``registration.shift_image`` is a cubic-spline shift with mirror extrapolation.
-Its impulse response decays by |sqrt(3) - 2| = 0.27 per px, so `SHIFT_TAPS` = 12 px either
-side reproduce it to ~1e-7 as a fixed separable convolution; with same padding the image is
-mirrored by 12 px first (torch's "reflect" is SciPy's "mirror"), with valid padding the
-consumer's context is used.
+This module is portable: it imports only torch and names from ``nn/model.py`` (itself
+importing only from ``nn/geometry.py``), so `package_architecture.py` can join the three
+into the one self-contained source file a package carries as its architecture, which runs
+where this tool is not installed. Everything that needs more (the shift kernels from SciPy,
+the halo from the tiling rules) is computed on export and passed in as plain numbers.
 
-A valid-padding net's output is padded back to its input's size with zeros (`halo` px a
-side): bioimageio.core tiles a model by cropping a halo from an output as large as its
-input, and cannot tile one whose output is smaller (core 0.11). The halo of a same-padding
-net is its tiles' context in `unetile predict` (tiling.py), plus the shift's taps.
+The shift is a fixed separable convolution (``shift_kernels``, from
+`package_architecture.shift_kernel`); with same padding the image is mirrored by the
+kernels' reach first (torch's "reflect" is SciPy's "mirror"), with valid padding the
+consumer's context is used. A valid-padding net's output is padded back to its input's size
+with zeros (``halo`` px a side): bioimageio.core tiles a model by cropping a halo from an
+output as large as its input, and cannot tile one whose output is smaller (core 0.11).
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
 from ..nn.model import UNet, UNetConfig, probabilities
-from .tiling import same_padding_margin
-
-SHIFT_TAPS = 12  # px either side of the spline-shift kernel
-
-
-def shift_kernel(offset: float, taps: int = SHIFT_TAPS) -> np.ndarray:
-    """(2 taps + 1,) weights w with ``shifted[i] = sum_j w[j] x[i + j - taps]``, the cubic-spline
-    shift by ``offset`` px (``out[i] = x[i - offset]``), from SciPy's own impulse response."""
-    n = 8 * taps + 1
-    weights = np.empty(2 * taps + 1)
-    for j in range(2 * taps + 1):  # the response at the centre to a unit impulse at centre + j - taps
-        impulse = np.zeros(n)
-        impulse[n // 2 + j - taps] = 1.0
-        weights[j] = ndimage.shift(impulse, offset, order=3, mode="mirror")[n // 2]
-    return weights.astype(np.float32)
 
 
 class PackagedNet(torch.nn.Module):
     """(N, C, H, W) normalised float32 -> (N, C_out, h, w) probabilities, calibrated where
-    C_out is 1. ``config``: the U-Net's (`UNetConfig.to_dict`); ``threshold``: the stored
-    decision threshold; ``input_shift``: (dy, dx) px."""
+    C_out is 1.
 
-    def __init__(self, config: dict, threshold: float = 0.5, input_shift: tuple[float, float] = (0.0, 0.0)):
+    ``config``: the U-Net's (`UNetConfig.to_dict`); ``threshold``: the stored decision
+    threshold; ``halo``: px of each output side without full context (a valid net's output
+    is padded by it); ``shift_kernels``: the (y, x) weights of the input's sub-pixel shift,
+    each of odd length, or None for no shift.
+    """
+
+    def __init__(self, config: dict, threshold: float = 0.5, halo: int = 0,
+                 shift_kernels: list[list[float]] | None = None):
         super().__init__()
         self.net = UNet(config=UNetConfig.from_dict(config))
-        self.threshold = float(np.clip(threshold, 1e-6, 1 - 1e-6))
+        self.threshold = min(max(float(threshold), 1e-6), 1 - 1e-6)
         self.valid = self.net.config.padding == "valid"
-        self.input_shift = tuple(float(s) for s in input_shift)
-        self.shifted = any(s != 0.0 for s in self.input_shift)
+        self.halo = int(halo)
+        self.shifted = shift_kernels is not None
+        self.shift_kernels = [[float(w) for w in kernel] for kernel in shift_kernels or ([1.0], [1.0])]
+        self.taps = len(self.shift_kernels[0]) // 2
         channels = self.net.config.in_channels
-        ky, kx = (torch.from_numpy(shift_kernel(float(s))) for s in input_shift)
+        ky, kx = (torch.tensor(kernel, dtype=torch.float32) for kernel in self.shift_kernels)
         self.register_buffer("kernel_y", ky.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), persistent=False)
         self.register_buffer("kernel_x", kx.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), persistent=False)
-
-    @property
-    def halo(self) -> int:
-        """px of each side of an output tile that lack context: a consumer overlaps its tiles
-        by this much and crops it (for valid padding, the zeros `forward` pads with)."""
-        taps = SHIFT_TAPS if self.shifted else 0
-        if self.valid:
-            return self.net.halo + taps
-        return same_padding_margin(self.net.halo + taps, self.net.config.depth)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.shifted:
             if not self.valid:
-                x = F.pad(x, (SHIFT_TAPS,) * 4, mode="reflect")
+                x = F.pad(x, (self.taps,) * 4, mode="reflect")
             x = F.conv2d(x, self.kernel_y, groups=x.shape[1])
             x = F.conv2d(x, self.kernel_x, groups=x.shape[1])
         prob = probabilities(self.net(x))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -68,20 +68,27 @@ def load_payload(path: str | Path) -> dict:
         raise UserInputError(f"{path}: no such checkpoint file")
     if not zipfile.is_zipfile(path):
         raise UserInputError(f"{path}: not a checkpoint (not a PyTorch archive, or truncated)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise UserInputError(
-            f"{path}: refused: the checkpoint holds Python objects other than tensors and plain values, "
-            "which could run code when loaded"
-        ) from e
-    except Exception as e:  # noqa: BLE001 - corrupt or truncated: refused the same way
-        raise UserInputError(f"{path}: not a readable checkpoint ({first_line(e)})") from e
+    payload = safe_torch_load(path, str(path))
     if not isinstance(payload, dict) or payload.get("format") not in (FORMAT, *LEGACY_FORMATS):
         raise UserInputError(f"{path}: not a U-Net checkpoint of this tool (no '{FORMAT}' marker)")
     if payload.get("version", 0) > VERSION:
         raise UserInputError(f"{path}: checkpoint version {payload['version']} is newer than this tool ({VERSION})")
     return payload
+
+
+def safe_torch_load(source: str | Path | IO[bytes], name: str) -> Any:
+    """``torch.load(source, weights_only=True)`` on the CPU; a file that holds pickled objects
+    other than tensors and plain values (which could run code), or that is corrupt, is a
+    one-line `UserInputError` naming ``name`` (the file, or ``package.zip:member``)."""
+    try:
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserInputError(
+            f"{name}: refused: it holds Python objects other than tensors and plain values, "
+            "which could run code when loaded"
+        ) from e
+    except Exception as e:  # noqa: BLE001 - corrupt or truncated: refused the same way
+        raise UserInputError(f"{name}: not a readable PyTorch file ({first_line(e)})") from e
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet, dict]:

@@ -18,7 +18,10 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
-from . import geometry
+# Names, not the module: this file is also copied into BioImage.IO packages as one
+# self-contained module (inference/package_architecture.py joins geometry.py, this file
+# and packaged_net.py), where there is no package to import from.
+from .geometry import Padding, UpMode, halo, output_size, valid_input_size
 
 
 @dataclass(frozen=True)
@@ -27,9 +30,9 @@ class UNetConfig:
     out_channels: int = 1  # 1: foreground probability (sigmoid); >1: classes (softmax)
     depth: int = 4  # number of 2x2 poolings (the paper: 4)
     width: int = 64  # channels at the first level; doubled at each level down (paper: 64)
-    padding: geometry.Padding = "valid"  # "valid" as in the paper, or "same" (output = input size)
+    padding: Padding = "valid"  # "valid" as in the paper, or "same" (output = input size)
     batch_norm: bool = True  # BatchNorm after each 3x3 convolution
-    up_mode: geometry.UpMode = "transpose"  # paper: 2x2 transposed conv; or bilinear + 1x1 conv
+    up_mode: UpMode = "transpose"  # paper: 2x2 transposed conv; or bilinear + 1x1 conv
     dropout: float = 0.5  # dropout at the end of the contracting path (paper: "drop-out layers")
 
     def __post_init__(self) -> None:
@@ -114,9 +117,9 @@ class UNet(nn.Module):
         out_channels: int = 1,
         depth: int = 4,
         width: int = 64,
-        padding: geometry.Padding = "valid",
+        padding: Padding = "valid",
         batch_norm: bool = True,
-        up_mode: geometry.UpMode = "transpose",
+        up_mode: UpMode = "transpose",
         dropout: float = 0.5,
         *,
         config: UNetConfig | None = None,
@@ -153,16 +156,16 @@ class UNet(nn.Module):
     # Geometry of this net (pixels along one axis).
     def output_size(self, input_size: int) -> int:
         c = self.config
-        return geometry.output_size(input_size, c.depth, c.padding, c.up_mode)
+        return output_size(input_size, c.depth, c.padding, c.up_mode)
 
     def valid_input_size(self, n: int, direction: str = "nearest") -> int:
         c = self.config
-        return geometry.valid_input_size(n, c.depth, c.padding, c.up_mode, direction)  # type: ignore[arg-type]
+        return valid_input_size(n, c.depth, c.padding, c.up_mode, direction)  # type: ignore[arg-type]
 
     @property
     def halo(self) -> int:
         c = self.config
-        return geometry.halo(c.depth, c.padding, c.up_mode)
+        return halo(c.depth, c.padding, c.up_mode)
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
