@@ -1,7 +1,9 @@
-"""The napari plugin, headless (QT_QPA_PLATFORM=offscreen): Segment equals `unetile predict`, Train
-trains on layers and can be stopped, bad input is a one-line notification."""
+"""The napari plugin, headless (QT_QPA_PLATFORM=offscreen): Segment equals `unetile predict` (a file
+or a shipped model by name), Train trains on layers (from scratch, a shipped model or a file) and
+can be stopped, its run joins the model lists, bad input is a one-line notification."""
 
 import os
+from pathlib import Path
 
 if not os.environ.get("DISPLAY"):
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -18,7 +20,9 @@ from unetile.io import read_image, write_image  # noqa: E402
 from unetile.nn.checkpoint import load_model  # noqa: E402
 from unetile.synthetic import synthetic_em  # noqa: E402
 
-from .conftest import tiny_unet  # noqa: E402
+from unetile.zoo import shipped_models  # noqa: E402
+
+from .conftest import ISBI, tiny_unet  # noqa: E402
 
 WAIT_MS = 120_000
 
@@ -35,10 +39,26 @@ def viewer_model(request):
     return ViewerModel()
 
 
+@pytest.fixture(autouse=True)
+def new_session(monkeypatch):
+    """No recent runs from other tests: the model lists start as a new napari session's."""
+    monkeypatch.setattr("unetile.napari.model_choice._recent_runs", [])
+
+
 @pytest.fixture
 def model_path(tmp_path):
     save_model(tiny_unet(width=4, depth=2), tmp_path / "m.pt", threshold=0.4)
     return tmp_path / "m.pt"
+
+
+def choose(chooser, model) -> None:
+    """As a user would: a shipped model by its name in the list, anything else as "a file…"."""
+    from unetile.napari.model_choice import A_FILE
+
+    if isinstance(model, str) and model in shipped_models():
+        chooser.choice.value = model
+    else:
+        chooser.choice.value, chooser.file.value = A_FILE, model
 
 
 def segment(viewer, qtbot, model, layer, output="probability"):
@@ -46,7 +66,8 @@ def segment(viewer, qtbot, model, layer, output="probability"):
 
     widget = SegmentWidget(viewer)
     widget.reset_choices()
-    widget.model.value, widget.image_layer.value, widget.output.value = model, layer, output
+    choose(widget.model, model)
+    widget.image_layer.value, widget.output.value = layer, output
     if widget.run() is not None:  # done when the widget re-enables its button (the worker's finished)
         qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=WAIT_MS)
     return widget
@@ -85,15 +106,91 @@ def test_a_bad_model_file_is_a_notification_and_no_layer(viewer_model, qtbot, tm
     assert len(shown) == 1 and "broken.pt" in shown[0] and "\n" not in shown[0] and "Traceback" not in shown[0]
 
 
+def em_crop() -> np.ndarray:
+    """A 128x128 crop of ISBI 2012 slice 0, or of a synthetic EM image where the data is absent."""
+    if (ISBI / "train" / "images" / "00.png").is_file():
+        return read_image(ISBI / "train" / "images" / "00.png")[0, 0, 192:320, 192:320]
+    return synthetic_em(np.random.default_rng(3), size=128)[0]
+
+
+def test_segment_widget_lists_the_shipped_models_and_a_file_field_only_for_a_file(viewer_model, qtbot):
+    from unetile.napari.model_choice import A_FILE
+    from unetile.napari.segment import SegmentWidget
+
+    widget = SegmentWidget(viewer_model)
+    qtbot.addWidget(widget.native)
+    widget.native.show()
+    names = list(shipped_models())
+    assert "em-membranes" in names and list(widget.model.choice.choices) == [*names, A_FILE]
+    assert widget.model.value == names[0] and not widget.model.file.visible
+    widget.model.choice.value = A_FILE
+    assert widget.model.file.visible
+    widget.model.choice.value = "em-membranes"
+    assert not widget.model.file.visible and widget.model.value == "em-membranes"
+
+
+def test_a_shipped_model_by_name_equals_unet_predict_with_that_name(viewer_model, qtbot, tmp_path):
+    image = em_crop()
+    layer = viewer_model.add_image(image, name="em")
+    segment(viewer_model, qtbot, "em-membranes", layer)
+    result = np.asarray(viewer_model.layers[-1].data)
+    write_image(tmp_path / "em.tif", image)
+    assert main(["predict", "--model", "em-membranes", "--input", str(tmp_path / "em.tif"), "--out",
+                 str(tmp_path / "pred"), "--format", "tif"]) == 0
+    expected = read_image(tmp_path / "pred" / "em.tif")[0, 0]
+    assert result.shape == (128, 128) and 0.1 < (result > 0.5).mean() < 0.95  # the model did see membranes
+    assert np.array_equal(result, expected)
+
+
+def test_a_file_entry_without_a_file_is_a_notification(viewer_model, qtbot, rng, monkeypatch):
+    from unetile.napari.model_choice import A_FILE
+    from unetile.napari.segment import SegmentWidget
+
+    shown = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", shown.append)
+    widget = SegmentWidget(viewer_model)
+    widget.image_layer.value = viewer_model.add_image(rng.random((60, 60)))
+    widget.model.choice.value = A_FILE
+    assert widget.run() is None and len(viewer_model.layers) == 1
+    assert shown == ["model: choose the file (a *.pt, *.onnx, *.zip model)"]
+
+
+def train_layers(viewer, widget) -> None:
+    image, labels = synthetic_em(np.random.default_rng(0), size=192)
+    widget.image_layer.value = viewer.add_image(image)
+    widget.labels_layer.value = viewer.add_labels((labels > 0).astype(np.uint8))
+
+
+@pytest.mark.parametrize("init", [None, "em-membranes", "file"])
+def test_train_widget_starts_from_none_a_shipped_model_or_a_file(viewer_model, qtbot, tmp_path, model_path,
+                                                                 monkeypatch, init):
+    from unetile.napari.model_choice import NO_MODEL
+    from unetile.napari.train import TrainWidget
+
+    configs = []
+    monkeypatch.setattr("unetile.training.loop.train", lambda cfg, **kw: configs.append(cfg) or Path(cfg.out))
+    widget = TrainWidget(viewer_model)
+    train_layers(viewer_model, widget)
+    widget.run_folder.value = tmp_path / "run"
+    assert list(widget.init.choice.choices)[: len(shipped_models()) + 1] == [None, *shipped_models()]
+    assert widget.init.choice.current_choice == NO_MODEL  # from scratch unless asked
+    if init is not None:
+        choose(widget.init, model_path if init == "file" else init)
+    widget.start()
+    qtbot.waitUntil(lambda: widget.start_button.enabled, timeout=WAIT_MS)
+    (cfg,) = configs
+    assert cfg.init == {None: None, "em-membranes": "em-membranes", "file": str(model_path)}[init]
+    if init == "file":  # the file's architecture, not the recipe's
+        assert (cfg.resolved().width, cfg.resolved().depth) == (4, 2)
+
+
 def test_train_widget_trains_on_layers_stops_and_offers_its_model(viewer_model, qtbot, tmp_path):
     from unetile.napari.segment import SegmentWidget
     from unetile.napari.train import TrainWidget, read_curves
 
     viewer = viewer_model
-    image, labels = synthetic_em(np.random.default_rng(0), size=192)
     widget, segmenter = TrainWidget(viewer), SegmentWidget(viewer)
-    widget.image_layer.value = viewer.add_image(image)
-    widget.labels_layer.value = viewer.add_labels((labels > 0).astype(np.uint8))
+    train_layers(viewer, widget)
     widget.run_folder.value = tmp_path / "run"
     widget.overrides = {"width": 4, "depth": 2, "tile_size": 76, "batch_size": 2, "samples_per_epoch": 4,
                         "epochs": 1000, "precision": "fp32", "workers": 0, "calibrate_tta": False, "device": "cpu"}
@@ -103,7 +200,11 @@ def test_train_widget_trains_on_layers_stops_and_offers_its_model(viewer_model, 
         widget.stop()  # far before 1000 epochs: the Stop button
     model, _ = load_model(tmp_path / "run" / "best.pt")
     assert model.config.width == 4 and (tmp_path / "run" / "last.pt").exists()
-    assert segmenter.model.value == tmp_path / "run" / "best.pt", widget.status.value  # offered to Segment
+    best = tmp_path / "run" / "best.pt"
+    assert segmenter.model.value == best, widget.status.value  # offered to Segment: listed and chosen
+    assert segmenter.model.choice.current_choice == f"recent run: {tmp_path / 'run'}"
+    assert best in widget.init.choice.choices and widget.init.value is None  # listed, not chosen, for --init
+    assert best in SegmentWidget(viewer).model.choice.choices  # and in a Segment widget opened later
     assert (tmp_path / "run.data" / "images.tif").exists()  # one image: four quarters, the last validates
     assert read_image(tmp_path / "run.data" / "images.tif").shape == (4, 1, 96, 96)
     stopped_at = read_curves(tmp_path / "run")["epoch"][-1]

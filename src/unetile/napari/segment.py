@@ -1,5 +1,8 @@
 """The Segment dock widget: a model, an image layer, and what to make of it.
 
+The model is chosen from a list (model_choice.py): the shipped models by name, the runs the
+Train widget finished in this session, or a file.
+
 The prediction is `Predictor.predict`, plane by plane, exactly what `unetile predict` writes
 (the calibrated probability, a mask at the calibrated threshold, or cells), run by napari's
 ``thread_worker`` so the viewer stays responsive; Cancel stops it after the current plane.
@@ -12,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, ProgressBar, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, ProgressBar, PushButton
 
+from ..errors import UserInputError
 from ..inference.predictor import PredictOptions, Predictor
 from .layers_io import LayerSlices, layer_choices
+from .model_choice import ModelChoice, events
 from .notify import show_one_line
-from .train import events
 
 # What the widget offers -> the `--instances` method it means (None: a map or a mask).
 OUTPUTS = {"probability": None, "mask": None, "cells (watershed)": "watershed", "cells (components)": "components"}
@@ -27,7 +31,7 @@ OUTPUTS = {"probability": None, "mask": None, "cells (watershed)": "watershed", 
 class SegmentRequest:
     """What the widget asks for (the same choices as `unetile predict`)."""
 
-    model: Path
+    model: str | Path  # a shipped model's name (as --model NAME) or a file
     output: str = "probability"  # one of OUTPUTS
     tta: bool = False
     device: str = "auto"  # auto (CUDA where present), cpu, cuda
@@ -49,12 +53,12 @@ def predict_planes(request: SegmentRequest, planes: LayerSlices):
 
 
 class SegmentWidget(Container):
-    """Segment an image layer with a trained model (a .pt checkpoint, a run's best.pt, an
-    exported .onnx or a BioImage.IO .zip)."""
+    """Segment an image layer with a model: a shipped one by name, a run's best.pt, or a
+    file (a .pt checkpoint, an exported .onnx or a BioImage.IO .zip)."""
 
     def __init__(self, napari_viewer):
         self.viewer = napari_viewer
-        self.model = FileEdit(label="model", filter="*.pt *.onnx *.zip")
+        self.model = ModelChoice("model")
         self.image_layer = ComboBox(label="image", choices=layer_choices(napari_viewer, "Image"))
         self.output = ComboBox(label="output", choices=list(OUTPUTS), value="probability")
         self.tta = CheckBox(text="average over flips (TTA)")
@@ -62,8 +66,8 @@ class SegmentWidget(Container):
         self.run_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="planes", value=0, max=1)
-        super().__init__(widgets=[self.model, self.image_layer, self.output, self.tta, self.device, self.run_button,
-                                  self.cancel_button, self.progress])
+        super().__init__(widgets=[*self.model.widgets, self.image_layer, self.output, self.tta, self.device,
+                                  self.run_button, self.cancel_button, self.progress])
         self.worker = None
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
@@ -72,8 +76,8 @@ class SegmentWidget(Container):
         napari_viewer.layers.events.removed.connect(self.reset_choices)
 
     def offer_model(self, path: Path) -> None:
-        """A model the Train widget just made becomes this widget's model."""
-        self.model.value = path
+        """A model the Train widget just made joins the list and becomes this widget's model."""
+        self.model.select_run(path)
 
     def run(self):
         """Start segmenting; returns the worker (None when nothing can start)."""
@@ -81,7 +85,12 @@ class SegmentWidget(Container):
         if layer is None:
             show_one_line("choose an image layer to segment")
             return None
-        request = SegmentRequest(Path(self.model.value), self.output.value, self.tta.value, self.device.value)
+        try:
+            model = self.model.value
+        except UserInputError as e:
+            show_one_line(e)
+            return None
+        request = SegmentRequest(model, self.output.value, self.tta.value, self.device.value)
         planes = LayerSlices(layer)
         self.progress.max, self.progress.value = planes.count, 0
         from napari.qt.threading import create_worker

@@ -5,7 +5,9 @@ one page per plane; a single 2D image is cut into four quarters, so that the las
 validate) and `training.train` runs them in napari's ``thread_worker``. The widget plots the
 run's metrics.csv (training and validation loss) every second while it trains. Stop asks the
 loop to stop as Ctrl-C does: the current step finishes and last.pt is written, so "resume"
-continues the run exactly. A finished run's best.pt is offered to every Segment widget.
+continues the run exactly. "start from" is ``--init`` (fine-tuning), chosen as the Segment
+widget's model is (model_choice.py): none, a shipped model by name, a recent run, or a file.
+A finished run's best.pt joins every model list and becomes the Segment widgets' model.
 """
 
 from __future__ import annotations
@@ -16,22 +18,14 @@ from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton
-from psygnal import Signal
 
+from ..errors import UserInputError
 from ..io import label_dtype, write_image
 from ..training.config import TrainConfig
 from ..training.presets import PRESETS
 from .layers_io import LayerSlices, layer_choices
+from .model_choice import ModelChoice, events
 from .notify import show_one_line
-
-
-class TrainingEvents:
-    """What the Train widgets tell the Segment widgets."""
-
-    trained = Signal(Path)  # the best.pt of a run that just finished
-
-
-events = TrainingEvents()
 
 
 def write_training_data(image_layer, labels_layer, folder: Path) -> tuple[Path, Path]:
@@ -81,13 +75,14 @@ class TrainWidget(Container):
         self.image_layer = ComboBox(label="image", choices=layer_choices(napari_viewer, "Image"))
         self.labels_layer = ComboBox(label="labels", choices=layer_choices(napari_viewer, "Labels"))
         self.preset = ComboBox(label="recipe", choices=list(PRESETS), value="fast")
+        self.init = ModelChoice("start from", optional=True)  # --init
         self.minutes = FloatSpinBox(label="minutes", value=15.0, min=0.1, max=10000.0, step=1.0)
         self.run_folder = FileEdit(label="run folder", mode="d", value=Path("runs/napari"))
         self.resume = CheckBox(text="resume this run")
         self.start_button, self.stop_button = PushButton(text="Train"), PushButton(text="Stop", enabled=False)
         self.status = Label(value="")
-        super().__init__(widgets=[self.image_layer, self.labels_layer, self.preset, self.minutes, self.run_folder,
-                                  self.resume, self.start_button, self.stop_button, self.status])
+        super().__init__(widgets=[self.image_layer, self.labels_layer, self.preset, *self.init.widgets, self.minutes,
+                                  self.run_folder, self.resume, self.start_button, self.stop_button, self.status])
         self.overrides: dict = {}  # further TrainConfig fields (tests use a tiny net)
         self.worker, self.stop_event = None, threading.Event()
         self.plot = _LossPlot()
@@ -108,14 +103,17 @@ class TrainWidget(Container):
             show_one_line("choose an image layer and its labels layer")
             return None
         data = run.with_name(run.name + ".data")
-        try:  # resuming trains on the files the run began with, whatever the layers hold now
+        try:
+            init = self.init.value  # a shipped name, a run's best.pt, a file, or None
+            # resuming trains on the files the run began with, whatever the layers hold now
             images, labels = ((data / "images.tif", data / "labels.tif") if self.resume.value
                               else write_training_data(self.image_layer.value, self.labels_layer.value, data))
-        except ValueError as e:
+        except (UserInputError, ValueError) as e:
             show_one_line(str(e))
             return None
         cfg = TrainConfig(out=str(run), images=str(images), labels=str(labels), preset=self.preset.value,
-                          time_limit=60.0 * self.minutes.value, **self.overrides)
+                          init=None if init is None else str(init), time_limit=60.0 * self.minutes.value,
+                          **self.overrides)
         self.stop_event = threading.Event()
         self.worker = create_worker(train, cfg, resume=run if self.resume.value else None,
                                     stop=self.stop_event, _ignore_errors=True)  # shown, not raised
