@@ -6,7 +6,9 @@ file…") and the cells the shipped `em-membranes` model finds in a test slice o
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_screenshots.py [--minutes 2]
 
 napari's canvas needs OpenGL, so this wants a display (a desktop, or Xvfb as above:
-``apt-get install xvfb``). Without one (``QT_QPA_PLATFORM=offscreen``) the widgets are still
+``apt-get install xvfb libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-render-util0
+libxcb-xinerama0 libxcb-xkb1 libxkbcommon-x11-0 libxcb-shape0 libxcb-cursor0 libgl1``, the
+libraries Qt's xcb plugin loads). Without one (``QT_QPA_PLATFORM=offscreen``) the widgets are still
 drawn by Qt, and the canvas beside the Segment widget is drawn with matplotlib from the same
 layers.
 
