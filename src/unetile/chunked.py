@@ -13,6 +13,7 @@ over the plane (`sample_statistics`), never from a full read.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UserInputError
+from .errors import UserInputError, reading
 from .normalization import Normalization
 
 ZARR_SUFFIX = ".zarr"
@@ -61,8 +62,16 @@ class ChunkedImage:
         return chunks["y"], chunks["x"]
 
     def window(self, n: int, ys: slice, xs: slice) -> np.ndarray:
-        """Plane ``n``, rows ``ys``, columns ``xs`` -> (C, h, w) in the stored dtype."""
-        out = np.asarray(self.array[plane_key(self.axes, self.array.shape, n, ys, xs)])
+        """Plane ``n``, rows ``ys``, columns ``xs`` -> (C, h, w) in the stored dtype.
+
+        A chunk that cannot be decoded raises `UserInputError` naming it (`find_damaged_chunk`).
+        """
+        key = plane_key(self.axes, self.array.shape, n, ys, xs)
+        try:
+            out = np.asarray(self.array[key])
+        except Exception:
+            find_damaged_chunk(self, key)  # raises the one line naming the chunk
+            raise  # every chunk reads alone: not the file's fault, a bug (keep its traceback)
         kept = [a for a in self.axes if a in "cyx"]  # the axes left after integer indexing
         if "c" not in kept:
             return out[None]
@@ -76,6 +85,37 @@ def plane_key(axes: str, shape: tuple[int, ...], n: int, ys: slice, xs: slice) -
     plane_axes = [a for a in axes if a not in "cyx"]
     where = dict(zip(plane_axes, (int(i) for i in np.unravel_index(n, [size[a] for a in plane_axes]))))
     return tuple(where[a] if a in where else ys if a == "y" else xs if a == "x" else slice(None) for a in axes)
+
+
+def find_damaged_chunk(image: ChunkedImage, key: tuple) -> None:
+    """Read the storage chunks under ``key`` one at a time; the first that fails raises
+    `UserInputError` naming it (its file in a zarr store) and the decoder's problem."""
+    array = image.array
+    unit = getattr(array, "shards", None) or array.chunks  # a shard is one file
+    bounds = [(k, k + 1) if isinstance(k, int) else k.indices(size)[:2] for k, size in zip(key, array.shape)]
+    spans = [range(start // c, -(-stop // c)) for (start, stop), c in zip(bounds, unit)]
+    for coords in itertools.product(*spans):
+        part = tuple(k if isinstance(k, int) else slice(max(start, i * c), min(stop, (i + 1) * c))
+                     for k, (start, stop), i, c in zip(key, bounds, coords, unit))
+        with reading(image.path, f"{_chunk_name(image, coords, unit)} cannot be read"):
+            np.asarray(array[part])
+
+
+def _chunk_name(image: ChunkedImage, coords: tuple[int, ...], unit: tuple[int, ...]) -> str:
+    """'chunk s0/c/2/1 at rows 128-191, columns 64-127' (a zarr store's chunk file; a TIFF's
+    tile or strip by its grid position), with the plane where there are several."""
+    extent = {a: (i * c, min((i + 1) * c, size) - 1) for a, i, c, size in zip(image.axes, coords, unit,
+                                                                                image.array.shape)}
+    if image.kind == "tiff":
+        name = f"chunk {tuple(coords)}"
+    else:
+        prefix = f"{image.array.path}/" if getattr(image.array, "path", "") else ""
+        name = f"chunk {prefix}{image.array.metadata.encode_chunk_key(coords)}"
+    size = dict(zip(image.axes, image.array.shape))
+    spans = [(f"{a} {lo}" if lo == hi else f"{a} {lo}-{hi}") for a, (lo, hi) in extent.items()
+             if a in image.plane_axes and size[a] > 1]
+    (top, bottom), (left, right) = extent["y"], extent["x"]
+    return f"{name} at {', '.join(spans + [f'rows {top}-{bottom}', f'columns {left}-{right}'])}"
 
 
 def is_zarr(path: Path) -> bool:
@@ -96,10 +136,8 @@ def open_zarr(path: Path) -> ChunkedImage:
     """An OME-Zarr image (level 0) or a plain zarr array; one clear error for anything else."""
     import zarr
 
-    try:
+    with reading(path, "not a zarr store, or its metadata (zarr.json, .zgroup, .zattrs) is damaged"):
         node = zarr.open(str(path), mode="r")
-    except Exception as e:  # zarr raises several kinds for a folder that is not a store
-        raise UserInputError(f"{path}: not a zarr store ({e})") from e
     if isinstance(node, zarr.Array):
         axes = {2: "yx", 3: "cyx", 4: "ncyx"}.get(node.ndim)
         if axes is None:
@@ -112,14 +150,22 @@ def open_zarr(path: Path) -> ChunkedImage:
     if not multiscales:
         raise UserInputError(f"{path}: a zarr group without OME-Zarr multiscales metadata; give an OME-Zarr "
                              "image (NGFF 0.4 or 0.5) or a zarr array")
-    first = multiscales[0]
-    version = str(ome.get("version") or first.get("version") or "0.4")
-    axes = "".join((a["name"] if isinstance(a, dict) else a).lower() for a in first["axes"])
+    with reading(path, "malformed OME-Zarr multiscales metadata"):
+        first = multiscales[0]
+        version = str(ome.get("version") or first.get("version") or "0.4")
+        axes = "".join((a["name"] if isinstance(a, dict) else a).lower() for a in first["axes"])
+        dataset = first["datasets"][0]
+        level = str(dataset["path"])
+        scale = next((t["scale"] for t in dataset.get("coordinateTransformations", []) if t.get("type") == "scale"),
+                     None)
+        scale = tuple(float(s) for s in scale) if scale else None
     _check_axes(path, axes)
-    dataset = first["datasets"][0]
-    scale = next((t["scale"] for t in dataset.get("coordinateTransformations", []) if t.get("type") == "scale"), None)
-    return ChunkedImage(path, node[dataset["path"]], axes, "ome-zarr", version,
-                        tuple(float(s) for s in scale) if scale else None)
+    meta = f"{level}/{'zarr.json' if node.metadata.zarr_format == 3 else '.zarray'}"
+    with reading(path, f"level 0: {meta} is missing or damaged"):
+        array = node[level]
+    if not isinstance(array, zarr.Array) or array.ndim != len(axes):
+        raise UserInputError(f"{path}: level 0 ({level}) is not an array of the {len(axes)} axes '{axes}'")
+    return ChunkedImage(path, array, axes, "ome-zarr", version, scale)
 
 
 def open_chunked_tiff(path: Path) -> ChunkedImage:
@@ -127,11 +173,14 @@ def open_chunked_tiff(path: Path) -> ChunkedImage:
     import tifffile
     import zarr
 
-    with tifffile.TiffFile(path) as tif:
-        series_axes = tif.series[0].axes
-    node = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
-    if not isinstance(node, zarr.Array):  # a pyramid: level 0
-        node = node["0"]
+    from .io import tiff_checked
+
+    with reading(path, "cannot read the TIFF"), tiff_checked(path):
+        with tifffile.TiffFile(path) as tif:
+            series_axes = tif.series[0].axes
+        node = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+        if not isinstance(node, zarr.Array):  # a pyramid: level 0
+            node = node["0"]
     axes = "".join("c" if a in "SC" else a.lower() if a in "YX" else "n" for a in series_axes)
     if axes.count("c") > 1:
         raise UserInputError(f"{path}: TIFF axes {series_axes} hold two channel axes; the model takes one")

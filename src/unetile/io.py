@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from .errors import UserInputError
+from .errors import UserInputError, reading
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
@@ -76,15 +77,8 @@ def read_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"{path}: no such file")
-    try:
-        if path.suffix.lower() in TIFF_SUFFIXES:
-            array = _read_tiff(path)
-        else:
-            array = _read_pil(path)
-    except UserInputError:
-        raise
-    except Exception as e:  # any decoder failure is a bad file for the user
-        raise UserInputError(f"{path}: cannot read the image ({type(e).__name__}: {e})") from e
+    with reading(path, "cannot read the image"):  # any decoder failure is a bad file for the user
+        array = _read_tiff(path) if path.suffix.lower() in TIFF_SUFFIXES else _read_pil(path)
     if array.shape[-1] == 0 or array.shape[-2] == 0:
         raise UserInputError(f"{path}: the image is empty (shape {array.shape[-2:]})")
     return array
@@ -104,8 +98,46 @@ def _read_pil(path: Path) -> np.ndarray:
     return np.moveaxis(array, -1, 0)[None]  # (H, W, C) -> (1, C, H, W)
 
 
+class _Held(logging.Filter):
+    """Holds back the records of the logger it filters (kept in ``records``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records.append(record)
+        return False
+
+
+# What tifffile logs (and then carries on, TiffPages) when a TIFF's chain of pages is broken:
+# the pages after the break are silently missing, as in a truncated stack.
+_BROKEN_TIFF = ("invalid page offset", "invalid offset to page", "corrupted tag list of page")
+
+
+@contextlib.contextmanager
+def tiff_checked(path: Path) -> Iterator[None]:
+    """Read the TIFF ``path`` inside: tifffile's log lines are held back (a failure is then
+    one line, ours), and a broken chain of pages is a `UserInputError`, not a shorter stack.
+    After a good read the other lines are logged as tifffile would have."""
+    logger = logging.getLogger("tifffile")
+    held = _Held()
+    logger.addFilter(held)
+    try:
+        yield
+    finally:
+        logger.removeFilter(held)
+    messages = [r.getMessage() for r in held.records]
+    broken = next((m for m in messages if any(b in m for b in _BROKEN_TIFF)), None)
+    if broken is not None:
+        raise UserInputError(f"{path}: a truncated or damaged TIFF: pages are missing "
+                             f"(tifffile: {broken.split('> ', 1)[-1]})")
+    for record in held.records:
+        logger.handle(record)
+
+
 def _read_tiff(path: Path) -> np.ndarray:
-    with tifffile.TiffFile(path) as tif:
+    with tiff_checked(path), tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         axes = series.axes
         if "Y" in axes and "X" in axes:

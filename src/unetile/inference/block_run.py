@@ -15,12 +15,15 @@ Each worker loads the model once (cached per process) and writes its blocks stra
 the output store, which every worker must reach at the same path (a shared file system);
 only block names travel back. A worker that dies costs only its blocks: Dask runs them
 again elsewhere, and since a block always writes the same values, the result is identical.
+A damaged input (a chunk that cannot be decoded) is a worker's answer, not a failed task:
+the client stops the run with its one line, and the blocks written stay for ``--resume``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -72,19 +75,32 @@ def predict_to_zarr(predictor, source: Path, target: Path, client=None, block_px
     output = job.output()
     fingerprint = {**predictor.resume_fingerprint(), "stats": job.stats}
     output.create(job.shape, np.dtype(job.dtype), fingerprint, predictor.options.resume)
-    todo = [b for b in job.grid.blocks() if not output.done(b)]
-    total = len(job.grid.blocks())
-    with tqdm(total=total, initial=total - len(todo), desc=target.name, unit="block", disable=not progress) as bar:
-        if client is None:
-            for block in todo:
-                write_block(predictor, image, job, output, block)
-                bar.update(1)
-        else:
-            run_blocks(client, run_block, todo, bar=bar, resources=_gpu_if_offered(client), job=job)
+    _predict_blocks(predictor, image, job, output, client, progress)
     if predictor.instance_settings is not None:
         _cut_cells(predictor, job, output, client, progress)
     output.finish()
     return target
+
+
+def _predict_blocks(predictor, image: ChunkedImage, job: BlockJob, output: ZarrOutput, client,
+                    progress: bool) -> None:
+    """The blocks not yet done, here or on the cluster. A damaged input (a chunk that cannot
+    be read) stops the run with one line; the blocks written stay for ``--resume``."""
+    blocks = job.grid.blocks()
+    todo = [b for b in blocks if not output.done(b)]
+    with tqdm(total=len(blocks), initial=len(blocks) - len(todo), desc=job.target.name, unit="block",
+              disable=not progress) as bar:
+        try:
+            if client is None:
+                for block in todo:
+                    write_block(predictor, image, job, output, block)
+                    bar.update(1)
+            else:
+                run_blocks(client, run_block, todo, bar=bar, resources=_gpu_if_offered(client), job=job)
+        except UserInputError as e:
+            bar.leave = False  # one line: the error's
+            raise UserInputError(f"{e}; the blocks already written are kept: fix what it names, then run "
+                                 "the same command with --resume") from e
 
 
 def _cut_cells(predictor, job: BlockJob, output: ZarrOutput, client, progress: bool) -> None:
@@ -157,10 +173,23 @@ def run_blocks(client, task, blocks: list[Block], *per_block, bar: tqdm, resourc
         return
     from distributed import as_completed
 
-    futures = client.map(task, blocks, *per_block, pure=False, resources=resources, **shared)
+    futures = client.map(_answer, blocks, *per_block, pure=False, resources=resources, task=task, **shared)
     for future in as_completed(futures, loop=client.loop):
-        future.result()  # a worker's error (one line) is raised here
+        answer = future.result()  # a worker's bug is raised here, with its traceback
+        if isinstance(answer, UserInputError):
+            client.cancel(futures)
+            raise answer
         bar.update(1)
+
+
+def _answer(*args, task, **shared):
+    """``task(*args, **shared)`` on a worker; a `UserInputError` (a damaged input) is returned
+    as the answer, not raised: the worker would log a failed task with its traceback beside
+    the client's one line."""
+    try:
+        return task(*args, **shared)
+    except UserInputError as e:
+        return e
 
 
 def _gpu_if_offered(client) -> dict | None:
@@ -182,8 +211,11 @@ def cluster_client(cluster: str | None):
         count = cluster.removeprefix("local:")
         if not count.isdigit() or int(count) < 1:
             raise UserInputError(f"--cluster {cluster}: give local:N with N >= 1 workers")
-        with LocalCluster(n_workers=int(count), threads_per_worker=1, processes=True,
-                          dashboard_address=None) as local, Client(local, set_as_default=False) as client:
+        # Dask's own messages at errors only: starting, stopping and cancelled tasks (after a
+        # damaged input) would otherwise surround the one line of an error.
+        with _quiet("distributed", logging.ERROR), LocalCluster(
+                n_workers=int(count), threads_per_worker=1, processes=True, dashboard_address=None,
+                silence_logs=logging.ERROR) as local, Client(local, set_as_default=False) as client:
             yield client
         return
     if not cluster.startswith(("tcp://", "tls://")):
@@ -194,6 +226,18 @@ def cluster_client(cluster: str | None):
         raise UserInputError(f"--cluster {cluster}: the scheduler does not answer ({e})") from e
     with client:
         yield client
+
+
+@contextlib.contextmanager
+def _quiet(name: str, level: int):
+    """The logger ``name`` at ``level`` (or above) inside, as it was after."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(max(level, logger.getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 def run_block(block: Block, job: BlockJob) -> str:

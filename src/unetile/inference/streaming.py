@@ -26,16 +26,17 @@ import tifffile
 
 from ..distributed import Context
 from ..errors import UserInputError
-from ..io import TIFF_SUFFIXES, read_image
+from ..io import TIFF_SUFFIXES, read_image, tiff_checked
 
 
 def open_input(path: Path) -> np.ndarray:
     """(N, C, H, W) view of an image file: memory-mapped for plain TIFFs, else read whole."""
     if path.suffix.lower() in TIFF_SUFFIXES:
         try:
-            with tifffile.TiffFile(path) as tif:
-                axes = tif.series[0].axes
-            mapped = tifffile.memmap(path, mode="r")
+            with tiff_checked(path):
+                with tifffile.TiffFile(path) as tif:
+                    axes = tif.series[0].axes
+                mapped = tifffile.memmap(path, mode="r")
         except (ValueError, OSError, tifffile.TiffFileError, IndexError):
             return read_image(path)
         if set(axes) <= set("QIZTYX") and axes.endswith("YX"):
