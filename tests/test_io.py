@@ -1,5 +1,8 @@
 """Readers and writers: round trips over formats, dtypes and stacks; bad files."""
 
+import os
+import stat
+
 import numpy as np
 import pytest
 import tifffile
@@ -90,3 +93,13 @@ def test_failed_write_leaves_the_old_file(tmp_path):
         write_image(target, np.zeros((4, 4), np.float64))  # PNG cannot hold float64
     assert np.all(read_image(target) == 7)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.png"]
+
+
+def test_written_files_get_the_usual_mode_not_a_private_one(tmp_path):
+    """atomic_path writes through mkstemp (mode 0600); the result must be readable as any new file is."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    write_image(tmp_path / "out.png", np.zeros((4, 4), np.uint8))
+    (tmp_path / "plain").touch()
+    assert stat.S_IMODE((tmp_path / "out.png").stat().st_mode) == stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+    assert stat.S_IMODE((tmp_path / "out.png").stat().st_mode) == 0o666 & ~umask

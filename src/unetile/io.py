@@ -173,6 +173,11 @@ def match_channels(image: np.ndarray, channels: int, path: str | Path, convert: 
     raise UserInputError(f"{path}: the image has {have} channel(s) but the model expects {channels}{hint}")
 
 
+# The process's umask, read once at import (reading it means setting it, which is not thread-safe).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
@@ -184,6 +189,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.part{glob.escape(path.suffix)}"):
         stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix, dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes it private (0600); a written file gets the usual mode
     os.close(fd)
     tmp_path = Path(tmp)
     try:
