@@ -3,8 +3,6 @@ predicted through this tool and through bioimageio.core, against the checkpoint.
 
 import json
 import os
-import subprocess
-import sys
 import zipfile
 
 import numpy as np
@@ -18,6 +16,7 @@ from unetile import save_model
 from unetile.cli import main
 from unetile.inference.model_package import predict_with_core
 from unetile.inference.package_architecture import packaged_net
+from unetile.inference.portable_check import check_without_unetile
 from unetile.io import read_image, write_image
 from unetile.registration import shift_image
 from unetile.synthetic import write_dataset
@@ -50,7 +49,7 @@ def test_package_validates_and_predicts_as_the_checkpoint(tmp_path, trained_runs
     package = tmp_path / "model.zip"
     assert main(["export", "--model", str(run / "best.pt"), "--format", "bioimageio", "--out", str(package),
                  "--author", "A. Tester", "--cite", "Synthetic data|https://example.org/data"]) == 0
-    status, checks = _test_model_where_unetile_cannot_be_imported(package, tmp_path)
+    status, checks = check_without_unetile(package)  # bioimageio.core's own check, where unetile is not importable
     assert status == "passed", checks
     assert set(checks) >= {f"Reproduce test outputs from test inputs ({w})"
                            for w in ("onnx", "pytorch_state_dict", "torchscript")}
@@ -70,40 +69,6 @@ def test_package_validates_and_predicts_as_the_checkpoint(tmp_path, trained_runs
         difference = np.abs(predict_with_core(package, image[None], weights)[0] - expected)
         print(f"{padding} {weights}: max |dprob| {difference.max():.2e}")  # measured: 3e-7 to 5e-7
         assert difference.max() < 1e-5, weights
-
-
-# bioimageio.core's own check (each weight format loads and reproduces the test output), run
-# where this project cannot be imported, as on the bioimage.io checks or a colleague's machine:
-# a finder first in sys.meta_path refuses `unetile` (and `unet`), whatever installed it.
-ISOLATED_TEST_MODEL = """
-import importlib.abc, json, sys
-
-class Refuse(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("unetile", "unet"):
-            raise ModuleNotFoundError(f"No module named {name!r} (refused by the test)")
-
-sys.meta_path.insert(0, Refuse())
-sys.path = [p for p in sys.path if p not in ("", ".")]
-try:
-    import unetile  # noqa: F401
-    sys.exit("unetile is importable")
-except ModuleNotFoundError:
-    pass
-from bioimageio.core import test_model
-
-summary = test_model(sys.argv[1])
-print(json.dumps({"status": summary.status,
-                  "checks": {d.name: [d.status, *(e.msg for e in d.errors)] for d in summary.details}}))
-"""
-
-
-def _test_model_where_unetile_cannot_be_imported(package, cwd) -> tuple[str, dict]:
-    done = subprocess.run([sys.executable, "-c", ISOLATED_TEST_MODEL, str(package)], capture_output=True, text=True,
-                          cwd=cwd, env={**os.environ, "PYTHONPATH": "", "TQDM_DISABLE": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    return result["status"], result["checks"]
 
 
 def test_packaged_net_shifts_and_calibrates_as_predict_does(rng):

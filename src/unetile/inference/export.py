@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UserInputError
+from ..errors import UserInputError, reading
 from ..io import atomic_path
 from ..nn.checkpoint import load_model
 from ..nn.model import UNet, UNetConfig, probabilities
@@ -103,10 +103,8 @@ class OnnxModel:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        try:
+        with reading(path, "not a readable ONNX model"):
             self.session = ort.InferenceSession(str(path), options, providers=list(providers))
-        except Exception as e:  # noqa: BLE001 - any load failure is a bad file for the user
-            raise UserInputError(f"{path}: not a readable ONNX model ({e})") from e
         props = self.session.get_modelmeta().custom_metadata_map
         if "unet_config" not in props:
             raise UserInputError(f"{path}: an ONNX file not exported by `unetile export` (no unet_config)")

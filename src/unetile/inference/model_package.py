@@ -34,7 +34,7 @@ import numpy as np
 import tifffile
 import torch
 
-from ..errors import UserInputError, first_line
+from ..errors import UserInputError, reading
 from ..io import match_channels, read_image
 from ..nn.checkpoint import load_model, rebuild, safe_torch_load
 from ..nn.model import UNet
@@ -269,17 +269,14 @@ def load_package(path: Path, device: str | torch.device = "cpu") -> tuple[UNet, 
 
     if not path.is_file():
         raise UserInputError(f"{path}: no such model file")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            rdf = yaml.safe_load(archive.read("rdf.yaml"))
-            record = _own_config(rdf, path)
-            weights = ((rdf.get("weights") or {}).get("pytorch_state_dict") or {}).get("source")
-            if weights is None:
-                raise UserInputError(f"{path}: the package has no weights.pytorch_state_dict")
-            with archive.open(weights) as member:
-                state = safe_torch_load(member, f"{path}:{weights}")
-    except (zipfile.BadZipFile, KeyError, OSError, EOFError, yaml.YAMLError, AttributeError) as e:
-        raise UserInputError(f"{path}: not a readable BioImage.IO package ({first_line(e)})") from e
+    with reading(path, "not a readable BioImage.IO package"), zipfile.ZipFile(path) as archive:
+        rdf = yaml.safe_load(archive.read("rdf.yaml"))
+        record = _own_config(rdf, path)
+        weights = ((rdf.get("weights") or {}).get("pytorch_state_dict") or {}).get("source")
+        if weights is None:
+            raise UserInputError(f"{path}: the package has no weights.pytorch_state_dict")
+        with archive.open(weights) as member:
+            state = safe_torch_load(member, f"{path}:{weights}")
     if not isinstance(state, dict):
         raise UserInputError(f"{path}:{weights}: not a state dict of tensors")
     net_state = {k.removeprefix("net."): v for k, v in state.items()}  # PackagedNet's keys -> the UNet's

@@ -18,7 +18,7 @@ from typing import IO, Any
 
 import torch
 
-from ..errors import UserInputError, first_line
+from ..errors import UserInputError, first_line, reading
 from ..io import atomic_path
 from ..normalization import Normalization
 from .model import UNet, UNetConfig
@@ -80,15 +80,12 @@ def safe_torch_load(source: str | Path | IO[bytes], name: str) -> Any:
     """``torch.load(source, weights_only=True)`` on the CPU; a file that holds pickled objects
     other than tensors and plain values (which could run code), or that is corrupt, is a
     one-line `UserInputError` naming ``name`` (the file, or ``package.zip:member``)."""
-    try:
-        return torch.load(source, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise UserInputError(
-            f"{name}: refused: it holds Python objects other than tensors and plain values, "
-            "which could run code when loaded"
-        ) from e
-    except Exception as e:  # noqa: BLE001 - corrupt or truncated: refused the same way
-        raise UserInputError(f"{name}: not a readable PyTorch file ({first_line(e)})") from e
+    with reading(name, "not a readable PyTorch file"):
+        try:
+            return torch.load(source, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise UserInputError(f"{name}: refused: it holds Python objects other than tensors and plain values, "
+                                 "which could run code when loaded") from e
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet, dict]:
