@@ -28,6 +28,20 @@ def test_default_normalisation_is_recorded(tmp_path):
     assert load_model(tmp_path / "m.pt")[1]["normalization"] == Normalization().to_dict()
 
 
+def test_a_checkpoint_written_before_the_rename_still_loads(tmp_path):
+    """Before the package was renamed from `unet`, checkpoints were marked 'unet-checkpoint'."""
+    from unetile.nn.checkpoint import model_payload, save_payload
+
+    net = tiny_unet(width=4, depth=2)
+    save_payload({**model_payload(net, threshold=0.4), "format": "unet-checkpoint"}, tmp_path / "old.pt")
+    back, meta = load_model(tmp_path / "old.pt")
+    assert back.config == net.config and meta["threshold"] == 0.4
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), back.state_dict().values()))
+    torch.save({**model_payload(net), "format": "other-checkpoint"}, tmp_path / "other.pt")
+    with pytest.raises(UserInputError, match="not a U-Net checkpoint"):
+        load_model(tmp_path / "other.pt")
+
+
 class _Exploit:
     def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
