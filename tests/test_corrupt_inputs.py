@@ -22,7 +22,7 @@ zarr = pytest.importorskip("zarr")
 pytest.importorskip("ome_zarr")
 pytest.importorskip("distributed")
 
-from unetile import UserInputError, save_model
+from unetile import UserInputError
 from unetile.chunked import open_chunked, sample_statistics
 from unetile.cli import main
 from unetile.inference import block_run
@@ -30,8 +30,7 @@ from unetile.inference.zarr_output import ZarrOutput, part_store, progress_folde
 from unetile.io import read_image, write_image
 from unetile.normalization import Normalization
 
-from .conftest import tiny_unet
-from .test_zarr import BLOCK, TILE, level0, write_ome_zarr
+from .test_zarr import BLOCK, TILE, image, level0, model_path, write_ome_zarr  # noqa: F401 - fixtures (300 x 260 px: 5 x 5 chunks of 64 px)
 
 SMALL_SAMPLE = 30_000  # px: every other chunk row and column (as on a large slide), so (3, 3) is not sampled
 UNSAMPLED = (3, 3)  # rows and columns 192-255: the first block that reads it is the 5th of 9
@@ -47,21 +46,6 @@ if __name__ == "__main__":
     block_run.sample_statistics = functools.partial(sample_statistics, max_pixels=int(sys.argv[1]))
     sys.exit(main(sys.argv[2:]))
 """
-
-
-@pytest.fixture
-def model_path(tmp_path):
-    path = tmp_path / "m.pt"
-    save_model(tiny_unet(width=4, depth=2), path, threshold=0.4)
-    return path
-
-
-@pytest.fixture
-def image(rng):
-    """A 16-bit image with structure, 300 x 260 px (5 x 5 chunks of 64 px)."""
-    y, x = np.mgrid[:300, :260]
-    blobs = np.sin(y / 17.0) * np.cos(x / 23.0) * 20000 + 30000
-    return (blobs + rng.normal(0, 2000, blobs.shape)).clip(0, 65535).astype(np.uint16)
 
 
 def chunk_file(store, coords):
