@@ -20,8 +20,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import numpy as np  # noqa: E402
 
-from unetile.inference.model_package import PackageInfo, export_package, predict_with_core  # noqa: E402
-from unetile.inference.portable_check import check_without_unetile  # noqa: E402
+from unetile.packaging.model_package import PackageInfo, export_package, predict_with_core  # noqa: E402
+from unetile.packaging.portable_check import check_without_unetile  # noqa: E402
 from unetile.inference.predictor import PredictOptions, Predictor  # noqa: E402
 from unetile.io import list_images, read_image  # noqa: E402
 

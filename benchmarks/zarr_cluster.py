@@ -33,7 +33,7 @@ import torch
 import zarr
 
 from unetile import UNet, init_he, save_model
-from unetile.inference import block_run
+from unetile.slides import block_run
 from unetile.inference.predictor import PredictOptions, Predictor
 from unetile.synthetic import disc_detector
 

@@ -23,10 +23,10 @@ pytest.importorskip("ome_zarr")
 pytest.importorskip("distributed")
 
 from unetile import UserInputError
-from unetile.chunked import open_chunked, sample_statistics
+from unetile.slides.chunked import open_chunked, sample_statistics
 from unetile.cli import main
-from unetile.inference import block_run
-from unetile.inference.zarr_output import ZarrOutput, part_store, progress_folder
+from unetile.slides import block_run
+from unetile.slides.zarr_output import ZarrOutput, part_store, progress_folder
 from unetile.io import read_image, write_image
 from unetile.normalization import Normalization
 
@@ -39,9 +39,9 @@ UNSAMPLED = (3, 3)  # rows and columns 192-255: the first block that reads it is
 # chunk is first read by a block, not by the sampling before the run.
 DRIVER = """
 import functools, sys
-from unetile.chunked import sample_statistics
+from unetile.slides.chunked import sample_statistics
 from unetile.cli import main
-from unetile.inference import block_run
+from unetile.slides import block_run
 if __name__ == "__main__":
     block_run.sample_statistics = functools.partial(sample_statistics, max_pixels=int(sys.argv[1]))
     sys.exit(main(sys.argv[2:]))
@@ -88,7 +88,7 @@ def run_unetile(tmp_path, argv):
 
 def block_grid_of(model_path):
     """The blocks of the 300 x 260 px image."""
-    from unetile.inference.blocks import block_grid
+    from unetile.slides.blocks import block_grid
     from unetile.inference.predictor import Predictor
 
     return block_grid(Predictor.load(model_path).model, 1, 300, 260, TILE, BLOCK).blocks()

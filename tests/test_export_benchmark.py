@@ -9,7 +9,7 @@ import torch
 from unetile import predict_tiled, save_model
 from unetile.cli import main
 from unetile.inference.benchmark import format_table, reference_predict, run_benchmark
-from unetile.inference.export import OnnxModel, export_model
+from unetile.packaging.export import OnnxModel, export_model
 from unetile.io import read_image, write_image
 
 from .conftest import tiny_unet

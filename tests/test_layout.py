@@ -1,5 +1,6 @@
 """The code stays walkable: no module over 500 lines, no function over 80 lines (docstring
-excluded), no function defined inside a loop; docs/architecture.md names each exception."""
+excluded), no function defined inside a loop, no import cycle between modules at import time;
+docs/architecture.md names each exception."""
 
 import ast
 import re
@@ -76,3 +77,57 @@ def test_readme_is_short_and_ci_runs_its_test_command():
              ".venv/bin/python -m pytest -q")
     assert f"```bash\n{demo}\n```" in readme and f"```bash\n{tests}\n```" in readme
     assert tests in (ROOT / ".ci" / "run").read_text()
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports_at_import_time(path: Path, tree: ast.Module) -> set[str]:
+    """The package's modules that ``path`` imports at its top level, under ``if TYPE_CHECKING``
+    too (two modules that need each other's names, even for types, are one concern cut in two);
+    imports inside functions are not counted."""
+    here = _module_name(path).split(".")
+    package = here if path.name == "__init__.py" else here[:-1]
+    top = [n for node in tree.body for n in (node.body if isinstance(node, ast.If) else [node])]
+    found = set()
+    for node in top:
+        if isinstance(node, ast.ImportFrom) and node.level > 0:
+            base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from . import module`
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("unetile"):
+            found.add(node.module)
+    return found
+
+
+def _import_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One cycle in ``graph`` (module -> modules it imports), or [] (depth-first search)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(module: str, path: list[str]) -> list[str]:
+        state[module] = 1
+        for other in sorted(graph.get(module, ())):
+            if state.get(other) == 1:
+                return path[path.index(other):] + [other]
+            if other in graph and other not in state and (cycle := visit(other, path + [other])):
+                return cycle
+        state[module] = 2
+        return []
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start, [start])):
+            return cycle
+    return []
+
+
+def test_no_import_cycle_between_modules():
+    graph = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = _module_name(path)
+        # a package's own __init__ is run first whatever is imported from it: not an edge to follow
+        graph[name] = {m for m in _imports_at_import_time(path, ast.parse(path.read_text())) if m != name
+                       and not name.startswith(m + ".")}
+    assert _import_cycle(graph) == [], "modules that import each other: " + " -> ".join(_import_cycle(graph))
+    assert _import_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the check sees one

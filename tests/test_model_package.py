@@ -14,9 +14,9 @@ core = pytest.importorskip("bioimageio.core")
 
 from unetile import save_model
 from unetile.cli import main
-from unetile.inference.model_package import predict_with_core
-from unetile.inference.package_architecture import packaged_net
-from unetile.inference.portable_check import check_without_unetile
+from unetile.packaging.model_package import predict_with_core
+from unetile.packaging.package_architecture import packaged_net
+from unetile.packaging.portable_check import check_without_unetile
 from unetile.io import read_image, write_image
 from unetile.registration import shift_image
 from unetile.synthetic import write_dataset

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from unetile import Normalization, UserInputError, predict_tiled, valid_input_size
 from unetile.inference.tile_io import reflect_indices
-from unetile.inference.tiling import tile_layout
+from unetile.inference.layout import tile_layout
 
 from .conftest import tiny_unet
 

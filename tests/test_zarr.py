@@ -15,11 +15,11 @@ pytest.importorskip("ome_zarr")
 distributed = pytest.importorskip("distributed")
 
 from unetile import save_model
-from unetile.chunked import open_chunked, sample_statistics
+from unetile.slides.chunked import open_chunked, sample_statistics
 from unetile.cli import main
-from unetile.inference import block_run
+from unetile.slides import block_run
 from unetile.inference.predictor import PredictOptions, Predictor
-from unetile.inference.zarr_output import ZarrOutput, part_store, progress_folder
+from unetile.slides.zarr_output import ZarrOutput, part_store, progress_folder
 from unetile.io import read_image, write_image
 from unetile.normalization import Normalization
 
@@ -69,7 +69,7 @@ def level0(path):
 
 
 def test_blocks_run_each_tile_of_the_layout_once(model_path):
-    from unetile.inference.blocks import block_grid
+    from unetile.slides.blocks import block_grid
 
     grid = block_grid(Predictor.load(model_path).model, 1, 300, 260, TILE, BLOCK)
     assert grid.size == 108 and grid.rows.origins[-2:] == (252, 264)  # tiles every 36 px, the last one at 264

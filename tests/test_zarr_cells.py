@@ -10,7 +10,7 @@ pytest.importorskip("distributed")
 
 from unetile import save_model
 from unetile.cli import main
-from unetile.inference import zarr_labels
+from unetile.slides import zarr_labels
 from unetile.inference.instances import InstanceSettings
 from unetile.io import read_image, write_image
 from unetile.synthetic import disc_detector
@@ -119,10 +119,10 @@ def test_cells_resume_after_an_interrupt(tmp_path, blob_model, discs, monkeypatc
         labelled.append(block)
         return real_label(block, job)
 
-    monkeypatch.setattr("unetile.inference.block_run.label_block", label_then_die)
+    monkeypatch.setattr("unetile.slides.block_run.label_block", label_then_die)
     assert predict(blob_model, tmp_path / "img.zarr", tmp_path / "twice") == 130
     assert not (tmp_path / "twice" / "img.zarr").exists()
-    monkeypatch.setattr("unetile.inference.block_run.label_block", real_label)
+    monkeypatch.setattr("unetile.slides.block_run.label_block", real_label)
     assert predict(blob_model, tmp_path / "img.zarr", tmp_path / "twice", "--resume") == 0
     once = zarr.open_group(str(tmp_path / "once" / "img.zarr"), mode="r")["labels"]["cells"]["0"][:]
     twice = zarr.open_group(str(tmp_path / "twice" / "img.zarr"), mode="r")["labels"]["cells"]["0"][:]
@@ -132,7 +132,7 @@ def test_cells_resume_after_an_interrupt(tmp_path, blob_model, discs, monkeypatc
 def test_into_input_resumes_after_an_interrupt_while_finishing(tmp_path, blob_model, discs, monkeypatch):
     """Killed after the labels went into the input but before the map was finished: --resume
     finishes without refusing its own label image, and lists it once."""
-    from unetile.inference.zarr_output import ZarrOutput
+    from unetile.slides.zarr_output import ZarrOutput
 
     source = write_ome_zarr(tmp_path / "img.zarr", discs)
     real_finish = ZarrOutput.finish
@@ -166,7 +166,7 @@ def test_bad_label_options_are_one_line(tmp_path, blob_model, discs, capsys, ext
 
 def blockwise_cells(tmp_path, prob, margin):
     """The three passes of zarr_labels over ``prob`` (1, H, W) in 64-px blocks -> (cells, count)."""
-    from unetile.inference.blocks import BlockGrid
+    from unetile.slides.blocks import BlockGrid
 
     work = tmp_path / f"margin-{margin}"
     zarr.create_array(str(work / "prob"), shape=prob.shape, chunks=(1, 64, 64), dtype=np.float32)[:] = prob

@@ -299,14 +299,14 @@ def _run_export(args: argparse.Namespace) -> None:
     if args.format == "bioimageio":
         from pathlib import Path
 
-        from .inference.model_package import PackageInfo, export_package
+        from .packaging.model_package import PackageInfo, export_package
 
         info = PackageInfo(tuple(args.author), args.license, tuple(args.cite), args.name, args.description,
                            Path(args.sample) if args.sample else None)
         diff = export_package(args.model, args.out, info)
         print(f"wrote {args.out}; TorchScript and ONNX against PyTorch: max |dprob| = {diff:.2e}")
         return
-    from .inference.export import export_model
+    from .packaging.export import export_model
 
     diff = export_model(args.model, args.out, args.format)
     print(f"wrote {args.out}; parity with PyTorch fp32: max |dprob| = {diff:.2e}")

@@ -49,7 +49,7 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 def list_images(path: str | Path) -> list[Path]:
     """A file or a zarr store -> [it]; a folder -> its image files and ``*.zarr`` stores sorted
     by name. Errors name the path."""
-    from .chunked import is_zarr
+    from .slides.chunked import is_zarr
 
     path = Path(path)
     if not path.exists():

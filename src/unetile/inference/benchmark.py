@@ -50,7 +50,8 @@ from ..nn.model import UNet, init_he, probabilities
 from .predictor import compiled as compile_for_cuda
 from .predictor import inference_model
 from .tile_io import reflect_indices
-from .tiling import default_batch_size, default_tile_size, predict_tiled
+from .layout import default_tile_size
+from .tiling import default_batch_size, predict_tiled
 
 
 @dataclass
@@ -312,7 +313,7 @@ def _export_onnx(model: UNet, device: torch.device):
             return None
         providers = ("CUDAExecutionProvider",)
     from ..nn.checkpoint import save_model
-    from .export import OnnxModel, export_model
+    from ..packaging.export import OnnxModel, export_model
 
     folder = Path(tempfile.mkdtemp(prefix="unetile-bench-"))
     save_model(model.cpu(), folder / "m.pt")

@@ -19,16 +19,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..chunked import is_zarr, open_chunked
+from ..slides.chunked import is_zarr, open_chunked
 from ..device import resolve_device
 from ..errors import UserInputError
 from ..io import TIFF_SUFFIXES, list_images, match_channels
-from .block_run import cluster_client, predict_to_zarr
-from .blocks import DEFAULT_BLOCK_PX
+from ..slides.block_run import cluster_client, predict_to_zarr
+from ..slides.blocks import DEFAULT_BLOCK_PX
 from .predictor import PredictOptions, Predictor
 from .streaming import open_input, part_path
-from .zarr_labels import published_marker
-from .zarr_output import part_store, progress_folder
+from ..slides.zarr_labels import published_marker
+from ..slides.zarr_output import part_store, progress_folder
 
 __all__ = ["PredictOptions", "output_path", "predict_files"]
 

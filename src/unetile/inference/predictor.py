@@ -41,7 +41,8 @@ from ..nn.model import UNet, fold_batch_norm
 from ..normalization import Normalization
 from .instances import InstanceSettings
 from .streaming import open_input, predict_to_tiff
-from .tiling import default_batch_size, default_tile_size, predict_tiled
+from .layout import default_tile_size
+from .tiling import default_batch_size, predict_tiled
 
 
 @dataclass(frozen=True)
@@ -100,14 +101,14 @@ class Predictor:
         dev = device if isinstance(device, torch.device) else resolve_device(device)
         path = resolve_model(path)
         if path.suffix.lower() == ".onnx":
-            from .export import OnnxModel
+            from ..packaging.export import OnnxModel
 
             if not path.is_file():
                 raise UserInputError(f"{path}: no such model file")
             model = OnnxModel(path)
             return cls(model, model.metadata, options, dev, path)
         if path.suffix.lower() == ".zip":
-            from .model_package import load_package
+            from ..packaging.model_package import load_package
 
             model, metadata = load_package(path, dev)
         else:

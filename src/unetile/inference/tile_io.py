@@ -20,16 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..normalization import Normalization, apply_normalization
 from ..registration import shift_image, tile_halo
-
-if TYPE_CHECKING:
-    from .tiling import TileLayout
+from .layout import TileLayout
 
 Position = tuple[int, int]  # (y, x): image coordinates of a tile's first kept output pixel
 

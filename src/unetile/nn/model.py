@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 # Names, not the module: this file is also copied into BioImage.IO packages as one
-# self-contained module (inference/package_architecture.py joins geometry.py, this file
+# self-contained module (packaging/package_architecture.py joins geometry.py, this file
 # and packaged_net.py), where there is no package to import from.
 from .geometry import Padding, UpMode, halo, output_size, valid_input_size
 

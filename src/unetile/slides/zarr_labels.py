@@ -34,10 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..chunked import ChunkedImage
+from .chunked import ChunkedImage
 from ..io import atomic_path
 from .blocks import Block, BlockGrid
-from .instances import InstanceSettings
+from ..inference.instances import InstanceSettings
 from .zarr_output import block_chunks, ngff_format, write_block_values, write_multiscales, write_pyramid, zarr_format
 
 LABEL_MARGIN = 128  # px of map read around a block: cells smaller than this are cut as in one pass

@@ -6,7 +6,7 @@ library (spec 0.5 ``ArchitectureFromLibraryDescr``), the package fails wherever 
 not installed: the bioimage.io checks, ilastik, a colleague's machine. So the package holds
 the code itself (``ArchitectureFromFileDescr``, with its sha256): `architecture_source`
 joins the portable modules (`PORTABLE`: ``nn/geometry.py``, ``nn/model.py``,
-``inference/packaged_net.py``, which import only the standard library, torch and names from
+``packaging/packaged_net.py``, which import only the standard library, torch and names from
 each other) into one file, dropping the imports between them. The file is generated from
 the very modules `unetile` runs, so there is one copy of the network to maintain; a test
 runs bioimageio.core on the package where this library cannot be imported.
@@ -26,10 +26,10 @@ from scipy import ndimage
 from .. import __version__
 from ..nn.model import UNet
 from .packaged_net import PackagedNet
-from .tiling import same_padding_margin
+from ..inference.layout import same_padding_margin
 
 SRC = Path(__file__).resolve().parents[1]
-PORTABLE = ("nn/geometry.py", "nn/model.py", "inference/packaged_net.py")  # in dependency order
+PORTABLE = ("nn/geometry.py", "nn/model.py", "packaging/packaged_net.py")  # in dependency order
 SHIFT_TAPS = 12  # px either side of the spline-shift kernel
 FILE_NAME = "unetile_architecture.py"
 

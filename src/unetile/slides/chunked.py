@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UserInputError, reading
-from .normalization import Normalization
+from ..errors import UserInputError, reading
+from ..normalization import Normalization
 
 ZARR_SUFFIX = ".zarr"
 _MAX_SAMPLE_PIXELS = 4_000_000  # per plane: as Normalization.statistics on images in memory
@@ -173,7 +173,7 @@ def open_chunked_tiff(path: Path) -> ChunkedImage:
     import tifffile
     import zarr
 
-    from .io import tiff_checked
+    from ..io import tiff_checked
 
     with reading(path, "cannot read the TIFF"), tiff_checked(path):
         with tifffile.TiffFile(path) as tif:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..chunked import ChunkedImage, plane_key
+from .chunked import ChunkedImage, plane_key
 from ..errors import UserInputError
 from ..io import atomic_path
 from .blocks import Block, BlockGrid

@@ -2,7 +2,7 @@
 
 A block is a rectangle of the output whose edges lie on a multiple of the tile stride, so
 that blocks are also the output store's chunks (no two blocks write the same chunk). A
-block runs every tile of the *whole image's* layout (`tiling.tile_layout`) that reaches
+block runs every tile of the *whole image's* layout (`layout.tile_layout`) that reaches
 into it, in the whole image's order, and keeps the part inside it; it reads only the window
 of the image those tiles need, mirrored at the image's edges (never at the block's), and
 normalises with the whole image's percentiles. So each output pixel gets what one pass over
@@ -17,10 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..chunked import ChunkedImage
+from .chunked import ChunkedImage
 from ..registration import tile_halo
-from .tile_io import HostTileReader, Position, TileWriter, Window, reflect_indices
-from .tiling import TileLayout, TileNet, default_tile_size, run_tiles, tile_layout, tta_group
+from ..inference.tile_io import HostTileReader, Position, TileWriter, Window, reflect_indices
+from ..inference.layout import TileLayout, default_tile_size, tile_layout
+from ..inference.tiling import TileNet, run_tiles, tta_group
 
 DEFAULT_BLOCK_PX = 2048  # about this many px a side; ~17 MB of float32 output per block
 

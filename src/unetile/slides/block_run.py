@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..chunked import ChunkedImage, open_chunked, sample_statistics
+from .chunked import ChunkedImage, open_chunked, sample_statistics
 from ..errors import UserInputError
 from .blocks import DEFAULT_BLOCK_PX, Block, BlockGrid, block_grid, predict_block
-from .predictor import cell_threshold
+from ..inference.predictor import cell_threshold
 from .zarr_labels import (CellJob, cells_work, create_labels, finish_labels, label_block, merge_blocks, publish_labels,
                           relabel_block)
 from .zarr_output import ZarrOutput, output_layout
@@ -261,7 +261,7 @@ def _worker_state(model: Path, options, device: str | None, source: Path):
     import torch
 
     from ..device import resolve_device
-    from .predictor import Predictor
+    from ..inference.predictor import Predictor
 
     try:
         from distributed import get_worker
