@@ -151,21 +151,60 @@ def test_a_package_whose_weights_hold_objects_is_one_line_and_runs_nothing(tmp_p
     assert not marker.exists() and not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("damage", ["truncated weights", "not a zip", "bad yaml"])
-def test_a_damaged_package_is_one_line(tmp_path, capsys, checkpoint, damage):
+def _hand_made_package(tmp_path, key="unetile", config=None, metadata=None, weights=None, rdf_text=None):
+    """A package as `load_package` reads it (rdf.yaml + weights.pt) around a tiny net; each
+    part may be replaced by a damaged one. Returns (package, the net)."""
+    net = tiny_unet(width=4, depth=2)
+    torch.save({f"net.{k}": v for k, v in net.state_dict().items()}, tmp_path / "weights.pt")
+    record = {"config": net.config.to_dict() if config is None else config,
+              "metadata": {"threshold": 0.4} if metadata is None else metadata}
+    rdf = json.dumps({"config": {key: record}, "weights": {"pytorch_state_dict": {"source": "weights.pt"}}})
     package = tmp_path / "model.zip"
-    torch.save({"net.head.weight": torch.zeros(1)}, tmp_path / "weights.pt")
-    weights = (tmp_path / "weights.pt").read_bytes()
-    rdf = json.dumps({"config": {"unet": {"config": {}, "metadata": {}}},  # the key before the rename is read too
-                      "weights": {"pytorch_state_dict": {"source": "weights.pt"}}})
     with zipfile.ZipFile(package, "w") as archive:
-        archive.writestr("rdf.yaml", "config: [unclosed" if damage == "bad yaml" else rdf)
-        archive.writestr("weights.pt", weights[: len(weights) // 2] if damage == "truncated weights" else weights)
+        archive.writestr("rdf.yaml", rdf if rdf_text is None else rdf_text)
+        archive.writestr("weights.pt", (tmp_path / "weights.pt").read_bytes() if weights is None else weights)
+    return package, net
+
+
+DAMAGE = {  # what is damaged -> (the hand-made package's arguments, what the one line must say)
+    "truncated weights": ({"weights": b"PK\x03\x04" + bytes(100)}, "model.zip:weights.pt: not a readable PyTorch file"),
+    "bad yaml": ({"rdf_text": "config: [unclosed"}, "model.zip: not a readable BioImage.IO package (ParserError"),
+    "config a list": ({"config": [1, 2]}, "without this tool's config.unetile"),
+    "metadata a list": ({"metadata": [0.4]}, "its metadata is not a mapping"),
+    "threshold a word": ({"metadata": {"threshold": "high"}}, "its threshold 'high' is not a number"),
+    "percentiles a word": ({"metadata": {"normalization": "x"}}, "its normalization 'x' is not"),
+    "config that does not fit": ({"config": {"width": 8, "depth": 2}}, "weights do not fit its config"),
+}
+
+
+@pytest.mark.parametrize("damage", [*DAMAGE, "not a zip"])
+def test_a_damaged_package_is_one_line_naming_the_damage(tmp_path, capsys, damage):
     if damage == "not a zip":
+        package, message = tmp_path / "model.zip", "model.zip: not a readable BioImage.IO package (BadZipFile"
         package.write_bytes(b"PK\x03\x04 but not really")
+    else:
+        package, _ = _hand_made_package(tmp_path, **DAMAGE[damage][0])
+        message = DAMAGE[damage][1]
     write_image(tmp_path / "img.png", np.zeros((40, 40), np.uint8))
     assert main(["predict", "--model", str(package), "--input", str(tmp_path / "img.png"),
                  "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "model.zip" in err[0], err
+    assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_package_written_before_the_rename_predicts_as_its_net(tmp_path, rng):
+    """Packages from before the rename keep this tool's record under config.unet."""
+    image = (rng.random((64, 64)) * 200).astype(np.uint8)
+    write_image(tmp_path / "img.tif", image)
+    outputs = []
+    for key in ("unet", "unetile"):
+        folder = tmp_path / key
+        folder.mkdir()
+        package, net = _hand_made_package(folder, key=key)
+        save_model(net, folder / "m.pt", threshold=0.4)
+        for model in (package, folder / "m.pt"):
+            assert main(["predict", "--model", str(model), "--input", str(tmp_path / "img.tif"), "--out",
+                         str(folder / model.suffix[1:]), "--format", "tif", "--precision", "fp32"]) == 0
+            outputs.append(read_image(folder / model.suffix[1:] / "img.tif")[0, 0])
+    assert all(np.array_equal(out, outputs[0]) for out in outputs[1:]) and outputs[0].std() > 0

@@ -71,9 +71,46 @@ def load_payload(path: str | Path) -> dict:
     payload = safe_torch_load(path, str(path))
     if not isinstance(payload, dict) or payload.get("format") not in (FORMAT, *LEGACY_FORMATS):
         raise UserInputError(f"{path}: not a U-Net checkpoint of this tool (no '{FORMAT}' marker)")
+    if not isinstance(payload.get("version", 0), int):
+        raise UserInputError(f"{path}: checkpoint version {payload['version']!r} is not a whole number")
     if payload.get("version", 0) > VERSION:
         raise UserInputError(f"{path}: checkpoint version {payload['version']} is newer than this tool ({VERSION})")
+    check_record(payload, str(path))
     return payload
+
+
+def check_record(record: dict, name: str) -> None:
+    """``record`` (a checkpoint dict, or a package's config + weights) has the shapes this tool
+    reads: a config mapping, named tensors, metadata with a threshold in (0, 1), percentiles
+    and a shift of numbers; else one `UserInputError` naming ``name`` (files are edited by hand)."""
+    problem = _record_problem(record)
+    if problem:
+        raise UserInputError(f"{name}: {problem}")
+
+
+def _record_problem(record: dict) -> str | None:
+    state, metadata = record.get("state_dict"), record.get("metadata", {})
+    if not isinstance(record.get("config"), dict):
+        return "its config is not a mapping of settings"
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        return "its weights are not a mapping of names to tensors"
+    if not isinstance(metadata, dict):
+        return "its metadata is not a mapping"
+    threshold = metadata.get("threshold", 0.5)
+    if not _is_number(threshold) or not 0 < threshold < 1:
+        return f"its threshold {threshold!r} is not a number between 0 and 1"
+    norm = metadata.get("normalization", {"low": 1.0, "high": 99.0})
+    if not isinstance(norm, dict) or not all(_is_number(norm.get(k)) for k in ("low", "high")):
+        return f"its normalization {norm!r} is not {{low, high}} percentiles"
+    shift = metadata.get("input_shift", (0.0, 0.0))
+    if not isinstance(shift, (list, tuple)) or len(shift) != 2 or not all(_is_number(s) for s in shift):
+        return f"its input_shift {shift!r} is not two numbers (dy, dx)"
+    return None
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def safe_torch_load(source: str | Path | IO[bytes], name: str) -> Any:
@@ -102,7 +139,7 @@ def rebuild(record: dict, mismatch: str) -> UNet:
     try:
         model = UNet(config=UNetConfig.from_dict(record["config"]))
         model.load_state_dict(record["state_dict"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
         raise UserInputError(f"{mismatch} ({first_line(e)})") from e
     return model
 

@@ -36,7 +36,7 @@ import torch
 
 from ..errors import UserInputError, reading
 from ..io import match_channels, read_image
-from ..nn.checkpoint import load_model, rebuild, safe_torch_load
+from ..nn.checkpoint import check_record, load_model, rebuild, safe_torch_load
 from ..nn.model import UNet
 from ..zoo import resolve_model
 from .export import save_onnx, save_torchscript
@@ -270,24 +270,32 @@ def load_package(path: Path, device: str | torch.device = "cpu") -> tuple[UNet, 
     if not path.is_file():
         raise UserInputError(f"{path}: no such model file")
     with reading(path, "not a readable BioImage.IO package"), zipfile.ZipFile(path) as archive:
-        rdf = yaml.safe_load(archive.read("rdf.yaml"))
-        record = _own_config(rdf, path)
-        weights = ((rdf.get("weights") or {}).get("pytorch_state_dict") or {}).get("source")
-        if weights is None:
-            raise UserInputError(f"{path}: the package has no weights.pytorch_state_dict")
-        with archive.open(weights) as member:
-            state = safe_torch_load(member, f"{path}:{weights}")
-    if not isinstance(state, dict):
-        raise UserInputError(f"{path}:{weights}: not a state dict of tensors")
+        rdf = yaml.safe_load(archive.read("rdf.yaml"))  # only the decoders are inside `reading`
+    record, weights = _own_config(rdf, path), _weights_file(rdf, path)
+    with reading(path, f"cannot read {weights}"), zipfile.ZipFile(path) as archive, archive.open(weights) as member:
+        state = safe_torch_load(member, f"{path}:{weights}")
+    record = {"config": record.get("config"), "metadata": record.get("metadata", {}), "state_dict": state}
+    check_record(record, f"{path} (config.{CONFIG_KEYS[0]} and {weights})")
     net_state = {k.removeprefix("net."): v for k, v in state.items()}  # PackagedNet's keys -> the UNet's
     model = rebuild({**record, "state_dict": net_state}, f"{path}: the package's weights do not fit its config")
-    return model.to(device).eval(), dict(record.get("metadata") or {})
+    return model.to(device).eval(), dict(record["metadata"])
+
+
+def _weights_file(rdf: dict, path: Path) -> str:
+    weights = (rdf.get("weights") or {}).get("pytorch_state_dict") or {}
+    source = weights.get("source") if isinstance(weights, dict) else None
+    if not isinstance(source, str):
+        raise UserInputError(f"{path}: the package has no weights.pytorch_state_dict file")
+    return source
 
 
 def _own_config(rdf: object, path: Path) -> dict:
     """This tool's record in an rdf.yaml (config.unetile, or config.unet before the rename)."""
-    config = (rdf.get("config") or {}) if isinstance(rdf, dict) else {}
-    record = next((config[key] for key in CONFIG_KEYS if isinstance(config.get(key), dict)), None)
+    config = rdf.get("config") if isinstance(rdf, dict) else None
+    config = config if isinstance(config, dict) else {}
+    # ours: a mapping with the net's config (another tool may use a key "unet" too)
+    record = next((config[key] for key in CONFIG_KEYS if isinstance(config.get(key), dict)
+                   and isinstance(config[key].get("config"), dict)), None)
     if record is None:
         raise UserInputError(f"{path}: a BioImage.IO model without this tool's config.{CONFIG_KEYS[0]} (not made "
                              "by `unetile export`); run it with bioimageio.core (`bioimageio predict`)")
