@@ -15,8 +15,8 @@ core = pytest.importorskip("bioimageio.core")
 from unetile import save_model
 from unetile.cli import main
 from unetile.packaging.model_package import predict_with_core
-from unetile.packaging.package_architecture import packaged_net
-from unetile.packaging.portable_check import check_without_unetile
+from unetile.packaging.package_architecture import architecture_kwargs, architecture_source, packaged_net
+from unetile.packaging.portable_check import check_without_unetile, run_without_unetile
 from unetile.io import read_image, write_image
 from unetile.registration import shift_image
 from unetile.synthetic import write_dataset
@@ -81,6 +81,23 @@ def test_packaged_net_shifts_and_calibrates_as_predict_does(rng):
         got = packaged(torch.from_numpy(image)[None])[0].numpy()
     calibrated = np.where(prob <= 0.4, prob * 0.5 / 0.4, 0.5 + (prob - 0.4) * 0.5 / 0.6)
     assert np.abs(got - calibrated).max() < 1e-6
+
+
+@pytest.mark.parametrize("padding, metadata", [("same", {"threshold": 0.4, "input_shift": (-0.6, -0.15)}),
+                                               ("valid", {"threshold": 0.7})])
+def test_the_architecture_file_runs_alone_as_a_plain_file(tmp_path, rng, padding, metadata):
+    """Loaded by importlib's basic recipe where unetile and SciPy cannot be imported, the
+    package's architecture file computes what `PackagedNet` computes here."""
+    net = tiny_unet(width=4, depth=2, padding=padding)
+    packaged = packaged_net(net, metadata)
+    (tmp_path / "architecture.py").write_text(architecture_source())
+    batch = torch.from_numpy(rng.normal(size=(2, 1, 92, 108)).astype(np.float32))
+    with torch.no_grad():
+        expected = packaged(batch)
+    got = run_without_unetile(tmp_path / "architecture.py", architecture_kwargs(net, metadata),
+                              packaged.state_dict(), batch)
+    assert got.shape == expected.shape == (2, 1, 92, 108)
+    assert torch.allclose(got, expected, atol=1e-6, rtol=0)
 
 
 @pytest.fixture

@@ -71,7 +71,7 @@ def packaged_net(model: UNet, metadata: dict) -> PackagedNet:
 
 def architecture_source() -> str:
     """The portable modules joined into one self-contained module defining `PackagedNet`."""
-    external, bodies, defined = {"from __future__ import annotations"}, [], set()
+    external, bodies, defined = set(), [], set()
     for relative in PORTABLE:
         text = (SRC / relative).read_text()
         imports, body = _split_imports(text, relative, defined)
@@ -84,9 +84,10 @@ def architecture_source() -> str:
     header = (f'"""The U-Net of a model package exported by unetile {__version__}: `PackagedNet` (the network, '
               "the\nlabels' sub-pixel shift, probabilities, calibration). Generated from the modules named below;\n"
               'it needs only torch. Do not edit: rdf.yaml holds its sha256."""\n')
-    future = sorted(i for i in external if i.startswith("from __future__"))
-    others = sorted((i for i in external if not i.startswith("from __future__")), key=lambda i: (i.startswith("from"), i))
-    source = "\n".join([header, *future, "", *others, "", "", "\n\n\n".join(bodies), ""])
+    # No `from __future__ import annotations`: with it, a dataclass needs its module in
+    # sys.modules, which importlib's plain recipe for loading a file does not do.
+    imports = sorted((i for i in external if not i.startswith("from __future__")), key=lambda i: (i.startswith("from"), i))
+    source = "\n".join([header, *imports, "", "", "\n\n\n".join(bodies), ""])
     _check_self_contained(source)
     return source
 
@@ -128,7 +129,7 @@ def _top_level_names(body: str) -> set[str]:
 
 def _check_self_contained(source: str) -> None:
     """The joined file may import only the standard library and torch."""
-    allowed = {"__future__", "dataclasses", "functools", "math", "typing", "torch"}
+    allowed = {"dataclasses", "functools", "math", "typing", "torch"}
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom):
             roots = {(node.module or "").split(".")[0]} if node.level == 0 else {"."}
