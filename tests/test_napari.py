@@ -174,6 +174,7 @@ def test_train_widget_starts_from_none_a_shipped_model_or_a_file(viewer_model, q
     widget.run_folder.value = tmp_path / "run"
     assert list(widget.init.choice.choices)[: len(shipped_models()) + 1] == [None, *shipped_models()]
     assert widget.init.choice.current_choice == NO_MODEL  # from scratch unless asked
+    assert widget.init.file.filter == "*.pt"  # --init reads checkpoints, not exported .onnx / .zip
     if init is not None:
         choose(widget.init, model_path if init == "file" else init)
     widget.start()

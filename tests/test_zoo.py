@@ -43,6 +43,14 @@ def test_a_file_of_that_name_wins_over_the_shipped_model(tmp_path, monkeypatch):
     assert model.config.width == 4
 
 
+def test_a_folder_of_that_name_does_not_hide_the_shipped_model(tmp_path, monkeypatch):
+    """A run folder called like a shipped model (runs are folders) must not shadow the name."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / NAME).mkdir()
+    model, _ = load_model(NAME)
+    assert model.config.width > 4 and model.config == load_model(shipped_models()[NAME])[0].config
+
+
 def test_an_unknown_name_is_one_line_listing_the_known_ones(tmp_path, capsys):
     write_image(tmp_path / "img.png", np.zeros((40, 40), np.uint8))
     assert main(["predict", "--model", "no-such-model", "--input", str(tmp_path / "img.png"), "--out",

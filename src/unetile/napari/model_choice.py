@@ -61,11 +61,11 @@ def _shown(folder: Path) -> str:
         return str(folder)
 
 
-def _tooltip() -> str:
+def _tooltip(files: str) -> str:
     """What each shipped model segments (its card's first line)."""
     lines = [f"{name}: {summary(name)}" for name in shipped_models()]
     return "\n".join(lines + ["recent run: the best.pt of a run the Train widget finished",
-                              f"{A_FILE} any {MODEL_FILES} model"])
+                              f"{A_FILE} any {files} model"])
 
 
 class ModelChoice:
@@ -75,11 +75,11 @@ class ModelChoice:
     their labels line up with the others'. ``value`` is what to load.
     """
 
-    def __init__(self, label: str = "model", optional: bool = False):
-        self.optional = optional
-        self.choice = ComboBox(label=label, choices=functools.partial(model_entries, optional), tooltip=_tooltip())
+    def __init__(self, label: str = "model", optional: bool = False, files: str = MODEL_FILES):
+        self.optional, self.files = optional, files
+        self.choice = ComboBox(label=label, choices=functools.partial(model_entries, optional), tooltip=_tooltip(files))
         # visible=None, not True: a widget shown before it has a parent would open as a window
-        self.file = FileEdit(label="file", filter=MODEL_FILES, visible=None if self.choice.value == A_FILE else False)
+        self.file = FileEdit(label="file", filter=files, visible=None if self.choice.value == A_FILE else False)
         self.choice.changed.connect(self._show_file)
         events.trained.connect(self._list_runs)
 
@@ -97,7 +97,7 @@ class ModelChoice:
         if self.choice.value != A_FILE:
             return self.choice.value
         if str(self.file.value) in ("", "."):
-            raise UserInputError(f"{self.choice.label}: choose the file (a {MODEL_FILES.replace(' ', ', ')} model)")
+            raise UserInputError(f"{self.choice.label}: choose the file (a {self.files.replace(' ', ', ')} model)")
         return Path(self.file.value)
 
     @value.setter

@@ -75,7 +75,7 @@ class TrainWidget(Container):
         self.image_layer = ComboBox(label="image", choices=layer_choices(napari_viewer, "Image"))
         self.labels_layer = ComboBox(label="labels", choices=layer_choices(napari_viewer, "Labels"))
         self.preset = ComboBox(label="recipe", choices=list(PRESETS), value="fast")
-        self.init = ModelChoice("start from", optional=True)  # --init
+        self.init = ModelChoice("start from", optional=True, files="*.pt")  # --init reads checkpoints only
         self.minutes = FloatSpinBox(label="minutes", value=15.0, min=0.1, max=10000.0, step=1.0)
         self.run_folder = FileEdit(label="run folder", mode="d", value=Path("runs/napari"))
         self.resume = CheckBox(text="resume this run")

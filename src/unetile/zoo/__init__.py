@@ -1,6 +1,6 @@
 """Ready-to-use models shipped inside the package (no download): ``--model NAME`` wherever a
 checkpoint path is taken (`unetile predict`, `unetile export`, `unetile train --init`, the napari
-Segment widget). A path that exists always wins over a name.
+Segment widget). A file that exists always wins over a name (a folder of that name does not).
 
 Each model is a folder here: ``model.pt`` (a checkpoint of this tool with fp16 weights,
 loaded as float32) and ``card.md`` (what it segments, the data and its licence, the exact
@@ -30,9 +30,9 @@ def summary(name: str) -> str:
 
 
 def resolve_model(text: str | Path) -> Path:
-    """``text`` as a path when it exists (or looks like a file), else a shipped model's name."""
+    """``text`` as a path when it is a file (or looks like one), else a shipped model's name."""
     path = Path(text)
-    if path.exists():
+    if path.is_file():
         return path
     known = shipped_models()
     if str(text) in known:
