@@ -1,7 +1,9 @@
 """Readers and writers: round trips over formats, dtypes and stacks; bad files."""
 
+import logging
 import os
 import stat
+import threading
 
 import numpy as np
 import pytest
@@ -97,9 +99,24 @@ def test_failed_write_leaves_the_old_file(tmp_path):
 
 def test_written_files_get_the_usual_mode_not_a_private_one(tmp_path):
     """atomic_path writes through mkstemp (mode 0600); the result must be readable as any new file is."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    write_image(tmp_path / "out.png", np.zeros((4, 4), np.uint8))
-    (tmp_path / "plain").touch()
+    umask = os.umask(0o022)  # the usual one, whatever CI's is: there 0600 would differ from 0644
+    try:
+        write_image(tmp_path / "out.png", np.zeros((4, 4), np.uint8))
+        (tmp_path / "plain").touch()
+    finally:
+        os.umask(umask)
     assert stat.S_IMODE((tmp_path / "out.png").stat().st_mode) == stat.S_IMODE((tmp_path / "plain").stat().st_mode)
-    assert stat.S_IMODE((tmp_path / "out.png").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "out.png").stat().st_mode) == 0o644
+
+
+def test_another_threads_tifffile_warning_does_not_blame_this_file(tmp_path):
+    """tiff_checked holds back only this thread's tifffile lines (napari trains while it reads)."""
+    from unetile.io import tiff_checked
+
+    write_image(tmp_path / "good.tif", np.zeros((2, 8, 8), np.uint8))
+    other = threading.Thread(target=logging.getLogger("tifffile").warning, args=("<TiffPages> invalid page offset 8",))
+    with tiff_checked(tmp_path / "good.tif"):
+        other.start()
+        other.join()
+    with pytest.raises(UserInputError, match="pages are missing"), tiff_checked(tmp_path / "good.tif"):
+        logging.getLogger("tifffile").warning("<TiffPages> invalid page offset 8")  # this thread's: the file's fault

@@ -12,6 +12,7 @@ import glob
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,13 +100,17 @@ def _read_pil(path: Path) -> np.ndarray:
 
 
 class _Held(logging.Filter):
-    """Holds back the records of the logger it filters (kept in ``records``)."""
+    """Holds back the records this thread makes on the logger it filters (kept in ``records``);
+    other threads' records (another file read at the same time) pass as they are."""
 
     def __init__(self) -> None:
         super().__init__()
         self.records: list[logging.LogRecord] = []
+        self.thread = threading.get_ident()
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.thread != self.thread:
+            return True
         self.records.append(record)
         return False
 
@@ -173,9 +178,18 @@ def match_channels(image: np.ndarray, channels: int, path: str | Path, convert: 
     raise UserInputError(f"{path}: the image has {have} channel(s) but the model expects {channels}{hint}")
 
 
-# The process's umask, read once at import (reading it means setting it, which is not thread-safe).
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+def _process_umask() -> int:
+    """The process's umask, from /proc where it can be read without changing it (setting and
+    restoring it, the portable way, races with files other threads create meanwhile)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 @contextlib.contextmanager
@@ -189,7 +203,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.part{glob.escape(path.suffix)}"):
         stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix, dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes it private (0600); a written file gets the usual mode
+    os.fchmod(fd, 0o666 & ~_process_umask())  # mkstemp makes it private (0600); give the usual mode
     os.close(fd)
     tmp_path = Path(tmp)
     try:
