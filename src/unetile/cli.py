@@ -40,7 +40,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="auto (default): bf16 + channels_last on CPUs with bf16, AMP on CUDA, else fp32")
     p.add_argument("--resume", action="store_true",
-                   help="continue TIFF outputs that an interrupted run left unfinished (bit-identical result)")
+                   help="continue the TIFF or OME-Zarr outputs that an interrupted (or stopped) run left unfinished "
+                        "(bit-identical result)")
     p.add_argument("--compile", action="store_true",
                    help="CUDA: torch.compile + CUDA graphs; ~10 s to compile, then ~1.4x faster (whole slides)")
     p.add_argument("--devices", type=int, default=1,

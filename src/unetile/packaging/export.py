@@ -18,7 +18,7 @@ import torch
 
 from ..errors import UserInputError, reading
 from ..io import atomic_path
-from ..nn.checkpoint import load_model
+from ..nn.checkpoint import check_record, load_model
 from ..nn.model import UNet, UNetConfig, probabilities
 
 
@@ -45,7 +45,7 @@ def export_model(model_path: str | Path, out: str | Path, fmt: str = "onnx") -> 
                                           "unet_metadata": json.dumps(meta)})
         got = OnnxModel(out)(torch.from_numpy(check.numpy())).numpy()
     elif fmt == "torchscript":
-        save_torchscript(wrapped, example, out, {"unetile.json": json.dumps({"config": model.config.to_dict(),
+        save_torchscript(wrapped, example, out, {"unet.json": json.dumps({"config": model.config.to_dict(),
                                                                           "metadata": meta})})
         with torch.no_grad():
             got = torch.jit.load(str(out))(check).numpy()
@@ -108,8 +108,10 @@ class OnnxModel:
         props = self.session.get_modelmeta().custom_metadata_map
         if "unet_config" not in props:
             raise UserInputError(f"{path}: an ONNX file not exported by `unetile export` (no unet_config)")
-        self.config = UNetConfig.from_dict(json.loads(props["unet_config"]))
-        self.metadata = json.loads(props.get("unet_metadata", "{}"))
+        with reading(path, "damaged unet_config / unet_metadata in the ONNX file"):  # JSON, kept under these keys
+            self.config = UNetConfig.from_dict(json.loads(props["unet_config"]))
+            self.metadata = json.loads(props.get("unet_metadata", "{}"))
+        check_record({"config": self.config.to_dict(), "metadata": self.metadata, "state_dict": {}}, str(path))
         self._geometry = UNet(config=UNetConfig(**{**self.config.to_dict(), "width": 1}))  # sizes only
         self.training = False
 
