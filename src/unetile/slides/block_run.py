@@ -177,9 +177,23 @@ def run_blocks(client, task, blocks: list[Block], *per_block, bar: tqdm, resourc
     for future in as_completed(futures, loop=client.loop):
         answer = future.result()  # a worker's bug is raised here, with its traceback
         if isinstance(answer, UserInputError):
+            _errors_only_everywhere(client)  # what stopping says would surround the one line of the error
             client.cancel(futures)
             raise answer
         bar.update(1)
+
+
+def _errors_only() -> None:
+    """Dask's loggers at errors only, here and (through ``client.run``) on every worker."""
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+
+
+def _errors_only_everywhere(client) -> None:
+    _errors_only()
+    try:
+        client.run(_errors_only)
+    except Exception:  # noqa: BLE001 - a worker already gone: nothing of it to quiet
+        pass
 
 
 def _answer(*args, task, **shared):
@@ -211,11 +225,11 @@ def cluster_client(cluster: str | None):
         count = cluster.removeprefix("local:")
         if not count.isdigit() or int(count) < 1:
             raise UserInputError(f"--cluster {cluster}: give local:N with N >= 1 workers")
-        # Dask's own messages at errors only: starting, stopping and cancelled tasks (after a
-        # damaged input) would otherwise surround the one line of an error.
-        with _quiet("distributed", logging.ERROR), LocalCluster(
+        # Dask's warnings (memory, lost workers) are shown, not its chatter of starting and
+        # stopping; after a damaged input, errors only (`run_blocks`).
+        with _quiet("distributed", logging.WARNING), LocalCluster(
                 n_workers=int(count), threads_per_worker=1, processes=True, dashboard_address=None,
-                silence_logs=logging.ERROR) as local, Client(local, set_as_default=False) as client:
+                silence_logs=logging.WARNING) as local, Client(local, set_as_default=False) as client:
             yield client
         return
     if not cluster.startswith(("tcp://", "tls://")):
