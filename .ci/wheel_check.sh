@@ -144,6 +144,29 @@ assert iou > 0.6, f"nuclei-fluorescence: foreground IoU {iou:.2f} with the synth
 print(f"  nuclei-fluorescence --instances: (256, 256), {count} cells, foreground IoU {iou:.2f}")
 EOF
 
+step "a BioImage.IO package's architecture file, generated from the installed modules, runs without unetile"
+"$bin/python" - <<'EOF'
+import tempfile
+from pathlib import Path
+
+import torch
+
+from unetile.nn.checkpoint import load_model
+from unetile.packaging.package_architecture import architecture_kwargs, architecture_source, packaged_net
+from unetile.packaging.portable_check import run_without_unetile
+
+model, metadata = load_model("nuclei-fluorescence")
+packaged = packaged_net(model, metadata)
+batch = torch.rand(1, 1, 128, 128)
+with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+    (Path(tmp) / "architecture.py").write_text(architecture_source())
+    got = run_without_unetile(Path(tmp) / "architecture.py", architecture_kwargs(model, metadata),
+                              packaged.state_dict(), batch)
+    difference = float((got - packaged(batch)).abs().max())
+assert difference < 1e-5, f"the architecture file differs from PackagedNet by {difference}"
+print(f"  nuclei-fluorescence: the file alone (python -I, unetile and SciPy refused) = PackagedNet to {difference:.1e}")
+EOF
+
 step "napari plugin: npe2 finds the manifest, validates it and imports its commands"
 quiet "$bin/npe2" validate --imports unetile
 "$bin/python" - <<'EOF'
