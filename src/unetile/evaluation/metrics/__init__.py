@@ -63,6 +63,7 @@ from .rand import (
     v_rand,
 )
 from .stack import METRIC_NAMES, evaluate_stack
+from .volume import VOLUME_METRICS, evaluate_volumes
 from .warping import WarpResult, warp_truth, warping_error
 
 __all__ = [
@@ -99,4 +100,6 @@ __all__ = [
     "cell_scores",
     "pooled",
     "evaluate_stack",
+    "VOLUME_METRICS",
+    "evaluate_volumes",
 ]

@@ -35,19 +35,24 @@ class Prediction:
     labels: np.ndarray | None  # (H, W) int64 cell ids (0 = boundary), or None
 
 
-def check_2d(array: np.ndarray, what: str) -> np.ndarray:
+def check_2d(array: np.ndarray, what: str, volumes: bool = False) -> np.ndarray:
+    """``array`` as a 2-D (H, W) image, or with ``volumes`` also a 3-D (Z, Y, X) volume."""
     array = np.asarray(array)
-    if array.ndim != 2:
-        raise UserInputError(
-            f"{what} must be a 2-D (H, W) image, got an array of shape {array.shape}"
-        )
+    if array.ndim != 2 and not (volumes and array.ndim == 3):
+        kind = "a 2-D (H, W) image or a 3-D (Z, Y, X) volume" if volumes else "a 2-D (H, W) image"
+        raise UserInputError(f"{what} must be {kind}, got an array of shape {array.shape}")
     if array.size == 0:
         raise UserInputError(f"{what} is empty (shape {array.shape})")
     return array
 
 
+def face_connected(ndim: int) -> np.ndarray:
+    """Neighbours that share a face: `FOUR` in 2D, the 6 face neighbours in 3D."""
+    return ndi.generate_binary_structure(ndim, 1)
+
+
 def read_prediction(pred: np.ndarray, what: str = "prediction") -> Prediction:
-    pred = check_2d(pred, what)
+    pred = check_2d(pred, what, volumes=True)
     if pred.dtype == bool:
         return Prediction(pred.astype(np.float64), None)
     if pred.dtype == np.uint8:
@@ -80,21 +85,21 @@ def as_probability(pred: np.ndarray) -> np.ndarray:
 
 
 def truth_labels(truth: np.ndarray) -> np.ndarray:
-    """Cell ids of a truth image, ``(H, W)`` int64, 0 = boundary.
+    """Cell ids of a truth image ``(H, W)`` (or volume ``(Z, Y, X)``), int64, 0 = boundary.
 
     Binary truth (one non-zero value) -> 4-connected components of ``truth > 0`` (Fiji
-    ``Utils.connectedComponents(..., 4)`` as used by ``RandError``); several non-zero integer
-    values -> taken as cell ids unchanged.
+    ``Utils.connectedComponents(..., 4)`` as used by ``RandError``; 6-connected in 3D);
+    several non-zero integer values -> taken as cell ids unchanged.
     """
-    truth = check_2d(truth, "truth")
+    truth = check_2d(truth, "truth", volumes=True)
     if truth.dtype == bool:
-        return ndi.label(truth, structure=FOUR)[0].astype(np.int64)
+        return ndi.label(truth, structure=face_connected(truth.ndim))[0].astype(np.int64)
     values = np.unique(truth)
     nonzero = values[values != 0]
     if np.issubdtype(truth.dtype, np.floating) and not np.all(np.isfinite(values)):
         raise UserInputError("truth contains NaN or infinite values")
     if nonzero.size <= 1:
-        return ndi.label(truth > 0, structure=FOUR)[0].astype(np.int64)
+        return ndi.label(truth > 0, structure=face_connected(truth.ndim))[0].astype(np.int64)
     if not np.issubdtype(truth.dtype, np.integer):
         if not np.all(nonzero == np.round(nonzero)):
             raise UserInputError(
@@ -107,17 +112,18 @@ def truth_labels(truth: np.ndarray) -> np.ndarray:
 
 
 def truth_foreground(truth: np.ndarray) -> np.ndarray:
-    return check_2d(truth, "truth") > 0
+    return check_2d(truth, "truth", volumes=True) > 0
 
 
 def prediction_components(pred: Prediction, threshold: float) -> np.ndarray:
     if pred.labels is not None:
         return pred.labels
-    return ndi.label(pred.prob > threshold, structure=FOUR)[0].astype(np.int64)
+    return ndi.label(pred.prob > threshold, structure=face_connected(pred.prob.ndim))[0].astype(np.int64)
 
 
 def prediction_labels(pred: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """4-connected components of ``pred > threshold`` (a label image is returned as is)."""
+    """Face-connected components of ``pred > threshold`` (4-connected in 2D, 6 in 3D; a
+    label image is returned as is)."""
     return prediction_components(read_prediction(pred), threshold)
 
 
@@ -151,8 +157,9 @@ def paired_stack(
 
 
 def check_pair(pred: np.ndarray, truth: np.ndarray) -> None:
-    pred = check_2d(pred, "prediction")
-    truth = check_2d(truth, "truth")
+    """Two images (or two volumes) of one shape."""
+    pred = check_2d(pred, "prediction", volumes=True)
+    truth = check_2d(truth, "truth", volumes=True)
     if pred.shape != truth.shape:
         raise UserInputError(f"prediction shape {pred.shape} differs from truth shape {truth.shape}")
 

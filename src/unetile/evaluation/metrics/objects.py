@@ -230,7 +230,7 @@ def cell_counts(truth_ids: np.ndarray, pred_ids: np.ndarray,
     return out
 
 
-def _check_iou_thresholds(thresholds: Iterable[float]) -> tuple[float, ...]:
+def check_iou_thresholds(thresholds: Iterable[float]) -> tuple[float, ...]:
     ts = tuple(float(t) for t in thresholds)
     if not ts:
         raise UserInputError("no IoU thresholds given")
@@ -261,13 +261,13 @@ def cell_scores(
     ("_50": at IoU 0.5, or at the first threshold if 0.5 is not among them).
     """
     p_list, t_list = paired_stack(preds, truths)
-    ts = _check_iou_thresholds(iou_thresholds)
+    ts = check_iou_thresholds(iou_thresholds)
     per_image = []
     for p, t in zip(p_list, t_list):
         check_pair(p, t)
         per_image.append(cell_counts(truth_labels(t), prediction_labels(p, threshold), ts))
-    return {"iou_thresholds": list(ts), "pooled": _summary(pooled(per_image)),
-            "images": [_summary(c) for c in per_image]}
+    return {"iou_thresholds": list(ts), "pooled": summary(pooled(per_image)),
+            "images": [summary(c) for c in per_image]}
 
 
 def pooled(per_image: list[list[CellCounts]]) -> list[CellCounts]:
@@ -275,7 +275,7 @@ def pooled(per_image: list[list[CellCounts]]) -> list[CellCounts]:
     return [sum(column[1:], column[0]) for column in zip(*per_image)]
 
 
-def _summary(counts: list[CellCounts]) -> dict:
+def summary(counts: list[CellCounts]) -> dict:
     """The per-threshold counts and the headline numbers of one image or a data set."""
     at = {c.threshold: c for c in counts}
     first = at.get(0.5, counts[0])
