@@ -5,7 +5,9 @@ must leave 2D unchanged).
 `predict_tiled` (valid and same padding, transposed and bilinear up-sampling, TTA), a short
 training run through the CLI (data, label kinds, weight map, elastic augmentation, loss,
 calibration), its prediction (calibrated map, TTA, cells) and `unetile evaluate` of it. The
-stored copy is tests/data/regression_2d.npz (+ .json for the numbers).
+stored copy is tests/data/regression_2d.npz (+ .json for the numbers), made on one thread of
+an x86-64 CPU with AVX-512 (the project's machines; another instruction set may round
+differently, and then needs its own copy).
 
 Regenerate only when a change is *meant* to alter 2D outputs, and say so in its commit:
 
@@ -73,9 +75,16 @@ def run_outputs(folder: Path) -> tuple[dict[str, np.ndarray], dict]:
 
 
 def outputs() -> tuple[dict[str, np.ndarray], dict]:
-    with tempfile.TemporaryDirectory() as tmp:
-        arrays, numbers = run_outputs(Path(tmp))
-    return {**tiled_outputs(), **arrays}, numbers
+    """Everything, on one thread: oneDNN's sums (and so the last bits) depend on the thread
+    count, which other tests change and machines differ in."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            arrays, numbers = run_outputs(Path(tmp))
+        return {**tiled_outputs(), **arrays}, numbers
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _rounded(value):
