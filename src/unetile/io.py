@@ -244,3 +244,38 @@ def write_image(path: str | Path, array: np.ndarray, axes: str | None = None) ->
             tifffile.imwrite(tmp, array, photometric="minisblack", metadata=metadata)
         else:
             raise ValueError(f"cannot write {path}: unknown format {suffix!r} (use .png or .tif)")
+
+
+# Length units -> micrometres (micro written with the micro sign or the Greek mu).
+_MICROMETRE = {"um": 1.0, "\u00b5m": 1.0, "\u03bcm": 1.0, "micron": 1.0, "micrometer": 1.0, "micrometre": 1.0,
+               "nm": 1e-3, "nanometer": 1e-3, "mm": 1e3, "millimeter": 1e3}
+
+
+def voxel_size(path: str | Path) -> tuple[float, float, float] | None:
+    """(z, y, x) voxel size of a TIFF volume in micrometres (as stored where the unit is not
+    known), from OME-XML (``PhysicalSizeZ/Y/X``) or ImageJ's metadata (``spacing`` for z, the
+    resolution tags for y and x); None where the file does not say (or is not a volume)."""
+    path = Path(path)
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        return None
+    with reading(path, "cannot read the TIFF's metadata"), tifffile.TiffFile(path) as tif:
+        if tif.is_ome:
+            return _ome_voxel_size(tif.ome_metadata)
+        meta = tif.imagej_metadata or {}
+        x_res, y_res = (tif.pages[0].tags.get(name) for name in ("XResolution", "YResolution"))
+        if "spacing" not in meta or x_res is None or y_res is None:
+            return None
+        scale = _MICROMETRE.get(str(meta.get("unit", "")).lower(), 1.0)
+        (x_num, x_den), (y_num, y_den) = x_res.value, y_res.value
+        return float(meta["spacing"]) * scale, y_den / y_num * scale, x_den / x_num * scale
+
+
+def _ome_voxel_size(xml: str) -> tuple[float, float, float] | None:
+    """PhysicalSizeZ/Y/X (and their units) of the first image's Pixels element."""
+    import xml.etree.ElementTree as ElementTree
+
+    pixels = next((e for e in ElementTree.fromstring(xml).iter() if e.tag.endswith("Pixels")), None)
+    if pixels is None or any(f"PhysicalSize{a}" not in pixels.attrib for a in "ZYX"):
+        return None
+    return tuple(float(pixels.attrib[f"PhysicalSize{a}"])  # type: ignore[return-value]
+                 * _MICROMETRE.get(pixels.attrib.get(f"PhysicalSize{a}Unit", "um").lower(), 1.0) for a in "ZYX")
