@@ -120,3 +120,66 @@ def test_the_2d_net_keeps_its_layer_names_and_size():
     assert sum(p.numel() for p in net.parameters()) == 31_042_369
     assert np.all([isinstance(m, torch.nn.Conv2d) for m in net.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)
                    and not isinstance(m, torch.nn.ConvTranspose2d)])
+
+
+# --- tiles in 3D: the 2D proof (tiled == one pass over the mirror-extended input), in 3D ---
+
+def _one_pass(net: UNet, volume: np.ndarray) -> np.ndarray:
+    """The net over the whole volume, mirror-extended by each axis's context, in one pass."""
+    from unetile.inference.layout import _context_and_kept
+
+    pads, sizes = [], []
+    for axis, length in zip((-3, -2, -1), volume.shape):
+        context = _context_and_kept(net, net.valid_input_size(1, "up", axis), axis)[0]
+        size = net.valid_input_size(length + 2 * context, "up", axis)
+        pads.append((context, size - length - context))
+        sizes.append(size)
+    extended = np.pad(volume, pads, mode="reflect")
+    with torch.no_grad():
+        probs = torch.sigmoid(net(torch.from_numpy(extended)[None, None].float()))[0, 0].numpy()
+    if net.config.padding == "same":
+        probs = probs[tuple(slice(before, before + n) for (before, _), n in zip(pads, volume.shape))]
+    return probs[tuple(slice(0, n) for n in volume.shape)]
+
+
+def _smallest_tile(net: UNet, axis: int) -> int:
+    """The smallest tile that keeps at least one grid step of output along ``axis``."""
+    from unetile.inference.layout import _context_and_kept
+
+    n = net.valid_input_size(1, "up", axis)
+    while _context_and_kept(net, n, axis)[1] < net.grid(axis):
+        n = net.valid_input_size(n + 1, "up", axis)
+    return n
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (4.0, 1.0, 1.0)])
+def test_tiled_volumes_equal_one_pass_whatever_the_tiles(padding, spacing):
+    from unetile import predict_tiled
+
+    kernels, pools = anisotropic_plan(spacing, depth=2)
+    net = net_3d(seed=3, padding=padding, kernels=kernels, pools=pools)
+    volume = np.random.default_rng(0).normal(size=(15, 37, 30)).astype(np.float32)
+    small = tuple(net.valid_input_size(_smallest_tile(net, axis) + 2 * net.grid(axis), "up", axis)
+                  for axis in (-3, -2, -1))  # several tiles on every axis
+    from unetile.inference.tiling import image_layouts
+
+    assert all(len(layout.origins) > 1 for layout in image_layouts(net, volume.shape, small))  # seams on every axis
+    tiled_small = predict_tiled(net, volume, tile_size=small, batch_size=3)[0]
+    tiled_default = predict_tiled(net, volume)[0]
+    assert tiled_small.shape == volume.shape
+    assert np.abs(tiled_small - tiled_default).max() < 1e-5  # any tiles, any batch
+    if padding == "valid":  # the reference pass is only defined for valid convolutions' context
+        assert np.abs(tiled_small - _one_pass(net, volume)).max() < 1e-5
+
+
+def test_3d_tta_averages_in_plane_and_stays_seamless():
+    from unetile import predict_tiled
+
+    net = net_3d(seed=4)
+    volume = np.random.default_rng(1).normal(size=(10, 30, 30)).astype(np.float32)
+    small = tuple(net.valid_input_size(_smallest_tile(net, axis) + 2 * net.grid(axis), "up", axis)
+                  for axis in (-3, -2, -1))
+    plain, tta = predict_tiled(net, volume)[0], predict_tiled(net, volume, tta=True)[0]
+    assert np.abs(predict_tiled(net, volume, tta=True, tile_size=small)[0] - tta).max() < 1e-5
+    assert np.abs(tta - plain).max() > 1e-4  # it did average something

@@ -127,6 +127,8 @@ def probabilities_to_instances(
         raise UserInputError(f"sigma must be >= 0, got {sigma}")
     if min_size < 0:
         raise UserInputError(f"min_size must be >= 0, got {min_size}")
+    if np.ndim(prob) != 2:  # the seeded watershed below is planar (4-connected, 2D smoothing)
+        raise UserInputError(f"cells are cut from a 2D probability map (H, W); got shape {np.shape(prob)}")
     p = as_probability(np.asarray(prob))
     mask = p > threshold
 

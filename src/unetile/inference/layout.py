@@ -13,6 +13,7 @@ from ..errors import UserInputError
 
 DEFAULT_TILE_SIZE = 572  # the paper's tile; rounded to the nearest valid size of each net
 MAX_DEFAULT_TILE = 892  # largest tile the tool picks by itself (memory: ~0.5 GB per tile at width 64, bf16)
+MAX_VOLUME_TILE = 132  # px per axis of a 3D tile the tool picks by itself (132^3 voxels ~ 572^2 x 7 px)
 
 
 @dataclass(frozen=True)
@@ -30,28 +31,30 @@ class TileLayout:
     origins: tuple[int, ...]
 
 
-def tile_layout(model_like, length: int, tile_size: int) -> TileLayout:
-    """Lay tiles along an axis of ``length`` px, on the net's pooling grid.
+def tile_layout(model_like, length: int, tile_size: int, axis: int = -1) -> TileLayout:
+    """Lay tiles along spatial ``axis`` (-1 x, -2 y, -3 z) of ``length`` px, on the net's
+    pooling grid of that axis.
 
-    ``model_like`` needs ``config`` (depth, padding), ``halo`` and ``output_size(n)``.
+    ``model_like`` needs ``config`` (padding), and per axis ``valid_input_size``,
+    ``output_size``, ``axis_halo`` and ``grid`` (a `UNet`, or `export.OnnxModel`).
     """
-    cfg = model_like.config
-    grid = 2**cfg.depth
-    if not model_like.valid_input_size(tile_size) == tile_size:
-        near = sorted({model_like.valid_input_size(tile_size, "down"), model_like.valid_input_size(tile_size, "up")})
+    grid = model_like.grid(axis)
+    if not model_like.valid_input_size(tile_size, "nearest", axis) == tile_size:
+        near = sorted({model_like.valid_input_size(tile_size, "down", axis),
+                       model_like.valid_input_size(tile_size, "up", axis)})
         raise UserInputError(
             f"tile size {tile_size} is not a valid input for this net (every pooling must be exact); "
             f"use {' or '.join(map(str, near))}"
         )
-    context, kept = _context_and_kept(model_like, tile_size)
+    context, kept = _context_and_kept(model_like, tile_size, axis)
     stride = (kept // grid) * grid
     if kept >= length:
         origins: list[int] = [0]
     else:
         if stride < grid:
             smallest = tile_size
-            while _context_and_kept(model_like, smallest)[1] < grid:
-                smallest = model_like.valid_input_size(smallest + 1, "up")
+            while _context_and_kept(model_like, smallest, axis)[1] < grid:
+                smallest = model_like.valid_input_size(smallest + 1, "up", axis)
             raise UserInputError(
                 f"tile size {tile_size} is too small: it keeps {max(kept, 0)} px of output per tile, "
                 f"less than the pooling grid of {grid} px; use a tile size of at least {smallest}"
@@ -74,7 +77,7 @@ def default_tile_size(model_like, height: int, width: int, max_tile: int = MAX_D
     n = model_like.valid_input_size(1, "up")
     while n <= max(max_tile, model_like.valid_input_size(1, "up")):
         kept = _context_and_kept(model_like, n)[1]
-        grid = 2**model_like.config.depth
+        grid = model_like.grid()
         if kept >= grid or kept >= max(height, width):
             count = len(tile_layout(model_like, height, n).origins) * len(tile_layout(model_like, width, n).origins)
             cost = count * n * n
@@ -84,18 +87,32 @@ def default_tile_size(model_like, height: int, width: int, max_tile: int = MAX_D
     return best if best is not None else model_like.valid_input_size(DEFAULT_TILE_SIZE)
 
 
-def _context_and_kept(model_like, tile_size: int) -> tuple[int, int]:
-    """(input px before the first kept output px, kept output px) for one tile."""
-    cfg = model_like.config
-    if cfg.padding == "valid":
-        return model_like.halo, model_like.output_size(tile_size)
-    margin = same_padding_margin(model_like.halo, cfg.depth)
+def default_tile_shape(model_like, shape: tuple[int, ...], max_tile: int = MAX_VOLUME_TILE) -> tuple[int, ...]:
+    """A volume's tile (px per axis): per axis the smallest valid size whose kept output
+    covers the axis, at most about ``max_tile``; y and x alike (so that in-plane rotations
+    (TTA) keep a tile's shape)."""
+    sizes = []
+    for axis, length in zip(range(-len(shape), 0), shape):
+        n = model_like.valid_input_size(1, "up", axis)
+        cap = max(n, model_like.valid_input_size(max_tile, "down", axis))
+        while n < cap and _context_and_kept(model_like, n, axis)[1] < length:
+            n = model_like.valid_input_size(n + 1, "up", axis)
+        sizes.append(n)
+    sizes[-2:] = [max(sizes[-2:])] * 2
+    return tuple(sizes)
+
+
+def _context_and_kept(model_like, tile_size: int, axis: int = -1) -> tuple[int, int]:
+    """(input px before the first kept output px, kept output px) for one tile along ``axis``."""
+    halo = model_like.axis_halo(axis)
+    if model_like.config.padding == "valid":
+        return halo, model_like.output_size(tile_size, axis)
+    margin = same_padding_margin(halo, model_like.grid(axis))
     return margin, tile_size - 2 * margin
 
 
-def same_padding_margin(halo: int, depth: int) -> int:
+def same_padding_margin(halo: int, grid: int) -> int:
     """px of each side of a same-padding tile that see its zero padding: more than ``halo``
-    (the matching valid net's), rounded up to the pooling grid. The +1: at exactly ``halo``
-    px the output still sees the padding (depth-2 tiles differed by 0.007 without it)."""
-    grid = 2**depth
+    (the matching valid net's), rounded up to the pooling ``grid`` (px). The +1: at exactly
+    ``halo`` px the output still sees the padding (depth-2 tiles differed by 0.007 without it)."""
     return math.ceil((halo + 1) / grid) * grid

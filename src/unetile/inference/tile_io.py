@@ -1,8 +1,9 @@
 """How tiles get into the net and their probabilities back out (used by `tiling.predict_tiled`).
 
 Readers turn tile positions into a batch of network inputs (N, C, tile, tile) on the net's
-device: the mirror-extended window of the image, normalised with the whole image's
-percentiles. Two ways, the same numbers (both normalise in float32 with the same operations):
+device (volumes: (N, C, tz, ty, tx); a layout per spatial axis): the mirror-extended window of
+the image, normalised with the whole image's percentiles. Two ways, the same numbers (both
+normalise in float32 with the same operations; images only on the device):
 
 * `HostTileReader` gathers each tile on the host through the mirror index map and copies the
   batch to the device. On a CPU that is all there is to do, and it keeps memory at one tile.
@@ -21,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import itertools
+
 import numpy as np
 import torch
 
@@ -28,7 +31,12 @@ from ..normalization import Normalization, apply_normalization
 from ..registration import shift_image, tile_halo
 from .layout import TileLayout
 
-Position = tuple[int, int]  # (y, x): image coordinates of a tile's first kept output pixel
+Position = tuple[int, ...]  # (y, x) or (z, y, x): image coordinates of a tile's first kept output pixel
+
+
+def tile_positions(layouts: tuple[TileLayout, ...]) -> list[Position]:
+    """Every tile's position, row by row (the last axis fastest)."""
+    return list(itertools.product(*(layout.origins for layout in layouts)))
 
 
 def reflect_indices(start: int, size: int, length: int) -> np.ndarray:
@@ -59,42 +67,45 @@ class Window:
 
 class HostTileReader:
     """Tiles gathered on the host: read through the mirror index map, normalised, resampled
-    by the labels' sub-pixel offset (with a halo, so it matches resampling the whole image).
+    by the labels' sub-pixel offset (images only; with a halo, so it matches resampling the
+    whole image).
 
-    ``image`` is the whole image, or (``window``) the part of it that the tiles read, with
-    ``stats`` the whole image's percentiles."""
+    ``image`` (C, *spatial) is the whole image, or (``window``, images only) the part of it
+    that the tiles read, with ``stats`` the whole image's percentiles."""
 
-    def __init__(self, image: np.ndarray, rows: TileLayout, cols: TileLayout,
+    def __init__(self, image: np.ndarray, layouts: tuple[TileLayout, ...],
                  stats: tuple[np.ndarray, np.ndarray] | None, input_shift: tuple[float, float],
                  device: torch.device, window: Window | None = None) -> None:
-        self.image, self.rows, self.cols, self.input_shift, self.device = image, rows, cols, input_shift, device
+        self.image, self.layouts, self.input_shift, self.device = image, layouts, input_shift, device
         self.stats = stats
         self.halo = tile_halo(input_shift)
-        self.window = window or Window(0, 0, image.shape[1], image.shape[2])
+        self.origin = (window.top, window.left) if window else (0,) * len(layouts)
+        self.extent = (window.height, window.width) if window else image.shape[1:]
 
-    def tile(self, y: int, x: int) -> np.ndarray:
-        """One tile's network input (C, tile, tile) float32."""
-        tile, halo, w = self.rows.input_size, self.halo, self.window
-        r = reflect_indices(y - self.rows.context - halo, tile + 2 * halo, w.height) - w.top
-        c = reflect_indices(x - self.cols.context - halo, tile + 2 * halo, w.width) - w.left
-        t = self.image[:, r[:, None], c[None, :]]
+    def tile(self, position: Position) -> np.ndarray:
+        """One tile's network input (C, *tile) float32."""
+        halo = self.halo
+        index = [reflect_indices(at - layout.context - halo, layout.input_size + 2 * halo, length) - start
+                 for at, layout, length, start in zip(position, self.layouts, self.extent, self.origin)]
+        t = self.image[(slice(None), *np.ix_(*index))]
         t = apply_normalization(t, *self.stats) if self.stats is not None else t.astype(np.float32, copy=False)
         if halo:
-            t = shift_image(t, self.input_shift)[:, halo : halo + tile, halo : halo + tile]
+            t = shift_image(t, self.input_shift)[(slice(None), *(slice(halo, halo + layout.input_size)
+                                                                 for layout in self.layouts))]
         return t
 
     def batch(self, positions: list[Position]) -> torch.Tensor:
-        """(N, C, tile, tile) float32 on the device."""
-        return torch.from_numpy(np.stack([self.tile(y, x) for y, x in positions])).to(self.device)
+        """(N, C, *tile) float32 on the device."""
+        return torch.from_numpy(np.stack([self.tile(position) for position in positions])).to(self.device)
 
 
 class DeviceTileReader:
     """Tiles cut on the device from bands of image rows uploaded once (no sub-pixel shift:
     `HostTileReader` does that)."""
 
-    def __init__(self, image: np.ndarray, rows: TileLayout, cols: TileLayout, normalization: Normalization | None,
+    def __init__(self, image: np.ndarray, layouts: tuple[TileLayout, TileLayout], normalization: Normalization | None,
                  device: torch.device) -> None:
-        self.image, self.rows, self.cols, self.device = image, rows, cols, device
+        self.image, (self.rows, self.cols), self.device = image, layouts, device
         stats = normalization.statistics(image) if normalization is not None else None
         self.low = self.scale = None
         if stats is not None:
@@ -131,28 +142,29 @@ class DeviceTileReader:
         return torch.stack([self.band(y).index_select(2, self.columns(x)) for y, x in positions])
 
 
-def tile_reader(image: np.ndarray, rows: TileLayout, cols: TileLayout, normalization: Normalization | None,
+def tile_reader(image: np.ndarray, layouts: tuple[TileLayout, ...], normalization: Normalization | None,
                 input_shift: tuple[float, float], device: torch.device, resident: bool | None):
-    """The reader for this run: on the device where ``resident`` (None: on CUDA) and no
-    sub-pixel shift is asked for, else on the host."""
+    """The reader for this run: on the device where ``resident`` (None: on CUDA), no
+    sub-pixel shift is asked for and the image is 2D, else on the host."""
     if resident is None:
         resident = device.type == "cuda"
-    if resident and input_shift == (0.0, 0.0):
-        return DeviceTileReader(image, rows, cols, normalization, device)
+    if resident and input_shift == (0.0, 0.0) and len(layouts) == 2:
+        return DeviceTileReader(image, layouts, normalization, device)
     stats = normalization.statistics(image) if normalization is not None else None
-    return HostTileReader(image, rows, cols, stats, input_shift, device)
+    return HostTileReader(image, layouts, stats, input_shift, device)
 
 
 class TileWriter:
-    """Writes batches of tile probabilities (N, C_out, kept, kept) into ``out`` (C_out, H, W),
+    """Writes batches of tile probabilities (N, C_out, *kept) into ``out`` (C_out, *spatial),
     whose first pixel is the image's ``origin`` (the image itself, or a block of it), each
     tile cut to ``out``; ``encode`` applied per tile. ``on_batch(k)`` is called once the first
     k batches are written (a resumable run records it)."""
 
-    def __init__(self, out, rows: TileLayout, cols: TileLayout, encode: Callable | None,
+    def __init__(self, out, layouts: tuple[TileLayout, ...], encode: Callable | None,
                  on_batch: Callable[[int], None] | None, on_tiles: Callable[[int], None],
-                 origin: Position = (0, 0)) -> None:
-        self.out, self.rows, self.cols, self.encode, self.origin = out, rows, cols, encode, origin
+                 origin: Position | None = None) -> None:
+        self.out, self.layouts, self.encode = out, layouts, encode
+        self.origin = origin or (0,) * len(layouts)
         self.on_batch, self.on_tiles = on_batch, on_tiles
         self._pending: tuple | None = None  # (batch number, positions, host tensor, copy-done event)
         self._buffers: list[torch.Tensor] = []  # two pinned buffers, alternating (CUDA)
@@ -190,10 +202,11 @@ class TileWriter:
         return self._buffers[slot]
 
     def _write(self, positions: list[Position], probs: np.ndarray) -> None:
-        height, width = self.out.shape[-2:]
-        for (y, x), p in zip(positions, probs):
-            y, x = y - self.origin[0], x - self.origin[1]  # into ``out``, which starts at ``origin``
-            top, left = max(0, -y), max(0, -x)  # a tile may begin before a block
-            h, w = min(self.rows.output_size, height - y), min(self.cols.output_size, width - x)
-            p = p[:, top:h, left:w]
-            self.out[:, y + top : y + h, x + left : x + w] = self.encode(p) if self.encode is not None else p
+        extent = self.out.shape[1:]
+        for position, p in zip(positions, probs):
+            at = [q - o for q, o in zip(position, self.origin)]  # into ``out``, which starts at ``origin``
+            start = [max(0, -a) for a in at]  # a tile may begin before a block
+            stop = [min(layout.output_size, n - a) for layout, n, a in zip(self.layouts, extent, at)]
+            p = p[(slice(None), *(slice(b, e) for b, e in zip(start, stop)))]
+            where = (slice(None), *(slice(a + b, a + e) for a, b, e in zip(at, start, stop)))
+            self.out[where] = self.encode(p) if self.encode is not None else p

@@ -34,14 +34,14 @@ from ..device import autocast
 from ..errors import UserInputError
 from ..nn.model import UNet, probabilities
 from ..normalization import Normalization
-from .layout import TileLayout, default_tile_size, tile_layout
-from .tile_io import Position, TileWriter, tile_reader
+from .layout import TileLayout, default_tile_shape, default_tile_size, tile_layout
+from .tile_io import Position, TileWriter, tile_positions, tile_reader
 
 def predict_tiled(
     model: UNet,
     image: np.ndarray,
     *,
-    tile_size: int | None = None,
+    tile_size: int | tuple[int, ...] | None = None,
     batch_size: int = 4,
     tta: bool = False,
     flips: str = "dihedral",
@@ -57,14 +57,18 @@ def predict_tiled(
     on_batch: Callable[[int], None] | None = None,
     resident: bool | None = None,
 ) -> np.ndarray:
-    """Segment an image of any size seamlessly: (H, W) or (C, H, W) -> (C_out, H, W) float32.
+    """Segment an image of any size seamlessly: (H, W) or (C, H, W) -> (C_out, H, W) float32;
+    with a 3D net a volume: (Z, Y, X) or (C, Z, Y, X) -> (C_out, Z, Y, X).
 
     Args:
-        model: a `UNet` (or anything with its ``config``, ``halo``, ``output_size`` and
-            ``valid_input_size``); run in eval mode, its training mode is restored after.
-        image: (H, W) or (C, H, W) of any dtype; C must equal the net's ``in_channels``.
-        tile_size: network input per tile (px, a valid input size of the net); default the
-            valid size up to 892 px that computes the fewest pixels for this image.
+        model: a `UNet` (or anything with its ``config`` and per-axis geometry:
+            ``output_size``, ``valid_input_size``, ``axis_halo``, ``grid``); run in eval mode,
+            its training mode is restored after.
+        image: (H, W) or (C, H, W) of any dtype (3D: (Z, Y, X) or (C, Z, Y, X)); C must equal
+            the net's ``in_channels``.
+        tile_size: network input per tile (px, a valid input size of the net; 3D: one per
+            axis, or one for all); default the valid size up to 892 px that computes the
+            fewest pixels for this image (3D: `layout.default_tile_shape`).
         batch_size: tiles per forward pass (bounds memory).
         tta: average over the flips / 90-degree rotations of the group ``flips``.
         flips: the group the net was trained with (`symmetries.GROUPS`; the checkpoint's
@@ -74,7 +78,7 @@ def predict_tiled(
             tile; None feeds the image as float32 unchanged.
         input_shift: (dy, dx) px, resample the (normalised) image by this sub-pixel shift
             before the net, as training did (the checkpoint's ``input_shift``; see
-            registration.py). Done per tile with a halo, so it matches the whole image.
+            registration.py). Done per tile with a halo, so it matches the whole image. 2D only.
         precision: "fp32", "bf16" or "fp16" autocast.
         channels_last: run the net in channels-last memory format (faster on CPUs/GPUs).
         out: optional (C_out, H, W) array to write into: a memory map, or anything with
@@ -96,28 +100,43 @@ def predict_tiled(
         module docstring for why the 2**depth tile grid makes this exact.
     """
     image = _checked_image(model, image, precision, batch_size)
-    _, height, width = image.shape
-    tile = tile_size or default_tile_size(model, height, width)
-    rows, cols = tile_layout(model, height, tile), tile_layout(model, width, tile)
+    if image.ndim == 4 and any(input_shift):
+        raise UserInputError("a sub-pixel input shift is for 2D images only")
+    layouts = image_layouts(model, image.shape[1:], tile_size)
     if device is not None:
         model.to(device)
-    out_shape = (model.config.out_channels, height, width)
+    out_shape = (model.config.out_channels, *image.shape[1:])
     if out is None:
         out = np.empty(out_shape, dtype=np.float32)
     elif tuple(out.shape) != out_shape:
         raise ValueError(f"out must have shape {out_shape}, got {out.shape}")
-    net = TileNet(model, rows, cols, precision, channels_last)
-    reader = tile_reader(image, rows, cols, normalization, input_shift, net.device, resident)
+    net = TileNet(model, layouts, precision, channels_last)
+    reader = tile_reader(image, layouts, normalization, input_shift, net.device, resident)
     group = tta_group(flips, tta)
-    positions = [(y, x) for y in rows.origins for x in cols.origins]
+    positions = tile_positions(layouts)
     bar = tqdm(total=len(positions), desc="tiles", unit="tile", disable=not progress, leave=False,
                initial=min(len(positions), skip_batches * batch_size))
-    writer = TileWriter(out, rows, cols, encode, on_batch, bar.update)
+    writer = TileWriter(out, layouts, encode, on_batch, bar.update)
     try:
         run_tiles(net, reader, writer, positions, batch_size, group, skip_batches)
     finally:
         bar.close()
     return out
+
+
+def image_layouts(model: UNet, shape: tuple[int, ...], tile_size: int | tuple[int, ...] | None
+                  ) -> tuple[TileLayout, ...]:
+    """The tile layout of each spatial axis of an image (H, W) or volume (Z, Y, X)."""
+    if len(shape) == 2:
+        tile = tile_size or default_tile_size(model, *shape)
+        tiles = (tile, tile)
+    else:
+        tiles = tile_size or default_tile_shape(model, shape)
+        tiles = (tiles,) * len(shape) if isinstance(tiles, int) else tuple(tiles)
+    if len(tiles) != len(shape):
+        raise UserInputError(f"tile size {tile_size}: give one size, or one per axis of {len(shape)}")
+    return tuple(tile_layout(model, length, tile, axis)
+                 for length, tile, axis in zip(shape, tiles, range(-len(shape), 0)))
 
 
 def tta_group(flips: str, tta: bool) -> tuple[symmetries.Symmetry, ...]:
@@ -134,7 +153,7 @@ def run_tiles(net: TileNet, reader, writer: TileWriter, positions: list[Position
     model = net.model
     was_training = model.training
     model.eval()
-    model.to(memory_format=torch.channels_last if net.channels_last else torch.contiguous_format)
+    model.to(memory_format=net.memory_format)
     try:
         with torch.inference_mode():
             for index, chunk in enumerate(_chunks(positions, batch_size)):
@@ -146,15 +165,18 @@ def run_tiles(net: TileNet, reader, writer: TileWriter, positions: list[Position
 
 
 def _checked_image(model: UNet, image: np.ndarray, precision: str, batch_size: int) -> np.ndarray:
-    """``image`` as (C, H, W), after checking it and the settings against the net."""
-    if image.ndim == 2:
+    """``image`` as (C, H, W) (3D nets: (C, Z, Y, X)), after checking it and the settings
+    against the net."""
+    dims = getattr(model.config, "spatial_dims", 2)
+    if image.ndim == dims:
         image = image[None]
-    if image.ndim != 3:
-        raise UserInputError(f"expected an image (H, W) or (C, H, W), got shape {tuple(image.shape)}")
-    channels, height, width = image.shape
+    if image.ndim != dims + 1:
+        wanted = "an image (H, W) or (C, H, W)" if dims == 2 else "a volume (Z, Y, X) or (C, Z, Y, X)"
+        raise UserInputError(f"expected {wanted}, got shape {tuple(image.shape)}")
+    channels = image.shape[0]
     if channels != model.config.in_channels:
         raise UserInputError(f"the image has {channels} channel(s) but the model expects {model.config.in_channels}")
-    if height < 1 or width < 1:
+    if min(image.shape[1:]) < 1:
         raise UserInputError(f"the image is empty (shape {tuple(image.shape)})")
     if precision not in ("fp32", "bf16", "fp16"):
         raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
@@ -165,11 +187,13 @@ def _checked_image(model: UNet, image: np.ndarray, precision: str, batch_size: i
 
 class TileNet:
     """The net applied to a batch of tiles -> the kept part of their probabilities
-    (N, C_out, kept, kept), averaged over a group of flips / rotations."""
+    (N, C_out, *kept), averaged over a group of flips / rotations (of y and x)."""
 
-    def __init__(self, model: UNet, rows: TileLayout, cols: TileLayout, precision: str, channels_last: bool) -> None:
-        self.model, self.rows, self.cols = model, rows, cols
+    def __init__(self, model: UNet, layouts: tuple[TileLayout, ...], precision: str, channels_last: bool) -> None:
+        self.model, self.layouts = model, layouts
         self.precision, self.channels_last = precision, channels_last
+        self.memory_format = ({2: torch.channels_last, 3: torch.channels_last_3d}[len(layouts)] if channels_last
+                              else torch.contiguous_format)
         self.device = next(model.parameters()).device
 
     def predict(self, batch: torch.Tensor, group: tuple[symmetries.Symmetry, ...]) -> torch.Tensor:
@@ -179,14 +203,13 @@ class TileNet:
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
+            batch = batch.contiguous(memory_format=self.memory_format)
         with autocast(self.device, self.precision):
             y = self.model(batch).float()
         # An exported model (export.OnnxModel) already ends in sigmoid/softmax.
         p = y if getattr(self.model, "outputs_probabilities", False) else probabilities(y)
         if self.model.config.padding == "same":
-            m = self.rows.context
-            p = p[..., m : m + self.rows.output_size, m : m + self.cols.output_size]
+            p = p[(..., *(slice(layout.context, layout.context + layout.output_size) for layout in self.layouts))]
         return p
 
 

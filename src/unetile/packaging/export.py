@@ -120,15 +120,21 @@ class OnnxModel:
         return torch.from_numpy(out)
 
     # The geometry `predict_tiled` needs, from a 1-channel twin of the net.
-    def output_size(self, n: int) -> int:
-        return self._geometry.output_size(n)
+    def output_size(self, n: int, axis: int = -1) -> int:
+        return self._geometry.output_size(n, axis)
 
-    def valid_input_size(self, n: int, direction: str = "nearest") -> int:
-        return self._geometry.valid_input_size(n, direction)
+    def valid_input_size(self, n: int, direction: str = "nearest", axis: int = -1) -> int:
+        return self._geometry.valid_input_size(n, direction, axis)
 
     @property
     def halo(self) -> int:
         return self._geometry.halo
+
+    def axis_halo(self, axis: int) -> int:
+        return self._geometry.axis_halo(axis)
+
+    def grid(self, axis: int = -1) -> int:
+        return self._geometry.grid(axis)
 
     def eval(self) -> "OnnxModel":
         return self

@@ -57,7 +57,7 @@ def architecture_kwargs(model: UNet, metadata: dict) -> dict:
     shifted = any(s != 0.0 for s in offset)
     taps = SHIFT_TAPS if shifted else 0
     config = model.config
-    halo = model.halo + taps if config.padding == "valid" else same_padding_margin(model.halo + taps, config.depth)
+    halo = model.halo + taps if config.padding == "valid" else same_padding_margin(model.halo + taps, 2**config.depth)
     return {"config": config.to_dict(), "threshold": float(metadata.get("threshold", 0.5)), "halo": int(halo),
             "shift_kernels": [shift_kernel(s) for s in offset] if shifted else None}
 

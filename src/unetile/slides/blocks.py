@@ -78,7 +78,7 @@ def block_grid(model_like, planes: int, height: int, width: int, tile_size: int 
                block_px: int = DEFAULT_BLOCK_PX) -> BlockGrid:
     """Blocks of about ``block_px`` px (a whole number of tile strides) over the tile layout."""
     tile = tile_size or default_tile_size(model_like, height, width)
-    rows, cols = tile_layout(model_like, height, tile), tile_layout(model_like, width, tile)
+    rows, cols = tile_layout(model_like, height, tile, -2), tile_layout(model_like, width, tile, -1)
     stride = rows.origins[1] - rows.origins[0] if len(rows.origins) > 1 else rows.output_size
     size = max(1, round(block_px / stride)) * stride
     return BlockGrid(rows, cols, size, planes, height, width)
@@ -106,13 +106,14 @@ def predict_block(predictor, image: ChunkedImage, grid: BlockGrid, block: Block,
     w = read_window(grid, positions, predictor.input_shift)
     data = image.window(block.plane, slice(w.top, w.top + w.height), slice(w.left, w.left + w.width))
     data = match_channels(data, predictor.config.in_channels, image.path, predictor.options.convert_channels)
-    reader = HostTileReader(data, grid.rows, grid.cols, stats, predictor.input_shift, predictor.device,
+    layouts = (grid.rows, grid.cols)
+    reader = HostTileReader(data, layouts, stats, predictor.input_shift, predictor.device,
                             Window(w.top, w.left, grid.height, grid.width))
     channels = predictor.config.out_channels
     out = np.empty((channels, block.bottom - block.top, block.right - block.left), dtype=out_dtype)
     encode = predictor.encode_tile if channels == 1 else None
-    writer = TileWriter(out, grid.rows, grid.cols, encode, None, _ignore, origin=(block.top, block.left))
-    net = TileNet(predictor.model, grid.rows, grid.cols, predictor.precision, predictor.channels_last)
+    writer = TileWriter(out, layouts, encode, None, _ignore, origin=(block.top, block.left))
+    net = TileNet(predictor.model, layouts, predictor.precision, predictor.channels_last)
     group = tta_group(predictor.flips, predictor.options.tta)
     run_tiles(net, reader, writer, positions, predictor.batch_size(grid.rows.input_size), group)
     return out
