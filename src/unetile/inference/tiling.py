@@ -167,7 +167,7 @@ def run_tiles(net: TileNet, reader, writer: TileWriter, positions: list[Position
 def _checked_image(model: UNet, image: np.ndarray, precision: str, batch_size: int) -> np.ndarray:
     """``image`` as (C, H, W) (3D nets: (C, Z, Y, X)), after checking it and the settings
     against the net."""
-    dims = getattr(model.config, "spatial_dims", 2)
+    dims = model.config.spatial_dims
     if image.ndim == dims:
         image = image[None]
     if image.ndim != dims + 1:

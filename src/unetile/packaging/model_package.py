@@ -269,11 +269,14 @@ def load_package(path: Path, device: str | torch.device = "cpu") -> tuple[UNet, 
 
     if not path.is_file():
         raise UserInputError(f"{path}: no such model file")
-    with reading(path, "not a readable BioImage.IO package"), zipfile.ZipFile(path) as archive:
-        rdf = yaml.safe_load(archive.read("rdf.yaml"))  # only the decoders are inside `reading`
-    record, weights = _own_config(rdf, path), _weights_file(rdf, path)
-    with reading(path, f"cannot read {weights}"), zipfile.ZipFile(path) as archive, archive.open(weights) as member:
-        state = safe_torch_load(member, f"{path}:{weights}")
+    with reading(path, "not a readable BioImage.IO package"):
+        archive = zipfile.ZipFile(path)
+    with archive:
+        with reading(path, "not a readable BioImage.IO package"):  # only the decoders are inside `reading`
+            rdf = yaml.safe_load(archive.read("rdf.yaml"))
+        record, weights = _own_config(rdf, path), _weights_file(rdf, path)
+        with reading(path, f"cannot read {weights}"), archive.open(weights) as member:
+            state = safe_torch_load(member, f"{path}:{weights}")
     record = {"config": record.get("config"), "metadata": record.get("metadata", {}), "state_dict": state}
     check_record(record, f"{path} (config.{CONFIG_KEYS[0]} and {weights})")
     net_state = {k.removeprefix("net."): v for k, v in state.items()}  # PackagedNet's keys -> the UNet's

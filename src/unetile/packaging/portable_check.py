@@ -69,9 +69,10 @@ def _run_isolated(*args: str) -> str:
 
 
 class _Refuse(importlib.abc.MetaPathFinder):
-    """Makes ``import unetile`` (and `names`) fail as it does where the tool is not installed."""
+    """Makes ``import NAME`` fail for ``names`` as it does where they are not installed."""
 
-    names: tuple[str, ...] = REFUSED
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
 
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in self.names:
@@ -81,8 +82,7 @@ class _Refuse(importlib.abc.MetaPathFinder):
 
 def _refuse(*names: str) -> None:
     """From now on ``import NAME`` fails for ``names`` (and this tool's), as where they are absent."""
-    _Refuse.names = (*REFUSED, *names)
-    sys.meta_path.insert(0, _Refuse())
+    sys.meta_path.insert(0, _Refuse((*REFUSED, *names)))
     try:
         import unetile  # noqa: F401
     except ModuleNotFoundError:
