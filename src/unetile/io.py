@@ -246,6 +246,19 @@ def write_image(path: str | Path, array: np.ndarray, axes: str | None = None) ->
             raise ValueError(f"cannot write {path}: unknown format {suffix!r} (use .png or .tif)")
 
 
+def write_volume(path: str | Path, volume: np.ndarray, voxel: tuple[float, float, float] | None = None) -> None:
+    """Write a volume (Z, Y, X) or (C, Z, Y, X) atomically as an OME-TIFF, with its voxel size
+    (z, y, x) um where known: `voxel_size` and `read_image` read it back (pages are z; OME
+    rather than ImageJ TIFF, which cannot hold the uint32 labels of many cells)."""
+    axes = "ZYX" if volume.ndim == 3 else "CZYX"
+    metadata: dict = {"axes": axes}
+    if voxel is not None:
+        metadata.update({f"PhysicalSize{a}": float(v) for a, v in zip("ZYX", voxel)})
+        metadata.update({f"PhysicalSize{a}Unit": "\u00b5m" for a in "ZYX"})
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, volume, photometric="minisblack", metadata=metadata, ome=True)
+
+
 # Length units -> micrometres (micro written with the micro sign or the Greek mu).
 _MICROMETRE = {"um": 1.0, "\u00b5m": 1.0, "\u03bcm": 1.0, "micron": 1.0, "micrometer": 1.0, "micrometre": 1.0,
                "nm": 1e-3, "nanometer": 1e-3, "mm": 1e3, "millimeter": 1e3}

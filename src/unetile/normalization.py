@@ -34,24 +34,30 @@ class Normalization:
         return cls(low=float(d["low"]), high=float(d["high"]))
 
     def statistics(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per-channel (low, high) values of ``image`` (C, H, W); each array has shape (C,)."""
-        c, h, w = image.shape
-        step = max(1, math.ceil(math.sqrt(h * w / _MAX_SAMPLES)))
-        sample = np.asarray(image[:, ::step, ::step]).reshape(c, -1)
+        """Per-channel (low, high) values of ``image`` (C, H, W) or a volume's (C, Z, Y, X);
+        each array has shape (C,)."""
+        c, spatial = image.shape[0], image.shape[1:]
+        if len(spatial) == 2:
+            step = max(1, math.ceil(math.sqrt(spatial[0] * spatial[1] / _MAX_SAMPLES)))
+        else:  # the same regular subsample, every step-th voxel along each axis
+            step = max(1, math.ceil((math.prod(spatial) / _MAX_SAMPLES) ** (1 / len(spatial))))
+        sample = np.asarray(image[(slice(None), *(slice(None, None, step),) * len(spatial))]).reshape(c, -1)
         lo, hi = np.percentile(sample, [self.low, self.high], axis=1).astype(np.float32)
         return lo, hi
 
 
 def apply_normalization(image: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """(C, H, W) array of any dtype -> float32 with ``low`` at 0 and ``high`` at 1 per channel."""
+    """(C, H, W) (or (C, Z, Y, X)) array of any dtype -> float32 with ``low`` at 0 and ``high``
+    at 1 per channel."""
     scale = np.where(high > low, high - low, 1.0).astype(np.float32)
+    per_channel = (slice(None),) + (None,) * (image.ndim - 1)
     out = image.astype(np.float32)  # a copy: the caller's array is never changed
-    out -= low[:, None, None]
-    out /= scale[:, None, None]
+    out -= low[per_channel]
+    out /= scale[per_channel]
     return out
 
 
 def normalize(image: np.ndarray, normalization: Normalization) -> np.ndarray:
-    """Normalise a whole (C, H, W) image with its own percentiles."""
+    """Normalise a whole (C, H, W) image (or (C, Z, Y, X) volume) with its own percentiles."""
     lo, hi = normalization.statistics(image)
     return apply_normalization(image, lo, hi)

@@ -35,13 +35,13 @@ from tqdm.auto import tqdm
 from ..device import choose_precision, resolve_device, use_fast_kernels
 from ..distributed import Context
 from ..errors import UserInputError
-from ..io import label_dtype, match_channels, write_image
+from ..io import label_dtype, match_channels, voxel_size, write_image, write_volume
 from ..nn.checkpoint import load_model
 from ..nn.model import UNet, fold_batch_norm
 from ..normalization import Normalization
 from .instances import InstanceSettings
 from .streaming import open_input, predict_to_tiff
-from .layout import default_tile_size
+from .layout import default_tile_shape, default_tile_size
 from .tiling import default_batch_size, predict_tiled
 
 
@@ -82,6 +82,10 @@ class Predictor:
         self.threshold = float(metadata.get("threshold", 0.5))
         self.flips = metadata.get("flips", "dihedral")  # models saved before flips were stored: all 8
         self.input_shift = tuple(metadata.get("input_shift", (0.0, 0.0)))
+        # 3D models: the voxel size (z, y, x) um of the training volumes, used for an input
+        # volume whose file does not say its own (it sets the watershed's smoothing per axis).
+        stored_voxel = metadata.get("voxel_size")
+        self.voxel_size = tuple(float(v) for v in stored_voxel) if stored_voxel else None
         self.precision = choose_precision(options.precision, device)
         # How --instances cuts cells: the method asked for, with the settings training chose.
         self.instance_settings = (InstanceSettings.from_metadata(options.instances, metadata)
@@ -120,6 +124,11 @@ class Predictor:
         """The net's `UNetConfig` (channels in and out, depth, padding)."""
         return self.model.config
 
+    @property
+    def spatial_dims(self) -> int:
+        """2: the net segments images (H, W); 3: volumes (Z, Y, X)."""
+        return getattr(self.config, "spatial_dims", 2)
+
     def to(self, device: torch.device) -> "Predictor":
         """Move the net (where it is a PyTorch module) to ``device``."""
         if isinstance(self.model, torch.nn.Module):
@@ -129,7 +138,8 @@ class Predictor:
 
     def probabilities(self, image: np.ndarray, *, name: str | Path = "image", out=None, encode=None,
                       skip_batches: int = 0, on_batch=None, progress: bool = False) -> np.ndarray:
-        """(H, W) or (C, H, W) -> (C_out, H, W) float32 probabilities, seamless at any size.
+        """(H, W) or (C, H, W) -> (C_out, H, W) float32 probabilities, seamless at any size;
+        a 3D net's volume (Z, Y, X) or (C, Z, Y, X) -> (C_out, Z, Y, X).
 
         The image's channels are matched to the net's (``options.convert_channels``; errors
         name the image ``name``); the other keywords go to `predict_tiled` (``out``: where to
@@ -137,21 +147,36 @@ class Predictor:
         ``skip_batches`` / ``on_batch``: resumable streaming). One-class maps are *not*
         calibrated here: `predict` and `encode_tile` do that.
         """
-        if image.ndim == 2:
-            image = image[None]
-        image = match_channels(image, self.config.in_channels, name, self.options.convert_channels)
-        tile = self.options.tile_size or default_tile_size(self.model, image.shape[-2], image.shape[-1])
+        image = self._matched(image, name)
+        tile = self.tile_size(image.shape[1:])
         return predict_tiled(self.model, image, tile_size=tile, batch_size=self.batch_size(tile), tta=self.options.tta,
                              flips=self.flips, normalization=self.normalization, input_shift=self.input_shift,
                              precision=self.precision, channels_last=self.channels_last, progress=progress,
                              out=out, encode=encode, skip_batches=skip_batches, on_batch=on_batch)
+
+    def _matched(self, image: np.ndarray, name: str | Path) -> np.ndarray:
+        """``image`` as (C, H, W) (3D nets: (C, Z, Y, X)) with the net's channels."""
+        if image.ndim == self.spatial_dims:
+            image = image[None]
+        if self.spatial_dims == 2 or image.ndim != 4:
+            return match_channels(image, self.config.in_channels, name, self.options.convert_channels)
+        by_plane = match_channels(np.moveaxis(image, 0, 1), self.config.in_channels, name,
+                                  self.options.convert_channels)  # (Z, C, Y, X): channels where it expects them
+        return np.moveaxis(by_plane, 1, 0)
+
+    def tile_size(self, shape: tuple[int, ...]) -> int | tuple[int, ...]:
+        """The tile for an image of ``shape`` (H, W) or a volume's (Z, Y, X): ``options.tile_size``
+        (every axis, for a volume), else the tool's choice."""
+        if self.options.tile_size:
+            return self.options.tile_size if len(shape) == 2 else (self.options.tile_size,) * len(shape)
+        return default_tile_size(self.model, *shape) if len(shape) == 2 else default_tile_shape(self.model, shape)
 
     @property
     def channels_last(self) -> bool:
         """The net runs channels-last at reduced precision (see `inference_model`)."""
         return self.precision != "fp32"
 
-    def batch_size(self, tile: int) -> int:
+    def batch_size(self, tile: int | tuple[int, ...]) -> int:
         """Tiles per forward pass: ``options.batch_size``, else what fits the device."""
         return self.options.batch_size or default_batch_size(self.model, tile, self.precision, self.device)
 
@@ -162,17 +187,21 @@ class Predictor:
         return {"model": model_fingerprint(self.source), "options": options}
 
     def predict(self, image: np.ndarray, suffix: str = ".tif", *, name: str | Path = "image",
-                progress: bool = False) -> np.ndarray:
-        """One image -> the array `unetile predict` writes for it (see the module docstring).
+                progress: bool = False, voxel_size: tuple[float, float, float] | None = None) -> np.ndarray:
+        """One image (or a 3D net's volume) -> the array `unetile predict` writes for it (see
+        the module docstring).
 
         ``suffix``: the output file's kind (".png" holds 8-bit probabilities or class ids).
+        ``voxel_size``: a volume's (z, y, x) um, for cutting cells (default: the model's).
         """
         prob = calibrate_map(self.probabilities(image, name=name, progress=progress), self.threshold)
-        return encode(prob, suffix, self.options.threshold, self.instance_settings)
+        spacing = (voxel_size or self.voxel_size) if self.spatial_dims == 3 else None
+        return encode(prob, suffix, self.options.threshold, self.instance_settings, spacing)
 
     def streams(self, target: Path) -> bool:
         """Whether ``target`` is written tile by tile into a TIFF on disk (bounded memory, resumable)."""
-        return target.suffix == ".tif" and not self.options.instances and self.config.out_channels == 1
+        return (target.suffix == ".tif" and not self.options.instances and self.config.out_channels == 1
+                and self.spatial_dims == 2)
 
     def predict_file(self, source: Path, target: Path, *, ctx: Context = Context(), bar: tqdm | None = None,
                      progress: bool = False) -> Path:
@@ -186,6 +215,9 @@ class Predictor:
         if self.streams(target):
             self._predict_to_tiff(source, target, ctx, bar, progress)
             return target
+        if self.spatial_dims == 3:
+            self._predict_volume(source, target, bar, progress)
+            return target
         slices = []
         for page in open_input(source):
             slices.append(self.predict(np.asarray(page), target.suffix, name=source, progress=progress))
@@ -196,6 +228,23 @@ class Predictor:
         else:
             _write(target, np.stack(slices), "QCYX" if slices[0].ndim == 3 else "QYX")
         return target
+
+    def _predict_volume(self, source: Path, target: Path, bar: tqdm | None, progress: bool) -> None:
+        """A 3D net: the whole stack ``source`` is one volume (its pages are z), predicted as
+        one and written as an OME-TIFF volume with the input's voxel size."""
+        pages = np.asarray(open_input(source))  # (Z, C, Y, X)
+        if pages.shape[0] < 2:
+            raise UserInputError(f"{source}: a 3D model segments volumes, and this image has one plane; "
+                                 "give a TIFF stack (its pages are z)")
+        voxel = voxel_size(source)
+        result = self.predict(np.moveaxis(pages, 0, 1), target.suffix, name=source, progress=progress,
+                              voxel_size=voxel)
+        try:
+            write_volume(target, result, voxel or self.voxel_size)
+        except OSError as e:
+            raise UserInputError(f"{target}: cannot write ({e.strerror or e})") from e
+        if bar is not None:
+            bar.update(pages.shape[0])
 
     def _predict_to_tiff(self, source: Path, target: Path, ctx: Context, bar: tqdm | None, progress: bool) -> None:
         dtype = np.uint8 if self.options.threshold is not None else np.float32
@@ -226,7 +275,8 @@ def inference_model(model: UNet, precision: str = "fp32") -> UNet:
     fast = fold_batch_norm(model)
     if precision in ("bf16", "fp16"):
         fast = fast.to(torch.bfloat16 if precision == "bf16" else torch.float16)
-        fast = fast.to(memory_format=torch.channels_last)
+        volumes = getattr(model.config, "spatial_dims", 2) == 3
+        fast = fast.to(memory_format=torch.channels_last_3d if volumes else torch.channels_last)
     return fast.to(next(model.parameters()).device)
 
 
@@ -271,10 +321,14 @@ def cell_threshold(threshold: float | None) -> float:
 
 
 def encode(prob: np.ndarray, suffix: str, threshold: float | None,
-           instances: InstanceSettings | None = None) -> np.ndarray:
-    """Calibrated probabilities (C, H, W) -> the array to write (see the module docstring)."""
+           instances: InstanceSettings | None = None,
+           spacing: tuple[float, float, float] | None = None) -> np.ndarray:
+    """Calibrated probabilities (C, H, W) -> the array to write (see the module docstring);
+    or a volume's (C, Z, Y, X), whose cells are cut with its voxel size ``spacing`` (z, y, x) um."""
     if instances is not None:
-        labels = instances.labels(prob, cell_threshold(threshold))
+        volume = prob.ndim == 4
+        labels = (instances.labels(prob, cell_threshold(threshold), spacing=spacing) if volume
+                  else instances.labels(prob, cell_threshold(threshold)))
         return labels.astype(label_dtype(labels))
     if prob.shape[0] > 1:
         if suffix == ".png" or threshold is not None:

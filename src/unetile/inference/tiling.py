@@ -213,9 +213,11 @@ class TileNet:
         return p
 
 
-def default_batch_size(model_like, tile_size: int, precision: str, device: torch.device | None = None) -> int:
+def default_batch_size(model_like, tile_size: int | tuple[int, ...], precision: str,
+                       device: torch.device | None = None) -> int:
     """Tiles per forward pass that keep the activations within the device's budget.
 
+    ``tile_size``: a square tile's side (px), or a tile's size per axis (a 3D tile's voxels).
     On a CPU: 1.5 GB, 1-8 tiles (more gains nothing there). Measured here: one 876-px tile
     of the paper's net (width 64) costs ~0.45 GB of resident memory in bf16; the estimate
     below (8 full-resolution maps of ``width`` channels per tile) is a little above that,
@@ -223,7 +225,8 @@ def default_batch_size(model_like, tile_size: int, precision: str, device: torch
     """
     width = getattr(model_like.config, "width", 64)
     element = 2 if precision in ("bf16", "fp16") else 4
-    per_tile = 8 * width * tile_size**2 * element
+    samples = tile_size**2 if isinstance(tile_size, int) else int(np.prod(tile_size))
+    per_tile = 8 * width * samples * element
     if device is not None and device.type == "cuda":
         budget, most = 0.5 * torch.cuda.mem_get_info(device)[0], 32
     else:
