@@ -1,4 +1,4 @@
-"""From a probability map of cell interior to a label image of cells.
+"""From a probability map of cell interior to a label image (or volume) of cells.
 
 Two methods:
 
@@ -33,10 +33,18 @@ no gaps                           watershed 0.9981    0.0047
 ================================  ========  ========  ==========
 
 These are synthetic maps, not network output; re-measure on real validation maps.
+
+Volumes (Z, Y, X) are cut the same way in 3D (one id per object across the planes): face
+connectivity (6 neighbours where images use 4), ``min_size`` in voxels, and ``sigma`` given in
+in-plane px and converted per axis from the voxel size (`spacing.per_axis`), so the smoothing
+reaches the same physical distance along a coarse z as in the plane. `choose_settings` picks
+``sigma``, ``seed_threshold`` and ``min_size`` on validation images or volumes (`VOLUME_GRID`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,14 +52,21 @@ from scipy import ndimage as ndi
 
 from ..errors import UserInputError
 from ..evaluation.metrics import as_probability
+from ..evaluation.metrics.common import face_connected
+from ..evaluation.metrics.objects import cell_counts, pooled, summary
+from ..spacing import per_axis
 
-__all__ = ["METHODS", "DEFAULT_METHOD", "InstanceSettings", "drop_small_cells", "probabilities_to_instances"]
+__all__ = ["METHODS", "DEFAULT_METHOD", "VOLUME_GRID", "InstanceSettings", "choose_settings", "drop_small_cells",
+           "probabilities_to_instances"]
 
 METHODS: tuple[str, ...] = ("components", "watershed")
 #: Chosen by measuring V_rand and Rand error on ISBI slices (see the package notes).
 DEFAULT_METHOD = "watershed"
 
-_FOUR = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
+#: The seeded watershed's settings `choose_settings` tries on validation volumes: sigma in in-plane
+#: px, seed levels as for images, min_size in voxels (a nucleus of radius 4 voxels holds ~270).
+VOLUME_GRID = {"sigma": (0.0, 1.0, 2.0, 3.0), "seed_threshold": (0.6, 0.7, 0.75, 0.8, 0.9),
+               "min_size": (0, 27, 64, 125, 216, 512)}
 
 
 @dataclass(frozen=True)
@@ -81,11 +96,14 @@ class InstanceSettings:
     def to_dict(self) -> dict:
         return {"sigma": self.sigma, "seed_threshold": self.seed_threshold, "min_size": self.min_size}
 
-    def labels(self, prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-        """Probabilities -> (H, W) uint32 cell labels (0 = background).
+    def labels(self, prob: np.ndarray, threshold: float = 0.5,
+               spacing: tuple[float, float, float] | None = None) -> np.ndarray:
+        """Probabilities -> uint32 cell labels (0 = background): (H, W) of an image, (Z, Y, X) of a volume.
 
-        ``prob``: (H, W) foreground, (1, H, W) foreground, or (C, H, W) class probabilities
-        (foreground = 1 - background; with ``seeds="interior"`` class 1 seeds the cells).
+        ``prob``: an image's (H, W) foreground, (1, H, W) foreground or (C, H, W) class
+        probabilities; a volume's map is always 4-D, (C, Z, Y, X) (C = 1: foreground).
+        Class maps: foreground = 1 - background; with ``seeds="interior"`` class 1 seeds the cells.
+        ``spacing``: a volume's (z, y, x) voxel size (um; None = isotropic), for the smoothing.
         """
         prob = np.asarray(prob)
         if prob.ndim == 2:
@@ -93,7 +111,7 @@ class InstanceSettings:
         foreground = prob[0] if prob.shape[0] == 1 else 1.0 - prob[0]
         seed_map = prob[1] if self.seeds == "interior" and prob.shape[0] > 2 else None
         return probabilities_to_instances(foreground, self.method, threshold, self.sigma, self.seed_threshold,
-                                          self.min_size, seed_map)
+                                          self.min_size, seed_map, spacing)
 
 
 def probabilities_to_instances(
@@ -104,20 +122,24 @@ def probabilities_to_instances(
     seed_threshold: float | None = None,
     min_size: int = 0,
     seed_map: np.ndarray | None = None,
+    spacing: tuple[float, ...] | None = None,
 ) -> np.ndarray:
-    """Turn a cell-interior probability map into a label image.
+    """Turn a cell-interior probability map into a label image (or a volume into a label volume).
 
-    prob: ``(H, W)`` map in [0, 1] (float), or uint8 read as ``value / 255``, or bool.
+    prob: ``(H, W)`` or ``(Z, Y, X)`` map in [0, 1] (float), or uint8 read as ``value / 255``, or bool.
     method: ``"components"`` or ``"watershed"`` (see the module docstring).
     threshold: a pixel is interior when ``prob > threshold``.
-    sigma: Gaussian smoothing of the seed map in pixels (watershed only).
+    sigma: Gaussian smoothing of the seed map in (in-plane) pixels (watershed only).
     seed_threshold: seeds are ``smoothed > seed_threshold``; default ``(1 + threshold) / 2``
         (0.75 at the default threshold), which cut more gaps than ``threshold`` itself in
         the measurement described in the module docstring.
-    min_size: cells smaller than this many pixels are set to 0 (boundary).
-    seed_map: (H, W) map to seed and flood from instead of ``prob`` (watershed only): the
-        cell-interior class of a three-class net, low on the band between touching cells.
-    Returns ``(H, W)`` uint32 labels, 0 = boundary, 1..K consecutive.
+    min_size: cells smaller than this many pixels (voxels) are set to 0 (boundary).
+    seed_map: map of ``prob``'s shape to seed and flood from instead of ``prob`` (watershed
+        only): the cell-interior class of a three-class net, low on the band between touching cells.
+    spacing: the voxel size per axis (a volume's (z, y, x) um), None = isotropic: ``sigma``
+        becomes ``spacing.per_axis(sigma, spacing)`` voxels along each axis.
+    Returns uint32 labels of ``prob``'s shape, 0 = boundary, 1..K consecutive; cells are
+    face-connected (4 neighbours in an image, 6 in a volume).
     """
     if method not in METHODS:
         raise UserInputError(f"unknown instance method {method!r}; choose one of {', '.join(METHODS)}")
@@ -127,16 +149,20 @@ def probabilities_to_instances(
         raise UserInputError(f"sigma must be >= 0, got {sigma}")
     if min_size < 0:
         raise UserInputError(f"min_size must be >= 0, got {min_size}")
-    if np.ndim(prob) != 2:  # the seeded watershed below is planar (4-connected, 2D smoothing)
-        raise UserInputError(f"cells are cut from a 2D probability map (H, W); got shape {np.shape(prob)}")
+    if np.ndim(prob) not in (2, 3):
+        raise UserInputError(f"cells are cut from an image (H, W) or a volume (Z, Y, X) map; got shape {np.shape(prob)}")
+    if spacing is not None and (len(spacing) != np.ndim(prob) or min(spacing) <= 0):
+        raise UserInputError(f"spacing {tuple(spacing)}: give one positive size per axis of the map {np.shape(prob)}")
     p = as_probability(np.asarray(prob))
     mask = p > threshold
 
     if method == "components":
-        labels = ndi.label(mask, structure=_FOUR)[0]
+        labels = ndi.label(mask, structure=face_connected(p.ndim))[0]
     else:
         seed_t = (1.0 + threshold) / 2.0 if seed_threshold is None else float(seed_threshold)
-        labels = _seeded_watershed(p if seed_map is None else np.asarray(seed_map, np.float64), mask, sigma, seed_t)
+        # Without a voxel size the scalar sigma smooths every axis alike (the 2D path, unchanged).
+        sigmas = sigma if spacing is None else per_axis(sigma, spacing, p.ndim)
+        labels = _seeded_watershed(p if seed_map is None else np.asarray(seed_map, np.float64), mask, sigmas, seed_t)
 
     return _sequential(drop_small_cells(labels, min_size))
 
@@ -151,14 +177,48 @@ def drop_small_cells(labels: np.ndarray, min_size: int) -> np.ndarray:
     return np.where(small[labels], 0, labels)
 
 
-def _seeded_watershed(p: np.ndarray, mask: np.ndarray, sigma: float, seed_threshold: float) -> np.ndarray:
+def choose_settings(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], grid: dict = VOLUME_GRID,
+                    base: InstanceSettings = InstanceSettings(), threshold: float = 0.5,
+                    spacings: Sequence[tuple[float, float, float] | None] | None = None
+                    ) -> tuple[InstanceSettings, float]:
+    """The watershed settings of ``grid`` (keys sigma, seed_threshold, min_size) with the best
+    mean AP over IoU 0.5:0.95, object counts pooled over the maps (`evaluate_volumes`'
+    ``objects.pooled.mean_ap``) -> (settings, that mean AP).
+
+    ``maps``: what `InstanceSettings.labels` takes, as `unetile predict` writes them (one-class
+    maps calibrated, `predictor.calibrate_map`): a volume's (C, Z, Y, X), an image's (C, H, W);
+    cells begin at ``threshold``. ``truths``: the matching instance ids (Z, Y, X) / (H, W).
+    ``spacings``: each volume's (z, y, x) voxel size (um) or None. ``base``: the method and the map
+    seeds come from; the grid's settings replace the rest. Ties keep the first in grid order
+    (the least smoothing and filtering).
+    """
+    spacings = [None] * len(maps) if spacings is None else list(spacings)
+    if not (len(maps) == len(truths) == len(spacings)) or not maps:
+        raise ValueError(f"{len(maps)} maps, {len(truths)} truths and {len(spacings)} spacings (give the same number)")
+    best, best_score = base, -1.0
+    for sigma in grid["sigma"]:
+        for seed in grid["seed_threshold"]:
+            trial = dataclasses.replace(base, sigma=sigma, seed_threshold=seed, min_size=0)
+            labels = [trial.labels(m, threshold, s) for m, s in zip(maps, spacings)]
+            for min_size in grid["min_size"]:
+                counts = [cell_counts(np.asarray(t), drop_small_cells(lab, min_size)) for lab, t in zip(labels, truths)]
+                score = summary(pooled(counts))["mean_ap"]
+                if score > best_score:
+                    best, best_score = dataclasses.replace(trial, min_size=min_size), score
+    return best, best_score
+
+
+def _seeded_watershed(p: np.ndarray, mask: np.ndarray, sigma: float | tuple[float, ...],
+                      seed_threshold: float) -> np.ndarray:
+    """``sigma``: one length for every axis, or one per axis (voxels)."""
     from skimage.measure import label as label_components
     from skimage.segmentation import watershed
 
-    smoothed = ndi.gaussian_filter(p, sigma) if sigma > 0 else p
-    seeds, n_seeds = ndi.label((smoothed > seed_threshold) & mask, structure=_FOUR)
+    faces = face_connected(p.ndim)
+    smoothed = ndi.gaussian_filter(p, sigma) if np.max(sigma) > 0 else p
+    seeds, n_seeds = ndi.label((smoothed > seed_threshold) & mask, structure=faces)
     # Keep cells that smoothing erased entirely: each seedless mask component seeds itself.
-    comps, n_comps = ndi.label(mask, structure=_FOUR)
+    comps, n_comps = ndi.label(mask, structure=faces)
     if n_comps:
         has_seed = np.zeros(n_comps + 1, dtype=bool)
         has_seed[np.unique(comps[seeds > 0])] = True
@@ -169,7 +229,7 @@ def _seeded_watershed(p: np.ndarray, mask: np.ndarray, sigma: float, seed_thresh
         return np.zeros(p.shape, dtype=np.int64)
     basins = watershed(-smoothed, markers=seeds, mask=mask, connectivity=1, watershed_line=True)
     # The watershed line can cut a basin into pieces that touch only at a corner (or not at
-    # all); each 4-connected piece is its own cell, as in the components method.
+    # all); each face-connected piece is its own cell, as in the components method.
     return label_components(basins, connectivity=1, background=0)
 
 
