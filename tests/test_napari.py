@@ -223,3 +223,35 @@ def test_labels_writer_saves_what_unet_train_reads(tmp_path):
     assert write_labels(str(tmp_path / "l.tif"), labels, {}) == [str(tmp_path / "l.tif")]
     back = read_image(tmp_path / "l.tif")
     assert back.shape == (2, 1, 30, 40) and back.dtype == np.uint16 and np.array_equal(back[:, 0], labels)
+
+
+def test_segment_widget_runs_a_3d_model_on_a_volume_as_one(viewer_model, qtbot, tmp_path, rng):
+    """A 3D model segments the layer's (Z, Y, X) as one volume (not plane by plane), with the
+    layer's scale as the voxel size: the cells equal `unetile predict --instances` on the same
+    volume written with that voxel size."""
+    from unetile.io import write_volume
+
+    from .test_predict_3d import VOXEL, _net_3d
+
+    save_model(_net_3d(), tmp_path / "net3d.pt", threshold=0.5, voxel_size=[1.0, 1.0, 1.0])
+    volume = (rng.random((2, 9, 30, 26)) * 255).astype(np.uint8)  # two time points of a volume
+    layer = viewer_model.add_image(volume, scale=(1.0, *VOXEL))
+    widget = segment(viewer_model, qtbot, tmp_path / "net3d.pt", layer, "cells (watershed)")
+    result = viewer_model.layers[-1]
+    assert widget.progress.max == 2 and result.data.shape == volume.shape and tuple(result.scale) == (1.0, *VOXEL)
+    write_volume(tmp_path / "t1.tif", volume[1], VOXEL)
+    assert main(["predict", "--model", str(tmp_path / "net3d.pt"), "--input", str(tmp_path / "t1.tif"), "--out",
+                 str(tmp_path / "pred"), "--instances"]) == 0
+    assert np.array_equal(np.asarray(result.data[1]), read_image(tmp_path / "pred" / "t1.tif")[:, 0])
+
+
+def test_a_3d_model_on_a_2d_layer_is_one_line(viewer_model, qtbot, tmp_path, rng, monkeypatch):
+    from .test_predict_3d import _net_3d
+
+    shown = []
+    monkeypatch.setattr("unetile.napari.segment.show_one_line", shown.append)
+    save_model(_net_3d(), tmp_path / "net3d.pt")
+    layer = viewer_model.add_image((rng.random((30, 30)) * 255).astype(np.uint8), name="flat")
+    n_layers = len(viewer_model.layers)
+    segment(viewer_model, qtbot, tmp_path / "net3d.pt", layer, "probability")
+    assert len(viewer_model.layers) == n_layers and len(shown) == 1 and "'flat' is 2D" in str(shown[0])

@@ -326,9 +326,7 @@ def encode(prob: np.ndarray, suffix: str, threshold: float | None,
     """Calibrated probabilities (C, H, W) -> the array to write (see the module docstring);
     or a volume's (C, Z, Y, X), whose cells are cut with its voxel size ``spacing`` (z, y, x) um."""
     if instances is not None:
-        volume = prob.ndim == 4
-        labels = (instances.labels(prob, cell_threshold(threshold), spacing=spacing) if volume
-                  else instances.labels(prob, cell_threshold(threshold)))
+        labels = instances.labels(prob, cell_threshold(threshold), spacing=spacing)
         return labels.astype(label_dtype(labels))
     if prob.shape[0] > 1:
         if suffix == ".png" or threshold is not None:

@@ -7,19 +7,29 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserInputError
 from ..io import label_dtype, write_image
 
 
 class LayerSlices:
     """An Image layer's planes as (C, H, W) arrays, read one at a time (a dask-backed layer is
     never loaded whole): 2D grey is one plane, an RGB(A) layer keeps its colours as channels,
-    any leading axes (a stack, time) count planes."""
+    any leading axes (a stack, time) count planes.
 
-    def __init__(self, layer):
+    With ``spatial_dims=3`` (a 3D model) the last three non-colour axes are one volume, read as
+    (C, Z, Y, X), and the axes before them (time, positions) count volumes."""
+
+    def __init__(self, layer, spatial_dims: int = 2):
         data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
         self.data, self.rgb = data, bool(getattr(layer, "rgb", False))
-        self.lead = tuple(data.shape[: data.ndim - (3 if self.rgb else 2)])
+        spatial = data.ndim - (1 if self.rgb else 0)
+        if spatial < spatial_dims:
+            raise UserInputError(f"the layer '{layer.name}' is {spatial}D; this model segments volumes (Z, Y, X)")
+        self.lead = tuple(data.shape[: spatial - spatial_dims])
         self.count = int(np.prod(self.lead)) if self.lead else 1
+        # napari's scale of the spatial axes: a volume's voxel size (None where napari's default 1s)
+        scale = tuple(float(s) for s in layer.scale[len(self.lead) : spatial])
+        self.voxel_size = scale if spatial_dims == 3 and any(s != 1.0 for s in scale) else None
 
     def __getitem__(self, index: int) -> np.ndarray:
         where = tuple(int(i) for i in np.unravel_index(index, self.lead)) if self.lead else ()
@@ -27,7 +37,7 @@ class LayerSlices:
         return np.moveaxis(plane, -1, 0) if self.rgb else plane[None]
 
     def stacked(self, planes: list[np.ndarray]) -> np.ndarray:
-        """Per-plane results (H, W) back in the layer's leading shape: (..., H, W)."""
+        """Per-plane results (H, W) (volumes: (Z, Y, X)) back in the layer's leading shape."""
         return np.stack(planes).reshape(*self.lead, *planes[0].shape) if self.lead else planes[0]
 
 

@@ -3,9 +3,11 @@
 The model is chosen from a list (model_choice.py): the shipped models by name, the runs the
 Train widget finished in this session, or a file.
 
-The prediction is `Predictor.predict`, plane by plane, exactly what `unetile predict` writes
-(the calibrated probability, a mask at the calibrated threshold, or cells), run by napari's
-``thread_worker`` so the viewer stays responsive; Cancel stops it after the current plane.
+The prediction is `Predictor.predict`, plane by plane (a 3D model: volume by volume, the
+layer's last three axes, with its scale as the voxel size), exactly what `unetile predict`
+writes (the calibrated probability, a mask at the calibrated threshold, or cells), run by
+napari's ``thread_worker`` so the viewer stays responsive; Cancel stops it after the current
+plane or volume.
 The result is added as an Image or Labels layer on the input's scale and translation.
 """
 
@@ -41,15 +43,22 @@ class SegmentRequest:
                               instances=OUTPUTS[self.output])
 
 
-def predict_planes(request: SegmentRequest, planes: LayerSlices):
-    """A generator for ``thread_worker``: yields the planes done, returns the result
-    (..., H, W) in the layer's leading shape (class probabilities: (..., C, H, W))."""
+def predict_planes(request: SegmentRequest, layer):
+    """A generator for ``thread_worker``: yields (planes done, planes) as it goes, returns the
+    result (..., H, W) in the layer's leading shape (class probabilities: (..., C, H, W)) and
+    the number of those leading axes.
+
+    A 3D model takes the layer's last three axes as one volume (Z, Y, X), its voxel size from
+    the layer's scale where set (else the model's), and counts volumes instead of planes."""
     predictor = Predictor.load(request.model, request.options(), None if request.device == "auto" else request.device)
+    planes = LayerSlices(layer, predictor.spatial_dims)
+    yield 0, planes.count
     results = []
     for index in range(planes.count):
-        results.append(predictor.predict(planes[index].astype(np.float32, copy=False), ".tif"))
-        yield index + 1
-    return planes.stacked(results)
+        results.append(predictor.predict(planes[index].astype(np.float32, copy=False), ".tif",
+                                         voxel_size=planes.voxel_size))
+        yield index + 1, planes.count
+    return planes.stacked(results), len(planes.lead)
 
 
 class SegmentWidget(Container):
@@ -91,11 +100,10 @@ class SegmentWidget(Container):
             show_one_line(e)
             return None
         request = SegmentRequest(model, self.output.value, self.tta.value, self.device.value)
-        planes = LayerSlices(layer)
-        self.progress.max, self.progress.value = planes.count, 0
+        self.progress.value = 0
         from napari.qt.threading import create_worker
 
-        self.worker = create_worker(predict_planes, request, planes, _ignore_errors=True)  # shown, not raised
+        self.worker = create_worker(predict_planes, request, layer, _ignore_errors=True)  # shown, not raised
         self.worker.yielded.connect(self._advance)
         self.worker.returned.connect(self._add_result)
         self.worker.errored.connect(show_one_line)
@@ -109,18 +117,19 @@ class SegmentWidget(Container):
         if self.worker is not None:
             self.worker.quit()  # after the current plane; nothing is added
 
-    def _advance(self, done: int) -> None:
-        self.progress.value = done
+    def _advance(self, done_of: tuple[int, int]) -> None:
+        self.progress.max, self.progress.value = done_of[1], done_of[0]
 
     def _finished(self) -> None:
         self.run_button.enabled, self.cancel_button.enabled = True, False
 
-    def _add_result(self, result: np.ndarray) -> None:
+    def _add_result(self, result_and_lead: tuple[np.ndarray, int]) -> None:
+        result, lead = result_and_lead
         source, output = self._source, self._request.output
         where = {"scale": source.scale, "translate": source.translate}  # an RGB layer's are already 2D
         name = f"{source.name} {output}"
-        if output == "probability" and result.ndim > len(where["scale"]):
-            self.viewer.add_image(result, name=name, channel_axis=result.ndim - 3, **where)
+        if output == "probability" and result.ndim > len(where["scale"]):  # classes: after the leading axes
+            self.viewer.add_image(result, name=name, channel_axis=lead, **where)
         elif output == "probability":
             self.viewer.add_image(result, name=name, colormap="magma", contrast_limits=(0, 1), **where)
         elif output == "mask":
