@@ -1,7 +1,8 @@
 """Export a trained model to ONNX or TorchScript, and run an ONNX model with the same tiling.
 
 The exported graph takes a normalised image batch (N, C, H, W) float32 of any valid size
-(dynamic height and width) and returns probabilities (sigmoid or softmax included), so
+(dynamic height and width; a 3D net's (N, C, Z, Y, X) with dynamic depth, height and width,
+each valid on its own axis) and returns probabilities (sigmoid or softmax included), so
 any runtime gets exactly what `predict_tiled` computes. The checkpoint's config, threshold
 and normalisation travel in the ONNX file's metadata, so `unetile predict --model m.onnx`
 needs nothing else.
@@ -56,24 +57,34 @@ def export_model(model_path: str | Path, out: str | Path, fmt: str = "onnx") -> 
 
 def _parity_inputs(model: UNet) -> tuple[torch.Tensor, torch.Tensor]:
     """A valid input to trace with, and a batch of two of another valid size to check on."""
-    size = model.valid_input_size(300)
-    example = torch.randn(1, model.config.in_channels, size, size)
-    check = torch.randn(2, model.config.in_channels, model.valid_input_size(size + 40), size)
-    return example, check
+    channels = model.config.in_channels
+    if model.config.spatial_dims == 2:
+        size = model.valid_input_size(300)
+        example = torch.randn(1, channels, size, size)
+        check = torch.randn(2, channels, model.valid_input_size(size + 40), size)
+        return example, check
+    # A volume: per axis the smallest valid size with output beyond the halo (volumes cost the
+    # cube of a side), checked one grid step larger on z and x so each axis is seen to vary.
+    axes = (-3, -2, -1)
+    sizes = [model.valid_input_size(2 * model.axis_halo(a) + model.grid(a), "up", a) for a in axes]
+    larger = [model.valid_input_size(n + (model.grid(a) if a != -2 else 0), "up", a) for n, a in zip(sizes, axes)]
+    return torch.randn(1, channels, *sizes), torch.randn(2, channels, *larger)
 
 
 def save_onnx(module: torch.nn.Module, example: torch.Tensor, out: Path, metadata: dict[str, str]) -> None:
-    """``module`` as ONNX (opset 17; batch, height and width dynamic), with ``metadata``."""
+    """``module`` as ONNX (opset 17; batch and every spatial axis of ``example`` dynamic: height
+    and width, and depth before them for a volume), with ``metadata``."""
     import onnx
 
+    spatial = ("depth", "height", "width")[5 - example.dim():]  # (height, width) for an image
     with atomic_path(out) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
         # The TorchScript-based exporter handles the data-dependent centre crops of the
         # skip connections with symbolic sizes; dynamic H and W stay dynamic.
         torch.onnx.export(
             module, (example,), str(tmp), dynamo=False, input_names=["image"], output_names=["probabilities"],
-            dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
-                          "probabilities": {0: "batch", 2: "out_height", 3: "out_width"}},
+            dynamic_axes={"image": {0: "batch", **dict(enumerate(spatial, 2))},
+                          "probabilities": {0: "batch", **{i: f"out_{n}" for i, n in enumerate(spatial, 2)}}},
             opset_version=17,
         )
         proto = onnx.load(str(tmp))
