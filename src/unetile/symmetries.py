@@ -55,3 +55,33 @@ def undo(x: torch.Tensor, s: Symmetry) -> torch.Tensor:
     k, flip = s
     x = torch.rot90(x, -k, dims=(-2, -1))
     return torch.flip(x, dims=(-1,)) if flip else x
+
+
+# Volumes (Z, Y, X): the in-plane group acts on (y, x) as above; a z flip joins it (sections
+# have no up or down that a label could sit off by), and where the voxels are isotropic the
+# axes may also be swapped, so that rotations across z join as well (the cube's 48 symmetries
+# with ``dihedral``). Along a coarse z a swap would mix sampling densities: never there.
+#: Axis orders a volume symmetry may first put (z, y, x) into: kept, z <-> y, z <-> x. With
+#: the in-plane transpose (in ``dihedral``) these give all 6 orders of the three axes.
+AXIS_ORDERS = ((0, 1, 2), (1, 0, 2), (2, 1, 0))
+VolumeSymmetry = tuple[int, bool, Symmetry]  # (AXIS_ORDERS index, flip z, the in-plane symmetry)
+VOLUME_IDENTITY: VolumeSymmetry = (0, False, (0, False))
+
+
+def volume_group(flips: str, axis_swaps: bool = False) -> tuple[VolumeSymmetry, ...]:
+    """The symmetries of a volume for the in-plane group ``flips``: those times a z flip
+    (none for ``none``), and with ``axis_swaps`` (isotropic voxels, cubic tiles; ``dihedral``
+    only) times the swaps of z with y or x: 48 symmetries, the cube's."""
+    plane = group(flips)
+    z_flips = (False,) if flips == "none" else (False, True)
+    orders = range(len(AXIS_ORDERS)) if axis_swaps and flips == "dihedral" else (0,)
+    return tuple((order, z_flip, s) for order in orders for z_flip in z_flips for s in plane)
+
+
+def apply_volume(x: np.ndarray, s: VolumeSymmetry) -> np.ndarray:
+    """Transform the last three axes of an array (..., Z, Y, X) by the volume symmetry ``s``:
+    reorder the axes, flip z, then the in-plane symmetry (`apply`) on the last two."""
+    order, z_flip, plane = s
+    lead = x.ndim - 3
+    x = np.transpose(x, (*range(lead), *(lead + a for a in AXIS_ORDERS[order])))
+    return apply(x[..., ::-1, :, :] if z_flip else x, plane)

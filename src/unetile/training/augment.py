@@ -6,6 +6,13 @@ ids (or, for binary labels with ``soft_labels``, bilinearly into foreground frac
 weight map bilinearly. A tile's random choices (`AugmentDraw`) come from a NumPy Generator
 in a fixed order, so its augmentation is a pure function of its seed (repeatable runs, exact
 resume), and device_augment.py applies the very same choices to batches on a GPU.
+
+Volumes (Z, Y, X) are augmented by the same steps on three axes (`Augmentation.spacing` set):
+displacements on a coarse 3 x 3 x 3 grid whose spread is ``elastic_sigma`` in-plane px of
+physical length on every axis (fewer voxels along a coarse z: `spacing.per_axis`), warped
+trilinearly (torch has no tricubic ``grid_sample``; labels nearest, weights trilinear), the
+in-plane flips and rotations plus a z flip, and swaps of z with y or x only where the voxels
+are isotropic (`symmetries.volume_group`).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from .. import symmetries
+from ..spacing import per_axis
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,9 @@ class Augmentation:
     # Binary labels only: warp the 0/1 label bilinearly into foreground fractions (float)
     # rather than nearest neighbour, whose staircase moves every boundary by up to 0.5 px.
     soft_labels: bool = False
+    # Volumes only: each axis's voxel size in in-plane px (`spacing.relative_spacing`); None: 2D.
+    spacing: tuple[float, ...] | None = None
+    axis_swaps: bool = False  # volumes: swap z with y or x too (isotropic voxels, cubic tiles)
 
     @classmethod
     def none(cls) -> "Augmentation":
@@ -42,17 +53,40 @@ class Augmentation:
 class AugmentDraw:
     """The random choices of one tile's augmentation (`draw_augmentation`)."""
 
-    symmetry: symmetries.Symmetry = (0, False)  # the flip / rotation
-    coarse: np.ndarray | None = None  # (2, grid, grid) elastic displacements, px; None: no deformation
+    symmetry: symmetries.Symmetry | symmetries.VolumeSymmetry = (0, False)  # the flip / rotation
+    coarse: np.ndarray | None = None  # (2, grid, grid) elastic displacements, px (volumes: (3, g, g, g),
+    #                                   voxels); None: no deformation
     grey: tuple[float, float, float] | None = None  # (contrast, brightness, gamma); None: unchanged
 
 
 def draw_augmentation(rng: np.random.Generator, aug: Augmentation) -> AugmentDraw:
     """Draw a tile's choices, always in this order: symmetry, displacements, grey values."""
+    if aug.spacing is not None:
+        return _draw_volume_augmentation(rng, aug)
     symmetry = draw_symmetry(rng, aug.flips) if aug.flips != "none" else (0, False)
     coarse = rng.normal(0.0, aug.elastic_sigma, size=(2, aug.elastic_grid, aug.elastic_grid)) if aug.elastic else None
     grey = draw_grey(rng, aug.grey_strength) if aug.grey else None
     return AugmentDraw(symmetry, coarse, grey)
+
+
+def _draw_volume_augmentation(rng: np.random.Generator, aug: Augmentation) -> AugmentDraw:
+    """`draw_augmentation` for a volume: a symmetry of `symmetries.volume_group`, (3, g, g, g)
+    displacements in voxels with ``elastic_sigma`` in-plane px of spread on every axis."""
+    choices = symmetries.volume_group(aug.flips, aug.axis_swaps)
+    symmetry = choices[int(rng.integers(len(choices)))] if len(choices) > 1 else symmetries.VOLUME_IDENTITY
+    coarse = None
+    if aug.elastic:
+        sigmas = np.asarray(per_axis(aug.elastic_sigma, aug.spacing))
+        coarse = rng.normal(0.0, 1.0, size=(3, *(aug.elastic_grid,) * 3)) * sigmas[:, None, None, None]
+    grey = draw_grey(rng, aug.grey_strength) if aug.grey else None
+    return AugmentDraw(symmetry, coarse, grey)
+
+
+def elastic_margins(aug: Augmentation, ndim: int = 2) -> tuple[int, ...]:
+    """Room (voxels per axis) around a tile for the elastic displacements: 4 standard deviations."""
+    if not aug.elastic:
+        return (0,) * ndim
+    return tuple(int(np.ceil(4 * s)) for s in per_axis(aug.elastic_sigma, aug.spacing, ndim))
 
 
 def draw_symmetry(rng: np.random.Generator, flips: str) -> symmetries.Symmetry:
@@ -74,10 +108,17 @@ def displacement_field(rng: np.random.Generator, size: int, grid: int, sigma: fl
     return upsample_displacements(rng.normal(0.0, sigma, size=(2, grid, grid)), size)
 
 
-def upsample_displacements(coarse: np.ndarray, size: int) -> np.ndarray:
-    """(2, grid, grid) displacements -> (2, size, size) float32 (`upsampling_matrix`)."""
-    m = upsampling_matrix(size, coarse.shape[-1])
-    return (m @ coarse @ m.T).astype(np.float32)
+def upsample_displacements(coarse: np.ndarray, size: int | tuple[int, ...]) -> np.ndarray:
+    """(A, grid, ...) displacements on A axes -> (A, *size) float32 (`upsampling_matrix` along
+    each axis; ``size``: one per axis, or one for all)."""
+    sizes = (size,) * (coarse.ndim - 1) if isinstance(size, int) else tuple(size)
+    if coarse.ndim == 3 and sizes[0] == sizes[1]:  # 2D: the two products that 2D runs were made with
+        m = upsampling_matrix(sizes[0], coarse.shape[-1])
+        return (m @ coarse @ m.T).astype(np.float32)
+    out = coarse
+    for axis, n in enumerate(sizes, start=1):
+        out = np.moveaxis(np.tensordot(upsampling_matrix(n, coarse.shape[axis]), out, axes=(1, axis)), 0, axis)
+    return out.astype(np.float32)
 
 
 @functools.lru_cache(maxsize=16)
@@ -92,26 +133,36 @@ def upsampling_matrix(size: int, grid: int) -> np.ndarray:
     )
 
 
-def elastic_coordinates(coarse: np.ndarray, size: int, margin: int) -> np.ndarray:
-    """(2, size, size) sampling coordinates into a region of size + 2 * margin px, displaced
-    by the (2, grid, grid) ``coarse`` displacements."""
-    yy, xx = np.meshgrid(np.arange(size, dtype=np.float32), np.arange(size, dtype=np.float32), indexing="ij")
-    d = upsample_displacements(coarse, size)
+def elastic_coordinates(coarse: np.ndarray, size: int | tuple[int, ...], margin: int | tuple[int, ...]) -> np.ndarray:
+    """(A, *size) sampling coordinates into a region of size + 2 * margin px per axis, displaced
+    by the (A, grid, ...) ``coarse`` displacements (A = 2 axes, or 3 for a volume)."""
+    axes = coarse.shape[0]
+    sizes = (size,) * axes if isinstance(size, int) else tuple(size)
+    margins = (margin,) * axes if isinstance(margin, int) else tuple(margin)
+    base = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in sizes), indexing="ij")
+    d = upsample_displacements(coarse, sizes)
+    coords = np.stack([b + m + d[a] for a, (b, m) in enumerate(zip(base, margins))])
     # Keep samples inside the region so no edge padding is ever sampled.
-    return np.clip(np.stack([yy + margin + d[0], xx + margin + d[1]]), 0, size + 2 * margin - 1)
+    if len(set(sizes)) == 1 and len(set(margins)) == 1:
+        return np.clip(coords, 0, sizes[0] + 2 * margins[0] - 1)
+    upper = np.array([n + 2 * m - 1 for n, m in zip(sizes, margins)], np.float32)
+    return np.clip(coords, 0, upper.reshape(-1, *(1,) * axes))
 
 
 def warp(arrays: np.ndarray, coords: np.ndarray, mode: str) -> np.ndarray:
-    """Sample (C, S, S') arrays at (2, H, W) coordinates (px, row then column) -> (C, H, W) float32.
+    """Sample (C, S, S') arrays at (2, H, W) coordinates (px, row then column) -> (C, H, W) float32;
+    a volume's (C, Sz, Sy, Sx) at (3, Z, Y, X) coordinates (z, y, x) -> (C, Z, Y, X).
 
-    ``mode`` is torch's: "bicubic" (cubic convolution), "bilinear" or "nearest"; beyond the
+    ``mode`` is torch's: "bicubic" (cubic convolution, 2D only), "bilinear" (trilinear on a
+    volume) or "nearest"; beyond the
     edge the arrays are mirrored. Torch's ``grid_sample`` rather than
     ``scipy.ndimage.map_coordinates``: the B-spline prefilter of each region made SciPy's
     cubic warp 6x slower, and the worker doing it took a sixth of the training steps that
     2 cores manage in a fixed time.
     """
-    sy, sx = arrays.shape[-2:]
-    grid = np.stack([coords[1] * (2.0 / max(sx - 1, 1)) - 1, coords[0] * (2.0 / max(sy - 1, 1)) - 1], axis=-1)
+    sizes = arrays.shape[1:]
+    # grid_sample wants (x, y[, z]) in [-1, 1]: the axes reversed.
+    grid = np.stack([coords[a] * (2.0 / max(sizes[a] - 1, 1)) - 1 for a in reversed(range(len(sizes)))], axis=-1)
     out = F.grid_sample(torch.from_numpy(np.ascontiguousarray(arrays, dtype=np.float32))[None],
                         torch.from_numpy(grid.astype(np.float32))[None], mode=mode, padding_mode="reflection",
                         align_corners=True)
@@ -138,36 +189,45 @@ def augment_region(
     image: np.ndarray,
     label: np.ndarray,
     weight: np.ndarray,
-    size: int,
-    out_size: int,
-    margin: int,
+    size: int | tuple[int, ...],
+    out_size: int | tuple[int, ...],
+    margin: int | tuple[int, ...],
     aug: Augmentation,
     rng: np.random.Generator | AugmentDraw,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Turn a region (C, S, S) / (S, S) / (S, S), S = size + 2 * margin, into one training tile.
+    """Turn a region (C, S, S) / (S, S) / (S, S), S = size + 2 * margin, into one training tile;
+    a volume's (C, Sz, Sy, Sx) / (Sz, Sy, Sx) likewise, with ``size``, ``out_size`` and
+    ``margin`` one per axis (or one for all).
 
     ``rng``: the Generator to draw the choices from, or the choices (`draw_augmentation`).
     Returns the image tile (C, size, size) and the label and weight (out_size, out_size) at
     its centre (the net's output window).
     """
     draw = rng if isinstance(rng, AugmentDraw) else draw_augmentation(rng, aug)
-    if draw.symmetry != (0, False):
-        image, label, weight = (symmetries.apply(a, draw.symmetry) for a in (image, label, weight))
-    lo = margin + (size - out_size) // 2
+    sizes, outs, margins = (_per_axis(v, label.ndim) for v in (size, out_size, margin))
+    if draw.symmetry not in ((0, False), symmetries.VOLUME_IDENTITY):
+        transform = symmetries.apply_volume if label.ndim == 3 else symmetries.apply
+        image, label, weight = (transform(a, draw.symmetry) for a in (image, label, weight))
+    # The output window in tile coordinates, and in region coordinates.
+    centre_in_tile = tuple(slice((n - o) // 2, (n - o) // 2 + o) for n, o in zip(sizes, outs))
+    centre_in_region = tuple(slice(m + c.start, m + c.stop) for m, c in zip(margins, centre_in_tile))
     if draw.coarse is not None:
-        coords = elastic_coordinates(draw.coarse, size, margin)
-        image = warp(image, coords, "bicubic")
-        centre = coords[:, lo - margin : lo - margin + out_size, lo - margin : lo - margin + out_size]
+        coords = elastic_coordinates(draw.coarse, sizes, margins)
+        image = warp(image, coords, "bicubic" if label.ndim == 2 else "bilinear")  # no tricubic in torch
+        centre = coords[(slice(None), *centre_in_tile)]
         if aug.soft_labels:
             label = warp(label[None], centre, "bilinear")[0]
         else:  # class ids stay ids (exact in float32 below 2^24)
             label = warp(label[None], centre, "nearest")[0].astype(label.dtype)
         weight = warp(weight[None], centre, "bilinear")[0]
     else:
-        image = image[:, margin : margin + size, margin : margin + size]
-        label = label[lo : lo + out_size, lo : lo + out_size]
-        weight = weight[lo : lo + out_size, lo : lo + out_size]
+        image = image[(slice(None), *(slice(m, m + n) for m, n in zip(margins, sizes)))]
+        label, weight = label[centre_in_region], weight[centre_in_region]
     image = image.astype(np.float32)
     if draw.grey is not None:
         image = grey_values(image, draw.grey)
     return image, np.ascontiguousarray(label), np.ascontiguousarray(weight, dtype=np.float32)
+
+
+def _per_axis(value: int | tuple[int, ...], ndim: int) -> tuple[int, ...]:
+    return (value,) * ndim if isinstance(value, int) else tuple(value)

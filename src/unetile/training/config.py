@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import symmetries
 from ..errors import UserInputError
+from ..io import list_images, voxel_size
 from ..nn.checkpoint import load_payload
 from ..normalization import Normalization
 from ..registration import parse_label_offset
+from ..spacing import parse_voxel_size
 from .data import CELL_TARGETS
 from .losses import LOSSES
 from .presets import preset
+
+log = logging.getLogger(__name__)
 
 SELECT_BY = ("score", "loss", "pixel_error", "adapted_rand_error", "rand_error", "v_rand", "dice")
 MAXIMISE = {"v_rand", "dice"}
@@ -35,6 +40,9 @@ class TrainConfig:
     preset: str = "fast"
     init: str | None = None  # a checkpoint to start from (fine-tuning): its architecture, its weights
     classes: int | None = None  # class count for integer class-id labels (>2); None: a mask or instance ids
+    dims: int | None = None  # spatial axes: 2 (images) or 3 (volumes); None: inferred (`spatial_settings`)
+    voxel_size: str | list[float] | None = None  # volumes: "Z,Y,X" um, overriding the files'; resolved: a list
+    ignore_label: int | None = None  # the label value of not-annotated pixels (sparse labels): weight 0
     in_channels: int | None = None  # image channels (default: as the data)
     width: int | None = None
     depth: int | None = None  # poolings (default 4)
@@ -53,7 +61,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     ema: float | None = None  # decay of an exponential moving average of the weights (0: off)
     elastic: bool | None = None
-    elastic_sigma: float = 10.0  # std of the elastic displacements on the 3 x 3 grid, px (paper: 10)
+    elastic_sigma: float | None = None  # std of the elastic displacements on the 3 x 3 grid, px (paper: 10)
     flips: str | None = None  # flips/rotations to augment with and average over: dihedral, horizontal, none
     label_offset: str | None = None  # auto | none | "DY,DX" px: resample images onto the labels' grid
     grey: bool | None = None
@@ -81,14 +89,16 @@ class TrainConfig:
     normalization: dict = field(default_factory=lambda: Normalization().to_dict())
 
     def resolved(self) -> "TrainConfig":
-        """Fill ``None`` fields from the preset and check every value."""
-        values = preset(self.preset)
+        """Fill ``None`` fields from the preset and check every value; decide 2D or 3D and the
+        voxel size (`spatial_settings`)."""
+        dims, voxels = spatial_settings(self)
+        values = preset(self.preset, dims)
         if self.init is not None:  # the starting model's architecture wins over the preset's
             values.update(initial_architecture(self.init))
         base = dict(depth=4, up_mode="transpose", batch_norm=True, momentum=0.9, centre_crop=False, workers=None,
                     ema=0.0, class_balance=True, w0=10.0, sigma=5.0, skeleton_recall=0.0, label_offset="none",
-                    soft_labels=False, cell_target="foreground")
-        out = dataclasses.replace(self)
+                    soft_labels=False, cell_target="foreground", elastic_sigma=10.0)
+        out = dataclasses.replace(self, dims=dims, voxel_size=voxels)
         for name, value in {**base, **values}.items():
             if getattr(out, name) is None:
                 setattr(out, name, value)
@@ -125,7 +135,71 @@ class TrainConfig:
             raise UserInputError(f"--elastic-sigma must be > 0, got {out.elastic_sigma}")
         if out.classes is not None and out.classes < 2:
             raise UserInputError(f"--classes must be >= 2, got {out.classes}")
+        if out.ignore_label is not None and out.ignore_label < 0:
+            raise UserInputError(f"--ignore-label must be a label value >= 0, got {out.ignore_label}")
+        if dims == 3:
+            check_volume_settings(out)
         return out
+
+
+def spatial_settings(cfg: TrainConfig) -> tuple[int, list[float] | None]:
+    """(2 or 3 spatial axes, the volumes' voxel size (z, y, x) um or None) for a run, with one
+    logged line saying why: ``--dims`` as given; else that of the ``--init`` model; else 3
+    where ``--voxel-size`` is given or an image file carries a z voxel size (ImageJ / OME
+    metadata: `io.voxel_size`), 2 otherwise. The voxel size: ``--voxel-size``, else the first
+    training volume's; unknown: None (isotropic voxels assumed, logged)."""
+    given = cfg.voxel_size
+    if isinstance(given, str):
+        given = list(parse_voxel_size(given))
+    if cfg.dims not in (None, 2, 3):
+        raise UserInputError(f"--dims {cfg.dims}: choose 2 (images) or 3 (volumes)")
+    files = [] if cfg.dims == 2 or (cfg.dims == 3 and given) else _image_files(cfg)
+    sizes = {f: voxel_size(f) for f in files}
+    known = [(f, v) for f, v in sizes.items() if v is not None]
+    if cfg.dims is not None:
+        dims, why = cfg.dims, "--dims"
+    elif cfg.init is not None:
+        dims = int(load_payload(cfg.init).get("config", {}).get("spatial_dims", 2))
+        why = f"--init {cfg.init} is a {dims}D model"
+    elif given:
+        dims, why = 3, "--voxel-size is given"
+    elif known:
+        dims, why = 3, f"{known[0][0].name} carries a z voxel size ({known[0][1][0]:.4g} um)"
+    else:
+        dims, why = 2, "no image file carries a z voxel size; --dims 3 trains on volumes"
+    if cfg.dims is None:
+        log.info("training in %dD (%s)", dims, why)
+    if dims == 2:
+        if given:
+            raise UserInputError("--voxel-size is for volumes: add --dims 3")
+        return 2, None
+    if given:
+        return 3, [float(v) for v in given]
+    if not known:
+        log.info("voxel size unknown (no ImageJ/OME metadata): isotropic voxels assumed; give --voxel-size Z,Y,X")
+        return 3, None
+    first = known[0][1]
+    odd = [f.name for f, v in known if any(abs(a - b) > 0.1 * b for a, b in zip(v, first))]
+    if odd:
+        log.warning("voxel sizes differ between volumes (%s); training with %s's: %s um (z, y, x)",
+                    ", ".join(odd[:3]), known[0][0].name, ", ".join(f"{v:.4g}" for v in first))
+    return 3, [float(v) for v in first]
+
+
+def _image_files(cfg: TrainConfig) -> list[Path]:
+    """The training image files (none where the data's paths do not exist: `read_pairs` says so)."""
+    images = Path(cfg.data) / "images" if cfg.data is not None else cfg.images
+    if images is None or not Path(images).exists():
+        return []
+    return list_images(images)
+
+
+def check_volume_settings(cfg: TrainConfig) -> None:
+    """Settings that volumes cannot take: one line each."""
+    if cfg.tiles_on == "device":
+        raise UserInputError("--tiles-on device: volume tiles are cut and augmented on the CPU; use --tiles-on cpu")
+    if parse_label_offset(cfg.label_offset) != "none":
+        raise UserInputError("--label-offset is for 2D images; volumes train with --label-offset none")
 
 
 def parse_duration(text: str) -> float:

@@ -11,12 +11,17 @@ Training tiles are drawn at random centres (every pixel can be a centre) from th
 extended by mirror reflection; the label and weight map are the net's output window at the
 tile's centre. A tile is a pure function of ``(seed, index)``, so runs repeat exactly,
 whatever the number of DataLoader workers, and resume exactly.
+
+Volumes (``dims=3``): each TIFF volume (multi-page, ImageJ hyperstack or OME) and its label
+volume of the same shape are one item, image (C, Z, Y, X) and label (Z, Y, X); tiles are cut
+the same way on three axes. Sparse labels: voxels holding ``ignore_label`` are not annotated;
+they weigh 0, count in no statistics, and are no cell (`without_ignored`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,24 +37,27 @@ from ..errors import UserInputError
 from ..inference.tile_io import reflect_indices
 from ..io import list_images, read_image
 from ..normalization import Normalization, normalize
-from .augment import Augmentation, AugmentDraw, augment_region, draw_augmentation
+from .augment import Augmentation, AugmentDraw, augment_region, draw_augmentation, elastic_margins
 from .weights import background_skeleton, border_weight_map, cells_from_mask
 
 
 @dataclass
 class LabelledImage:
     name: str
-    image: np.ndarray  # (C, H, W) float32, normalised
+    image: np.ndarray  # (C, H, W) float32, normalised; a volume's (C, Z, Y, X)
     classes: np.ndarray  # (H, W) int64 class ids (binary: 0 background, 1 foreground); float32 distances
-    #                      in [0, 1] for --cell-target distance (0 background)
-    weight: np.ndarray  # (H, W) float32 loss weight (the border weight map, or class balance)
+    #                      in [0, 1] for --cell-target distance (0 background); a volume's (Z, Y, X)
+    weight: np.ndarray  # (H, W) float32 loss weight (the border weight map, or class balance); 0 where not annotated
     instances: np.ndarray | None = None  # (H, W) int32 the label's instance ids, where it holds them
+    annotated: np.ndarray | None = None  # (H, W) bool, where the label is not --ignore-label; None: everywhere
 
 
 def read_pairs(
-    data: str | Path | None = None, images: str | Path | None = None, labels: str | Path | None = None
+    data: str | Path | None = None, images: str | Path | None = None, labels: str | Path | None = None,
+    dims: int = 2,
 ) -> list[tuple[str, np.ndarray, np.ndarray, Path, Path]]:
-    """Read (name, image (C, H, W), label (H, W), image path, label path) for every slice.
+    """Read (name, image (C, H, W), label (H, W), image path, label path) for every slice;
+    with ``dims=3`` one (name, image (C, Z, Y, X), label (Z, Y, X), ...) per volume file.
 
     Either ``data`` (a folder with ``images/`` and ``labels/`` holding files of matching
     names) or ``images`` and ``labels`` (two files or folders: stacks match page by page).
@@ -82,10 +90,25 @@ def read_pairs(
             raise UserInputError(f"{lp}: label size {lab.shape[-2:]} differs from the image's {img.shape[-2:]} ({ip})")
         if img.dtype.kind == "f" and not np.isfinite(img).all():
             raise UserInputError(f"{ip}: the image holds NaN or infinite values")
+        if dims == 3:  # (Z, C, Y, X) planes -> one volume (C, Z, Y, X)
+            pairs.append((ip.stem, np.moveaxis(img, 1, 0), lab[:, 0], ip, lp))
+            continue
         for k in range(img.shape[0]):
             name = ip.stem if img.shape[0] == 1 else f"{ip.stem}[{k}]"
             pairs.append((name, img[k], lab[k, 0], ip, lp))
     return pairs
+
+
+def without_ignored(label: np.ndarray, ignore_label: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """A raw label with its not-annotated value ``ignore_label`` -> (the label with those pixels
+    0, so that they are no cell and no class; bool mask of the annotated pixels, or None where
+    all are). ``ignore_label`` None: the label as it is, None."""
+    if ignore_label is None:
+        return label, None
+    annotated = label != ignore_label
+    if annotated.all():
+        return label, None
+    return np.where(annotated, label, 0).astype(label.dtype), annotated
 
 
 #: What a net learns from instance-id labels (``--cell-target``): "foreground" (cells, parted by
@@ -97,11 +120,13 @@ BOUNDARY_WIDTH = 2  # px
 
 
 def interpret_labels(label: np.ndarray, n_classes: int | None, source: str = "label",
-                     cell_target: str = "foreground") -> tuple[np.ndarray, np.ndarray]:
-    """A raw label (H, W) -> (target (H, W), cells (H, W) int32 for the weight map).
+                     cell_target: str = "foreground",
+                     spacing: tuple[float, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A raw label (H, W) (or a volume's (Z, Y, X)) -> (target, cells int32 for the weight map).
 
     The target is int64 class ids, or for ``cell_target="distance"`` float32 distances in
-    [0, 1]; ``cell_target`` applies to instance-id labels only (see `CELL_TARGETS`)."""
+    [0, 1] (physical with ``spacing``, a volume's voxel size); ``cell_target`` applies to
+    instance-id labels only (see `CELL_TARGETS`)."""
     if label.dtype.kind == "f":
         if not np.all(np.isfinite(label)) or not np.all(label == np.round(label)):
             raise UserInputError(f"{source}: label values must be integers")
@@ -131,7 +156,7 @@ def interpret_labels(label: np.ndarray, n_classes: int | None, source: str = "la
     if cell_target == "boundary":
         return boundary_classes(ids), separated.astype(np.int32)
     if cell_target == "distance":
-        return distance_target(separated), separated.astype(np.int32)
+        return distance_target(separated, spacing), separated.astype(np.int32)
     return (separated > 0).astype(np.int64), separated.astype(np.int32)
 
 
@@ -146,7 +171,7 @@ def boundary_classes(ids: np.ndarray, width: int = BOUNDARY_WIDTH) -> np.ndarray
     return classes
 
 
-def distance_target(cells: np.ndarray) -> np.ndarray:
+def distance_target(cells: np.ndarray, spacing: tuple[float, ...] | None = None) -> np.ndarray:
     """Cell ids (H, W), touching cells parted by background -> (H, W) float32 in [0, 1]: each
     cell pixel's Euclidean distance to the nearest pixel outside its cell (1 on its edge), divided
     by the largest in that cell, so every cell peaks at 1 whatever its size; 0 on background.
@@ -155,7 +180,7 @@ def distance_target(cells: np.ndarray) -> np.ndarray:
     with a valley between; `unetile predict --instances` seeds the watershed from the peaks.
     """
     inside = cells > 0
-    distance = ndimage.distance_transform_edt(inside)
+    distance = ndimage.distance_transform_edt(inside, sampling=spacing)  # only the ratio to the peak matters
     if not inside.any():
         return distance.astype(np.float32)
     peaks = np.asarray(ndimage.maximum(distance, cells, np.arange(cells.max() + 1)))
@@ -177,19 +202,18 @@ def label_kind(label: np.ndarray, n_classes: int | None, source: str = "label") 
 
 
 def touching_borders(ids: np.ndarray) -> np.ndarray:
-    """Pixels of a cell that touch (8-neighbourhood) a cell with a smaller non-zero id.
+    """Pixels of a cell that touch (8-neighbourhood; in a volume 26: faces, edges and corners) a
+    cell with a smaller non-zero id.
 
     Removing them leaves a 1-px background line between every two touching cells.
     """
-    h, w = ids.shape
     padded = np.pad(ids, 1)
-    border = np.zeros((h, w), bool)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            if dy == dx == 0:
-                continue
-            nb = padded[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
-            border |= (nb > 0) & (nb < ids)
+    border = np.zeros(ids.shape, bool)
+    for offset in itertools.product((-1, 0, 1), repeat=ids.ndim):
+        if not any(offset):
+            continue
+        nb = padded[tuple(slice(1 + d, 1 + d + n) for d, n in zip(offset, ids.shape))]
+        border |= (nb > 0) & (nb < ids)
     return border
 
 
@@ -202,28 +226,32 @@ def prepare(
     sigma: float = 5.0,
     class_balance: bool = True,
     cell_target: str = "foreground",
+    spacing: tuple[float, ...] | None = None,
+    ignore_label: int | None = None,
 ) -> list[LabelledImage]:
     """Normalise images, interpret labels and compute each image's weight map once.
 
     ``n_classes`` is ``--classes``: ``None`` reads each label as a mask or as instance ids
     (``cell_target``: what is learnt from instance ids, `CELL_TARGETS`).
     ``w0`` and ``class_balance`` arrive decided (``"auto"`` is resolved before, by
-    `train.automatic_weight_map`).
+    `train.automatic_weight_map`). ``spacing``: a volume's voxel size (z, y, x), for physical
+    distances; ``ignore_label``: the value of not-annotated pixels (`without_ignored`).
     """
     if weight_map and (isinstance(w0, str) or isinstance(class_balance, str)):
         raise ValueError(f"prepare needs a number for w0 and a bool for class_balance, not {w0!r}, {class_balance!r}")
     items = []
-    for name, image, label, _, label_path in pairs:
-        classes, cells = interpret_labels(label, n_classes, str(label_path), cell_target)
+    for name, image, raw_label, _, label_path in pairs:
+        label, annotated = without_ignored(raw_label, ignore_label)
+        classes, cells = interpret_labels(label, n_classes, str(label_path), cell_target, spacing)
         is_ids = label_kind(label, n_classes) == "instances"
         if weight_map:
             n_out = 3 if is_ids and cell_target == "boundary" else n_classes or 2
             ids = classes if classes.dtype.kind == "i" else (classes > 0).astype(np.int64)  # distances: in or out
-            weight = border_weight_map(cells, w0, sigma, n_out, ids, class_balance)
+            weight = border_weight_map(cells, w0, sigma, n_out, ids, class_balance, spacing, annotated)
         else:
-            weight = np.ones(classes.shape, np.float32)
+            weight = np.ones(classes.shape, np.float32) if annotated is None else annotated.astype(np.float32)
         items.append(LabelledImage(name, normalize(image, normalization), classes, weight,
-                                   label.astype(np.int32) if is_ids else None))
+                                   label.astype(np.int32) if is_ids else None, annotated))
     return items
 
 
@@ -250,8 +278,8 @@ class TileDraw:
     """One training tile's random choices (`TileDataset.draw`)."""
 
     item: int  # which training image
-    y0: int  # the region's first row and column in image coordinates (may lie outside: mirrored)
-    x0: int
+    origin: tuple[int, ...]  # the region's first row and column (volume: plane, row, column) in image
+    #                          coordinates (may lie outside: mirrored)
     augmentation: AugmentDraw
 
 
@@ -264,13 +292,14 @@ class TileDataset(Dataset):
     is int64 class ids, or float32 foreground fractions with ``augmentation.soft_labels``.
     With ``skeleton``, also the label's background skeleton (O, O) float32 0/1, computed
     here in the worker, after the warp (skimage's thinning has no GPU/batched twin).
+    Volumes alike: (C, Tz, Ty, Tx), (Oz, Oy, Ox); ``tile_size`` and ``out_size`` one per axis.
     """
 
     def __init__(
         self,
         items: list[LabelledImage],
-        tile_size: int,
-        out_size: int,
+        tile_size: int | tuple[int, ...],
+        out_size: int | tuple[int, ...],
         augmentation: Augmentation,
         seed: int,
         centre_crop: bool = False,
@@ -278,10 +307,15 @@ class TileDataset(Dataset):
     ):
         self.items, self.tile_size, self.out_size = items, tile_size, out_size
         self.aug, self.seed, self.centre_crop, self.skeleton = augmentation, seed, centre_crop, skeleton
+        ndim = items[0].classes.ndim
+        self.tile_shape = (tile_size,) * ndim if isinstance(tile_size, int) else tuple(tile_size)
+        self.out_shape = (out_size,) * ndim if isinstance(out_size, int) else tuple(out_size)
         areas = np.array([it.classes.size for it in items], np.float64)
         self.p = areas / areas.sum()
         # Room for the elastic displacements (4 standard deviations) around the tile.
-        self.margin = int(math.ceil(4 * augmentation.elastic_sigma)) if augmentation.elastic else 0
+        self.margins = elastic_margins(augmentation, ndim)
+        self.margin = self.margins[-1]  # in-plane (device_augment.py: images only)
+        self.region_shape = tuple(t + 2 * m for t, m in zip(self.tile_shape, self.margins))
 
     def __len__(self) -> int:
         return len(self.items)
@@ -291,34 +325,37 @@ class TileDataset(Dataset):
         rng = np.random.default_rng([self.seed, index])
         if self.centre_crop:
             item = index % len(self.items)
-            h, w = self.items[item].classes.shape
-            cy, cx = h // 2, w // 2
+            centre = [n // 2 for n in self.items[item].classes.shape]
         else:
             item = int(rng.choice(len(self.items), p=self.p))
-            h, w = self.items[item].classes.shape
-            cy, cx = int(rng.integers(h)), int(rng.integers(w))
-        size = self.tile_size + 2 * self.margin
-        return TileDraw(item, cy - size // 2, cx - size // 2, draw_augmentation(rng, self.aug))
+            centre = [int(rng.integers(n)) for n in self.items[item].classes.shape]
+        origin = tuple(c - size // 2 for c, size in zip(centre, self.region_shape))
+        return TileDraw(item, origin, draw_augmentation(rng, self.aug))
 
-    def region_indices(self, draw: TileDraw) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(rows, columns, inside): the mirrored indices of the tile's region (with room for
-        the elastic displacements) and (S, S) bool, True where the region is inside the image."""
-        h, w = self.items[draw.item].classes.shape
-        size = self.tile_size + 2 * self.margin
-        ys, xs = draw.y0 + np.arange(size), draw.x0 + np.arange(size)
-        inside = ((ys >= 0) & (ys < h))[:, None] & ((xs >= 0) & (xs < w))[None, :]
-        return reflect_indices(draw.y0, size, h), reflect_indices(draw.x0, size, w), inside
+    def region_indices(self, draw: TileDraw) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+        """(indices, inside): per axis the mirrored indices of the tile's region (with room for
+        the elastic displacements), and (S, S) (volume: (Sz, Sy, Sx)) bool, True where the
+        region is inside the image."""
+        shape = self.items[draw.item].classes.shape
+        indices = tuple(reflect_indices(o, size, n) for o, size, n in zip(draw.origin, self.region_shape, shape))
+        along = [(o + np.arange(size) >= 0) & (o + np.arange(size) < n)
+                 for o, size, n in zip(draw.origin, self.region_shape, shape)]
+        inside = along[0]
+        for axis in along[1:]:  # the outer "and" of the axes' masks
+            inside = inside[..., None] & axis
+        return indices, inside
 
     def __getitem__(self, index: int):
         draw = self.draw(index)
         item = self.items[draw.item]
-        r, c, inside = self.region_indices(draw)
-        image = item.image[:, r[:, None], c[None, :]]
-        label = item.classes[r[:, None], c[None, :]]
+        indices, inside = self.region_indices(draw)
+        grid = np.ix_(*indices)
+        image = item.image[(slice(None), *grid)]
+        label = item.classes[grid]
         # Pixels outside the image (mirrored) carry no loss: labels are the image's own.
-        weight = item.weight[r[:, None], c[None, :]] * inside
+        weight = item.weight[grid] * inside
         image, label, weight = augment_region(
-            image, label, weight, self.tile_size, self.out_size, self.margin, self.aug, draw.augmentation
+            image, label, weight, self.tile_shape, self.out_shape, self.margins, self.aug, draw.augmentation
         )
         label = label.astype(np.float32 if self.aug.soft_labels else np.int64)
         tensors = (torch.from_numpy(image), torch.from_numpy(label), torch.from_numpy(weight))

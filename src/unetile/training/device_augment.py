@@ -64,7 +64,7 @@ class DeviceTiles:
     def _region(self, draw: TileDraw) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The tile's region (C, S, S), (S, S), (S, S) through the mirror map, weight 0 outside
         the image, flipped / rotated."""
-        r, c, inside = self.dataset.region_indices(draw)
+        (r, c), inside = self.dataset.region_indices(draw)
         r, c = torch.from_numpy(r).to(self.device), torch.from_numpy(c).to(self.device)
         image = self.images[draw.item].index_select(1, r).index_select(2, c)
         label = self.labels[draw.item].index_select(0, r).index_select(1, c)

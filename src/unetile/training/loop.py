@@ -35,7 +35,7 @@ from ..nn.checkpoint import load_payload, model_payload, save_model, save_payloa
 from .config import MAXIMISE, TrainConfig, resume_config
 from .logbook import Logbook
 from .losses import segmentation_loss
-from .setup import Run, build_run
+from .setup import Run, build_run, memory_format
 from .validation import calibrate_checkpoint, pixels, validate
 
 log = logging.getLogger(__name__)
@@ -241,7 +241,7 @@ def train_step(run: Run, batch: list[torch.Tensor], lr: float, position: Positio
     x, y, w, *extra = batch
     x = x.to(run.device, non_blocking=True)
     if run.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=memory_format(run.cfg.dims))
     y, w = y.to(run.device, non_blocking=True), w.to(run.device, non_blocking=True)
     skeleton = extra[0].to(run.device, non_blocking=True) if extra else None  # with --skeleton-recall
     for g in run.optimizer.param_groups:

@@ -1,4 +1,5 @@
-"""Losses for (N, C, H, W) logits against (N, H, W) int64 class ids and (N, H, W) weights.
+"""Losses for (N, C, H, W) logits against (N, H, W) int64 class ids and (N, H, W) weights
+(volumes: (N, C, Z, Y, X) against (N, Z, Y, X)).
 
 Every loss ignores pixels of weight 0 (outside the image, mirrored). The plain ones use the
 weight only as that mask; ``weighted-ce`` uses it fully (the paper's border weight map).
@@ -58,7 +59,8 @@ def skeleton_recall_loss(background: torch.Tensor, skeleton: torch.Tensor, smoot
     per sample, averaged over the batch, so that processes that each average their share
     (DDP) give the mean over the whole batch.
     """
-    recall = ((skeleton * background).sum(dim=(1, 2)) + smooth) / (skeleton.sum(dim=(1, 2)) + smooth)
+    spatial = tuple(range(1, skeleton.ndim))
+    recall = ((skeleton * background).sum(dim=spatial) + smooth) / (skeleton.sum(dim=spatial) + smooth)
     return 1 - recall.mean()
 
 
@@ -68,8 +70,9 @@ def _soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tens
     if logits.shape[1] == 1:
         onehot = target[:, None].float()
     else:
-        onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()
+        onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).float()
     m = mask[:, None]
-    inter = (probs * onehot * m).sum(dim=(0, 2, 3))
-    total = ((probs + onehot) * m).sum(dim=(0, 2, 3))
+    summed = (0, *range(2, logits.ndim))  # all but the class axis
+    inter = (probs * onehot * m).sum(dim=summed)
+    total = ((probs + onehot) * m).sum(dim=summed)
     return 1 - ((2 * inter + 1) / (total + 1)).mean()

@@ -18,14 +18,17 @@ from .. import __version__, distributed
 from ..device import choose_precision
 from ..errors import UserInputError
 from ..nn.checkpoint import load_payload
+from ..nn.geometry import anisotropic_plan
 from ..nn.model import UNet, UNetConfig, init_he
 from ..normalization import Normalization
 from ..registration import MAX_OFFSET, MIN_OFFSET, estimate_label_offset, parse_label_offset, shift_image
+from ..spacing import relative_spacing
 from .augment import Augmentation
 from .config import TrainConfig
-from .data import EpochSampler, LabelledImage, TileDataset, checksum, label_kind, prepare, read_pairs, split
+from .data import (EpochSampler, LabelledImage, TileDataset, checksum, label_kind, prepare, read_pairs, split,
+                   without_ignored)
 from .device_augment import DeviceLoader, DeviceTiles
-from .validation import epoch_subset, pixels
+from .validation import epoch_subset, memory_format, pixels
 
 log = logging.getLogger(__name__)
 
@@ -79,21 +82,20 @@ def build_run(cfg: TrainConfig, folder: Path, ctx: distributed.Context, device: 
         # Training tiles come from resampled images; validation resamples per tile, as predict does.
         train_items = [dataclasses.replace(it, image=shift_image(it.image, input_shift)) for it in train_items]
     cell_target = cell_target_of(cfg, train_items)
+    kernels, pools = volume_plan(cfg)
     model_cfg = UNetConfig(
         in_channels=channels, out_channels=3 if cell_target == "boundary" else 1 if (cfg.classes or 2) == 2 else cfg.classes,
         depth=cfg.depth,
         width=cfg.width, padding=cfg.padding, up_mode=cfg.up_mode, dropout=cfg.dropout, batch_norm=cfg.batch_norm,
+        **(dict(spatial_dims=3, kernels=kernels, pools=pools) if cfg.dims == 3 else {}),
     )
     raw = init_he(UNet(config=model_cfg))
     if cfg.init is not None:
         load_initial_weights(raw, Path(cfg.init))
-    tile = raw.valid_input_size(cfg.tile_size)
-    out_size = raw.output_size(tile)  # = tile with same padding
-    if tile != cfg.tile_size:
-        log.info("tile size %d -> %d (nearest size with exact poolings)", cfg.tile_size, tile)
+    tile, out_size = tile_shape(raw, cfg.tile_size)
     raw.to(device)
     if precision in ("bf16", "fp16"):
-        raw.to(memory_format=torch.channels_last)
+        raw.to(memory_format=memory_format(cfg.dims))
     optimizer = build_optimizer(cfg, raw)
     ema = weight_average(raw, cfg.ema) if cfg.ema > 0 else None
     loader, sampler, steps_per_epoch = build_loader(cfg, train_items, tile, out_size, ctx, device,
@@ -103,18 +105,51 @@ def build_run(cfg: TrainConfig, folder: Path, ctx: distributed.Context, device: 
                     flips=cfg.flips,  # predict --tta averages over the flips the net was trained with
                     input_shift=list(input_shift),  # and resamples its input as training did
                     cell_target=cell_target)  # what the map means to predict --instances
+    if cfg.dims == 3:  # the voxel size the net was trained on (z, y, x) um, or None (unknown): predict reads it
+        metadata.update(voxel_size=cfg.voxel_size)
     record = {"train": dataclasses.asdict(cfg), "model": model_cfg.to_dict(), "tile_size": tile,
               "output_size": out_size, "precision": precision, "device": str(device), "processes": ctx.world,
               "version": __version__, "data_sha256": data_sha, "input_shift": list(input_shift),
               "train_images": [it.name for it in train_items], "val_images": [it.name for it in val_items]}
-    log.info("training %s: %d train / %d val images, tile %d -> %d, batch %d x %d process(es), %s, %s on %s",
-             cfg.preset, len(train_items), len(val_items), tile, out_size, cfg.batch_size, ctx.world, cfg.loss,
-             precision, device)
+    log.info("training %s: %d train / %d val %s, tile %s -> %s, batch %d x %d process(es), %s, %s on %s",
+             cfg.preset, len(train_items), len(val_items), "volumes" if cfg.dims == 3 else "images",
+             _size_text(tile), _size_text(out_size), cfg.batch_size, ctx.world, cfg.loss, precision, device)
     return Run(cfg=cfg, folder=folder, ctx=ctx, device=device, precision=precision, raw=raw, model=raw, ema=ema,
                optimizer=optimizer, scaler=torch.amp.GradScaler("cuda", enabled=precision == "fp16"), loader=loader,
                sampler=sampler, steps_per_epoch=steps_per_epoch, val_items=val_items,
                epoch_val_items=epoch_validation(val_items), input_shift=input_shift,
                metadata=metadata, record=record)
+
+
+def volume_plan(cfg: TrainConfig) -> tuple[tuple | None, tuple | None]:
+    """A 3D net's (kernels, pools) per axis (`geometry.anisotropic_plan` for the run's voxel size,
+    nnU-Net's rule; the ``--init`` model's where there is one); (None, None) for images."""
+    if cfg.dims != 3:
+        return None, None
+    if cfg.init is not None:
+        saved = UNetConfig.from_dict(load_payload(cfg.init)["config"])
+        return saved.kernels, saved.pools
+    kernels, pools = anisotropic_plan(relative_spacing(cfg.voxel_size), cfg.depth)
+    log.info("3D plan for voxels of %s um (z, y, x): kernels %s, poolings %s (z, y, x per level)",
+             "unknown size (isotropic)" if cfg.voxel_size is None else ", ".join(f"{v:.4g}" for v in cfg.voxel_size),
+             list(zip(*kernels)), list(zip(*pools)))
+    return kernels, pools
+
+
+def tile_shape(raw: UNet, tile_size: int) -> tuple[int | tuple[int, ...], int | tuple[int, ...]]:
+    """(the net's input tile, its output window): px for an image; for a volume one per axis
+    (z, y, x), each the valid size nearest ``tile_size`` along that axis."""
+    if raw.config.spatial_dims == 2:
+        tile = raw.valid_input_size(tile_size)
+        if tile != tile_size:
+            log.info("tile size %d -> %d (nearest size with exact poolings)", tile_size, tile)
+        return tile, raw.output_size(tile)  # = tile with same padding
+    tiles = tuple(raw.valid_input_size(tile_size, axis=axis) for axis in (-3, -2, -1))
+    return tiles, tuple(raw.output_size(t, axis=axis) for t, axis in zip(tiles, (-3, -2, -1)))
+
+
+def _size_text(size: int | tuple[int, ...]) -> str:
+    return str(size) if isinstance(size, int) else "x".join(str(s) for s in size)
 
 
 def epoch_validation(val_items: list[LabelledImage]) -> list[LabelledImage]:
@@ -145,7 +180,7 @@ def load_initial_weights(model: UNet, path: Path) -> None:
     """
     payload = load_payload(path)
     saved = UNetConfig.from_dict(payload["config"])
-    for name in ("in_channels", "depth", "width", "padding", "up_mode", "batch_norm"):
+    for name in ("spatial_dims", "in_channels", "depth", "width", "padding", "up_mode", "batch_norm", "kernels", "pools"):
         have, want = getattr(saved, name), getattr(model.config, name)
         if have != want:
             raise UserInputError(f"--init {path}: the model has {name} {have}, this run needs {want}; start from a "
@@ -161,18 +196,19 @@ def load_initial_weights(model: UNet, path: Path) -> None:
     log.info("starting from the weights of %s", path)
 
 
-def build_loader(cfg: TrainConfig, train_items: list[LabelledImage], tile: int, out_size: int,
+def build_loader(cfg: TrainConfig, train_items: list[LabelledImage], tile: int | tuple[int, ...],
+                 out_size: int | tuple[int, ...],
                  ctx: distributed.Context, device: torch.device,
                  soft_labels: bool) -> tuple[DataLoader | DeviceLoader, EpochSampler, int]:
     """The loader of augmented training tiles -> (loader, its sampler, optimiser steps per epoch)."""
     aug = Augmentation(elastic=cfg.elastic, elastic_sigma=cfg.elastic_sigma, flips=cfg.flips, grey=cfg.grey,
-                       soft_labels=soft_labels)
+                       soft_labels=soft_labels, **volume_augmentation(cfg, tile))
     dataset = TileDataset(train_items, tile, out_size, aug, cfg.seed, centre_crop=cfg.centre_crop,
                           skeleton=cfg.skeleton_recall > 0)
     per_epoch = cfg.samples_per_epoch or len(train_items)
     sampler = EpochSampler(per_epoch, ctx.rank, ctx.world)
     steps_per_epoch = math.ceil(per_epoch / (cfg.batch_size * ctx.world))
-    if tiles_on_device(cfg, device, train_items):
+    if cfg.dims != 3 and tiles_on_device(cfg, device, train_items):  # volumes: on the CPU (config.py)
         log.info("training tiles are cut and augmented on %s", device)
         return DeviceLoader(DeviceTiles(dataset, device), sampler, cfg.batch_size), sampler, steps_per_epoch
     cpus = os.cpu_count() or 1
@@ -183,6 +219,20 @@ def build_loader(cfg: TrainConfig, train_items: list[LabelledImage], tile: int, 
                         # global RNG that dropout uses (exact resume mid-epoch).
                         generator=torch.Generator().manual_seed(cfg.seed))
     return loader, sampler, steps_per_epoch
+
+
+#: Voxels within this ratio of each other count as isotropic: training volumes then rotate across z too.
+ISOTROPIC = 1.5
+
+
+def volume_augmentation(cfg: TrainConfig, tile: int | tuple[int, ...]) -> dict:
+    """The `Augmentation` settings of volumes: the voxel size in in-plane px (physical
+    displacements), and whether z may be swapped with y or x (isotropic voxels, a cubic tile)."""
+    if cfg.dims != 3:
+        return {}
+    spacing = relative_spacing(cfg.voxel_size)
+    swaps = max(spacing) <= ISOTROPIC and len(set(tile)) == 1
+    return dict(spacing=spacing, axis_swaps=swaps)
 
 
 def tiles_on_device(cfg: TrainConfig, device: torch.device, train_items: list[LabelledImage]) -> bool:
@@ -226,7 +276,8 @@ def weight_average(model: torch.nn.Module, decay: float) -> torch.optim.swa_util
     return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=update, use_buffers=True)
 
 
-def automatic_weight_map(pairs: list[tuple], n_classes: int | None) -> tuple[float, bool]:
+def automatic_weight_map(pairs: list[tuple], n_classes: int | None,
+                         ignore_label: int | None = None) -> tuple[float, bool]:
     """``--w0 auto`` and ``--class-balance auto`` (the ``fast`` defaults): (w0, class balancing)
     for these training pairs.
 
@@ -238,26 +289,28 @@ def automatic_weight_map(pairs: list[tuple], n_classes: int | None) -> tuple[flo
     too, and the decision threshold then has to undo that; the border term alone weights
     the thin gaps between cells, which is where balancing kept cells apart. On ISBI 2012
     this lowered the pixel error and the adapted Rand error (docs/results.md, "The weight map").
-    ``pairs``: `read_pairs` tuples.
+    ``pairs``: `read_pairs` tuples; ``ignore_label``: the value of not-annotated pixels.
     """
-    kinds = [label_kind(label, n_classes, str(label_path)) for _, _, label, _, label_path in pairs]
+    kinds = [label_kind(without_ignored(label, ignore_label)[0], n_classes, str(label_path))
+             for _, _, label, _, label_path in pairs]
     return (10.0, True) if "instances" in kinds else (5.0, False)
 
 
 def load_data(cfg: TrainConfig):
     """-> (cfg with ``w0`` decided, train items, val items, channels, data checksum)."""
     norm = Normalization.from_dict(cfg.normalization)
-    pairs = read_pairs(cfg.data, cfg.images, cfg.labels)
-    train_pairs, val_pairs = (pairs, read_pairs(cfg.val)) if cfg.val else split(pairs, cfg.val_fraction)
+    pairs = read_pairs(cfg.data, cfg.images, cfg.labels, cfg.dims)
+    train_pairs, val_pairs = (pairs, read_pairs(cfg.val, dims=cfg.dims)) if cfg.val else split(pairs, cfg.val_fraction)
     if "auto" in (cfg.w0, cfg.class_balance) and cfg.weight_map:
-        w0, balance = automatic_weight_map(train_pairs, cfg.classes)
+        w0, balance = automatic_weight_map(train_pairs, cfg.classes, cfg.ignore_label)
         cfg = dataclasses.replace(cfg, w0=w0 if cfg.w0 == "auto" else cfg.w0,
                                   class_balance=balance if cfg.class_balance == "auto" else cfg.class_balance)
         log.info("weight map: w0 = %g, class balancing %s (auto: decided by the kind of labels)", cfg.w0,
                  "on" if cfg.class_balance else "off")
     # cfg.classes stays None unless given, so that labels with many values read as instance ids.
+    spacing = (cfg.voxel_size or (1.0, 1.0, 1.0)) if cfg.dims == 3 else None  # physical distances in volumes
     train_items, val_items = (prepare(p, cfg.classes, norm, cfg.weight_map, cfg.w0, cfg.sigma, cfg.class_balance,
-                                      cfg.cell_target) for p in (train_pairs, val_pairs))
+                                      cfg.cell_target, spacing, cfg.ignore_label) for p in (train_pairs, val_pairs))
     paths = sorted({p for *_, ip, lp in train_pairs + val_pairs for p in (ip, lp)})
     channels = {it.image.shape[0] for it in train_items + val_items}
     if len(channels) != 1:

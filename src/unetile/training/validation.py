@@ -1,5 +1,10 @@
 """Validation on whole images, predicted exactly as `unetile predict` does, and the decision
-threshold chosen on them (stored in the checkpoint; `unetile predict` calibrates its maps to it)."""
+threshold chosen on them (stored in the checkpoint; `unetile predict` calibrates its maps to it).
+
+Volumes are validated whole (3D tiles, `predict_tiled`); their Rand figures are computed on 3D
+objects. Sparse labels (``--ignore-label``): the threshold, pixel error and Dice see only the
+annotated pixels; the loss gives the others weight 0, and the Rand figures, restricted to the
+truth's foreground, never count them (they are background in the truth)."""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -14,7 +20,10 @@ import torch
 from .. import distributed
 from ..errors import UserInputError
 from ..evaluation import metrics
-from ..inference.instances import DEFAULT_METHOD, InstanceSettings, drop_small_cells
+from ..evaluation.metrics.common import prediction_labels, truth_labels
+from ..evaluation.metrics.pixel import fiji_prf
+from ..evaluation.metrics.rand import foreground_restricted_rand
+from ..inference.instances import DEFAULT_METHOD, VOLUME_GRID, InstanceSettings, choose_settings, drop_small_cells
 from ..inference.predictor import calibrate_map
 from ..inference.tiling import predict_tiled
 from ..nn.checkpoint import load_model, save_model
@@ -47,10 +56,20 @@ class Validation:
         return self.score if name == "score" else getattr(self, name)
 
 
+class ValidationMap(NamedTuple):
+    """One validation image (or volume) as predicted (`validation_maps`)."""
+
+    name: str
+    foreground: np.ndarray  # (H, W) / (Z, Y, X) float32 foreground probability
+    truth: np.ndarray  # bool, the label's foreground (not-annotated pixels: False)
+    loss: float  # the training loss on the whole image
+    probabilities: np.ndarray | None  # (C_out, H, W) / (C_out, Z, Y, X) as the net gives them
+    annotated: np.ndarray | None = None  # bool, the labelled pixels (--ignore-label); None: all
+
+
 def validation_maps(model: UNet, items, cfg: TrainConfig, precision: str, tta: bool = False,
-                    input_shift: tuple[float, float] = (0.0, 0.0)) -> list[tuple]:
-    """Predict whole validation images as `unetile predict` does -> [(name, foreground map, truth,
-    loss, probabilities (C_out, H, W))]."""
+                    input_shift: tuple[float, float] = (0.0, 0.0)) -> list[ValidationMap]:
+    """Predict whole validation images as `unetile predict` does -> a `ValidationMap` each."""
     out = []
     for it in items:
         p = predict_tiled(model, it.image, batch_size=cfg.batch_size, tta=tta, flips=cfg.flips, precision=precision,
@@ -65,8 +84,18 @@ def validation_maps(model: UNet, items, cfg: TrainConfig, precision: str, tta: b
         loss = float(segmentation_loss(logits[None], torch.from_numpy(it.classes)[None],
                                        torch.from_numpy(it.weight)[None], cfg.loss, skeleton, cfg.skeleton_recall))
         foreground = p[0] if p.shape[0] == 1 else 1.0 - p[0]  # foreground = not class 0
-        out.append((it.name, foreground, it.classes > 0, loss, p))
+        out.append(ValidationMap(it.name, foreground, it.classes > 0, loss, p, it.annotated))
     return out
+
+
+def _labelled(p: np.ndarray, g: np.ndarray, annotated: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(map, truth) at the annotated pixels only, as (1, n) images; as they are without a mask."""
+    return (p, g) if annotated is None else (p[annotated][None], g[annotated][None])
+
+
+def memory_format(dims: int) -> torch.memory_format:
+    """Channels-last for images (N, C, H, W) or volumes (N, C, Z, Y, X)."""
+    return torch.channels_last_3d if dims == 3 else torch.channels_last
 
 
 def best_threshold(probs: list[np.ndarray], truths: list[np.ndarray]) -> float:
@@ -90,19 +119,36 @@ def best_threshold(probs: list[np.ndarray], truths: list[np.ndarray]) -> float:
     return THRESHOLDS[int(np.argmin(errors))]
 
 
-def score_validation(maps: list[tuple]) -> Validation:
-    """Choose the decision threshold (`best_threshold`) and score the maps at it."""
-    probs, truths = [m[1] for m in maps], [m[2] for m in maps]
-    best_t = best_threshold(probs, truths)
+def score_validation(maps: list[ValidationMap]) -> Validation:
+    """Choose the decision threshold (`best_threshold`) and score the maps at it (pixel error,
+    threshold and Dice on the annotated pixels only)."""
+    probs, truths = [m.foreground for m in maps], [m.truth for m in maps]
+    labelled = [_labelled(m.foreground, m.truth, m.annotated) for m in maps]
+    best_t = best_threshold([p for p, _ in labelled], [g for _, g in labelled])
+    if probs[0].ndim == 3:  # volumes: 3D objects
+        rand_error = volume_rand_error(probs, truths, best_t)
+        v_rand = 1.0 - rand_error
+    else:
+        rand_error = metrics.rand_error(probs, truths, thresholds=[best_t]).value
+        v_rand = metrics.v_rand(probs, truths, thresholds=[best_t]).value
     return Validation(
-        loss=float(np.mean([m[3] for m in maps])),
+        loss=float(np.mean([m.loss for m in maps])),
         threshold=float(best_t),
-        pixel_error=float(np.mean([metrics.pixel_error(p, g, best_t) for p, g in zip(probs, truths)])),
+        pixel_error=float(np.mean([metrics.pixel_error(p, g, best_t) for p, g in labelled])),
         adapted_rand_error=float(np.mean([metrics.adapted_rand_error(p, g, best_t) for p, g in zip(probs, truths)])),
-        rand_error=metrics.rand_error(probs, truths, thresholds=[best_t]).value,
-        v_rand=metrics.v_rand(probs, truths, thresholds=[best_t]).value,
-        dice=float(np.mean([metrics.dice(p, g, best_t) for p, g in zip(probs, truths)])),
+        rand_error=rand_error,
+        v_rand=v_rand,
+        dice=float(np.mean([metrics.dice(p, g, best_t) for p, g in labelled])),
     )
+
+
+def volume_rand_error(probs: list[np.ndarray], truths: list[np.ndarray], threshold: float) -> float:
+    """`metrics.rand_error` of volumes (Z, Y, X) at one threshold: 1 - the F-score of the
+    foreground-restricted Rand index on face-connected 3D objects, pair counts pooled over the
+    volumes (no thinning: ISBI's thinning is of 2D borders; `v_rand` of volumes is 1 - this)."""
+    scores = [foreground_restricted_rand(truth_labels(g), prediction_labels(p, threshold))
+              for p, g in zip(probs, truths)]
+    return 1.0 - fiji_prf(sum(s.tp for s in scores), sum(s.fp for s in scores), sum(s.fn for s in scores))[2]
 
 
 #: Pixels of validation images scored after each epoch (`epoch_subset`); the final calibration
@@ -130,10 +176,11 @@ def validate(model: UNet, items, cfg: TrainConfig, precision: str, tta: bool = F
              input_shift: tuple[float, float] = (0.0, 0.0)) -> Validation:
     """Validation on whole images; with several processes each predicts its share and the
     maps are gathered, so every rank scores the same full set."""
-    mine = [m[:4] for m in validation_maps(model, items[ctx.rank :: ctx.world], cfg, precision, tta, input_shift)]
+    mine = [m._replace(probabilities=None)  # all the scores need, gathered without the class maps
+            for m in validation_maps(model, items[ctx.rank :: ctx.world], cfg, precision, tta, input_shift)]
     shares = ctx.gather(mine)
     order = {it.name: i for i, it in enumerate(items)}
-    maps = sorted((m for share in shares for m in share), key=lambda m: order[m[0]])
+    maps = sorted((m for share in shares for m in share), key=lambda m: order[m.name])
     return score_validation(maps)
 
 
@@ -142,10 +189,12 @@ def calibrate_checkpoint(checkpoint: Path, val_items: list[LabelledImage], cfg: 
     """After training: choose the checkpoint's threshold again on the validation images
     (with ``tta`` on TTA predictions, as `unetile predict --tta` makes them) and, where the
     labels are instance ids, how `unetile predict --instances` cuts cells
-    (`choose_instance_settings`); both are stored in the checkpoint."""
+    (`choose_instance_settings`; volumes: `instances.choose_settings`); both are stored in the
+    checkpoint. Sparse labels (not-annotated pixels) leave cells as they are: unlabelled cells
+    would count as false ones."""
     model, meta = load_model(checkpoint, device)
     if precision != "fp32":
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=memory_format(model.config.spatial_dims))
     maps = validation_maps(model, val_items, cfg, precision, tta=tta, input_shift=input_shift)
     v = score_validation(maps)
     meta.update(threshold=v.threshold)
@@ -153,13 +202,20 @@ def calibrate_checkpoint(checkpoint: Path, val_items: list[LabelledImage], cfg: 
         meta.update(val_tta=dataclasses.asdict(v))
         log.info("best.pt with TTA: threshold %.2f  pixel err %.4f  adapted rand %.4f  rand %.4f  v_rand %.4f",
                  v.threshold, v.pixel_error, v.adapted_rand_error, v.rand_error, v.v_rand)
-    with_ids = [(m[4], it.instances) for m, it in zip(maps, val_items) if it.instances is not None]
+    with_ids = [(m.probabilities, it.instances) for m, it in zip(maps, val_items)
+                if it.instances is not None and it.annotated is None]
     if with_ids:
-        settings, score = choose_instance_settings([p for p, _ in with_ids], [ids for _, ids in with_ids],
-                                                   v.threshold, InstanceSettings.from_metadata(DEFAULT_METHOD, meta))
+        probs, truths = [p for p, _ in with_ids], [ids for _, ids in with_ids]
+        base = InstanceSettings.from_metadata(DEFAULT_METHOD, meta)
+        if model.config.spatial_dims == 3:  # sigma in in-plane px, min_size in voxels (VOLUME_GRID)
+            settings, score = choose_settings([calibrate_map(p, v.threshold) for p in probs], truths, VOLUME_GRID,
+                                              base, spacings=[cfg.voxel_size] * len(probs))
+        else:
+            settings, score = choose_instance_settings(probs, truths, v.threshold, base)
         meta.update(instances=settings.to_dict(), val_instances_mean_ap=score)
-        log.info("cells: seeded watershed with sigma %g, seed level %g, cells of at least %d px (validation mean AP "
-                 "%.4f)", settings.sigma, settings.seed_threshold, settings.min_size, score)
+        log.info("cells: seeded watershed with sigma %g, seed level %g, cells of at least %d %s (validation mean AP "
+                 "%.4f)", settings.sigma, settings.seed_threshold, settings.min_size,
+                 "voxels" if model.config.spatial_dims == 3 else "px", score)
     save_model(model, checkpoint, **meta)
 
 

@@ -5,6 +5,11 @@
 w_c balances the class frequencies; d1 and d2 are the distances (px) to the border of the
 nearest and second nearest cell. The border term makes the thin background gaps between
 touching cells expensive to get wrong, so the net learns to keep cells apart.
+
+Volumes (Z, Y, X) take the same map with d1, d2 measured physically: ``spacing`` gives each
+axis's voxel size, distances are in in-plane px (`spacing.relative_spacing`), so sigma = 5 px
+is the same length along a coarse z as in the plane. ``annotated`` (sparse labels) marks the
+voxels that carry a label; the others weigh 0 and are left out of the class frequencies.
 """
 
 from __future__ import annotations
@@ -16,16 +21,21 @@ from scipy import ndimage
 from skimage.measure import label as connected_components
 from skimage.morphology import skeletonize
 
+from ..spacing import relative_spacing
 
-def class_balance_weights(classes: np.ndarray, n_classes: int) -> np.ndarray:
+
+def class_balance_weights(classes: np.ndarray, n_classes: int, annotated: np.ndarray | None = None) -> np.ndarray:
     """w_c: each pixel weighted by the inverse frequency of its class, mean weight 1.
 
-    classes: (H, W) int class ids in [0, n_classes). Absent classes get no weight.
+    classes: (H, W) (or (Z, Y, X)) int class ids in [0, n_classes). Absent classes get no
+    weight. ``annotated``: bool, same shape; frequencies count those pixels only (the others'
+    weight is not used: they weigh 0).
     """
-    counts = np.bincount(classes.ravel(), minlength=n_classes).astype(np.float64)
+    counted = classes if annotated is None else classes[annotated]
+    counts = np.bincount(counted.ravel(), minlength=n_classes).astype(np.float64)
     present = counts > 0
     per_class = np.zeros(n_classes)
-    per_class[present] = classes.size / (present.sum() * counts[present])
+    per_class[present] = counted.size / (present.sum() * counts[present])
     return per_class[classes].astype(np.float32)
 
 
@@ -37,27 +47,30 @@ def cells_from_mask(foreground: np.ndarray) -> np.ndarray:
     return connected_components(foreground, connectivity=1).astype(np.int32)
 
 
-def nearest_two_distances(cells: np.ndarray, max_distance: float) -> tuple[np.ndarray, np.ndarray]:
+def nearest_two_distances(cells: np.ndarray, max_distance: float,
+                          spacing: tuple[float, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(d1, d2): per pixel, the Euclidean distance (px) to the nearest and second nearest cell.
 
+    ``cells``: (H, W) or (Z, Y, X) ids. ``spacing``: each axis's voxel size (any unit); the
+    distances are then physical, in units of the finest axis (in-plane px); None: 1 px each.
     Distances beyond ``max_distance`` are reported as ``inf``: the weight map's border term
     is negligible there, and this bound lets each cell's distance transform run in a small
     window around the cell instead of over the whole image (hundreds of cells per image).
     """
-    h, w = cells.shape
-    d1 = np.full((h, w), np.inf, np.float32)
-    d2 = np.full((h, w), np.inf, np.float32)
-    reach = int(math.ceil(max_distance))
+    sampling = None if spacing is None else relative_spacing(spacing, cells.ndim)
+    d1 = np.full(cells.shape, np.inf, np.float32)
+    d2 = np.full(cells.shape, np.inf, np.float32)
+    # The window's reach along each axis, in voxels: fewer along a coarse axis.
+    reach = [int(math.ceil(max_distance / step)) for step in sampling or (1.0,) * cells.ndim]
     for index, box in enumerate(ndimage.find_objects(cells), start=1):
         if box is None:
             continue
-        ys = slice(max(box[0].start - reach, 0), min(box[0].stop + reach, h))
-        xs = slice(max(box[1].start - reach, 0), min(box[1].stop + reach, w))
-        d = ndimage.distance_transform_edt(cells[ys, xs] != index).astype(np.float32)
+        window = tuple(slice(max(b.start - r, 0), min(b.stop + r, n)) for b, r, n in zip(box, reach, cells.shape))
+        d = ndimage.distance_transform_edt(cells[window] != index, sampling=sampling).astype(np.float32)
         d[d > max_distance] = np.inf
-        a, b = d1[ys, xs], d2[ys, xs]
-        d2[ys, xs] = np.minimum(b, np.maximum(a, d))
-        d1[ys, xs] = np.minimum(a, d)
+        a, b = d1[window], d2[window]
+        d2[window] = np.minimum(b, np.maximum(a, d))
+        d1[window] = np.minimum(a, d)
     return d1, d2
 
 
@@ -68,8 +81,13 @@ def border_weight_map(
     n_classes: int = 2,
     classes: np.ndarray | None = None,
     class_balance: bool = True,
+    spacing: tuple[float, ...] | None = None,
+    annotated: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The paper's weight map for (H, W) cell ids (0 = background) -> (H, W) float32.
+    """The paper's weight map for (H, W) cell ids (0 = background) -> (H, W) float32; a
+    volume's (Z, Y, X) likewise, d1 and d2 in physical in-plane px with ``spacing``
+    (`nearest_two_distances`). ``annotated`` (bool): only those pixels count in the class
+    frequencies, and the others weigh 0 (sparse labels).
 
     w_c balances ``classes`` (default: background 0 / cell 1), or is 1 everywhere without
     ``class_balance`` (on ISBI 2012 balancing up-weights the 22% membrane pixels 2.3x and
@@ -81,13 +99,16 @@ def border_weight_map(
     """
     if classes is None:
         classes = (cells > 0).astype(np.int64)
-    weight = class_balance_weights(classes, n_classes) if class_balance else np.ones(classes.shape, np.float32)
+    if class_balance:
+        weight = class_balance_weights(classes, n_classes, annotated)
+    else:
+        weight = np.ones(classes.shape, np.float32)
     if w0 > 0 and cells.max() > 1:
         # exp(-(d1 + d2)^2 / 2 sigma^2) < 1e-6 beyond d1 + d2 > 5.3 sigma: skip those pixels.
-        d1, d2 = nearest_two_distances(cells, max_distance=5.3 * sigma)
+        d1, d2 = nearest_two_distances(cells, 5.3 * sigma, spacing)
         border = w0 * np.exp(-((d1 + d2) ** 2) / (2 * sigma**2))
         weight += np.where(cells == 0, border, 0.0).astype(np.float32)
-    return weight
+    return weight if annotated is None else weight * annotated
 
 
 def background_skeleton(classes: np.ndarray) -> np.ndarray:
