@@ -59,7 +59,7 @@ def predict_files(
         raise UserInputError(f"--format {options.format}: use png, tif, zarr or auto")
     shapes = [_check_input(src, predictor) for src in sources]
     targets = _plan_outputs(input_path, sources, shapes, out_dir, options)
-    _check_zarr_plan(sources, targets, options, cluster, model_path)
+    _check_zarr_plan(sources, targets, options, cluster, model_path, predictor.spatial_dims)
     if any(t.suffix == ".zarr" for t in targets):
         with cluster_client(cluster) as client:  # before anything is written: the scheduler must answer
             _make_out_dir(out_dir)
@@ -146,9 +146,12 @@ def _plan_outputs(input_path: str | Path, sources: list[Path], shapes: list[tupl
 
 
 def _check_zarr_plan(sources: list[Path], targets: list[Path], options: PredictOptions, cluster: str | None,
-                     model_path: str | Path) -> None:
-    """What OME-Zarr outputs (and a cluster) can and cannot do, said before any work."""
+                     model_path: str | Path, spatial_dims: int = 2) -> None:
+    """What OME-Zarr outputs (and a cluster) can and cannot do, said before any work; a 3D
+    net's inputs must be volumes (an OME-Zarr image with z, a stack: metadata only)."""
     zarr_out = [t.suffix == ".zarr" for t in targets]
+    for src in (s for s, out in zip(sources, zarr_out) if out and spatial_dims == 3):
+        open_chunked(src, "zyx")  # one line where it has no z
     if cluster is not None and not all(zarr_out):
         raise UserInputError("--cluster writes OME-Zarr outputs: add --format zarr")
     if any(zarr_out) and not all(zarr_out):

@@ -2,7 +2,10 @@
 
 `predict_to_zarr` plans the blocks (blocks.py), opens the output (zarr_output.py), computes
 each plane's percentiles from a bounded sample (chunked.py), and predicts the blocks not yet
-done: here, one after another, or with ``cluster`` as one Dask task per block:
+done: here, one after another, or with ``cluster`` as one Dask task per block. A 3D net reads
+the image as volumes (z, y, x; `ChunkedImage.as_volumes`): its blocks are boxes, each volume's
+percentiles are sampled over the whole volume, and the output carries the voxel size (the
+input's NGFF scale or TIFF metadata, else the model's).
 
 * ``local:N`` starts a ``dask.distributed.LocalCluster`` of N worker processes (one thread
   each) for this run;
@@ -32,10 +35,10 @@ from tqdm.auto import tqdm
 
 from .chunked import ChunkedImage, open_chunked, sample_statistics
 from ..errors import UserInputError
-from .blocks import DEFAULT_BLOCK_PX, Block, BlockGrid, block_grid, predict_block
+from .blocks import DEFAULT_BLOCK_PX, Block, BlockGrid, channels_first_matched, grid_of, predict_block
 from ..inference.predictor import cell_threshold
-from .zarr_labels import (CellJob, cells_work, create_labels, finish_labels, label_block, merge_blocks, publish_labels,
-                          relabel_block)
+from .zarr_labels import (CellJob, cell_margin, cells_work, create_labels, finish_labels, label_block, merge_blocks,
+                          publish_labels, relabel_block)
 from .zarr_output import ZarrOutput, output_layout
 
 
@@ -50,11 +53,12 @@ class BlockJob:
     axes: str  # the output's
     shape: tuple[int, ...]  # the output's
     grid: BlockGrid
-    stats: tuple[tuple[tuple[float, ...], tuple[float, ...]], ...]  # per plane: (low, high) per channel
+    stats: tuple[tuple[tuple[float, ...], tuple[float, ...]], ...]  # per plane (volume): (low, high) per channel
     ngff_version: str
     scale: tuple[float, ...] | None
     dtype: str
     device: str | None = None  # None: the worker's CUDA device where it has one, else its CPU
+    voxel_size: tuple[float, float, float] | None = None  # volumes: (z, y, x) um, for cutting cells
 
     def output(self) -> ZarrOutput:
         return ZarrOutput(self.target, self.axes, self.grid, self.ngff_version, self.scale)
@@ -70,7 +74,7 @@ def predict_to_zarr(predictor, source: Path, target: Path, client=None, block_px
     docstring), in blocks (and output chunks) of about ``block_px`` px a side, here or on
     the Dask ``client``'s cluster (`cluster_client`), whose workers run on ``worker_device``
     (None: their CUDA device where they have one, else their CPU)."""
-    image = open_chunked(source)
+    image = open_chunked(source, _spatial(predictor))
     job = replace(plan(predictor, image, target, block_px), device=worker_device)
     output = job.output()
     fingerprint = {**predictor.resume_fingerprint(), "stats": job.stats}
@@ -111,7 +115,8 @@ def _cut_cells(predictor, job: BlockJob, output: ZarrOutput, client, progress: b
     labels = (output.progress / "labels" if options.into_input else output.part / "labels") / options.label_name
     axes, shape, scale = _labels_layout(job, image if options.into_input else None)
     cells = CellJob(output.part / "0", labels, cells_work(output.progress), job.axes, axes, job.grid,
-                    predictor.instance_settings, cell_threshold(options.threshold))
+                    predictor.instance_settings, cell_threshold(options.threshold),
+                    cell_margin(len(job.grid.axes), job.voxel_size), job.voxel_size)
     if options.resume and cells.published.exists():
         return  # an earlier run got as far as listing the labels
     create_labels(cells, shape, job.ngff_version, options.resume)
@@ -134,13 +139,13 @@ def _labels_layout(job: BlockJob, image: Path | None) -> tuple[str, tuple[int, .
     return source.axes, tuple(1 if a == "c" else n for a, n in zip(source.axes, source.array.shape)), source.scale
 
 
-def plan(predictor, image: ChunkedImage, target: Path, block_px: int = DEFAULT_BLOCK_PX) -> BlockJob:
-    """The blocks, the output's layout and dtype, and each plane's percentiles."""
-    from ..io import match_channels
-
-    n, _, height, width = image.shape
-    grid = block_grid(predictor.model, n, height, width, predictor.options.tile_size, block_px)
-    convert = functools.partial(match_channels, channels=predictor.config.in_channels, path=image.path,
+def plan(predictor, image: ChunkedImage, target: Path, block_px: int | tuple[int, ...] = DEFAULT_BLOCK_PX
+         ) -> BlockJob:
+    """The blocks, the output's layout and dtype, and each plane's (volume's) percentiles;
+    ``image`` as the net reads it (``open_chunked(path, _spatial(predictor))``)."""
+    n, _, *shape = image.shape
+    grid = grid_of(predictor.model, n, tuple(shape), predictor.tile_size(tuple(shape)), block_px)
+    convert = functools.partial(channels_first_matched, channels=predictor.config.in_channels, path=image.path,
                                 convert=predictor.options.convert_channels)
     stats = []
     for plane in range(n):
@@ -149,14 +154,26 @@ def plan(predictor, image: ChunkedImage, target: Path, block_px: int = DEFAULT_B
     axes, shape = output_layout(image, predictor.config.out_channels)
     mask = predictor.options.threshold is not None and not predictor.options.instances
     dtype = "uint8" if mask else "float32"
+    # A volume's voxel size: the input's, else the model's (training volumes'); images have none.
+    voxel = (image.voxel_size or predictor.voxel_size) if image.spatial == "zyx" else None
     return BlockJob(predictor.source, predictor.options, image.path, target, axes, shape, grid, tuple(stats),
-                    image.ngff_version or "0.5", _output_scale(image, axes), dtype)
+                    image.ngff_version or "0.5", _output_scale(image, axes, voxel), dtype, voxel_size=voxel)
 
 
-def _output_scale(image: ChunkedImage, axes: str) -> tuple[float, ...] | None:
-    if image.scale is None:
+def _spatial(predictor) -> str:
+    """The axes the net reads: "yx" (planes) or "zyx" (volumes)."""
+    return "zyx" if predictor.spatial_dims == 3 else "yx"
+
+
+def _output_scale(image: ChunkedImage, axes: str, voxel: tuple[float, float, float] | None
+                  ) -> tuple[float, ...] | None:
+    """The output's scale per axis: the input's, else (volumes) the voxel size on z, y, x."""
+    if image.scale is not None:
+        size = dict(zip(image.axes, image.scale))
+    elif voxel is not None:
+        size = dict(zip("zyx", voxel))
+    else:
         return None
-    size = dict(zip(image.axes, image.scale))
     return tuple(size.get(a, 1.0) for a in axes)
 
 
@@ -258,7 +275,7 @@ def run_block(block: Block, job: BlockJob) -> str:
     """A Dask task: predict ``block`` of ``job`` and write it; returns its name."""
     output = job.output()
     if not output.done(block):
-        predictor, image = _worker_state(job.model, job.options, job.device, job.source)
+        predictor, image = _worker_state(job.model, job.options, job.device, job.source, job.grid.axes)
         write_block(predictor, image, job, output, block)
     return block.name
 
@@ -270,8 +287,9 @@ def write_block(predictor, image: ChunkedImage, job: BlockJob, output: ZarrOutpu
 
 
 @functools.lru_cache(maxsize=2)
-def _worker_state(model: Path, options, device: str | None, source: Path):
-    """The model, loaded once per worker process, and the input, opened once."""
+def _worker_state(model: Path, options, device: str | None, source: Path, spatial: str):
+    """The model, loaded once per worker process, and the input, opened once (as planes or
+    volumes: ``spatial``)."""
     import torch
 
     from ..device import resolve_device
@@ -283,4 +301,4 @@ def _worker_state(model: Path, options, device: str | None, source: Path):
         torch.set_num_threads(max(1, get_worker().state.nthreads))
     except ValueError:  # not inside a Dask worker
         pass
-    return Predictor.load(model, options, resolve_device(device)), open_chunked(source)
+    return Predictor.load(model, options, resolve_device(device)), open_chunked(source, spatial)

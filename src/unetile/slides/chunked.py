@@ -1,14 +1,19 @@
 """Chunked images read lazily: OME-Zarr (NGFF 0.4 and 0.5), plain zarr arrays, and compressed
 or tiled TIFFs through tifffile's zarr interface. Nothing is loaded whole: a `ChunkedImage`
-hands out windows of one plane as NumPy arrays.
+hands out windows of one plane (or, viewed as volumes for a 3D net, of one volume) as NumPy arrays.
 
 Axes: an OME-Zarr image names them (``multiscales[0].axes``: t, c, z, y, x) and level 0 of
 its pyramid is read; a TIFF's come from tifffile ('S' and 'C' are channels, any other axis
 counts planes); a plain zarr array is (y, x), (c, y, x) or (n, c, y, x). Planes are every
 combination of the axes other than c, y and x (e.g. t and z), in the array's order.
 
+Volumes (`as_volumes`, for a 3D net): z joins y and x as a spatial axis and the planes become
+volumes, every combination of the other axes (e.g. t). An OME-Zarr image must name z; a TIFF's
+or a plain zarr array's z is its one plane axis (a TIFF stack's pages). The voxel size (z, y, x)
+comes from level 0's NGFF scale, or a TIFF's OME/ImageJ metadata (`io.voxel_size`).
+
 Percentiles for the normalisation come from a bounded sample of whole chunks spread evenly
-over the plane (`sample_statistics`), never from a full read.
+over the plane or volume (`sample_statistics`), never from a full read.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +31,12 @@ from ..errors import UserInputError, reading
 from ..normalization import Normalization
 
 ZARR_SUFFIX = ".zarr"
-_MAX_SAMPLE_PIXELS = 4_000_000  # per plane: as Normalization.statistics on images in memory
+_MAX_SAMPLE_PIXELS = 4_000_000  # per plane or volume: as Normalization.statistics on images in memory
+
+
+def spatial_axes(count: int) -> str:
+    """The names of ``count`` spatial axes: "yx" (images) or "zyx" (volumes)."""
+    return "zyx"[-count:]
 
 
 @dataclass(frozen=True)
@@ -38,18 +48,28 @@ class ChunkedImage:
     axes: str  # one lower-case letter per array axis, e.g. "tczyx"; 'c' = channels
     kind: str  # "ome-zarr", "zarr" or "tiff"
     ngff_version: str | None = None  # OME-Zarr only: "0.4" or "0.5"
-    scale: tuple[float, ...] | None = None  # OME-Zarr only: level 0's scale per axis
+    scale: tuple[float, ...] | None = None  # level 0's scale per axis (OME-Zarr; a TIFF volume's voxel size)
+    spatial: str = "yx"  # the axes a window spans: "yx" (planes) or "zyx" (volumes, `as_volumes`)
 
     @property
     def plane_axes(self) -> str:
-        return "".join(a for a in self.axes if a not in "cyx")
+        """The axes that count planes (or volumes): all but c and the spatial ones."""
+        return "".join(a for a in self.axes if a != "c" and a not in self.spatial)
 
     @property
-    def shape(self) -> tuple[int, int, int, int]:
-        """(N planes, C channels, H, W)."""
+    def shape(self) -> tuple[int, ...]:
+        """(N planes, C channels, H, W); volumes: (N volumes, C, Z, Y, X)."""
         size = dict(zip(self.axes, self.array.shape))
         n = math.prod(size[a] for a in self.plane_axes)
-        return n, size.get("c", 1), size["y"], size["x"]
+        return n, size.get("c", 1), *(size[a] for a in self.spatial)
+
+    @property
+    def voxel_size(self) -> tuple[float, float, float] | None:
+        """(z, y, x) of the scale where it is known and the image has z, else None."""
+        if self.scale is None or "z" not in self.axes:
+            return None
+        size = dict(zip(self.axes, self.scale))
+        return size["z"], size["y"], size["x"]
 
     @property
     def dtype(self) -> np.dtype:
@@ -61,30 +81,56 @@ class ChunkedImage:
         chunks = dict(zip(self.axes, self.array.chunks))
         return chunks["y"], chunks["x"]
 
-    def window(self, n: int, ys: slice, xs: slice) -> np.ndarray:
-        """Plane ``n``, rows ``ys``, columns ``xs`` -> (C, h, w) in the stored dtype.
+    @property
+    def spatial_chunks(self) -> tuple[int, ...]:
+        """The storage chunk's size along each spatial axis (px)."""
+        chunks = dict(zip(self.axes, self.array.chunks))
+        return tuple(chunks[a] for a in self.spatial)
+
+    def window(self, n: int, *spans: slice) -> np.ndarray:
+        """Plane ``n``, rows ``ys``, columns ``xs`` -> (C, h, w) in the stored dtype; of volumes,
+        volume ``n`` and one span per z, y, x -> (C, d, h, w).
 
         A chunk that cannot be decoded raises `UserInputError` naming it (`find_damaged_chunk`).
         """
-        key = plane_key(self.axes, self.array.shape, n, ys, xs)
+        key = plane_key(self.axes, self.array.shape, n, *spans)
         try:
             out = np.asarray(self.array[key])
         except Exception:
             find_damaged_chunk(self, key)  # raises the one line naming the chunk
             raise  # every chunk reads alone: not the file's fault, a bug (keep its traceback)
-        kept = [a for a in self.axes if a in "cyx"]  # the axes left after integer indexing
+        kept = [a for a in self.axes if a == "c" or a in self.spatial]  # the axes left after integer indexing
         if "c" not in kept:
             return out[None]
         return np.moveaxis(out, kept.index("c"), 0)
 
+    def as_volumes(self) -> ChunkedImage:
+        """This image seen as volumes (z, y, x) for a 3D net; one line where it has no z."""
+        if self.spatial == "zyx":
+            return self
+        z = "z" if self.kind == "ome-zarr" else "".join(a for a in self.axes if a not in "cyx")
+        if len(z) != 1 or z not in self.axes or dict(zip(self.axes, self.array.shape))[z] < 2:
+            raise UserInputError(f"{self.path}: a 3D model segments volumes, and this image (axes '{self.axes}', "
+                                 f"shape {tuple(self.array.shape)}) has no z axis of more than one plane")
+        scale = self.scale
+        if self.kind == "tiff":
+            from ..io import voxel_size
 
-def plane_key(axes: str, shape: tuple[int, ...], n: int, ys: slice, xs: slice) -> tuple:
+            voxel = voxel_size(self.path)
+            scale = None if voxel is None else tuple(dict(zip("zyx", voxel)).get(a, 1.0) for a in self.axes)
+        axes = self.axes.replace(z, "z")
+        return replace(self, axes=axes, spatial="zyx", scale=scale)
+
+
+def plane_key(axes: str, shape: tuple[int, ...], n: int, *spans: slice) -> tuple:
     """The index of plane ``n`` (counted over the axes other than c, y, x, in order), rows
-    ``ys`` and columns ``xs``, all channels, in an array of ``axes`` and ``shape``."""
+    ``ys`` and columns ``xs``, all channels, in an array of ``axes`` and ``shape``; with three
+    ``spans`` (z, y, x), of volume ``n`` (counted over the axes other than c, z, y, x)."""
     size = dict(zip(axes, shape))
-    plane_axes = [a for a in axes if a not in "cyx"]
+    at = dict(zip(spatial_axes(len(spans)), spans))
+    plane_axes = [a for a in axes if a != "c" and a not in at]
     where = dict(zip(plane_axes, (int(i) for i in np.unravel_index(n, [size[a] for a in plane_axes]))))
-    return tuple(where[a] if a in where else ys if a == "y" else xs if a == "x" else slice(None) for a in axes)
+    return tuple(where[a] if a in where else at.get(a, slice(None)) for a in axes)
 
 
 def find_damaged_chunk(image: ChunkedImage, key: tuple) -> None:
@@ -113,7 +159,7 @@ def _chunk_name(image: ChunkedImage, coords: tuple[int, ...], unit: tuple[int, .
         name = f"chunk {prefix}{image.array.metadata.encode_chunk_key(coords)}"
     size = dict(zip(image.axes, image.array.shape))
     spans = [(f"{a} {lo}" if lo == hi else f"{a} {lo}-{hi}") for a, (lo, hi) in extent.items()
-             if a in image.plane_axes and size[a] > 1]
+             if a not in "cyx" and size[a] > 1]
     (top, bottom), (left, right) = extent["y"], extent["x"]
     return f"{name} at {', '.join(spans + [f'rows {top}-{bottom}', f'columns {left}-{right}'])}"
 
@@ -126,10 +172,12 @@ def is_zarr(path: Path) -> bool:
     return path.suffix == ZARR_SUFFIX or any((path / f).exists() for f in ("zarr.json", ".zgroup", ".zarray"))
 
 
-def open_chunked(path: Path) -> ChunkedImage:
-    """A zarr store (OME-Zarr or plain array) or a TIFF, read lazily."""
+def open_chunked(path: Path, spatial: str = "yx") -> ChunkedImage:
+    """A zarr store (OME-Zarr or plain array) or a TIFF, read lazily; with ``spatial`` "zyx"
+    as volumes (`ChunkedImage.as_volumes`)."""
     path = Path(path)
-    return open_zarr(path) if is_zarr(path) else open_chunked_tiff(path)
+    image = open_zarr(path) if is_zarr(path) else open_chunked_tiff(path)
+    return image.as_volumes() if spatial == "zyx" else image
 
 
 def open_zarr(path: Path) -> ChunkedImage:
@@ -205,25 +253,26 @@ def _check_axes(path: Path, axes: str) -> None:
 def sample_statistics(image: ChunkedImage, n: int, normalization: Normalization,
                       max_pixels: int = _MAX_SAMPLE_PIXELS,
                       transform: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel (low, high) percentiles of plane ``n`` from whole chunks on a regular grid.
+    """Per-channel (low, high) percentiles of plane (or volume) ``n`` from whole chunks on a
+    regular grid.
 
-    At most ``max_pixels`` px are read: every chunk where the plane is that small (then the
-    result equals the full-image percentiles), else every k-th chunk along each axis of the
-    chunk grid (k as small as the budget allows), so the sample spans the whole plane.
+    At most ``max_pixels`` px (voxels) are read: every chunk where the plane is that small
+    (then the result equals the full-image percentiles), else every k-th chunk along each axis
+    of the chunk grid (k as small as the budget allows), so the sample spans the whole plane.
     Measured on a test image (tests/test_zarr.py): within 1% of the intensity range of the
-    full-image percentiles. ``transform`` (C, h, w) -> (C', h, w) is applied to each chunk
-    first (the model's channel conversion).
+    full-image percentiles. ``transform`` (C, *window) -> (C', *window) is applied to each
+    chunk first (the model's channel conversion).
     """
-    _, _, height, width = image.shape
-    cy, cx = image.chunk_yx
-    grid_y, grid_x = math.ceil(height / cy), math.ceil(width / cx)
-    step = max(1, math.ceil(math.sqrt(grid_y * grid_x * cy * cx / max_pixels)))
+    chunks = image.spatial_chunks
+    grid = [math.ceil(length / c) for length, c in zip(image.shape[2:], chunks)]
+    load = math.prod(grid) * math.prod(chunks) / max_pixels
+    # sqrt for images, as before volumes (a cube root of a square can round the other way)
+    step = max(1, math.ceil(math.sqrt(load) if len(grid) == 2 else load ** (1 / len(grid))))
     parts = []
-    for i in range(0, grid_y, step):
-        for j in range(0, grid_x, step):
-            chunk = image.window(n, slice(i * cy, (i + 1) * cy), slice(j * cx, (j + 1) * cx))
-            chunk = transform(chunk) if transform is not None else chunk
-            parts.append(chunk.reshape(chunk.shape[0], -1))
+    for coords in itertools.product(*(range(0, g, step) for g in grid)):
+        chunk = image.window(n, *(slice(i * c, (i + 1) * c) for i, c in zip(coords, chunks)))
+        chunk = transform(chunk) if transform is not None else chunk
+        parts.append(chunk.reshape(chunk.shape[0], -1))
     sample = np.concatenate(parts, axis=1)
     lo, hi = np.percentile(sample, [normalization.low, normalization.high], axis=1).astype(np.float32)
     return lo, hi

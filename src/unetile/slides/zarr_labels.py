@@ -1,17 +1,18 @@
-"""Cells of a whole slide, cut block by block, with one id per cell across block borders.
+"""Cells of a whole slide (or volume), cut block by block, with one id per cell across block borders.
 
 After the probability map is written (block_run.py), ``--instances`` cuts it into cells in
 three passes over the same blocks; passes 1 and 3 are tasks that any process may run, and
 run again (a worker that died, ``--resume``), with the same result:
 
 1. **label**: each block's window of the map, widened by ``margin`` px on every side
-   (clipped at the image's edges), is cut into cells as in memory (`InstanceSettings.labels`);
-   the block's own part is written with provisional ids 1..K, and K and the block's four
-   edge lines are kept (``.NAME.progress/cells/BLOCK.npz``).
-2. **merge** (in the calling process; it reads only the edge lines): each block's ids get an
-   offset; two non-zero pixels facing each other across a block border are linked; the
-   connected components of the links (SciPy's ``csgraph``) are the cells, numbered 1..K in
-   the order the blocks first meet them.
+   (clipped at the image's edges), is cut into cells as in memory (`InstanceSettings.labels`;
+   a volume's in 3D with its voxel size); the block's own part is written with provisional
+   ids 1..K, and K and the block's faces are kept (``.NAME.progress/cells/BLOCK.npz``): its
+   four edge lines, or a box's six face planes.
+2. **merge** (in the calling process; it reads only the faces): each block's ids get an
+   offset; two non-zero pixels facing each other across a block border (a box's face) are
+   linked; the connected components of the links (SciPy's ``csgraph``) are the cells,
+   numbered 1..K in the order the blocks first meet them.
 3. **relabel**: each block's provisional ids are mapped to the final ones and written into
    an NGFF labels image (uint32, 0 = background, its own small pyramid, ``image-label``
    metadata with colours and a link to its image).
@@ -20,13 +21,14 @@ Why this equals one pass over the whole image (up to the numbering): near a bloc
 smoothing, the seeds and the watershed see what a whole-image pass sees whenever each cell,
 together with the cells it touches, is smaller than ``margin``; then both sides of a border
 carry the whole-image labels, in which distinct cells never touch (the watershed line or
-the components' 4-connectivity keeps them apart), so two non-zero pixels across a border
-are one cell. A larger cell is still one cell across borders, but its cut may differ from
+the components' 4-connectivity (6 in a volume) keeps them apart), so two non-zero pixels
+across a border are one cell. A larger cell is still one cell across borders, but its cut may differ from
 a whole-image pass (as in dask-image's and Cellpose's distributed labelling).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -35,12 +37,17 @@ from pathlib import Path
 import numpy as np
 
 from .chunked import ChunkedImage
+from ..spacing import per_axis
 from ..io import atomic_path
 from .blocks import Block, BlockGrid
 from ..inference.instances import InstanceSettings
 from .zarr_output import block_chunks, ngff_format, write_block_values, write_multiscales, write_pyramid, zarr_format
 
 LABEL_MARGIN = 128  # px of map read around a block: cells smaller than this are cut as in one pass
+# In-plane voxels around a volume's block (fewer along a coarser z, `spacing.per_axis`): objects
+# smaller than this are cut as in one pass. Smaller than an image's: the window is a box, and a
+# 161-voxel block with 128 on each side would hold 27x its own voxels.
+VOLUME_LABEL_MARGIN = 48
 _MOST_COLOURS = 1024  # cells given a colour in the metadata; viewers choose the others
 
 
@@ -56,7 +63,8 @@ class CellJob:
     grid: BlockGrid
     settings: InstanceSettings
     threshold: float  # a pixel is inside a cell above this calibrated probability
-    margin: int = LABEL_MARGIN
+    margin: int | tuple[int, ...] = LABEL_MARGIN  # px around a block, on every axis or per axis
+    voxel_size: tuple[float, float, float] | None = None  # volumes: (z, y, x) um, the watershed's smoothing
 
     def labelled(self, block: Block) -> Path:
         return self.work / f"{block.name}.npz"
@@ -67,6 +75,14 @@ class CellJob:
     @property
     def published(self) -> Path:
         return published_marker(self.work.parent)
+
+
+def cell_margin(dims: int, voxel_size: tuple[float, float, float] | None) -> int | tuple[int, ...]:
+    """px of map around a block: `LABEL_MARGIN` for images; `VOLUME_LABEL_MARGIN` in-plane
+    voxels for volumes, the same physical length along each axis."""
+    if dims == 2:
+        return LABEL_MARGIN
+    return tuple(math.ceil(m) for m in per_axis(VOLUME_LABEL_MARGIN, voxel_size))
 
 
 def cells_work(progress: Path) -> Path:
@@ -86,18 +102,28 @@ def label_block(block: Block, job: CellJob) -> str:
     if job.labelled(block).exists():
         return block.name
     array = zarr.open_array(str(job.probabilities), mode="r")
-    prob_map = ChunkedImage(job.probabilities, array, job.axes, "zarr")
-    top, left = max(0, block.top - job.margin), max(0, block.left - job.margin)
-    bottom = min(job.grid.height, block.bottom + job.margin)
-    right = min(job.grid.width, block.right + job.margin)
-    prob = prob_map.window(block.plane, slice(top, bottom), slice(left, right))
-    cells = job.settings.labels(prob, job.threshold)
-    core = cells[block.top - top : block.bottom - top, block.left - left : block.right - left]
+    prob_map = ChunkedImage(job.probabilities, array, job.axes, "zarr", spatial=job.grid.axes)
+    margins = (job.margin,) * len(block.start) if isinstance(job.margin, int) else job.margin
+    start = [max(0, a - m) for a, m in zip(block.start, margins)]
+    stop = [min(length, b + m) for b, m, length in zip(block.stop, margins, job.grid.shape)]
+    prob = prob_map.window(block.plane, *(slice(a, b) for a, b in zip(start, stop)))
+    cells = job.settings.labels(prob, job.threshold, spacing=job.voxel_size)
+    core = cells[tuple(slice(a - w, b - w) for a, b, w in zip(block.start, block.stop, start))]
     core, count = _renumbered(core)
     write_block_values(zarr.open_array(str(job.work / "provisional"), mode="r+"), job.label_axes, block, core[None])
     with atomic_path(job.labelled(block)) as tmp, open(tmp, "wb") as f:
-        np.savez(f, count=count, top=core[0], bottom=core[-1], left=core[:, 0], right=core[:, -1])
+        np.savez(f, count=count, **_faces(core))
     return block.name
+
+
+def _faces(core: np.ndarray) -> dict[str, np.ndarray]:
+    """A block's ids on its faces: ``low{i}`` / ``high{i}``, its first and last slice along
+    axis i (an image's top/bottom rows, left/right columns; a box's six planes)."""
+    faces = {}
+    for axis in range(core.ndim):
+        faces[f"low{axis}"] = np.take(core, 0, axis=axis)
+        faces[f"high{axis}"] = np.take(core, -1, axis=axis)
+    return faces
 
 
 def relabel_block(block: Block, lut: np.ndarray, job: CellJob) -> str:
@@ -107,8 +133,8 @@ def relabel_block(block: Block, lut: np.ndarray, job: CellJob) -> str:
     if job.relabelled(block).exists():
         return block.name
     provisional = zarr.open_array(str(job.work / "provisional"), mode="r")
-    ids = ChunkedImage(job.work, provisional, job.label_axes, "zarr").window(
-        block.plane, slice(block.top, block.bottom), slice(block.left, block.right))
+    ids = ChunkedImage(job.work, provisional, job.label_axes, "zarr", spatial=job.grid.axes).window(
+        block.plane, *block.spans)
     write_block_values(zarr.open_array(str(job.labels / "0"), mode="r+"), job.label_axes, block, lut[ids])
     job.relabelled(block).touch()
     return block.name
@@ -123,13 +149,13 @@ def merge_blocks(job: CellJob) -> tuple[list[np.ndarray], int]:
     edges = {b: _edges(job.labelled(b)) for b in blocks}
     counts = np.array([int(edges[b]["count"]) for b in blocks], dtype=np.int64)
     offsets = dict(zip(blocks, np.concatenate([[0], np.cumsum(counts)[:-1]])))
-    at = {(b.plane, b.top, b.left): b for b in blocks}
+    at = {(b.plane, *b.start): b for b in blocks}
     links = []
     for b in blocks:
-        for other, mine, theirs in ((at.get((b.plane, b.top, b.right)), "right", "left"),
-                                    (at.get((b.plane, b.bottom, b.left)), "bottom", "top")):
+        for axis, stop in enumerate(b.stop):  # the neighbour after b along each axis
+            other = at.get((b.plane, *b.start[:axis], stop, *b.start[axis + 1:]))
             if other is not None:
-                links.append(_facing(edges[b][mine], offsets[b], edges[other][theirs], offsets[other]))
+                links.append(_facing(edges[b][f"high{axis}"], offsets[b], edges[other][f"low{axis}"], offsets[other]))
     nodes = int(counts.sum()) + 1  # node 0: the background, never linked
     pairs = np.concatenate(links, axis=1) if links else np.zeros((2, 0), np.int64)
     graph = coo_matrix((np.ones(pairs.shape[1], np.int8), (pairs[0], pairs[1])), shape=(nodes, nodes))
@@ -141,7 +167,7 @@ def merge_blocks(job: CellJob) -> tuple[list[np.ndarray], int]:
 
 
 def _edges(path: Path) -> dict[str, np.ndarray]:
-    """A block's saved count and edge lines, read and the file closed (thousands of blocks)."""
+    """A block's saved count and faces, read and the file closed (thousands of blocks)."""
     with np.load(path) as saved:
         return {key: saved[key] for key in saved.files}
 

@@ -3,9 +3,13 @@ input), one block at a time, resumably.
 
 The store is built as ``.NAME.part.zarr`` beside its final name: level 0 is written block by
 block (each block is a whole number of chunks, so writers never share a chunk), then a
-small pyramid (each level every other pixel of the one above, as ome-zarr's "nearest";
-levels down to 64 px, at most 3) and the multiscales metadata (ome-zarr's writer), and
-only then is it renamed into place: a store under the final name is always complete.
+small pyramid (each level every other pixel of the one above in y and x, as ome-zarr's
+"nearest"; levels down to 64 px, at most 3) and the multiscales metadata (ome-zarr's writer),
+and only then is it renamed into place: a store under the final name is always complete.
+
+A volume's output is (t?, c, z, y, x), chunked in its blocks' boxes; its pyramid halves y and
+x only (z is kept: microscopes' z is mostly coarser already, and a viewer's z slider stays on
+the same planes at every level), and its scale holds the voxel size.
 
 Progress lives beside it in ``.NAME.progress/``: the settings' fingerprint and one empty
 file per finished block, written after the block's chunks. ``--resume`` skips the blocks
@@ -15,6 +19,7 @@ an uninterrupted run. Any process may write any block (the progress folder is sh
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -23,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .chunked import ChunkedImage, plane_key
+from .chunked import ChunkedImage, plane_key, spatial_axes
 from ..errors import UserInputError
 from ..io import atomic_path
 from .blocks import Block, BlockGrid
@@ -47,13 +52,14 @@ def ngff_format(ngff_version: str):
 
 def output_layout(image: ChunkedImage, channels: int) -> tuple[str, tuple[int, ...]]:
     """(axes, shape) of the output: an OME-Zarr input's own axes (with c, ``channels`` of
-    them), else c, y, x (and z for a stack of planes)."""
-    n, _, height, width = image.shape
+    them), else c, y, x (and z for a stack of planes, or a volume)."""
+    size = dict(zip(image.axes, image.array.shape))
     if image.kind == "ome-zarr":
-        size = dict(zip(image.axes, image.array.shape))
         axes = image.axes if "c" in image.axes else _with_channel_axis(image.axes)
         size["c"] = channels
         return axes, tuple(size[a] for a in axes)
+    n = math.prod(size[a] for a in image.axes if a not in "cyx")
+    height, width = size["y"], size["x"]
     if n == 1:
         return "cyx", (channels, height, width)
     return "czyx", (channels, n, height, width)
@@ -86,7 +92,7 @@ class ZarrOutput:
         with the same ``fingerprint``)."""
         import zarr
 
-        fingerprint = {**fingerprint, "shape": list(shape), "block": self.grid.size, "axes": self.axes}
+        fingerprint = {**fingerprint, "shape": list(shape), "block": list(self.grid.sizes), "axes": self.axes}
         fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back (tuples become lists)
         saved = self.progress / "fingerprint.json"
         if resume and self.part.exists() and saved.exists():
@@ -106,7 +112,7 @@ class ZarrOutput:
         return (self.progress / block.name).exists()
 
     def write(self, block: Block, values: np.ndarray) -> None:
-        """Write one block's (C, h, w) values, then mark it done."""
+        """Write one block's (C, h, w) values (a volume's (C, d, h, w)), then mark it done."""
         import zarr
 
         write_block_values(zarr.open_array(str(self.part / "0"), mode="r+"), self.axes, block, values)
@@ -126,16 +132,16 @@ class ZarrOutput:
 
 
 def write_block_values(array, axes: str, block: Block, values: np.ndarray) -> None:
-    """Write (C, h, w) ``values`` into ``block`` of the zarr ``array`` of ``axes``."""
-    ys, xs = slice(block.top, block.bottom), slice(block.left, block.right)
-    key = plane_key(axes, array.shape, block.plane, ys, xs)
-    kept = [a for a in axes if a in "cyx"]
+    """Write (C, *block.shape) ``values`` into ``block`` of the zarr ``array`` of ``axes``."""
+    key = plane_key(axes, array.shape, block.plane, *block.spans)
+    kept = [a for a in axes if a == "c" or a in spatial_axes(len(block.start))]
     array[key] = np.moveaxis(values, 0, kept.index("c")) if "c" in kept else values[0]
 
 
 def block_chunks(axes: str, grid: BlockGrid, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Chunks of one block's rows and columns and one plane (so that writers never share one)."""
-    return _clip(tuple(grid.size if a in "yx" else 1 for a in axes), shape)
+    """Chunks of one block's extent and one plane (so that writers never share one)."""
+    sizes = dict(zip(grid.axes, grid.sizes))
+    return _clip(tuple(sizes.get(a, 1) for a in axes), shape)
 
 
 def _clip(chunks: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -143,23 +149,24 @@ def _clip(chunks: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def write_pyramid(group, axes: str, grid: BlockGrid) -> int:
-    """Levels 1, 2, ... from level 0, each every other pixel of the one above, a block's rows
-    and columns at a time (memory: one block of every plane); returns the number of levels."""
+    """Levels 1, 2, ... from level 0, each every other pixel of the one above in y and x, a
+    block's rows and columns (a volume's: a block's box) at a time (memory: one block of
+    every plane, or volume); returns the number of levels."""
     level, source = 0, group["0"]
     y, x = axes.index("y"), axes.index("x")
+    at = [axes.index(a) for a in grid.axes]  # the blocks' axes: (y, x) or (z, y, x)
+    halved = {y: 2, x: 2}
     while level < _MOST_LEVELS and min(source.shape[y], source.shape[x]) // 2 >= _SMALLEST_LEVEL:
         shape = tuple(math.ceil(s / 2) if i in (y, x) else s for i, s in enumerate(source.shape))
         level += 1
         target = group.create_array(str(level), shape=shape, chunks=_clip(source.chunks, shape),
                                     dtype=source.dtype, fill_value=0)
-        step = grid.size
-        for top in range(0, shape[y], step):
-            for left in range(0, shape[x], step):
-                key = [slice(None)] * len(shape)
-                key[y], key[x] = slice(2 * top, 2 * (top + step), 2), slice(2 * left, 2 * (left + step), 2)
-                out = [slice(None)] * len(shape)
-                out[y], out[x] = slice(top, min(top + step, shape[y])), slice(left, min(left + step, shape[x]))
-                target[tuple(out)] = source[tuple(key)]
+        for start in itertools.product(*(range(0, shape[i], step) for i, step in zip(at, grid.sizes))):
+            key, out = [slice(None)] * len(shape), [slice(None)] * len(shape)
+            for i, a, step in zip(at, start, grid.sizes):
+                f = halved.get(i, 1)
+                key[i], out[i] = slice(f * a, f * (a + step), f), slice(a, min(a + step, shape[i]))
+            target[tuple(out)] = source[tuple(key)]
         source = target
     return level + 1
 
