@@ -101,7 +101,8 @@ def build_run(cfg: TrainConfig, folder: Path, ctx: distributed.Context, device: 
     loader, sampler, steps_per_epoch = build_loader(cfg, train_items, tile, out_size, ctx, device,
                                                     soft_labels=(cfg.soft_labels and model_cfg.out_channels == 1)
                                                     or cell_target == "distance")  # distances warp bilinearly
-    metadata = dict(normalization=cfg.normalization, tile_size=tile, preset=cfg.preset, version=__version__,
+    metadata = dict(normalization=cfg.normalization, tile_size=tile if isinstance(tile, int) else list(tile),
+                    preset=cfg.preset, version=__version__,
                     flips=cfg.flips,  # predict --tta averages over the flips the net was trained with
                     input_shift=list(input_shift),  # and resamples its input as training did
                     cell_target=cell_target)  # what the map means to predict --instances
