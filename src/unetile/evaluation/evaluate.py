@@ -16,6 +16,9 @@ Prediction maps are read as `unetile.metrics` reads arrays: ``uint8`` = probabil
 float = probability in [0, 1], 0/1 masks, integer label images.  A two-channel map (the
 float TIFF that ``unetile predict`` writes for two classes) is scored on its channel 1, the
 foreground probability.  Any problem raises `UserInputError` naming the file.
+
+Volumes (label files with a Z axis or a z voxel size, or ``--dims 3``) are scored whole, in 3D,
+one volume a file: `unetile.evaluation.volumes`.
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ __all__ = [
     "evaluate_paths",
     "format_table",
     "format_cells_table",
+    "aligned",
+    "match_stems",
+    "check_values",
+    "to_plane",
     "write_json",
     "run_evaluate",
 ]
@@ -89,8 +96,9 @@ class Pairs:
     truth_sources: list[str]
 
 
-def _to_plane(file: Path, page: np.ndarray, role: str, keep_colour: bool) -> np.ndarray:
-    """(C, H, W) page -> the (H, W) plane to score (or (C, H, W) colour for display)."""
+def to_plane(file: Path, page: np.ndarray, role: str, keep_colour: bool) -> np.ndarray:
+    """(C, H, W) page -> the (H, W) plane to score (or (C, H, W) colour for display); the same
+    for a (C, Z, Y, X) volume."""
     c = page.shape[0]
     if c == 1:
         return page[0]
@@ -118,7 +126,7 @@ def _load_side(path: str | Path, role: str, keep_colour: bool = False) -> _Side:
         n = stack.shape[0]
         slices = []
         for i in range(n):
-            plane = _to_plane(f, stack[i], role, keep_colour)
+            plane = to_plane(f, stack[i], role, keep_colour)
             name = f.stem if n == 1 else f"{f.stem}[{i}]"
             slices.append(_Slice(name, f, i, n, pos, plane))
             pos += 1
@@ -126,16 +134,30 @@ def _load_side(path: str | Path, role: str, keep_colour: bool = False) -> _Side:
     return _Side(path, path.is_dir(), out)
 
 
-def _by_stem(side: _Side, role: str) -> dict[str, tuple[Path, list[_Slice]]]:
-    table: dict[str, tuple[Path, list[_Slice]]] = {}
-    for f, slices in side.files:
+def _by_stem(files: list[Path], role: str) -> dict[str, Path]:
+    table: dict[str, Path] = {}
+    for f in files:
         if f.stem in table:
             raise UserInputError(
-                f"{f}: two {role} files are named {f.stem!r} ({table[f.stem][0].name} and "
+                f"{f}: two {role} files are named {f.stem!r} ({table[f.stem].name} and "
                 f"{f.name}); keep one"
             )
-        table[f.stem] = (f, slices)
+        table[f.stem] = f
     return table
+
+
+def match_stems(a_files: list[Path], b_files: list[Path], a_path: Path, b_path: Path,
+                a_role: str, b_role: str) -> list[tuple[Path, Path]]:
+    """Files of two folders paired by name without suffix, in the order of ``a_files``; every
+    file must have a partner (`UserInputError` naming the orphans otherwise)."""
+    a_map, b_map = _by_stem(a_files, a_role), _by_stem(b_files, b_role)
+    missing = [a_map[s] for s in a_map if s not in b_map]
+    if missing:
+        raise UserInputError(f"{_list_names(missing)}: no {b_role} file of the same name in {b_path}")
+    extra = [b_map[s] for s in b_map if s not in a_map]
+    if extra:
+        raise UserInputError(f"{_list_names(extra)}: no {a_role} file of the same name in {a_path}")
+    return [(a_map[s], b_map[s]) for s in a_map]
 
 
 def _list_names(paths: list[Path], limit: int = 5) -> str:
@@ -150,19 +172,9 @@ def _pair_sides(
     order of ``a``.  Raises `UserInputError` naming the files on any mismatch."""
     pairs: list[tuple[str, _Slice, _Slice]] = []
     if a.is_folder and b.is_folder:
-        a_map, b_map = _by_stem(a, a_role), _by_stem(b, b_role)
-        missing = [a_map[s][0] for s in a_map if s not in b_map]
-        if missing:
-            raise UserInputError(
-                f"{_list_names(missing)}: no {b_role} file of the same name in {b.path}"
-            )
-        extra = [b_map[s][0] for s in b_map if s not in a_map]
-        if extra:
-            raise UserInputError(
-                f"{_list_names(extra)}: no {a_role} file of the same name in {a.path}"
-            )
-        for stem, (fa, sa) in a_map.items():
-            fb, sb = b_map[stem]
+        a_slices, b_slices = dict(a.files), dict(b.files)
+        for fa, fb in match_stems([f for f, _ in a.files], [f for f, _ in b.files], a.path, b.path, a_role, b_role):
+            sa, sb = a_slices[fa], b_slices[fb]
             if len(sa) != len(sb):
                 raise UserInputError(
                     f"{fa}: {len(sa)} pages but the {b_role} {fb} has {len(sb)}"
@@ -187,15 +199,15 @@ def _pair_sides(
     return pairs
 
 
-def _check_values(s: _Slice, role: str) -> None:
-    """Re-raise metrics' value checks (range, NaN, dtype) with the file name in front."""
+def check_values(array: np.ndarray, where: str, role: str) -> None:
+    """Re-raise metrics' value checks (range, NaN, dtype) with the file name ``where`` in front."""
     try:
         if role == "prediction":
-            metrics.as_probability(s.array)
+            metrics.as_probability(array)
         else:
-            metrics.truth_labels(s.array)
+            metrics.truth_labels(array)
     except UserInputError as e:
-        raise UserInputError(f"{s.where()}: {e}") from e
+        raise UserInputError(f"{where}: {e}") from e
 
 
 def load_pairs(pred: str | Path, labels: str | Path) -> Pairs:
@@ -204,8 +216,8 @@ def load_pairs(pred: str | Path, labels: str | Path) -> Pairs:
     b = _load_side(labels, "label")
     pairs = _pair_sides(a, b, "prediction", "label")
     for _, x, y in pairs:
-        _check_values(x, "prediction")
-        _check_values(y, "label")
+        check_values(x.array, x.where(), "prediction")
+        check_values(y.array, y.where(), "label")
     return Pairs(
         names=[n for n, _, _ in pairs],
         preds=[x.array for _, x, _ in pairs],
@@ -286,12 +298,16 @@ def format_table(result: dict, threshold: float | None = None) -> str:
     return "\n".join(lines)
 
 
+def aligned(rows: list[tuple[str, list[str]]]) -> list[str]:
+    """(name, values) rows as text lines: names left-aligned, values right-aligned in columns."""
+    widths = [max(len(r[0]) for r in rows)] + [max(len(r[1][i]) for r in rows) for i in range(len(rows[0][1]))]
+    return ["  ".join([name.ljust(widths[0])] + [v.rjust(w) for v, w in zip(values, widths[1:])])
+            for name, values in rows]
+
+
 def format_cells_table(result: dict) -> str:
     """The object metrics of an `evaluate_paths` result: one row per image and the pooled row."""
-    rows = [("image", [h for _, h in CELL_COLUMNS]), *cell_rows(result)]
-    widths = [max(len(r[0]) for r in rows)] + [max(len(r[1][i]) for r in rows) for i in range(len(CELL_COLUMNS))]
-    text = ["  ".join([name.ljust(widths[0])] + [v.rjust(w) for v, w in zip(values, widths[1:])])
-            for name, values in rows]
+    text = aligned([("image", [h for _, h in CELL_COLUMNS]), *cell_rows(result)])
     ts = result["cells"]["iou_thresholds"]
     head = (f"cells, matched one to one by IoU (AP = TP / (TP + FP + FN); mAP over IoU {ts[0]:g}-{ts[-1]:g}; "
             "PQ at 0.5; pooled: counts summed over the images)")
@@ -319,14 +335,21 @@ def run_evaluate(
     json_path: str | Path | None = None,
     report_dir: str | Path | None = None,
     images: str | Path | None = None,
+    dims: str = "auto",
 ) -> dict:
     """The whole ``unetile evaluate`` command: evaluate, print the table, write the JSON and
     the HTML report if asked.  ``images`` (input images, paired with ``pred`` like the
-    labels) are shown in the report.  Returns the result dict."""
+    labels) are shown in the report.  ``dims``: "2" scores planes, "3" volumes (one a file,
+    `volumes.run_evaluate_volumes`), "auto" as the label files say (`volumes.resolve_dims`).
+    Returns the result dict."""
     if not (0.0 <= float(threshold) <= 1.0):
         raise UserInputError(f"--threshold {threshold}: must be between 0 and 1")
     if images is not None and report_dir is None:
         raise UserInputError("--images is only used by the report; give --report DIR as well")
+    from .volumes import resolve_dims, run_evaluate_volumes
+
+    if resolve_dims(labels, dims) == 3:
+        return run_evaluate_volumes(pred, labels, threshold, json_path, report_dir, images)
     pairs = load_pairs(pred, labels)
     inputs = load_matching_images(images, pred) if images is not None else None
     result = _evaluate(pairs, threshold)

@@ -300,12 +300,16 @@ CELL_COLUMNS = (("n_true", "true"), ("n_pred", "pred"), ("ap_50", "AP@0.5"), ("a
                 ("mean_ap", "mAP"), ("f1_50", "F1@0.5"), ("pq_50", "PQ"), ("merged", "merged"), ("split", "split"))
 
 
+def cell_values(scores: dict) -> list[str]:
+    """The formatted values of `CELL_COLUMNS` in one `metrics.cell_scores` summary."""
+    return [str(scores[k]) if isinstance(scores[k], int) else f"{scores[k]:.4f}" for k, _ in CELL_COLUMNS]
+
+
 def cell_rows(result: dict) -> list[tuple[str, list[str]]]:
     """(name, formatted values of `CELL_COLUMNS`) for each image and the pooled row."""
     cells = result["cells"]
     names = [str(e["name"]) for e in result["images"]] + ["pooled"]
-    return [(name, [str(s[k]) if isinstance(s[k], int) else f"{s[k]:.4f}" for k, _ in CELL_COLUMNS])
-            for name, s in zip(names, cells["images"] + [cells["pooled"]])]
+    return [(name, cell_values(s)) for name, s in zip(names, cells["images"] + [cells["pooled"]])]
 
 
 def _cells_table_html(result: dict) -> str:

@@ -35,7 +35,7 @@ class Prediction:
     labels: np.ndarray | None  # (H, W) int64 cell ids (0 = boundary), or None
 
 
-def check_2d(array: np.ndarray, what: str, volumes: bool = False) -> np.ndarray:
+def check_image(array: np.ndarray, what: str, volumes: bool = False) -> np.ndarray:
     """``array`` as a 2-D (H, W) image, or with ``volumes`` also a 3-D (Z, Y, X) volume."""
     array = np.asarray(array)
     if array.ndim != 2 and not (volumes and array.ndim == 3):
@@ -52,7 +52,7 @@ def face_connected(ndim: int) -> np.ndarray:
 
 
 def read_prediction(pred: np.ndarray, what: str = "prediction") -> Prediction:
-    pred = check_2d(pred, what, volumes=True)
+    pred = check_image(pred, what, volumes=True)
     if pred.dtype == bool:
         return Prediction(pred.astype(np.float64), None)
     if pred.dtype == np.uint8:
@@ -91,7 +91,7 @@ def truth_labels(truth: np.ndarray) -> np.ndarray:
     ``Utils.connectedComponents(..., 4)`` as used by ``RandError``; 6-connected in 3D);
     several non-zero integer values -> taken as cell ids unchanged.
     """
-    truth = check_2d(truth, "truth", volumes=True)
+    truth = check_image(truth, "truth", volumes=True)
     if truth.dtype == bool:
         return ndi.label(truth, structure=face_connected(truth.ndim))[0].astype(np.int64)
     values = np.unique(truth)
@@ -112,7 +112,7 @@ def truth_labels(truth: np.ndarray) -> np.ndarray:
 
 
 def truth_foreground(truth: np.ndarray) -> np.ndarray:
-    return check_2d(truth, "truth", volumes=True) > 0
+    return check_image(truth, "truth", volumes=True) > 0
 
 
 def prediction_components(pred: Prediction, threshold: float) -> np.ndarray:
@@ -147,8 +147,8 @@ def paired_stack(
     if len(p) != len(t):
         raise UserInputError(f"{len(p)} predictions but {len(t)} truth images")
     for i, (a, b) in enumerate(zip(p, t)):
-        check_2d(a, f"prediction {i}")
-        check_2d(b, f"truth {i}")
+        check_image(a, f"prediction {i}")
+        check_image(b, f"truth {i}")
         if a.shape != b.shape:
             raise UserInputError(
                 f"image {i}: prediction shape {a.shape} differs from truth shape {b.shape}"
@@ -158,8 +158,8 @@ def paired_stack(
 
 def check_pair(pred: np.ndarray, truth: np.ndarray) -> None:
     """Two images (or two volumes) of one shape."""
-    pred = check_2d(pred, "prediction", volumes=True)
-    truth = check_2d(truth, "truth", volumes=True)
+    pred = check_image(pred, "prediction", volumes=True)
+    truth = check_image(truth, "truth", volumes=True)
     if pred.shape != truth.shape:
         raise UserInputError(f"prediction shape {pred.shape} differs from truth shape {truth.shape}")
 

@@ -12,7 +12,7 @@ from .common import (
     DEFAULT_THRESHOLDS,
     SweepResult,
     best_on_curve,
-    check_2d,
+    check_image,
     check_pair,
     check_thresholds,
     paired_stack,
@@ -108,7 +108,7 @@ def class_scores(
     present in either map.
     """
     pred = np.asarray(pred)
-    truth = check_2d(truth, "truth")
+    truth = check_image(truth, "truth")
     if pred.ndim == 3:
         pred = np.argmax(pred, axis=0)
     check_pair(pred, truth)
