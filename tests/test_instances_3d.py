@@ -115,3 +115,20 @@ def test_choose_settings_on_volumes_scores_like_evaluate_volumes():
     assert cells.max() == 2
     assert score == pytest.approx(evaluate_volumes([cells], [truth])["objects"]["pooled"]["mean_ap"])
     assert score > 0.5
+
+
+def test_distance_map_seeds_at_each_cells_core():
+    """A "distance" net's map (each cell's distance to the background over its largest, measured
+    in physical units): the cores seed, the flood runs down to the touching edge."""
+    truth = _balls()
+    dist = np.zeros(truth.shape)
+    for i in (1, 2):
+        d = ndi.distance_transform_edt(truth == i, sampling=SPACING)
+        dist += d / d.max()
+    settings = InstanceSettings(sigma=0.0, seed_threshold=0.5)
+    assert probabilities_to_instances(dist, "components", threshold=0.05).max() == 1
+    cells = settings.labels(dist[None], 0.05, SPACING)
+    assert cells.max() == 2
+    for i in (1, 2):
+        ids, counts = np.unique(cells[truth == i], return_counts=True)
+        assert counts[ids > 0].max() > 0.9 * np.count_nonzero(truth == i)
