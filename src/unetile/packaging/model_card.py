@@ -52,7 +52,7 @@ def model_card(model_path: Path, model, metadata: dict, record: dict, info, samp
     lines = [f"# {info.name or 'U-Net'}", "", info.description or "A U-Net trained with the unetile tool.", "",
              f"Segments {kind}: input {config.in_channels} channel(s), output the "
              + ("calibrated foreground probability (foreground where > 0.5)." if config.out_channels == 1
-                else "class probabilities."), "",
+                else "class probabilities."), "", *_volume_lines(config, metadata),
              "## How to run it", "",
              "- this tool: `unetile predict --model model.zip --input IMAGES --out PRED` "
              "(the checkpoint's own tiling, flips and threshold; `--instances` for cells);",
@@ -73,6 +73,17 @@ def model_card(model_path: Path, model, metadata: dict, record: dict, info, samp
              "Ronneberger O., Fischer P., Brox T. U-Net: Convolutional Networks for Biomedical Image "
              "Segmentation. MICCAI 2015. doi:10.1007/978-3-319-24574-4_28", ""]
     return "\n".join(lines)
+
+
+def _volume_lines(config, metadata: dict) -> list[str]:
+    """What a 3D model's card adds: it segments volumes as a whole, at which voxel size."""
+    if config.spatial_dims != 3:
+        return []
+    voxel = metadata.get("voxel_size")
+    spacing = f" It was trained on voxels of {' x '.join(f'{v:g}' for v in voxel)} um (z, y, x)." if voxel else ""
+    return ["A 3D U-Net: it segments volumes (z, y, x stacks; a TIFF stack's pages are z) as a whole, "
+            f"not plane by plane, with 3D context on every axis.{spacing} Each volume is normalised by its own "
+            "percentiles; the cover shows the test volume's middle z plane.", ""]
 
 
 def _training_lines(record: dict, metadata: dict) -> list[str]:

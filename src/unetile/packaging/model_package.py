@@ -8,7 +8,9 @@ What the package holds (built with bioimageio.spec's own classes, written by its
 
 * the input: (batch, channel, y, x) of any size min + k * step (for a valid-padding net the
   sizes 16k + 188 at depth 4, plus the shift's margin), preprocessed by the spec's
-  ``scale_range`` with the checkpoint's percentiles per image and channel;
+  ``scale_range`` with the checkpoint's percentiles per image and channel; a 3D net's
+  (batch, channel, z, y, x), each axis with its own min and step (the axis' grid), its own
+  halo, and the checkpoint's voxel size (in nanometres) as the axes' scale;
 * the output: the calibrated probability, as `unetile predict` writes it (packaged_net.py puts
   the labels' sub-pixel shift, the sigmoid/softmax and the calibration in the network), the
   size of the input, with a ``halo`` that a consumer overlaps its tiles by and crops;
@@ -16,7 +18,8 @@ What the package holds (built with bioimageio.spec's own classes, written by its
   architecture is a source file inside the package (package_architecture.py: the network
   and its pre/post-processing in one module that needs only torch), so every weight format
   runs where this tool is not installed;
-* test tensors from a real image (``--sample``, or the run's first training image), a cover
+* test tensors from a real image (``--sample``, or the run's first training image; a volume
+  for a 3D net), a cover (of a volume: its middle z plane)
   (image | probability | overlay), a model card, citations, licence, authors, tags; and in
   ``config.unetile`` the checkpoint's config and metadata, which `load_package` reads
   (``config.unet`` in packages written before the rename).
@@ -70,7 +73,7 @@ def export_package(model_path: str | Path, out: str | Path, info: PackageInfo) -
     model, metadata = load_model(model_path)
     packaged = packaged_net(model, metadata)
     record = training_record(model_path)
-    sample_path, image = _sample_image(info.sample, record, model.config.in_channels)
+    sample_path, image = _sample_image(info.sample, record, model.config)
     test_input = _test_crop(image, packaged)
     with torch.no_grad():
         test_output = packaged(torch.from_numpy(scale_range(test_input, metadata)[None])).numpy()
@@ -80,7 +83,8 @@ def export_package(model_path: str | Path, out: str | Path, info: PackageInfo) -
         np.save(work / "test_output.npy", test_output)
         tifffile.imwrite(work / "sample_input.tif", test_input, photometric="minisblack")  # for previews
         tifffile.imwrite(work / "sample_output.tif", test_output[0], photometric="minisblack")
-        cover_image(test_input, test_output[0], work / "cover.png")
+        middle = (slice(None), test_input.shape[1] // 2) if test_input.ndim == 4 else (slice(None),)  # z of a volume
+        cover_image(test_input[middle], test_output[0][middle], work / "cover.png")
         (work / "README.md").write_text(model_card(model_path, model, metadata, record, info, sample_path))
         difference = _write_weights(packaged, test_input, work)
         (work / FILE_NAME).write_text(architecture_source())
@@ -90,10 +94,12 @@ def export_package(model_path: str | Path, out: str | Path, info: PackageInfo) -
 
 
 def scale_range(image: np.ndarray, metadata: dict) -> np.ndarray:
-    """(C, H, W) -> float32, as the package's preprocessing computes it (bioimageio.core:
-    linear percentiles per channel over y and x, then (x - low) / (high - low + 1e-6))."""
+    """(C, H, W) or (C, Z, Y, X) -> float32, as the package's preprocessing computes it
+    (bioimageio.core: linear percentiles per channel over the spatial axes, then
+    (x - low) / (high - low + 1e-6))."""
     norm = metadata.get("normalization", {"low": 1.0, "high": 99.0})
-    low, high = np.percentile(image, [norm["low"], norm["high"]], axis=(1, 2), keepdims=True)
+    spatial = tuple(range(1, image.ndim))
+    low, high = np.percentile(image, [norm["low"], norm["high"]], axis=spatial, keepdims=True)
     return ((image - low) / (high - low + _EPS)).astype(np.float32)
 
 
@@ -111,15 +117,24 @@ def _check_request(out: Path, info: PackageInfo) -> None:
             raise UserInputError(f"--cite {entry!r}: give 'TEXT|DOI' or 'TEXT|URL'")
 
 
-def _sample_image(sample: Path | None, record: dict, channels: int) -> tuple[Path | None, np.ndarray]:
+def _sample_image(sample: Path | None, record: dict, config) -> tuple[Path | None, np.ndarray]:
     """(path, (C, H, W)) of the image the test tensors come from: ``sample``, else the run's
-    first training image, else (no such file here) a fixed random image."""
+    first training image, else (no such file here) a fixed random image; for a 3D net
+    (``config.spatial_dims``), a volume (C, Z, Y, X) (a TIFF stack's pages are z)."""
+    channels, volume = config.in_channels, config.spatial_dims == 3
     path = sample or _first_training_image(record)
     if path is None:
         rng = np.random.default_rng(0)
-        return None, rng.gamma(2.0, 50.0, size=(channels, 512, 512)).astype(np.float32)
-    image = read_image(path)[0]
-    return path, match_channels(image, channels, path, convert=False).astype(np.float32)
+        return None, rng.gamma(2.0, 50.0, size=(channels, *((64, 128, 128) if volume else (512, 512)))).astype(
+            np.float32)
+    pages = read_image(path)  # (N, C, H, W): a stack's pages are z
+    pages = match_channels(pages if volume else pages[:1], channels, path, convert=False).astype(np.float32)
+    if not volume:
+        return path, pages[0]
+    if pages.shape[0] < 2:
+        raise UserInputError(f"{path}: a 3D model's sample must be a volume, and this image has one plane; "
+                             "give a TIFF stack (its pages are z) with --sample")
+    return path, np.ascontiguousarray(np.moveaxis(pages, 0, 1))
 
 
 def _first_training_image(record: dict) -> Path | None:
@@ -132,23 +147,30 @@ def _first_training_image(record: dict) -> Path | None:
 
 
 def _test_crop(image: np.ndarray, packaged: PackagedNet) -> np.ndarray:
-    """The centre of ``image`` at the largest allowed size up to 512 px (mirrored up to the
-    smallest allowed size if the image is smaller)."""
-    low, step = input_size_rule(packaged)
-    fits = min(image.shape[1], image.shape[2], 512)
-    side = low if fits < low else low + (fits - low) // step * step
-    if min(image.shape[1:]) < side:
-        image = np.pad(image, [(0, 0)] + [(max(0, side - n) // 2 + 1,) * 2 for n in image.shape[1:]], mode="reflect")
-    top, left = (image.shape[1] - side) // 2, (image.shape[2] - side) // 2
-    return np.ascontiguousarray(image[:, top : top + side, left : left + side])
+    """The centre of ``image`` at the largest allowed size up to 512 px (a square), or for a
+    volume up to 48 voxels per axis (test tensors of a few hundred kB; mirrored up to the
+    smallest allowed size where the image is smaller)."""
+    axes = range(-(image.ndim - 1), 0)
+    caps = [min(*image.shape[1:], 512)] * 2 if image.ndim == 3 else [min(n, 48) for n in image.shape[1:]]
+    sides = []
+    for axis, fits in zip(axes, caps):
+        low, step = input_size_rule(packaged, axis)
+        sides.append(low if fits < low else low + (fits - low) // step * step)
+    if any(n < side for n, side in zip(image.shape[1:], sides)):
+        image = np.pad(image, [(0, 0)] + [(max(0, side - n) // 2 + 1,) * 2 for n, side in zip(image.shape[1:], sides)],
+                       mode="reflect")
+    corner = [(n - side) // 2 for n, side in zip(image.shape[1:], sides)]
+    return np.ascontiguousarray(image[(slice(None), *(slice(c, c + side) for c, side in zip(corner, sides)))])
 
 
-def input_size_rule(packaged: PackagedNet) -> tuple[int, int]:
-    """(min, step) of the input sizes the package takes: each leaves output beyond the halo."""
-    step = 2**packaged.net.config.depth
-    taps = 2 * (packaged.halo - packaged.net.halo) if packaged.valid else 0
-    wanted = 2 * packaged.halo + step
-    return packaged.net.valid_input_size(max(wanted - taps, step), "up") + taps, step
+def input_size_rule(packaged: PackagedNet, axis: int = -1) -> tuple[int, int]:
+    """(min, step) of the input sizes the package takes along ``axis`` (-1 x, -2 y, -3 z):
+    each leaves output beyond the halo."""
+    net, halo = packaged.net, packaged.axis_halo(axis)
+    step = net.grid(axis)
+    taps = 2 * (halo - net.axis_halo(axis)) if packaged.valid else 0
+    wanted = 2 * halo + step
+    return net.valid_input_size(max(wanted - taps, step), "up", axis) + taps, step
 
 
 def _write_weights(packaged: PackagedNet, test_input: np.ndarray, work: Path) -> float:
@@ -172,29 +194,26 @@ def _describe(packaged: PackagedNet, kwargs: dict, metadata: dict, info: Package
     from bioimageio.spec.model import v0_5 as spec
 
     config = packaged.net.config
-    low, step = input_size_rule(packaged)
     norm = metadata.get("normalization", {"low": 1.0, "high": 99.0})
     image = spec.TensorId("image")
-    yx = (spec.AxisId("y"), spec.AxisId("x"))
+    spatial, input_axes, output_axes = _space_axes(packaged, metadata, image)
     inputs = [spec.InputTensorDescr(
-        id=image, description="the raw image; each channel scaled by its own percentiles",
+        id=image, description="the raw image; each channel scaled by its own percentiles" if config.spatial_dims == 2
+        else "the raw volume; each channel scaled by its own percentiles over the whole volume",
         axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier(f"channel{i}")
-                                                                for i in range(config.in_channels)]),
-              *(spec.SpaceInputAxis(id=a, size=spec.ParameterizedSize(min=low, step=step)) for a in yx)],
+                                                                for i in range(config.in_channels)]), *input_axes],
         test_tensor=spec.FileDescr(source=work / "test_input.npy"),
         sample_tensor=spec.FileDescr(source=work / "sample_input.tif"),
         data=spec.IntervalOrRatioDataDescr(type="float32"),
         pad=spec.ReflectPadding(mode="reflect"),  # mode given, or the writer drops it (spec 0.5.12)
         preprocessing=[spec.ScaleRangeDescr(kwargs=spec.ScaleRangeKwargs(
-            axes=yx, min_percentile=float(norm["low"]), max_percentile=float(norm["high"]), eps=_EPS))])]
+            axes=spatial, min_percentile=float(norm["low"]), max_percentile=float(norm["high"]), eps=_EPS))])]
     names = ["foreground"] if config.out_channels == 1 else [f"class{i}" for i in range(config.out_channels)]
     outputs = [spec.OutputTensorDescr(
         id=spec.TensorId("probability"),
         description="calibrated probability: foreground where > 0.5" if config.out_channels == 1
         else "class probabilities (softmax)",
-        axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier(n) for n in names]),
-              *(spec.SpaceOutputAxisWithHalo(id=a, halo=packaged.halo,
-                                             size=spec.SizeReference(tensor_id=image, axis_id=a)) for a in yx)],
+        axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier(n) for n in names]), *output_axes],
         test_tensor=spec.FileDescr(source=work / "test_output.npy"),
         sample_tensor=spec.FileDescr(source=work / "sample_output.tif"),
         data=spec.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)))]
@@ -204,9 +223,37 @@ def _describe(packaged: PackagedNet, kwargs: dict, metadata: dict, info: Package
         authors=[spec.Author(name=a) for a in info.authors],
         cite=_citations(info.cite), license=spec.LicenseId(info.license),
         documentation=spec.FileDescr(source=work / "README.md"), covers=[spec.FileDescr(source=work / "cover.png")],
-        tags=["unet", "segmentation", "2d", "pytorch", "microscopy"],
+        tags=["unet", "segmentation", f"{config.spatial_dims}d", "pytorch", "microscopy"],
         inputs=inputs, outputs=outputs, weights=_weights(kwargs, work),
         config={CONFIG_KEYS[0]: {"config": config.to_dict(), "metadata": metadata}})
+
+
+def _space_axes(packaged: PackagedNet, metadata: dict, image) -> tuple[tuple, list, list]:
+    """(the spatial axis ids, the input's spatial axes, the output's) of the package: (y, x),
+    or (z, y, x) for a 3D net; each axis with its own size rule and halo, and for a volume
+    the checkpoint's ``voxel_size`` (um) as its scale (in nm, `_nanometers`)."""
+    from bioimageio.spec.model import v0_5 as spec
+
+    dims = packaged.net.config.spatial_dims
+    ids = tuple(spec.AxisId(a) for a in ("z", "y", "x")[3 - dims:])
+    voxel = metadata.get("voxel_size") if dims == 3 else None
+    physical = [{"scale": _nanometers(v), "unit": "nanometer"} for v in voxel] if voxel else [{}] * dims
+    inputs, outputs = [], []
+    for axis, a, extent in zip(range(-dims, 0), ids, physical):
+        low, step = input_size_rule(packaged, axis)
+        inputs.append(spec.SpaceInputAxis(id=a, size=spec.ParameterizedSize(min=low, step=step), **extent))
+        size, halo = spec.SizeReference(tensor_id=image, axis_id=a), packaged.axis_halo(axis)
+        outputs.append(spec.SpaceOutputAxisWithHalo(id=a, halo=halo, size=size, **extent) if halo  # the spec: >= 1
+                       else spec.SpaceOutputAxis(id=a, size=size, **extent))
+    return ids, inputs, outputs
+
+
+def _nanometers(micrometres: float) -> float:
+    """A voxel size as an axis' scale: in nm, rounded to 1/64 nm. The spec sizes an output axis
+    as ``size * scale / scale`` in floating point, exact only where ``size * scale`` is (a
+    scale of few significant bits: 200 nm, 162.5 nm); 0.2 um gives 47.99.. or 48.00..1 for
+    some sizes, which the spec's validation refuses and core's floor makes one px short."""
+    return max(round(float(micrometres) * 1000 * 64), 1) / 64
 
 
 def _weights(kwargs: dict, work: Path):
@@ -244,17 +291,17 @@ def _save(descr, out: Path) -> None:
 
 
 def predict_with_core(package: Path, image: np.ndarray, weights: str, blocksize: int = 1) -> np.ndarray:
-    """bioimageio.core's own blockwise prediction of (C, H, W) ``image`` with one weight format
-    (``pytorch_state_dict``, ``torchscript`` or ``onnx``) -> (C_out, H, W): the reference a
-    package is checked against."""
+    """bioimageio.core's own blockwise prediction of (C, H, W) ``image`` (a 3D package's
+    (C, Z, Y, X) volume) with one weight format (``pytorch_state_dict``, ``torchscript`` or
+    ``onnx``) -> (C_out, H, W) (or (C_out, Z, Y, X)): the reference a package is checked against."""
     from bioimageio.core import Tensor, create_prediction_pipeline, load_model_description, predict
     from bioimageio.core.digest_spec import create_sample_for_model
     from bioimageio.spec.model.v0_5 import AxisId, TensorId
 
     model = load_model_description(package)
     pipeline = create_prediction_pipeline(model, weight_format=weights, devices=["cpu"])
-    tensor = Tensor.from_numpy(image[None].astype(np.float32), dims=tuple(AxisId(a) for a in ("batch", "channel",
-                                                                                               "y", "x")))
+    dims = ("batch", "channel", *("z", "y", "x")[4 - image.ndim:])  # (C, H, W) or (C, Z, Y, X)
+    tensor = Tensor.from_numpy(image[None].astype(np.float32), dims=tuple(AxisId(a) for a in dims))
     sample = create_sample_for_model(model, inputs={TensorId("image"): tensor}, sample_id="check")
     out = predict(model=pipeline, inputs=sample, blocksize_parameter=blocksize)
     return out.members[TensorId("probability")].data.to_numpy()[0]

@@ -24,6 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from .. import __version__
+from ..errors import UserInputError
 from ..nn.model import UNet
 from .packaged_net import PackagedNet
 from ..inference.layout import same_padding_margin
@@ -52,14 +53,28 @@ def shift_kernel(offset: float, taps: int = SHIFT_TAPS) -> list[float]:
 
 def architecture_kwargs(model: UNet, metadata: dict) -> dict:
     """The plain-value arguments of `PackagedNet` for a checkpoint's ``model`` and ``metadata``
-    (as they go into the package's rdf.yaml)."""
+    (as they go into the package's rdf.yaml). A 3D net's halo is one number per axis (z, y, x)."""
+    config = model.config
+    if config.spatial_dims == 3:
+        if any(float(s) != 0.0 for s in metadata.get("input_shift", ())):
+            raise UserInputError("a 3D model with a sub-pixel input shift (input_shift): packages shift 2D "
+                                 "images only")
+        halos = [_packaged_halo(model, axis, 0) for axis in (-3, -2, -1)]
+        return {"config": config.to_dict(), "threshold": float(metadata.get("threshold", 0.5)), "halo": halos,
+                "shift_kernels": None}
     offset = [float(s) for s in metadata.get("input_shift", (0.0, 0.0))]
     shifted = any(s != 0.0 for s in offset)
     taps = SHIFT_TAPS if shifted else 0
-    config = model.config
-    halo = model.halo + taps if config.padding == "valid" else same_padding_margin(model.halo + taps, 2**config.depth)
-    return {"config": config.to_dict(), "threshold": float(metadata.get("threshold", 0.5)), "halo": int(halo),
-            "shift_kernels": [shift_kernel(s) for s in offset] if shifted else None}
+    return {"config": config.to_dict(), "threshold": float(metadata.get("threshold", 0.5)),
+            "halo": _packaged_halo(model, -1, taps), "shift_kernels": [shift_kernel(s) for s in offset] if shifted
+            else None}
+
+
+def _packaged_halo(model: UNet, axis: int, taps: int) -> int:
+    """px of each packaged output side without full context along ``axis``: a valid net's
+    halo (plus the shift kernel's ``taps``), or a same net's margin rounded to the axis' grid."""
+    halo = model.axis_halo(axis) + taps
+    return int(halo if model.config.padding == "valid" else same_padding_margin(halo, model.grid(axis)))
 
 
 def packaged_net(model: UNet, metadata: dict) -> PackagedNet:

@@ -16,8 +16,10 @@ the halo from the tiling rules) is computed on export and passed in as plain num
 The shift is a fixed separable convolution (``shift_kernels``, from
 `package_architecture.shift_kernel`); with same padding the image is mirrored by the
 kernels' reach first (torch's "reflect" is SciPy's "mirror"), with valid padding the
-consumer's context is used. A valid-padding net's output is padded back to its input's size
-with zeros (``halo`` px a side): bioimageio.core tiles a model by cropping a halo from an
+consumer's context is used. The
+shift is 2D only (3D checkpoints carry none). A valid-padding net's output is padded back to its input's size
+with zeros (``halo`` px a side, per axis for a volume: an anisotropic net's z halo differs
+from its y/x halo): bioimageio.core tiles a model by cropping a halo from an
 output as large as its input, and cannot tile one whose output is smaller (core 0.11).
 """
 
@@ -31,21 +33,29 @@ from ..nn.model import UNet, UNetConfig, probabilities
 
 class PackagedNet(torch.nn.Module):
     """(N, C, H, W) normalised float32 -> (N, C_out, h, w) probabilities, calibrated where
-    C_out is 1.
+    C_out is 1; a 3D net's (N, C, Z, Y, X) -> (N, C_out, z, y, x).
 
     ``config``: the U-Net's (`UNetConfig.to_dict`); ``threshold``: the stored decision
     threshold; ``halo``: px of each output side without full context (a valid net's output
-    is padded by it); ``shift_kernels``: the (y, x) weights of the input's sub-pixel shift,
-    each of odd length, or None for no shift.
+    is padded by it): one number for every axis, or one per spatial axis ((z, y, x) for a
+    volume); ``shift_kernels``: the (y, x) weights of the input's sub-pixel shift, each of
+    odd length, or None for no shift (2D only).
     """
 
-    def __init__(self, config: dict, threshold: float = 0.5, halo: int = 0,
+    def __init__(self, config: dict, threshold: float = 0.5, halo: int | list[int] = 0,
                  shift_kernels: list[list[float]] | None = None):
         super().__init__()
         self.net = UNet(config=UNetConfig.from_dict(config))
         self.threshold = min(max(float(threshold), 1e-6), 1 - 1e-6)
         self.valid = self.net.config.padding == "valid"
-        self.halo = int(halo)
+        dims = self.net.config.spatial_dims
+        self.halo = int(halo) if isinstance(halo, int) else [int(h) for h in halo]
+        self.axis_halos = [self.halo] * dims if isinstance(self.halo, int) else self.halo
+        if len(self.axis_halos) != dims:
+            raise ValueError(f"halo: give one number or {dims} (one per spatial axis), got {halo}")
+        self.output_padding = tuple(h for h in reversed(self.axis_halos) for _ in range(2))  # F.pad: last axis first
+        if shift_kernels is not None and dims != 2:
+            raise ValueError("the input's sub-pixel shift (shift_kernels) is for 2D nets only")
         self.shifted = shift_kernels is not None
         self.shift_kernels = [[float(w) for w in kernel] for kernel in shift_kernels or ([1.0], [1.0])]
         self.taps = len(self.shift_kernels[0]) // 2
@@ -65,5 +75,9 @@ class PackagedNet(torch.nn.Module):
             t = self.threshold
             prob = torch.where(prob <= t, prob * (0.5 / t), 0.5 + (prob - t) * (0.5 / (1 - t)))
         if self.valid:
-            prob = F.pad(prob, (self.halo,) * 4)
+            prob = F.pad(prob, self.output_padding)
         return prob
+
+    def axis_halo(self, axis: int) -> int:
+        """px of each output side without full context along spatial ``axis`` (-1 x, -2 y, -3 z)."""
+        return self.axis_halos[axis]
