@@ -20,6 +20,7 @@ from unetile.training.augment import Augmentation, augment_region, draw_augmenta
 from unetile.training.config import TrainConfig, spatial_settings
 from unetile.training.data import TileDataset, prepare, touching_borders
 from unetile.training.losses import segmentation_loss
+from unetile.training.validation import ValidationMap, score_validation
 from unetile.training.weights import border_weight_map, nearest_two_distances
 
 
@@ -94,6 +95,19 @@ def test_ignored_voxels_weigh_nothing_and_do_not_move_the_gradient():
     annotated_changed = item.classes.copy()
     annotated_changed[0, 0, 0] = 1  # an annotated voxel's label does change it
     assert loss_and_grad(annotated_changed)[0] != loss_a
+
+
+def test_ignored_pixels_in_2d_and_the_scores_that_leave_them_out():
+    label = np.array([[0, 0, 1, 1], [0, 9, 9, 1], [0, 9, 9, 1]], np.uint8)
+    (item,) = prepare([("i", np.ones((1, 3, 4), np.float32), label, "i.png", "l.png")], None, Normalization(),
+                      weight_map=True, w0=0.0, ignore_label=9)
+    assert (item.weight[label == 9] == 0).all() and np.allclose(item.weight[label != 9], 1.0)  # 4 and 4: balanced
+    truth = item.classes > 0
+    wrong_where_unlabelled = np.where(label == 9, 0.9, truth * 0.8 + 0.1).astype(np.float32)
+    scores = score_validation([ValidationMap("i", wrong_where_unlabelled, truth, 0.0, None, item.annotated)])
+    assert scores.pixel_error == 0.0 and scores.dice == 1.0
+    everywhere = score_validation([ValidationMap("i", wrong_where_unlabelled, truth, 0.0, None, None)])
+    assert everywhere.pixel_error > 0
 
 
 def test_weight_map_measures_distances_physically():
@@ -191,3 +205,10 @@ def test_train_a_3d_net_end_to_end(volumes, tmp_path):
     assert prob.shape == (1, 16, 32, 32) and np.isfinite(prob).all()
     assert not main(["-q", "train", "--resume", str(out), "--epochs", "3"])  # resumes in 3D from the run folder
     assert load_model(out / "last.pt")[0].config.spatial_dims == 3
+    tuned = tmp_path / "tuned"  # --init a 3D model: 3D and its plan, without --dims
+    assert not main(["-q", "train", "--data", str(volumes / "train"), "--val", str(volumes / "val"), "--init",
+                     str(out / "best.pt"), "--tile-size", "24", "--batch-size", "1", "--samples-per-epoch", "1",
+                     "--epochs", "1", "--workers", "0", "--device", "cpu", "--precision", "fp32",
+                     "--no-calibrate-tta", "--out", str(tuned)])
+    model, meta = load_model(tuned / "best.pt")
+    assert model.config.pools == pools and model.config.width == 4 and meta["voxel_size"] == [0.5, 0.2, 0.2]

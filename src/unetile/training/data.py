@@ -90,6 +90,8 @@ def read_pairs(
             raise UserInputError(f"{lp}: label size {lab.shape[-2:]} differs from the image's {img.shape[-2:]} ({ip})")
         if img.dtype.kind == "f" and not np.isfinite(img).all():
             raise UserInputError(f"{ip}: the image holds NaN or infinite values")
+        if dims == 3 and img.shape[0] < 2:
+            raise UserInputError(f"{ip}: one plane, not a volume; --dims 3 trains on TIFF volumes (stacks)")
         if dims == 3:  # (Z, C, Y, X) planes -> one volume (C, Z, Y, X)
             pairs.append((ip.stem, np.moveaxis(img, 1, 0), lab[:, 0], ip, lp))
             continue

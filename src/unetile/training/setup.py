@@ -23,7 +23,7 @@ from ..nn.model import UNet, UNetConfig, init_he
 from ..normalization import Normalization
 from ..registration import MAX_OFFSET, MIN_OFFSET, estimate_label_offset, parse_label_offset, shift_image
 from ..spacing import relative_spacing
-from .augment import Augmentation
+from .augment import Augmentation, elastic_margins
 from .config import TrainConfig
 from .data import (EpochSampler, LabelledImage, TileDataset, checksum, label_kind, prepare, read_pairs, split,
                    without_ignored)
@@ -228,11 +228,13 @@ ISOTROPIC = 1.5
 
 def volume_augmentation(cfg: TrainConfig, tile: int | tuple[int, ...]) -> dict:
     """The `Augmentation` settings of volumes: the voxel size in in-plane px (physical
-    displacements), and whether z may be swapped with y or x (isotropic voxels, a cubic tile)."""
+    displacements), and whether z may be swapped with y or x (isotropic voxels; a cubic tile
+    and region, so that a swap keeps every window where it was)."""
     if cfg.dims != 3:
         return {}
     spacing = relative_spacing(cfg.voxel_size)
-    swaps = max(spacing) <= ISOTROPIC and len(set(tile)) == 1
+    margins = elastic_margins(Augmentation(elastic=cfg.elastic, elastic_sigma=cfg.elastic_sigma, spacing=spacing), 3)
+    swaps = max(spacing) <= ISOTROPIC and len(set(tile)) == 1 and len(set(margins)) == 1
     return dict(spacing=spacing, axis_swaps=swaps)
 
 
