@@ -11,6 +11,7 @@ import torch
 from scipy import ndimage
 
 from unetile import load_model
+from unetile import symmetries
 from unetile.cli import main
 from unetile.inference.tiling import predict_tiled
 from unetile.nn.geometry import anisotropic_plan
@@ -160,6 +161,17 @@ def test_3d_elastic_keeps_image_label_and_weight_aligned(flips):
                           margins, Augmentation(elastic_sigma=2.0, spacing=(2.0, 1.0, 1.0), flips=flips, grey=False),
                           np.random.default_rng(4))
     assert ((centre > 0.5) == (hard[1] > 0)).mean() > 0.95  # nearest labels sit where the image is
+
+
+def test_volume_symmetries_rotate_across_z_only_when_allowed():
+    cube = np.random.default_rng(0).normal(size=(4, 4, 4))
+    for swaps, count in ((True, 48), (False, 16)):
+        group = symmetries.volume_group("dihedral", swaps)
+        assert len({symmetries.apply_volume(cube, s).tobytes() for s in group}) == len(group) == count
+    moved = [s for s in symmetries.volume_group("dihedral") if s[0] != 0]
+    assert not moved  # anisotropic voxels: z stays z (a flip at most)
+    assert symmetries.apply_volume(cube, (1, False, (0, False)))[1, 2, 3] == cube[2, 1, 3]  # z <-> y
+    assert len(symmetries.volume_group("none", True)) == 1
 
 
 def test_volume_tile_is_a_function_of_seed_and_index():

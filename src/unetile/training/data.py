@@ -263,7 +263,8 @@ def split(items: list, val_fraction: float) -> tuple[list, list]:
         raise UserInputError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
     n_val = max(1, round(val_fraction * len(items)))
     if n_val >= len(items):
-        raise UserInputError(f"{len(items)} labelled image(s) are too few to hold out {n_val} for validation")
+        raise UserInputError(f"{len(items)} labelled image(s) are too few to hold out {n_val} for validation; "
+                             "give a validation folder with --val")
     return items[:-n_val], items[-n_val:]
 
 
