@@ -112,13 +112,12 @@ class ChunkedImage:
         if len(z) != 1 or z not in self.axes or dict(zip(self.axes, self.array.shape))[z] < 2:
             raise UserInputError(f"{self.path}: a 3D model segments volumes, and this image (axes '{self.axes}', "
                                  f"shape {tuple(self.array.shape)}) has no z axis of more than one plane")
-        scale = self.scale
+        axes, scale = self.axes.replace(z, "z"), self.scale
         if self.kind == "tiff":
             from ..io import voxel_size
 
             voxel = voxel_size(self.path)
-            scale = None if voxel is None else tuple(dict(zip("zyx", voxel)).get(a, 1.0) for a in self.axes)
-        axes = self.axes.replace(z, "z")
+            scale = None if voxel is None else tuple(dict(zip("zyx", voxel)).get(a, 1.0) for a in axes)
         return replace(self, axes=axes, spatial="zyx", scale=scale)
 
 
