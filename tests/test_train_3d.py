@@ -197,7 +197,7 @@ def test_dims_and_voxel_size_come_from_the_data(volumes, tmp_path, caplog, isbi)
     assert spatial_settings(TrainConfig(data=str(tmp_path / "plain"))) == (2, None)  # a stack without a z size
     assert spatial_settings(TrainConfig(data=str(tmp_path / "plain"), dims=3)) == (3, None)  # isotropic, logged
     cfg = TrainConfig(data=str(volumes / "train"), preset="fast").resolved()
-    assert (cfg.dims, cfg.width, cfg.depth, cfg.tile_size, cfg.label_offset) == (3, 16, 3, 64, "none")
+    assert (cfg.dims, cfg.width, cfg.depth, cfg.tile_size, cfg.label_offset) == (3, 16, 3, 48, "none")
 
 
 def test_train_a_3d_net_end_to_end(volumes, tmp_path):

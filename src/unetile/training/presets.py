@@ -63,16 +63,18 @@ PRESETS: dict[str, dict] = {
 #: Volumes (``dims=3``): what each preset changes from its 2D recipe (a preset not named here
 #: trains volumes with its 2D settings).
 #: ``fast``: the 3D U-Net in CPU minutes. Width 16 and depth 3 (Cicek et al. 2016 pool 3 times);
-#: "same" padding so that the whole 64^3 tile is labelled (valid convolutions at depth 3 would
-#: keep 64 - 88 < 0 voxels: a valid tile needs >= 96 per axis for an 8-voxel output); 64 voxels a
-#: side, a multiple of the pooling grid on every axis of the anisotropic plans, in batches of 2:
-#: one step of 2 x 262k voxels takes about 2-4 s on 2 cores in fp32, so 15 minutes give a few
-#: hundred steps; hence a faster weight average (0.99). Elastic displacements of 4 in-plane px
-#: on the 3 x 3 x 3 grid: the strain of 2D fast's 10 px over its 256-px tiles, on 64-voxel ones.
+#: "same" padding so that the whole tile is labelled (valid convolutions at depth 3 lose 88 voxels
+#: per in-plane axis: a 48-voxel tile would keep none); 48 voxels a side, a multiple of the
+#: pooling grid on every axis of the anisotropic plans, in batches of 2. Measured on the 2 shared
+#: cores (one thread, PlantSeg's 2.2x anisotropic plan, a forward and backward pass of batch 2):
+#: 48^3 took 4.4 s a step, 64^3 14.7 s (3.3x the time for 2.4x the voxels), width 8 at 64^3 4.2 s;
+#: 48 labels the most voxels per second at width 16. 15 minutes give a few hundred steps, hence a
+#: faster weight average (0.99). Elastic displacements of 2 in-plane px on the 3 x 3 x 3 grid:
+#: the strain of 2D fast's 10 px over its 256-px tiles (grid cells of 85 px; here 16).
 #: ``paper``: Cicek et al.'s 3D U-Net: width 32, depth 3, valid convolutions, 132-voxel tiles
 #: (their 132 x 132 x 116 input), batch 1.
 VOLUME_PRESETS: dict[str, dict] = {
-    "fast": dict(width=16, depth=3, tile_size=64, batch_size=2, samples_per_epoch=32, ema=0.99, elastic_sigma=4.0,
+    "fast": dict(width=16, depth=3, tile_size=48, batch_size=2, samples_per_epoch=32, ema=0.99, elastic_sigma=2.0,
                  label_offset="none"),
     "paper": dict(width=32, depth=3, tile_size=132, batch_size=1, samples_per_epoch=50),
 }
