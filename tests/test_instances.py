@@ -66,7 +66,7 @@ def test_bad_arguments():
     with pytest.raises(UserInputError):
         probabilities_to_instances(np.zeros((4, 4)), "magic")
     with pytest.raises(UserInputError):
-        probabilities_to_instances(np.zeros((4, 4, 2)))
+        probabilities_to_instances(np.zeros((2, 4, 4, 2)))
     with pytest.raises(UserInputError):
         probabilities_to_instances(np.zeros((4, 4)), threshold=2.0)
 
