@@ -117,6 +117,16 @@ def _add_train_data(d: argparse._ArgumentGroup) -> None:
     d.add_argument("--classes", type=int,
                    help="number of classes for integer class-id labels (default: a mask, or instance ids where a "
                         "label has more than two values)")
+    d.add_argument("--dims", type=int, choices=[2, 3],
+                   help="2: images (each page of a stack alone); 3: volumes (each TIFF volume and its label volume "
+                        "one item, a 3D U-Net) (default: 3 where --init is a 3D model or the image files carry a z "
+                        "voxel size, else 2)")
+    d.add_argument("--voxel-size", metavar="Z,Y,X",
+                   help="volumes: voxel size in micrometres, overriding the files' metadata (default: the files'; "
+                        "unknown: isotropic)")
+    d.add_argument("--ignore-label", type=int, metavar="V",
+                   help="label value of pixels that are not annotated (sparse labels): they weigh 0 and are left "
+                        "out of validation (default: every pixel is labelled)")
 
 
 def _add_train_run(r: argparse._ArgumentGroup) -> None:
@@ -176,7 +186,8 @@ def _add_train_model(m: argparse._ArgumentGroup) -> None:
                         "(default); three classes: background, cell interior, a 2-px band along each edge; or "
                         "each cell pixel's distance to the background (relative to the cell's largest)")
     m.add_argument("--elastic", action=argparse.BooleanOptionalAction, help="elastic deformation")
-    m.add_argument("--elastic-sigma", type=float, help="std of the elastic displacements, px (default: 10, the paper)")
+    m.add_argument("--elastic-sigma", type=float,
+                   help="std of the elastic displacements, in-plane px (default: 10, the paper; fast on volumes: 2)")
     m.add_argument("--flips", choices=list(GROUPS),
                    help="flips/rotations to augment with, and that --tta averages over: all 8, left-right, none")
     m.add_argument("--grey", action=argparse.BooleanOptionalAction, help="grey-value changes")
@@ -201,7 +212,8 @@ def _run_train(args: argparse.Namespace) -> int | None:
              "device", "precision", "workers", "tiles_on", "select_by", "width", "depth", "padding", "up_mode", "dropout",
              "tile_size", "batch_size", "samples_per_epoch", "loss", "optimizer", "lr", "momentum", "ema",
              "weight_map", "w0", "sigma", "class_balance", "skeleton_recall", "cell_target", "elastic",
-             "elastic_sigma", "flips", "grey", "soft_labels", "label_offset", "batch_norm", "dist_timeout"]
+             "elastic_sigma", "flips", "grey", "soft_labels", "label_offset", "batch_norm", "dist_timeout",
+             "dims", "voxel_size", "ignore_label"]
     cfg = TrainConfig(**{n: getattr(args, n) for n in names if getattr(args, n) is not None},
                       time_limit=parse_duration(args.time_limit) if args.time_limit else None,
                       calibrate_tta=not args.no_calibrate_tta, skip_nonfinite=args.skip_nonfinite)
@@ -256,6 +268,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", help="write all metrics, curves and best thresholds to this JSON file")
     p.add_argument("--report", metavar="DIR", help="write a self-contained HTML report (DIR/index.html)")
     p.add_argument("--images", help="the input images, shown in the report")
+    p.add_argument("--dims", choices=["auto", "2", "3"], default="auto",
+                   help="3: one volume per TIFF file, scored in 3D (3D objects, VOI, adapted Rand, Dice); "
+                        "2: plane by plane; auto (default): 3 where the label files are volumes (a Z axis "
+                        "or a z voxel size in the TIFF)")
     p.set_defaults(run=_run_evaluate)
 
 
@@ -263,7 +279,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     from .evaluation.evaluate import run_evaluate
 
     run_evaluate(args.pred, args.labels, threshold=args.threshold, json_path=args.json, report_dir=args.report,
-                 images=args.images)
+                 images=args.images, dims=args.dims)
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
