@@ -25,6 +25,7 @@ from ..evaluation.metrics.pixel import fiji_prf
 from ..evaluation.metrics.rand import foreground_restricted_rand
 from ..inference.instances import DEFAULT_METHOD, VOLUME_GRID, InstanceSettings, choose_settings, drop_small_cells
 from ..inference.predictor import calibrate_map
+from ..inference.layout import default_tile_shape
 from ..inference.tiling import predict_tiled
 from ..nn.checkpoint import load_model, save_model
 from ..nn.model import UNet
@@ -36,6 +37,7 @@ from .weights import background_skeleton
 log = logging.getLogger(__name__)
 
 THRESHOLDS = tuple(round(0.01 * i, 2) for i in range(1, 100))
+VALIDATION_TILE = 224  # px per axis at most of a validation volume's tiles (a 224^3 tile of width 16: ~3 GB)
 
 
 @dataclass
@@ -72,8 +74,11 @@ def validation_maps(model: UNet, items, cfg: TrainConfig, precision: str, tta: b
     """Predict whole validation images as `unetile predict` does -> a `ValidationMap` each."""
     out = []
     for it in items:
-        p = predict_tiled(model, it.image, batch_size=cfg.batch_size, tta=tta, flips=cfg.flips, precision=precision,
-                          channels_last=precision != "fp32", input_shift=input_shift)
+        # Volumes: tiles up to VALIDATION_TILE a side (the predictor's default keeps 32 of a same-padding
+        # depth-3 net's 128 in-plane voxels: 69 Mvoxel computed for PlantSeg's 1 Mvoxel volumes, not 6).
+        tile = default_tile_shape(model, it.classes.shape, VALIDATION_TILE) if it.classes.ndim == 3 else None
+        p = predict_tiled(model, it.image, tile_size=tile, batch_size=cfg.batch_size, tta=tta, flips=cfg.flips,
+                          precision=precision, channels_last=precision != "fp32", input_shift=input_shift)
         if not np.isfinite(p).all():
             raise UserInputError("the predictions became non-finite (the weights diverged); the last good state is "
                                  "last.pt in the run folder: lower --lr")
