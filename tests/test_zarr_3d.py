@@ -136,6 +136,35 @@ def test_tiff_volume_into_ome_zarr_resumes_and_equals_the_tiff_path(tmp_path, mo
     assert scales == [[1.0, 0.5, 0.2, 0.2], [1.0, 0.5, 0.4, 0.4]] and store["1"].shape == (1, 8, 68, 68)
 
 
+def test_volumes_of_a_time_series_are_read_whole_per_time_point(tmp_path, rng):
+    """(t, c, z, y, x): one volume per time point, windows (C, d, h, w) from any box; its NGFF
+    scale gives the voxel size; as planes (2D nets) it is t x z planes as before."""
+    data = rng.integers(0, 1000, (2, 3, 5, 12, 14)).astype(np.uint16)
+    source = write_ome_volume(tmp_path / "t.zarr", data, scale=(60.0, 1.0, *VOXEL), axes="tczyx",
+                              chunks=(1, 1, 2, 8, 8))
+    planes, volumes = open_chunked(source), open_chunked(source, "zyx")
+    assert planes.shape == (10, 3, 12, 14) and np.array_equal(planes.window(7, slice(2, 9), slice(0, 5)),
+                                                              data[1, :, 2, 2:9, :5])
+    assert volumes.shape == (2, 3, 5, 12, 14) and volumes.voxel_size == VOXEL
+    assert np.array_equal(volumes.window(1, slice(1, 4), slice(3, 12), slice(5, 14)), data[1, :, 1:4, 3:12, 5:14])
+
+
+def test_a_2d_model_still_reads_a_volume_plane_by_plane(tmp_path, rng):
+    """A 2D net on an OME-Zarr (z, y, x): every plane predicted alone, as each plane in memory."""
+    from .conftest import tiny_unet
+
+    save_model(tiny_unet(width=4, depth=1), tmp_path / "m2d.pt", threshold=0.4)
+    volume = smooth_volume(rng, (3, 40, 36))
+    source = write_ome_volume(tmp_path / "vol.zarr", volume)
+    predictor = Predictor.load(tmp_path / "m2d.pt", PredictOptions(precision="fp32", tile_size=28), "cpu")
+    block_run.predict_to_zarr(predictor, source, tmp_path / "out.zarr", block_px=24, progress=False)
+    got = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")["0"]
+    assert got.shape == (1, 3, 40, 36) and got.chunks == (1, 1, 24, 24)  # blocks of one plane, 2 tile steps
+    for z in range(3):
+        expected = calibrate(predictor.probabilities(volume[z]), predictor.threshold)[0]
+        assert np.abs(got[0, z] - expected).max() < 1e-5
+
+
 def test_a_3d_model_refuses_a_zarr_without_z_in_one_line(tmp_path, model_3d, rng, capsys):
     source = write_ome_volume(tmp_path / "flat.zarr", smooth_volume(rng, (1, 30, 30))[0], scale=(0.2, 0.2),
                               axes="yx", chunks=(16, 16))

@@ -46,7 +46,9 @@ def predict_files(
 ) -> list[Path]:
     """Segment every image in ``input_path`` (file, zarr store or folder) into ``out_dir``;
     return the outputs. OME-Zarr outputs are predicted in blocks of about ``block_px`` px,
-    on the Dask cluster ``cluster`` where given (block_run.py)."""
+    on the Dask cluster ``cluster`` where given (block_run.py); a 3D net's volumes (an
+    OME-Zarr with z, or a TIFF stack with ``format="zarr"``) in boxes of as many voxels
+    (``block_px ** (2/3)`` a side: `slides.blocks.block_sides`)."""
     predictor = Predictor.load(model_path, options, resolve_device(device))
     sources = list_images(input_path)
     out_dir = Path(out_dir)
