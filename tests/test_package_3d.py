@@ -17,6 +17,7 @@ onnxruntime = pytest.importorskip("onnxruntime")
 
 from unetile import save_model
 from unetile.cli import main
+from unetile.errors import UserInputError
 from unetile.inference.predictor import Predictor, PredictOptions
 from unetile.io import read_image, write_volume
 from unetile.nn.geometry import anisotropic_plan
@@ -114,6 +115,8 @@ def test_packaged_net_pads_a_valid_output_back_per_axis(exported):
     assert torch.allclose(inner, torch.where(prob <= 0.3, prob * 0.5 / 0.3, 0.5 + (prob - 0.3) * 0.5 / 0.7),
                           atol=1e-6)
     assert got.abs().sum() == inner.abs().sum()  # zeros outside
+    with pytest.raises(UserInputError, match="input_shift"):  # 3D checkpoints have none; never dropped silently
+        architecture_kwargs(net, {"input_shift": (0.0, 0.25, 0.0)})
 
 
 def test_bioimageio_core_passes_the_package_without_unetile(exported):
@@ -131,10 +134,10 @@ def test_predict_through_the_package_equals_the_checkpoint(exported):
                      str(root / f"by_{model.split('.')[1]}"), "--precision", "fp32"]) == 0
     from_zip, from_pt = (read_image(root / f"by_{kind}" / "volume.tif") for kind in ("zip", "pt"))
     np.testing.assert_array_equal(from_zip, from_pt)
-    # bioimageio.core's own blockwise prediction (blocks of 20 x 48 x 48, many per volume)
-    ours = Predictor.load(root / "net3d.zip", PredictOptions(precision="fp32"))
-    expected = ours.predict(volume, ".tif")
-    core_prob = predict_with_core(root / "net3d.zip", volume[None], "onnx")
-    difference = np.abs(core_prob[0] - expected[0]).max()
-    print(f"bioimageio.core (onnx, blockwise) vs Predictor: max |dprob| {difference:.2e}")
-    assert core_prob.shape == (1, *VOLUME) and difference < 1e-5
+    # bioimageio.core's own blockwise prediction: blocks of (18 + 2n, 44 + 4n, 44 + 4n) voxels at
+    # n = 4, each cropped by the package's halo to (10, 20, 20): 3 x 5 x 4 blocks over the volume
+    calibrated = Predictor.load(root / "net3d.zip", PredictOptions(precision="fp32")).predict(volume, ".tif")
+    core_prob = predict_with_core(root / "net3d.zip", volume[None], "onnx", blocksize=4)
+    difference = np.abs(core_prob[0] - calibrated).max()
+    print(f"bioimageio.core (onnx, blockwise) vs Predictor: max |dprob| {difference:.2e}")  # measured: 9e-7
+    assert core_prob.shape == (1, *VOLUME) and calibrated.shape == VOLUME and difference < 1e-5
