@@ -10,16 +10,16 @@ import tifffile
 import torch
 from scipy import ndimage
 
-from unetile import load_model
-from unetile import symmetries
+from unetile import load_model, symmetries
 from unetile.cli import main
+from unetile.errors import UserInputError
 from unetile.inference.tiling import predict_tiled
 from unetile.nn.geometry import anisotropic_plan
 from unetile.nn.model import UNet, UNetConfig, init_he
 from unetile.normalization import Normalization
 from unetile.training.augment import Augmentation, augment_region, draw_augmentation, elastic_margins
 from unetile.training.config import TrainConfig, spatial_settings
-from unetile.training.data import TileDataset, prepare, touching_borders
+from unetile.training.data import TileDataset, prepare, read_pairs, touching_borders
 from unetile.training.losses import segmentation_loss
 from unetile.training.validation import ValidationMap, score_validation
 from unetile.training.weights import border_weight_map, nearest_two_distances
@@ -198,6 +198,10 @@ def test_dims_and_voxel_size_come_from_the_data(volumes, tmp_path, caplog, isbi)
     assert spatial_settings(TrainConfig(data=str(tmp_path / "plain"), dims=3)) == (3, None)  # isotropic, logged
     cfg = TrainConfig(data=str(volumes / "train"), preset="fast").resolved()
     assert (cfg.dims, cfg.width, cfg.depth, cfg.tile_size, cfg.label_offset) == (3, 16, 3, 48, "none")
+    with pytest.raises(UserInputError, match="--tiles-on device"):
+        TrainConfig(data=str(volumes / "train"), tiles_on="device").resolved()
+    with pytest.raises(UserInputError, match="not a volume"):
+        read_pairs(isbi / "train", dims=3)
 
 
 def test_train_a_3d_net_end_to_end(volumes, tmp_path):
