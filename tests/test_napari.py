@@ -255,3 +255,34 @@ def test_a_3d_model_on_a_2d_layer_is_one_line(viewer_model, qtbot, tmp_path, rng
     n_layers = len(viewer_model.layers)
     segment(viewer_model, qtbot, tmp_path / "net3d.pt", layer, "probability")
     assert len(viewer_model.layers) == n_layers and len(shown) == 1 and "'flat' is 2D" in str(shown[0])
+
+
+def test_train_widget_trains_a_3d_model_from_a_sparsely_painted_volume(viewer_model, qtbot, tmp_path, rng):
+    """Volumes (3D): the layer's scale is the voxel size, z planes nobody painted are not
+    annotated (they hold the ignore value), and the run is a 3D net with the anisotropic plan."""
+    from unetile.io import voxel_size
+    from unetile.napari.train import TrainWidget
+
+    volume = rng.normal(0, 1, (8, 48, 48)).astype(np.float32)
+    labels = np.zeros(volume.shape, np.int32)
+    for z in (1, 4):  # two painted planes, each with two cells
+        labels[z, 5:15, 5:15], labels[z, 25:40, 20:35] = 1, 2
+        volume[z, 5:15, 5:15] += 3
+    viewer_model.add_image(volume, name="vol", scale=(0.6, 0.2, 0.2))
+    viewer_model.add_labels(labels, name="painted")
+    widget = TrainWidget(viewer_model)
+    widget.reset_choices()
+    widget.dims.value = "volumes (3D)"
+    assert widget.sparse.visible and widget.sparse.value
+    widget.run_folder.value = tmp_path / "run"
+    widget.overrides = {"width": 4, "depth": 1, "tile_size": 20, "batch_size": 1, "samples_per_epoch": 2,
+                        "epochs": 2, "precision": "fp32", "workers": 0, "calibrate_tta": False, "device": "cpu"}
+    widget.start()
+    qtbot.waitUntil(lambda: widget.start_button.enabled, timeout=WAIT_MS)
+    written = sorted((tmp_path / "run.data" / "labels").glob("*.tif"))
+    assert len(written) == 4 and voxel_size(written[0]) == pytest.approx((0.6, 0.2, 0.2))
+    quarter = read_image(written[0])[:, 0]  # (Z, 24, 24); planes 1 and 4 painted, the rest ignored (3)
+    assert set(np.unique(quarter[[0, 2, 3, 5, 6, 7]])) == {3} and 3 not in quarter[[1, 4]]
+    model, meta = load_model(tmp_path / "run" / "best.pt")
+    assert model.config.spatial_dims == 3 and meta["voxel_size"] == pytest.approx([0.6, 0.2, 0.2])
+    assert model.config.kernels[0][0] == 1  # z 3x coarser: no z convolution at the first level

@@ -2,7 +2,8 @@
 
 The layers are written beside the run folder (``RUN.data/images.tif`` and ``labels.tif``,
 one page per plane; a single 2D image is cut into four quarters, so that the last can
-validate) and `training.train` runs them in napari's ``thread_worker``. The widget plots the
+validate; "volumes (3D)": ``RUN.data/images/`` and ``labels/``, OME-TIFF volumes with the
+layer's scale as voxel size, z planes nobody painted left out of the loss) and `training.train` runs them in napari's ``thread_worker``. The widget plots the
 run's metrics.csv (training and validation loss) every second while it trains. Stop asks the
 loop to stop as Ctrl-C does: the current step finishes and last.pt is written, so "resume"
 continues the run exactly. "start from" is ``--init`` (fine-tuning), chosen as the Segment
@@ -14,13 +15,14 @@ from __future__ import annotations
 
 import csv
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton
 
 from ..errors import UserInputError
-from ..io import label_dtype, write_image
+from ..io import label_dtype, write_image, write_volume
 from ..training.config import TrainConfig
 from ..training.presets import PRESETS
 from .layers_io import LayerSlices, layer_choices
@@ -28,25 +30,70 @@ from .model_choice import ModelChoice, events
 from .notify import show_one_line
 
 
-def write_training_data(image_layer, labels_layer, folder: Path) -> tuple[Path, Path]:
-    """The layers as two multi-page TIFFs `unetile train --images --labels` reads -> their paths."""
-    planes = LayerSlices(image_layer)
-    images = np.stack([planes[i] for i in range(planes.count)])  # (N, C, H, W)
+# What the widget offers -> the spatial axes `unetile train` learns (--dims).
+TRAIN_ON = {"planes (2D)": 2, "volumes (3D)": 3}
+
+
+@dataclass(frozen=True)
+class TrainingFiles:
+    """What `write_training_data` wrote, and how `unetile train` must read it."""
+
+    images: Path
+    labels: Path
+    dims: int = 2  # 2: one image per page; 3: one volume per file
+    voxel_size: tuple[float, float, float] | None = None  # volumes: the layer's scale (z, y, x)
+    ignore_label: int | None = None  # the value of planes nobody painted (sparse labels)
+
+
+def write_training_data(image_layer, labels_layer, folder: Path, volume: bool = False,
+                        painted_planes_only: bool = True) -> TrainingFiles:
+    """The layers as the files `unetile train --images --labels` reads.
+
+    2D: two multi-page TIFFs, one page per plane (a single image is cut into four quarters, so
+    that the last can validate). ``volume``: the layers' last three axes are one volume, cut into
+    four quarter volumes in y and x (the last validates) and written as OME-TIFF volumes with
+    the layer's scale as the voxel size; with ``painted_planes_only`` the z planes of the labels
+    that hold no painted pixel are not annotated (sparse labels: paint a few planes fully)."""
+    planes = LayerSlices(image_layer, 3 if volume else 2)
+    images = np.stack([planes[i] for i in range(planes.count)])  # (N, C, H, W) or (N, C, Z, Y, X)
+    spatial = images.shape[2:]
     labels = np.asarray(labels_layer.data)
-    if labels.shape[-2:] != images.shape[-2:] or labels.size // np.prod(labels.shape[-2:]) != images.shape[0]:
+    if labels.shape[-len(spatial):] != spatial or labels.size // np.prod(spatial) != images.shape[0]:
+        what = "volume(s)" if volume else "plane(s)"
         raise ValueError(f"the labels layer '{labels_layer.name}' is {labels.shape}, the image "
-                         f"'{image_layer.name}' {images.shape[0]} plane(s) of {images.shape[-2:]}: they must match")
-    labels = labels.reshape(-1, *images.shape[-2:])
-    if images.shape[0] == 1:  # one image: four quarters, the last validates
-        h, w = images.shape[-2] // 2, images.shape[-1] // 2
-        quarters = [(slice(0, h), slice(0, w)), (slice(0, h), slice(w, 2 * w)), (slice(h, 2 * h), slice(0, w)),
-                    (slice(h, 2 * h), slice(w, 2 * w))]
-        images = np.stack([images[0][:, ys, xs] for ys, xs in quarters])
-        labels = np.stack([labels[0][ys, xs] for ys, xs in quarters])
+                         f"'{image_layer.name}' {images.shape[0]} {what} of {spatial}: they must match")
+    labels = labels.reshape(-1, *spatial)
+    ignore = int(labels.max()) + 1 if volume and painted_planes_only else None
+    if ignore is not None:  # before any quartering: a plane painted anywhere is annotated everywhere
+        unpainted = ~labels.any(axis=(-2, -1))  # (N, Z): planes without a painted pixel
+        labels = np.where(unpainted[..., None, None], ignore, labels)
+    if images.shape[0] == 1:  # one image or volume: four quarters in y and x, the last validates
+        images, labels = _quarters(images[0]), _quarters(labels[0])
     folder.mkdir(parents=True, exist_ok=True)
-    write_image(folder / "images.tif", images, "QCYX")
-    write_image(folder / "labels.tif", labels.astype(label_dtype(labels)), "QYX")
-    return folder / "images.tif", folder / "labels.tif"
+    if not volume:
+        write_image(folder / "images.tif", images, "QCYX")
+        write_image(folder / "labels.tif", labels.astype(label_dtype(labels)), "QYX")
+        return TrainingFiles(folder / "images.tif", folder / "labels.tif")
+    return _write_volumes(images, labels, folder, planes.voxel_size, ignore)
+
+
+def _quarters(array: np.ndarray) -> np.ndarray:
+    """(..., H, W) -> (4, ..., H/2, W/2): the four quarters in y and x, in reading order."""
+    h, w = array.shape[-2] // 2, array.shape[-1] // 2
+    return np.stack([array[..., ys, xs] for ys in (slice(0, h), slice(h, 2 * h)) for xs in (slice(0, w), slice(w, 2 * w))])
+
+
+def _write_volumes(images: np.ndarray, labels: np.ndarray, folder: Path, voxel: tuple | None,
+                   ignore: int | None) -> TrainingFiles:
+    """(N, C, Z, Y, X) images and (N, Z, Y, X) labels -> folder/images/NNN.tif, folder/labels/NNN.tif."""
+    for kind in ("images", "labels"):
+        (folder / kind).mkdir(exist_ok=True)
+        for stale in (folder / kind).glob("*.tif"):  # an earlier start's volumes
+            stale.unlink()
+    for index, (image, label) in enumerate(zip(images, labels)):
+        write_volume(folder / "images" / f"{index:03d}.tif", image[0] if image.shape[0] == 1 else image, voxel)
+        write_volume(folder / "labels" / f"{index:03d}.tif", label.astype(label_dtype(label)), voxel)
+    return TrainingFiles(folder / "images", folder / "labels", 3, voxel, ignore)
 
 
 def read_curves(run: Path) -> dict[str, list[float]]:
@@ -74,6 +121,8 @@ class TrainWidget(Container):
         self.viewer = napari_viewer
         self.image_layer = ComboBox(label="image", choices=layer_choices(napari_viewer, "Image"))
         self.labels_layer = ComboBox(label="labels", choices=layer_choices(napari_viewer, "Labels"))
+        self.dims = ComboBox(label="train on", choices=list(TRAIN_ON), value="planes (2D)")
+        self.sparse = CheckBox(text="only painted z planes are labels", value=True, visible=False)
         self.preset = ComboBox(label="recipe", choices=list(PRESETS), value="fast")
         self.init = ModelChoice("start from", optional=True, files="*.pt")  # --init reads checkpoints only
         self.minutes = FloatSpinBox(label="minutes", value=15.0, min=0.1, max=10000.0, step=1.0)
@@ -81,7 +130,7 @@ class TrainWidget(Container):
         self.resume = CheckBox(text="resume this run")
         self.start_button, self.stop_button = PushButton(text="Train"), PushButton(text="Stop", enabled=False)
         self.status = Label(value="")
-        super().__init__(widgets=[self.image_layer, self.labels_layer, self.preset, *self.init.widgets, self.minutes,
+        super().__init__(widgets=[self.image_layer, self.labels_layer, self.dims, self.sparse, self.preset, *self.init.widgets, self.minutes,
                                   self.run_folder, self.resume, self.start_button, self.stop_button, self.status])
         self.overrides: dict = {}  # further TrainConfig fields (tests use a tiny net)
         self.worker, self.stop_event = None, threading.Event()
@@ -89,6 +138,7 @@ class TrainWidget(Container):
         self.native.layout().addWidget(self.plot.canvas)
         napari_viewer.layers.events.inserted.connect(self.reset_choices)
         napari_viewer.layers.events.removed.connect(self.reset_choices)
+        self.dims.changed.connect(self._show_sparse)
         self.start_button.changed.connect(self.start)
         self.stop_button.changed.connect(self.stop)
 
@@ -105,15 +155,18 @@ class TrainWidget(Container):
         data = run.with_name(run.name + ".data")
         try:
             init = self.init.value  # a shipped name, a run's best.pt, a file, or None
-            # resuming trains on the files the run began with, whatever the layers hold now
-            images, labels = ((data / "images.tif", data / "labels.tif") if self.resume.value
-                              else write_training_data(self.image_layer.value, self.labels_layer.value, data))
+            files = None if self.resume.value else write_training_data(
+                self.image_layer.value, self.labels_layer.value, data, TRAIN_ON[self.dims.value] == 3,
+                self.sparse.value)
         except (UserInputError, ValueError) as e:
             show_one_line(str(e))
             return None
-        cfg = TrainConfig(out=str(run), images=str(images), labels=str(labels), preset=self.preset.value,
-                          init=None if init is None else str(init), time_limit=60.0 * self.minutes.value,
-                          **self.overrides)
+        # resuming trains on the files the run began with, whatever the layers hold now (the run keeps its settings)
+        inputs = {} if files is None else {
+            "images": str(files.images), "labels": str(files.labels), "dims": files.dims,
+            "voxel_size": list(files.voxel_size) if files.voxel_size else None, "ignore_label": files.ignore_label}
+        cfg = TrainConfig(out=str(run), preset=self.preset.value, init=None if init is None else str(init),
+                          time_limit=60.0 * self.minutes.value, **inputs, **self.overrides)
         self.stop_event = threading.Event()
         self.worker = create_worker(train, cfg, resume=run if self.resume.value else None,
                                     stop=self.stop_event, _ignore_errors=True)  # shown, not raised
@@ -125,6 +178,9 @@ class TrainWidget(Container):
         self.status.value = f"training into {run}"
         self.worker.start()
         return self.worker
+
+    def _show_sparse(self, choice: str) -> None:
+        self.sparse.visible = TRAIN_ON[choice] == 3
 
     def stop(self) -> None:
         """Stop after the current step; last.pt is written (resume continues exactly)."""
@@ -174,6 +230,9 @@ class _LossPlot:
     def follow(self, run: Path) -> None:
         self.run = run
         self.timer.start(1000)
+
+    def _show_sparse(self, choice: str) -> None:
+        self.sparse.visible = TRAIN_ON[choice] == 3
 
     def stop(self) -> None:
         self.timer.stop()
