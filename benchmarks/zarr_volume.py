@@ -113,8 +113,9 @@ def main() -> None:
           "| client peak MB | blocks (chunk) |")
     print("|---|---|---|---|---|---|---|")
     for text, r in results.items():
-        print(f"| {text} | {r['mvoxels']} | {r['seconds']} | {r['mvoxel_per_s']} | "
-              f"{', '.join(map(str, r['worker_peak_mb']))} | {r['client_peak_mb']} | {r['blocks']} ({'x'.join(map(str, r['chunks'][-3:]))}) |")
+        peaks, chunk = ", ".join(map(str, r["worker_peak_mb"])), "x".join(map(str, r["chunks"][-3:]))
+        print(f"| {text} | {r['mvoxels']} | {r['seconds']} | {r['mvoxel_per_s']} | {peaks} | {r['client_peak_mb']} "
+              f"| {r['blocks']} ({chunk}) |")
 
 
 if __name__ == "__main__":
