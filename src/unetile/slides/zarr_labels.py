@@ -46,7 +46,7 @@ from .zarr_output import block_chunks, ngff_format, write_block_values, write_mu
 LABEL_MARGIN = 128  # px of map read around a block: cells smaller than this are cut as in one pass
 # In-plane voxels around a volume's block (fewer along a coarser z, `spacing.per_axis`): objects
 # smaller than this are cut as in one pass. Smaller than an image's: the window is a box, and a
-# 161-voxel block with 128 on each side would hold 27x its own voxels.
+# 161-voxel block with 128 on each side would hold 17x its own voxels (with 48: 4x).
 VOLUME_LABEL_MARGIN = 48
 _MOST_COLOURS = 1024  # cells given a colour in the metadata; viewers choose the others
 
