@@ -2,6 +2,7 @@
 axes (per-axis sizes and halos, the voxel size as scale) that bioimageio.core's test passes where
 unetile cannot be imported; `unetile predict` through the .onnx and the .zip equal to the .pt."""
 
+import io
 import os
 import zipfile
 
@@ -85,7 +86,7 @@ def test_the_package_has_z_y_x_axes_with_their_own_halo_and_voxel_size(exported)
         card = archive.read("README.md").decode()
         test_input = np.load(archive.open("test_input.npy"))
         sample_tensor = tifffile.imread(archive.open("sample_input.tif"))
-        assert "cover.png" in archive.namelist()
+        cover = _png_pixels(archive.read("cover.png"))
     image, probability = rdf["inputs"][0], rdf["outputs"][0]
     assert [a.get("id") for a in image["axes"]] == [None, None, "z", "y", "x"]
     space_in, space_out = image["axes"][2:], probability["axes"][2:]
@@ -101,6 +102,14 @@ def test_the_package_has_z_y_x_axes_with_their_own_halo_and_voxel_size(exported)
     assert test_input.shape == (1, 1, 40, 48, 48)
     np.testing.assert_array_equal(test_input[0, 0], sample[:, 6:54, 4:52].astype(np.float32))
     assert sample_tensor.squeeze().shape == (40, 48, 48)
+    # the cover: the middle plane of a wider crop (60 x 56, the whole sample's plane): 3 panels, 2 gaps
+    assert cover.shape == (60, 3 * 56 + 2 * 8, 3)
+
+
+def _png_pixels(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)))
 
 
 def test_packaged_net_pads_a_valid_output_back_per_axis(exported):

@@ -75,22 +75,39 @@ def export_package(model_path: str | Path, out: str | Path, info: PackageInfo) -
     record = training_record(model_path)
     sample_path, image = _sample_image(info.sample, record, model.config)
     test_input = _test_crop(image, packaged)
-    with torch.no_grad():
-        test_output = packaged(torch.from_numpy(scale_range(test_input, metadata)[None])).numpy()
+    test_output = _packaged_output(packaged, test_input, metadata)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         np.save(work / "test_input.npy", test_input[None])
         np.save(work / "test_output.npy", test_output)
         tifffile.imwrite(work / "sample_input.tif", test_input, photometric="minisblack")  # for previews
         tifffile.imwrite(work / "sample_output.tif", test_output[0], photometric="minisblack")
-        middle = (slice(None), test_input.shape[1] // 2) if test_input.ndim == 4 else (slice(None),)  # z of a volume
-        cover_image(test_input[middle], test_output[0][middle], work / "cover.png")
+        _cover(image, test_input, test_output[0], packaged, metadata, work / "cover.png")
         (work / "README.md").write_text(model_card(model_path, model, metadata, record, info, sample_path))
         difference = _write_weights(packaged, test_input, work)
         (work / FILE_NAME).write_text(architecture_source())
         descr = _describe(packaged, architecture_kwargs(model, metadata), metadata, info, work, model_path)
         _save(descr, out)
     return difference
+
+
+def _packaged_output(packaged: PackagedNet, image: np.ndarray, metadata: dict) -> np.ndarray:
+    """(C, H, W) or (C, Z, Y, X) raw -> the package's (1, C_out, ...) output on it."""
+    with torch.no_grad():
+        return packaged(torch.from_numpy(scale_range(image, metadata)[None])).numpy()
+
+
+def _cover(image: np.ndarray, test_input: np.ndarray, test_output: np.ndarray, packaged: PackagedNet,
+           metadata: dict, path: Path) -> None:
+    """The cover: the test tensors (C, H, W), or for a volume the middle z plane of a crop up
+    to 256 px wide and as thin as allowed (a volume's test crop is too small in-plane to show)."""
+    if image.ndim == 3:
+        cover_image(test_input, test_output, path)
+        return
+    plane_input = _test_crop(image, packaged, caps=(1, 256, 256))
+    plane_output = _packaged_output(packaged, plane_input, metadata)[0]
+    middle = plane_input.shape[1] // 2
+    cover_image(plane_input[:, middle], plane_output[:, middle], path)
 
 
 def scale_range(image: np.ndarray, metadata: dict) -> np.ndarray:
@@ -146,12 +163,14 @@ def _first_training_image(record: dict) -> Path | None:
     return next((p for p in sorted(folder.iterdir()) if p.stem == names[0]), None)
 
 
-def _test_crop(image: np.ndarray, packaged: PackagedNet) -> np.ndarray:
-    """The centre of ``image`` at the largest allowed size up to 512 px (a square), or for a
-    volume up to 48 voxels per axis (test tensors of a few hundred kB; mirrored up to the
-    smallest allowed size where the image is smaller)."""
+def _test_crop(image: np.ndarray, packaged: PackagedNet, caps: tuple[int, ...] | None = None) -> np.ndarray:
+    """The centre of ``image`` at the largest allowed size up to ``caps`` (the largest side per
+    spatial axis; default 512 px and a square, or 48 voxels per axis for a volume: test tensors
+    of a few hundred kB), mirrored up to the smallest allowed size where the image is smaller."""
     axes = range(-(image.ndim - 1), 0)
-    caps = [min(*image.shape[1:], 512)] * 2 if image.ndim == 3 else [min(n, 48) for n in image.shape[1:]]
+    if caps is None:
+        caps = (min(*image.shape[1:], 512),) * 2 if image.ndim == 3 else (48,) * 3
+    caps = [min(n, cap) for n, cap in zip(image.shape[1:], caps)]
     sides = []
     for axis, fits in zip(axes, caps):
         low, step = input_size_rule(packaged, axis)
