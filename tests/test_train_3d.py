@@ -14,6 +14,7 @@ from unetile import load_model, symmetries
 from unetile.cli import main
 from unetile.errors import UserInputError
 from unetile.inference.tiling import predict_tiled
+from unetile.nn.checkpoint import save_model
 from unetile.nn.geometry import anisotropic_plan
 from unetile.nn.model import UNet, UNetConfig, init_he
 from unetile.normalization import Normalization
@@ -196,6 +197,9 @@ def test_dims_and_voxel_size_come_from_the_data(volumes, tmp_path, caplog, isbi)
     write_volume(tmp_path / "plain" / "images" / "a.tif", image, None)
     assert spatial_settings(TrainConfig(data=str(tmp_path / "plain"))) == (2, None)  # a stack without a z size
     assert spatial_settings(TrainConfig(data=str(tmp_path / "plain"), dims=3)) == (3, None)  # isotropic, logged
+    save_model(UNet(config=UNetConfig(width=4, depth=1, spatial_dims=3)), tmp_path / "m.pt", voxel_size=[2.0, 1, 1])
+    from_init = TrainConfig(data=str(tmp_path / "plain"), init=str(tmp_path / "m.pt"))
+    assert spatial_settings(from_init) == (3, [2.0, 1.0, 1.0])  # 3D by the model, its voxels where the files say none
     cfg = TrainConfig(data=str(volumes / "train"), preset="fast").resolved()
     assert (cfg.dims, cfg.width, cfg.depth, cfg.tile_size, cfg.label_offset) == (3, 16, 3, 48, "none")
     with pytest.raises(UserInputError, match="--tiles-on device"):

@@ -147,7 +147,7 @@ def spatial_settings(cfg: TrainConfig) -> tuple[int, list[float] | None]:
     logged line saying why: ``--dims`` as given; else that of the ``--init`` model; else 3
     where ``--voxel-size`` is given or an image file carries a z voxel size (ImageJ / OME
     metadata: `io.voxel_size`), 2 otherwise. The voxel size: ``--voxel-size``, else the first
-    training volume's; unknown: None (isotropic voxels assumed, logged)."""
+    training volume's, else the ``--init`` model's; unknown: None (isotropic voxels assumed, logged)."""
     given = cfg.voxel_size
     if isinstance(given, str):
         given = list(parse_voxel_size(given))
@@ -156,10 +156,11 @@ def spatial_settings(cfg: TrainConfig) -> tuple[int, list[float] | None]:
     files = [] if cfg.dims == 2 or (cfg.dims == 3 and given) else _image_files(cfg)
     sizes = {f: voxel_size(f) for f in files}
     known = [(f, v) for f, v in sizes.items() if v is not None]
+    init = load_payload(cfg.init) if cfg.init is not None else {}
     if cfg.dims is not None:
         dims, why = cfg.dims, "--dims"
     elif cfg.init is not None:
-        dims = int(load_payload(cfg.init).get("config", {}).get("spatial_dims", 2))
+        dims = int(init.get("config", {}).get("spatial_dims", 2))
         why = f"--init {cfg.init} is a {dims}D model"
     elif given:
         dims, why = 3, "--voxel-size is given"
@@ -173,6 +174,8 @@ def spatial_settings(cfg: TrainConfig) -> tuple[int, list[float] | None]:
         if given:
             raise UserInputError("--voxel-size is for volumes: add --dims 3")
         return 2, None
+    if not given and not known:  # the files do not say: the --init model's, where it has one
+        given = init.get("metadata", {}).get("voxel_size")
     if given:
         return 3, [float(v) for v in given]
     if not known:
