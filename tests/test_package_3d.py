@@ -58,8 +58,8 @@ def exported(tmp_path_factory):
 
 def test_onnx_and_torchscript_take_any_valid_volume(exported):
     root, _, volume = exported
-    for fmt, name in (("onnx", "net3d.onnx"), ("torchscript", "net3d.ts")):
-        assert export_model(root / "net3d.pt", root / name, fmt) <= 1e-5  # checked on another size than traced
+    assert main(["export", "--model", str(root / "net3d.pt"), "--format", "onnx", "--out", str(root / "net3d.onnx")]) == 0
+    assert export_model(root / "net3d.pt", root / "net3d.ts", "torchscript") <= 1e-5  # on another size than traced
     onnx, net = OnnxModel(root / "net3d.onnx"), _net_3d()
     assert onnx.session.get_inputs()[0].shape == ["batch", 1, "depth", "height", "width"]
     assert [onnx.axis_halo(a) for a in AXES] == [net.axis_halo(a) for a in AXES] == [8, 20, 20]
