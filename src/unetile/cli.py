@@ -297,7 +297,8 @@ def _run_demo(args: argparse.Namespace) -> None:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a model: ONNX, TorchScript (dynamic height/width) or a BioImage.IO package")
+    p = sub.add_parser("export", help="export a model: ONNX, TorchScript (dynamic height/width; depth too for a "
+                       "3D net) or a BioImage.IO package")
     p.add_argument("--model", required=True, help="checkpoint (e.g. RUN/best.pt) or a shipped model's name")
     p.add_argument("--format", choices=["onnx", "torchscript", "bioimageio"], default="onnx")
     p.add_argument("--out", required=True, help="output file (e.g. model.onnx, or model.zip for bioimageio)")
