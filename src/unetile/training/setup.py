@@ -181,7 +181,8 @@ def load_initial_weights(model: UNet, path: Path) -> None:
     """
     payload = load_payload(path)
     saved = UNetConfig.from_dict(payload["config"])
-    for name in ("spatial_dims", "in_channels", "depth", "width", "padding", "up_mode", "batch_norm", "kernels", "pools"):
+    for name in ("spatial_dims", "in_channels", "depth", "width", "padding", "up_mode", "batch_norm", "kernels",
+                 "pools"):
         have, want = getattr(saved, name), getattr(model.config, name)
         if have != want:
             raise UserInputError(f"--init {path}: the model has {name} {have}, this run needs {want}; start from a "
