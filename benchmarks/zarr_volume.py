@@ -13,6 +13,11 @@ otherwise: a volume's blocks hold as many voxels as a 2048-px image block (161 a
 to tile strides), tiles of at most ~132 voxels a side, the batch from the CPU's 1.5 GB budget.
 Worker peaks come from ``ru_maxrss`` in each worker process (a fresh cluster per volume); the
 client's is its own ``ru_maxrss`` (percentiles, the pyramid). One run at a time.
+
+What to expect: a worker holds one block (its read window, the uint8 output box) and one batch
+of tiles (at most 132 voxels a side, 5 a batch for this net), so its peak grows with the volume
+only while a whole z fits in one block and one tile (z up to ~132-161), and is flat beyond:
+measured 1148 MB at 128x1024x1024 and at 256x512x512 alike (docs/results.md).
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
 """Volumes through the OME-Zarr block path with a 3D net: blocks are boxes cut along z, y and x,
 each equal to one pass over the whole volume; cells with one id per 3D object across block faces."""
 
-import json
-
 import numpy as np
 import pytest
-import tifffile
 import torch
 
 zarr = pytest.importorskip("zarr")
