@@ -16,8 +16,9 @@ client's is its own ``ru_maxrss`` (percentiles, the pyramid). One run at a time.
 
 What to expect: a worker holds one block (its read window, the uint8 output box) and one batch
 of tiles (at most 132 voxels a side, 5 a batch for this net), so its peak grows with the volume
-only while a whole z fits in one block and one tile (z up to ~132-161), and is flat beyond:
-measured 1148 MB at 128x1024x1024 and at 256x512x512 alike (docs/results.md).
+only while a whole z fits in one block and one tile (z up to ~132-161), and is flat beyond.
+Measured on 2 shared cores (2 workers, fp32): 639 MB at 32x512x512, 799 at 64x1024x1024, then
+1136-1191 MB from 128x1024x1024 to 512x512x512 and 192x1024x1024 (201 Mvoxel, 0.25-0.4 Mvoxel/s).
 """
 
 from __future__ import annotations
