@@ -170,7 +170,7 @@ def blockwise_cells(tmp_path, prob, margin):
 
     work = tmp_path / f"margin-{margin}"
     zarr.create_array(str(work / "prob"), shape=prob.shape, chunks=(1, 64, 64), dtype=np.float32)[:] = prob
-    grid = BlockGrid(rows=None, cols=None, size=64, planes=1, height=prob.shape[1], width=prob.shape[2])
+    grid = BlockGrid((None, None), (64, 64), 1, prob.shape[1:])
     job = zarr_labels.CellJob(work / "prob", work / "cells", work / "work", "cyx", "cyx", grid, InstanceSettings(), 0.5,
                               margin=margin)
     zarr_labels.create_labels(job, prob.shape, "0.5", resume=False)

@@ -36,7 +36,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cluster", default=None,
                    help="predict OME-Zarr outputs on Dask: local:N (N worker processes) or tcp://HOST:PORT")
     p.add_argument("--block-size", type=int, default=2048,
-                   help="OME-Zarr outputs: px per block and chunk side, rounded to whole tile steps (default 2048)")
+                   help="OME-Zarr outputs: px per block and chunk side, rounded to whole tile steps (default 2048); "
+                        "a 3D model's volumes: blocks of as many voxels (2048: about 161 a side)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="auto (default): bf16 + channels_last on CPUs with bf16, AMP on CUDA, else fp32")
     p.add_argument("--resume", action="store_true",

@@ -178,6 +178,14 @@ def match_channels(image: np.ndarray, channels: int, path: str | Path, convert: 
     raise UserInputError(f"{path}: the image has {have} channel(s) but the model expects {channels}{hint}")
 
 
+def match_channels_first(image: np.ndarray, channels: int, path: str | Path, convert: bool) -> np.ndarray:
+    """(C, *spatial) -> the model's channels, as `match_channels` (which wants channels third
+    from last): a volume (C, Z, Y, X) is matched as a stack of (C, Y, X) planes."""
+    if image.ndim == 3:
+        return match_channels(image, channels, path, convert)
+    return np.moveaxis(match_channels(np.moveaxis(image, 0, -3), channels, path, convert), -3, 0)
+
+
 def _process_umask() -> int:
     """The process's umask, from /proc where it can be read without changing it (setting and
     restoring it, the portable way, races with files other threads create meanwhile)."""

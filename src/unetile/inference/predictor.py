@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from ..device import choose_precision, resolve_device, use_fast_kernels
 from ..distributed import Context
 from ..errors import UserInputError
-from ..io import label_dtype, match_channels, voxel_size, write_image, write_volume
+from ..io import label_dtype, match_channels_first, voxel_size, write_image, write_volume
 from ..nn.checkpoint import load_model
 from ..nn.model import UNet, fold_batch_norm
 from ..normalization import Normalization
@@ -158,11 +158,7 @@ class Predictor:
         """``image`` as (C, H, W) (3D nets: (C, Z, Y, X)) with the net's channels."""
         if image.ndim == self.spatial_dims:
             image = image[None]
-        if self.spatial_dims == 2 or image.ndim != 4:
-            return match_channels(image, self.config.in_channels, name, self.options.convert_channels)
-        by_plane = match_channels(np.moveaxis(image, 0, 1), self.config.in_channels, name,
-                                  self.options.convert_channels)  # (Z, C, Y, X): channels where it expects them
-        return np.moveaxis(by_plane, 1, 0)
+        return match_channels_first(image, self.config.in_channels, name, self.options.convert_channels)
 
     def tile_size(self, shape: tuple[int, ...]) -> int | tuple[int, ...]:
         """The tile for an image of ``shape`` (H, W) or a volume's (Z, Y, X): ``options.tile_size``

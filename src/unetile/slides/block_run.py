@@ -35,7 +35,8 @@ from tqdm.auto import tqdm
 
 from .chunked import ChunkedImage, open_chunked, sample_statistics
 from ..errors import UserInputError
-from .blocks import DEFAULT_BLOCK_PX, Block, BlockGrid, channels_first_matched, grid_of, predict_block
+from ..io import match_channels_first
+from .blocks import DEFAULT_BLOCK_PX, Block, BlockGrid, grid_of, predict_block
 from ..inference.predictor import cell_threshold
 from .zarr_labels import (CellJob, cell_margin, cells_work, create_labels, finish_labels, label_block, merge_blocks,
                           publish_labels, relabel_block)
@@ -145,7 +146,7 @@ def plan(predictor, image: ChunkedImage, target: Path, block_px: int | tuple[int
     ``image`` as the net reads it (``open_chunked(path, _spatial(predictor))``)."""
     n, _, *shape = image.shape
     grid = grid_of(predictor.model, n, tuple(shape), predictor.tile_size(tuple(shape)), block_px)
-    convert = functools.partial(channels_first_matched, channels=predictor.config.in_channels, path=image.path,
+    convert = functools.partial(match_channels_first, channels=predictor.config.in_channels, path=image.path,
                                 convert=predictor.options.convert_channels)
     stats = []
     for plane in range(n):

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .chunked import ChunkedImage, spatial_axes
-from ..io import match_channels
+from ..io import match_channels_first
 from ..registration import tile_halo
 from ..inference.tile_io import HostTileReader, Position, TileWriter, reflect_indices
 from ..inference.layout import TileLayout
@@ -56,7 +56,7 @@ class Block:
         return tuple(b - a for a, b in zip(self.start, self.stop))
 
 
-@dataclass(frozen=True, init=False)
+@dataclass(frozen=True)
 class BlockGrid:
     """The whole image's tile layout per spatial axis and the blocks (``sizes`` px per axis,
     multiples of the tile strides) that cut its planes (or volumes) of ``shape`` px."""
@@ -67,14 +67,10 @@ class BlockGrid:
     shape: tuple[int, ...]
     axes: str = field(init=False)  # "yx" or "zyx"
 
-    def __init__(self, layouts: tuple = (), sizes: tuple[int, ...] = (), planes: int = 1,
-                 shape: tuple[int, ...] = (), *, rows: TileLayout | None = None, cols: TileLayout | None = None,
-                 size: int | None = None, height: int | None = None, width: int | None = None) -> None:
-        if size is not None:  # an image's grid by its rows and columns (square blocks), as tests build one
-            layouts, sizes, shape = (rows, cols), (size, size), (height, width)
-        for name, value in (("layouts", tuple(layouts)), ("sizes", tuple(sizes)), ("planes", planes),
-                            ("shape", tuple(shape)), ("axes", spatial_axes(len(shape)))):
-            object.__setattr__(self, name, value)
+    def __post_init__(self) -> None:
+        for name in ("layouts", "sizes", "shape"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "axes", spatial_axes(len(self.shape)))
 
     @property
     def rows(self) -> TileLayout:
@@ -162,12 +158,6 @@ def read_window(grid: BlockGrid, positions: list[Position], input_shift: tuple[f
     return tuple(start), tuple(stop)
 
 
-def channels_first_matched(image: np.ndarray, channels: int, path, convert: bool) -> np.ndarray:
-    """(C, *window) -> the net's channels (`io.match_channels`, which wants channels third
-    from last: a volume's window is matched as a stack of (C, Y, X) planes)."""
-    return np.moveaxis(match_channels(np.moveaxis(image, 0, -3), channels, path, convert), -3, 0)
-
-
 def predict_block(predictor, image: ChunkedImage, grid: BlockGrid, block: Block,
                   stats: tuple[np.ndarray, np.ndarray], out_dtype: np.dtype) -> np.ndarray:
     """One block -> (C_out, *block.shape) as the output stores it (calibrated map, mask or
@@ -175,7 +165,7 @@ def predict_block(predictor, image: ChunkedImage, grid: BlockGrid, block: Block,
     positions = grid.positions(block)
     start, stop = read_window(grid, positions, predictor.input_shift)
     data = image.window(block.plane, *(slice(a, b) for a, b in zip(start, stop)))
-    data = channels_first_matched(data, predictor.config.in_channels, image.path, predictor.options.convert_channels)
+    data = match_channels_first(data, predictor.config.in_channels, image.path, predictor.options.convert_channels)
     reader = HostTileReader(data, grid.layouts, stats, predictor.input_shift, predictor.device)
     # The array holds only the window: where it lies in the image, on every axis (tile_io's
     # `Window` names an image's rows and columns only).
