@@ -1,0 +1,113 @@
+"""Speed of 3D prediction on this machine: Mvoxel/s of the 3D U-Net against the machine's limit.
+
+    .venv/bin/python benchmarks/volume_speed.py [--quick] [--width 32] [--json out.json]
+
+Rows, all on one volume (default 96 x 320 x 320 voxels, isotropic) with the paper-sized 3D net
+(Cicek et al. 2016: width 32, depth 3, 3x3x3 valid convolutions, He-initialised):
+
+- ``predict_tiled fp32``: the overlap-tile path on the exact net;
+- ``predict_tiled bf16``: what `unetile predict` runs on a CPU with bf16 (`inference_model`:
+  BatchNorm folded, bf16 weights, channels_last_3d), the default tile shape; only where the CPU
+  has bf16 (`device.choose_precision`), since emulated bf16 is far slower than fp32;
+- ``limit``: the net's FLOPs per output voxel (torch.utils.flop_counter, marginal between two
+  large tiles, so no border waste) over the machine's measured matmul peak at the fast path's
+  precision: no tiling can beat it on this CPU. The 2D path reaches 91-93% of its own limit
+  (docs/results.md).
+
+Prints a table (and the machine's load average, which shared cores make worth stating).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+
+from unetile.device import choose_precision
+from unetile.inference.benchmark import peak_flops
+from unetile.inference.layout import default_tile_shape
+from unetile.inference.predictor import inference_model
+from unetile.inference.tiling import default_batch_size, predict_tiled
+from unetile.nn.model import UNet, UNetConfig, init_he
+
+
+def paper_net_3d(width: int) -> UNet:
+    torch.manual_seed(0)
+    return init_he(UNet(config=UNetConfig(width=width, depth=3, spatial_dims=3))).eval()
+
+
+def flops_per_output_voxel(model: UNet) -> float:
+    """Marginal FLOPs per output voxel between two large valid tiles (no border waste)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sizes = [model.valid_input_size(n, "up") for n in (100, 132)]
+    flops, outs = [], []
+    for s in sizes:
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            model(torch.zeros(1, model.config.in_channels, s, s, s))
+        flops.append(counter.get_total_flops())
+        outs.append(model.output_size(s) ** 3)
+    return (flops[1] - flops[0]) / (outs[1] - outs[0])
+
+
+def timed_prediction(model: UNet, volume: np.ndarray, precision: str) -> tuple[float, np.ndarray, tuple]:
+    """(seconds, probabilities, tile shape) of predict_tiled at ``precision`` (after a warm-up tile)."""
+    net = inference_model(model, precision)
+    tile = default_tile_shape(net, volume.shape)
+    batch = default_batch_size(net, tile, precision)
+    small = volume[: tile[0], : tile[1], : tile[2]]
+    predict_tiled(net, small, tile_size=tile, precision=precision, channels_last=precision != "fp32")  # warm-up
+    t0 = time.perf_counter()
+    prob = predict_tiled(net, volume, tile_size=tile, batch_size=batch, precision=precision,
+                         channels_last=precision != "fp32")
+    return time.perf_counter() - t0, prob, tile
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a 48 x 160 x 160 volume")
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--shape", default=None, help="Z,Y,X of the volume (default 96,320,320)")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    shape = tuple(int(v) for v in args.shape.split(",")) if args.shape else (
+        (48, 160, 160) if args.quick else (96, 320, 320))
+    volume = np.random.default_rng(0).random(shape, dtype=np.float32)
+    model = paper_net_3d(args.width)
+    mvox = volume.size / 1e6
+    rows = []
+    reference = None
+    fast = choose_precision("auto", torch.device("cpu"))
+    for precision in dict.fromkeys(("fp32", fast)):
+        seconds, prob, tile = timed_prediction(model, volume, precision)
+        diff = None if reference is None else float(np.abs(prob - reference).max())
+        reference = prob if reference is None else reference
+        rows.append({"method": f"predict_tiled {precision}", "seconds": seconds, "mvox_per_s": mvox / seconds,
+                     "tile": list(tile), "max_abs_diff_vs_fp32": diff})
+    per_voxel = flops_per_output_voxel(model)
+    peak = peak_flops(torch.bfloat16 if fast == "bf16" else torch.float32)
+    rows.append({"method": f"limit ({fast} matmul peak)", "seconds": per_voxel * volume.size / peak,
+                 "mvox_per_s": peak / per_voxel / 1e6, "tile": None, "max_abs_diff_vs_fp32": None})
+    limit = rows[-1]["mvox_per_s"]
+    print(f"3D U-Net width {args.width}, depth 3, volume {shape} ({mvox:.1f} Mvoxel), {torch.get_num_threads()} "
+          f"threads, load average {os.getloadavg()[0]:.2f}")
+    print(f"{per_voxel / 1e6:.2f} MFLOP per output voxel; {fast} matmul peak {peak / 1e9:.0f} GFLOP/s\n")
+    print(f"| {'method':26s} | {'seconds':>8s} | {'Mvoxel/s':>8s} | {'of limit':>8s} | tile | max diff vs fp32 |")
+    print("|---|---:|---:|---:|---|---:|")
+    for r in rows:
+        diff = "" if r["max_abs_diff_vs_fp32"] is None else f"{r['max_abs_diff_vs_fp32']:.1e}"
+        print(f"| {r['method']:26s} | {r['seconds']:8.1f} | {r['mvox_per_s']:8.3f} | "
+              f"{r['mvox_per_s'] / limit:8.0%} | {r['tile'] or ''} | {diff} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"shape": shape, "width": args.width, "flops_per_voxel": per_voxel, "peak_flops": peak,
+                       "load_average": os.getloadavg()[0], "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
