@@ -232,3 +232,30 @@ def test_train_a_3d_net_end_to_end(volumes, tmp_path):
                      "--no-calibrate-tta", "--out", str(tuned)])
     model, meta = load_model(tuned / "best.pt")
     assert model.config.pools == pools and model.config.width == 4 and meta["voxel_size"] == [0.5, 0.2, 0.2]
+
+
+def test_batch_norm_statistics_are_re_estimated_on_fixed_tiles():
+    """`refresh_batch_norm`: the first BatchNorm's running mean and variance become the statistics
+    of its inputs over exactly the fixed tiles (whatever they were before), the momentum and the
+    net's mode are restored, and a second refresh gives the same numbers (exact resume)."""
+    import torch
+
+    from unetile.nn.model import UNet, UNetConfig
+    from unetile.training.validation import REFRESH_INDEX, refresh_batch_norm
+
+    torch.manual_seed(0)
+    net = UNet(config=UNetConfig(width=4, depth=1, spatial_dims=3, padding="same")).train()
+    tiles = {REFRESH_INDEX + i: (torch.randn(1, 8, 8, 8) * (i + 1),) for i in range(5)}
+    first_norm = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm3d))
+    first_norm.running_mean.fill_(7.0)
+    refresh_batch_norm(net, tiles, batch_size=2, device=torch.device("cpu"), tiles=5)
+    with torch.no_grad():
+        conv_out = net.down[0][0](torch.stack([t[0] for t in tiles.values()]))
+    # a cumulative average over the batches (2, 2, 1 tiles), each batch's mean weighted alike
+    batches = [conv_out[0:2], conv_out[2:4], conv_out[4:5]]
+    cumulative = torch.stack([b.mean(dim=(0, 2, 3, 4)) for b in batches]).mean(0)
+    assert torch.allclose(first_norm.running_mean, cumulative, atol=1e-5)
+    assert first_norm.momentum == 0.1 and net.training
+    again = first_norm.running_mean.clone()
+    refresh_batch_norm(net, tiles, batch_size=2, device=torch.device("cpu"), tiles=5)
+    assert torch.equal(first_norm.running_mean, again)

@@ -36,7 +36,7 @@ from .config import MAXIMISE, TrainConfig, resume_config
 from .logbook import Logbook
 from .losses import segmentation_loss
 from .setup import Run, build_run, memory_format
-from .validation import calibrate_checkpoint, pixels, validate
+from .validation import calibrate_checkpoint, pixels, refresh_batch_norm, validate
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +293,8 @@ def end_epoch(run: Run, position: Position, clock: Clock, logbook: Logbook | Non
         raise UserInputError(f"the weights became non-finite in epoch {position.epoch}; the last good state is "
                              f"{run.folder / 'last.pt'}: lower --lr")
     t_val = time.monotonic()
+    if run.raw.config.spatial_dims == 3:
+        refresh_batch_norm(run.averaged, run.loader.dataset, cfg.batch_size, run.device)
     v = validate(run.averaged, run.epoch_val_items, cfg, run.precision, ctx=run.ctx, input_shift=run.input_shift)
     clock.val_seconds = time.monotonic() - t_val
     clock.val_scale = pixels(run.val_items) / pixels(run.epoch_val_items)  # the calibration sees them all
