@@ -272,8 +272,9 @@ def test_train_widget_trains_a_3d_model_from_a_sparsely_painted_volume(viewer_mo
     viewer_model.add_labels(labels, name="painted")
     widget = TrainWidget(viewer_model)
     widget.reset_choices()
+    assert widget.sparse.native.isHidden()  # (headless, nothing is "visible": ask whether it is hidden)
     widget.dims.value = "volumes (3D)"
-    assert widget.sparse.visible and widget.sparse.value
+    assert not widget.sparse.native.isHidden() and widget.sparse.value
     widget.run_folder.value = tmp_path / "run"
     widget.overrides = {"width": 4, "depth": 1, "tile_size": 20, "batch_size": 1, "samples_per_epoch": 2,
                         "epochs": 2, "precision": "fp32", "workers": 0, "calibrate_tta": False, "device": "cpu"}
