@@ -11,16 +11,15 @@ pytest.importorskip("distributed")
 
 from unetile import save_model
 from unetile.cli import main
-from unetile.inference.instances import InstanceSettings
 from unetile.inference.predictor import PredictOptions, Predictor, calibrate
 from unetile.io import read_image, write_volume
 from unetile.nn.geometry import anisotropic_plan
 from unetile.nn.model import UNet, UNetConfig, init_he
-from unetile.slides import block_run, zarr_labels
-from unetile.slides.blocks import BlockGrid
+from unetile.slides import block_run
 from unetile.slides.chunked import open_chunked
 from unetile.slides.zarr_output import ZarrOutput
 
+from .test_zarr_cells import blockwise_cells as cells_in_blocks
 from .test_zarr_cells import same_up_to_numbering
 
 VOXEL = (0.5, 0.2, 0.2)  # z 2.5x coarser: the plan skips z at the first level
@@ -172,20 +171,8 @@ def test_a_3d_model_refuses_a_zarr_without_z_in_one_line(tmp_path, model_3d, rng
 
 
 def blockwise_cells(tmp_path, prob, sizes, margin):
-    """The three passes of zarr_labels over a volume's map ``prob`` (1, Z, Y, X) in blocks of
-    ``sizes`` -> (cells, count)."""
-    work = tmp_path / f"margin-{margin}"
-    zarr.create_array(str(work / "prob"), shape=prob.shape, chunks=(1, *sizes), dtype=np.float32)[:] = prob
-    grid = BlockGrid((None,) * 3, sizes, 1, prob.shape[1:])
-    job = zarr_labels.CellJob(work / "prob", work / "cells", work / "work", "czyx", "czyx", grid, InstanceSettings(),
-                              0.5, margin=margin, voxel_size=VOXEL)
-    zarr_labels.create_labels(job, prob.shape, "0.5", resume=False)
-    for block in grid.blocks():
-        zarr_labels.label_block(block, job)
-    luts, count = zarr_labels.merge_blocks(job)
-    for block, lut in zip(grid.blocks(), luts):
-        zarr_labels.relabel_block(block, lut, job)
-    return zarr.open_array(str(job.labels / "0"), mode="r")[:][0], count
+    """`test_zarr_cells.blockwise_cells` over a volume's map (1, Z, Y, X) in blocks of ``sizes``."""
+    return cells_in_blocks(tmp_path, prob, margin, sizes, VOXEL)
 
 
 def crosses_faces(cells, axis, size):

@@ -164,15 +164,17 @@ def test_bad_label_options_are_one_line(tmp_path, blob_model, discs, capsys, ext
     assert not (tmp_path / "o").exists()
 
 
-def blockwise_cells(tmp_path, prob, margin):
-    """The three passes of zarr_labels over ``prob`` (1, H, W) in 64-px blocks -> (cells, count)."""
+def blockwise_cells(tmp_path, prob, margin, sizes=(64, 64), voxel_size=None):
+    """The three passes of zarr_labels over ``prob`` (1, H, W) or a volume's (1, Z, Y, X) in blocks
+    of ``sizes`` -> (cells, count)."""
     from unetile.slides.blocks import BlockGrid
 
     work = tmp_path / f"margin-{margin}"
-    zarr.create_array(str(work / "prob"), shape=prob.shape, chunks=(1, 64, 64), dtype=np.float32)[:] = prob
-    grid = BlockGrid((None, None), (64, 64), 1, prob.shape[1:])
-    job = zarr_labels.CellJob(work / "prob", work / "cells", work / "work", "cyx", "cyx", grid, InstanceSettings(), 0.5,
-                              margin=margin)
+    zarr.create_array(str(work / "prob"), shape=prob.shape, chunks=(1, *sizes), dtype=np.float32)[:] = prob
+    grid = BlockGrid((None,) * len(sizes), tuple(sizes), 1, prob.shape[1:])
+    axes = "c" + "zyx"[-len(sizes):]
+    job = zarr_labels.CellJob(work / "prob", work / "cells", work / "work", axes, axes, grid, InstanceSettings(), 0.5,
+                              margin=margin, voxel_size=voxel_size)
     zarr_labels.create_labels(job, prob.shape, "0.5", resume=False)
     for block in grid.blocks():
         zarr_labels.label_block(block, job)
