@@ -11,6 +11,7 @@ pytest.importorskip("distributed")
 
 from unetile import save_model
 from unetile.cli import main
+from unetile.inference.instances import InstanceSettings
 from unetile.inference.predictor import PredictOptions, Predictor, calibrate
 from unetile.io import read_image, write_volume
 from unetile.nn.geometry import anisotropic_plan
