@@ -23,7 +23,7 @@ from ..evaluation import metrics
 from ..evaluation.metrics.common import prediction_labels, truth_labels
 from ..evaluation.metrics.pixel import fiji_prf
 from ..evaluation.metrics.rand import foreground_restricted_rand
-from ..inference.instances import DEFAULT_METHOD, VOLUME_GRID, InstanceSettings, choose_settings, drop_small_cells
+from ..inference.instances import DEFAULT_METHOD, VOLUME_GRID, InstanceSettings, choose_settings
 from ..inference.predictor import calibrate_map
 from ..inference.layout import default_tile_shape
 from ..inference.tiling import predict_tiled
@@ -226,7 +226,7 @@ def calibrate_checkpoint(checkpoint: Path, val_items: list[LabelledImage], cfg: 
     """After training: choose the checkpoint's threshold again on the validation images
     (with ``tta`` on TTA predictions, as `unetile predict --tta` makes them) and, where the
     labels are instance ids, how `unetile predict --instances` cuts cells
-    (`choose_instance_settings`; volumes: `instances.choose_settings`); both are stored in the
+    (`instances.choose_settings` over `INSTANCE_GRID`, or `VOLUME_GRID` for volumes); both are stored in the
     checkpoint. Sparse labels (not-annotated pixels) leave cells as they are: unlabelled cells
     would count as false ones."""
     model, meta = load_model(checkpoint, device)
@@ -244,11 +244,10 @@ def calibrate_checkpoint(checkpoint: Path, val_items: list[LabelledImage], cfg: 
     if with_ids:
         probs, truths = [p for p, _ in with_ids], [ids for _, ids in with_ids]
         base = InstanceSettings.from_metadata(DEFAULT_METHOD, meta)
-        if model.config.spatial_dims == 3:  # sigma in in-plane px, min_size in voxels (VOLUME_GRID)
-            settings, score = choose_settings([calibrate_map(p, v.threshold) for p in probs], truths, VOLUME_GRID,
-                                              base, spacings=[cfg.voxel_size] * len(probs))
-        else:
-            settings, score = choose_instance_settings(probs, truths, v.threshold, base)
+        # sigma in in-plane px; min_size in px, or voxels for volumes (VOLUME_GRID)
+        grid, spacing = (VOLUME_GRID, cfg.voxel_size) if model.config.spatial_dims == 3 else (INSTANCE_GRID, None)
+        settings, score = choose_settings([calibrate_map(p, v.threshold) for p in probs], truths, grid, base,
+                                          spacings=[spacing] * len(probs))
         meta.update(instances=settings.to_dict(), val_instances_mean_ap=score)
         log.info("cells: seeded watershed with sigma %g, seed level %g, cells of at least %d %s (validation mean AP "
                  "%.4f)", settings.sigma, settings.seed_threshold, settings.min_size,
@@ -256,7 +255,7 @@ def calibrate_checkpoint(checkpoint: Path, val_items: list[LabelledImage], cfg: 
     save_model(model, checkpoint, **meta)
 
 
-#: The seeded watershed's settings tried on the validation images (`choose_instance_settings`).
+#: The seeded watershed's settings tried on the validation images (`instances.choose_settings`).
 #: min_size reaches 64 px: on DSB 2018 nuclei the choice sat at the old grid's edge (32) in every run.
 INSTANCE_GRID = {"sigma": (0.0, 1.0, 2.0, 3.0), "seed_threshold": (0.6, 0.7, 0.75, 0.8, 0.9),
                  "min_size": (0, 8, 16, 32, 48, 64)}
@@ -273,20 +272,4 @@ def choose_instance_settings(probs: list[np.ndarray], truths: list[np.ndarray], 
     the grid's settings replace the rest. Ties keep the first in grid order (the least
     smoothing and filtering).
     """
-    calibrated = [calibrate_map(p, threshold) for p in probs]
-    best, best_score = base, -1.0
-    for sigma in INSTANCE_GRID["sigma"]:
-        for seed in INSTANCE_GRID["seed_threshold"]:
-            labels = [dataclasses.replace(base, sigma=sigma, seed_threshold=seed, min_size=0).labels(c)
-                      for c in calibrated]
-            for min_size in INSTANCE_GRID["min_size"]:
-                score = _pooled_mean_ap([drop_small_cells(lab, min_size) for lab in labels], truths)
-                if score > best_score:
-                    best = dataclasses.replace(base, sigma=sigma, seed_threshold=seed, min_size=min_size)
-                    best_score = score
-    return best, best_score
-
-
-def _pooled_mean_ap(labels: list[np.ndarray], truths: list[np.ndarray]) -> float:
-    counts = metrics.pooled([metrics.cell_counts(t, lab) for lab, t in zip(labels, truths)])
-    return float(np.mean([c.ap for c in counts]))
+    return choose_settings([calibrate_map(p, threshold) for p in probs], truths, INSTANCE_GRID, base)
