@@ -3,9 +3,10 @@
 The layers are written beside the run folder (``RUN.data/images.tif`` and ``labels.tif``,
 one page per plane; a single 2D image is cut into four quarters, so that the last can
 validate; "volumes (3D)": ``RUN.data/images/`` and ``labels/``, OME-TIFF volumes with the
-layer's scale as voxel size, z planes nobody painted left out of the loss) and `training.train` runs them in napari's ``thread_worker``. The widget plots the
-run's metrics.csv (training and validation loss) every second while it trains. Stop asks the
-loop to stop as Ctrl-C does: the current step finishes and last.pt is written, so "resume"
+layer's scale as voxel size, z planes nobody painted left out of the loss) and
+`training.train` runs them in napari's ``thread_worker``. The widget plots the run's
+metrics.csv (training and validation loss) every second while it trains. Stop asks the loop
+to stop as Ctrl-C does: the current step finishes and last.pt is written, so "resume"
 continues the run exactly. "start from" is ``--init`` (fine-tuning), chosen as the Segment
 widget's model is (model_choice.py): none, a shipped model by name, a recent run, or a file.
 A finished run's best.pt joins every model list and becomes the Segment widgets' model.
@@ -80,7 +81,8 @@ def write_training_data(image_layer, labels_layer, folder: Path, volume: bool = 
 def _quarters(array: np.ndarray) -> np.ndarray:
     """(..., H, W) -> (4, ..., H/2, W/2): the four quarters in y and x, in reading order."""
     h, w = array.shape[-2] // 2, array.shape[-1] // 2
-    return np.stack([array[..., ys, xs] for ys in (slice(0, h), slice(h, 2 * h)) for xs in (slice(0, w), slice(w, 2 * w))])
+    halves_y, halves_x = (slice(0, h), slice(h, 2 * h)), (slice(0, w), slice(w, 2 * w))
+    return np.stack([array[..., ys, xs] for ys in halves_y for xs in halves_x])
 
 
 def _write_volumes(images: np.ndarray, labels: np.ndarray, folder: Path, voxel: tuple | None,
@@ -130,8 +132,9 @@ class TrainWidget(Container):
         self.resume = CheckBox(text="resume this run")
         self.start_button, self.stop_button = PushButton(text="Train"), PushButton(text="Stop", enabled=False)
         self.status = Label(value="")
-        super().__init__(widgets=[self.image_layer, self.labels_layer, self.dims, self.sparse, self.preset, *self.init.widgets, self.minutes,
-                                  self.run_folder, self.resume, self.start_button, self.stop_button, self.status])
+        super().__init__(widgets=[self.image_layer, self.labels_layer, self.dims, self.sparse, self.preset,
+                                  *self.init.widgets, self.minutes, self.run_folder, self.resume,
+                                  self.start_button, self.stop_button, self.status])
         self.overrides: dict = {}  # further TrainConfig fields (tests use a tiny net)
         self.worker, self.stop_event = None, threading.Event()
         self.plot = _LossPlot()
@@ -230,9 +233,6 @@ class _LossPlot:
     def follow(self, run: Path) -> None:
         self.run = run
         self.timer.start(1000)
-
-    def _show_sparse(self, choice: str) -> None:
-        self.sparse.visible = TRAIN_ON[choice] == 3
 
     def stop(self) -> None:
         self.timer.stop()
