@@ -24,7 +24,9 @@ What is written (`encode`):
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -235,10 +237,8 @@ class Predictor:
         voxel = voxel_size(source)
         result = self.predict(np.moveaxis(pages, 0, 1), target.suffix, name=source, progress=progress,
                               voxel_size=voxel)
-        try:
+        with _writing(target):
             write_volume(target, result, voxel or self.voxel_size)
-        except OSError as e:
-            raise UserInputError(f"{target}: cannot write ({e.strerror or e})") from e
         if bar is not None:
             bar.update(pages.shape[0])
 
@@ -345,7 +345,14 @@ def model_fingerprint(path: Path | None) -> str:
 
 
 def _write(target: Path, array: np.ndarray, axes: str | None) -> None:
-    try:
+    with _writing(target):
         write_image(target, array, axes=axes)
+
+
+@contextlib.contextmanager
+def _writing(target: Path) -> Iterator[None]:
+    """A failed write of ``target`` (no space, no permission) as one line for the user."""
+    try:
+        yield
     except OSError as e:
         raise UserInputError(f"{target}: cannot write ({e.strerror or e})") from e

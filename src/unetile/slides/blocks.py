@@ -85,14 +85,6 @@ class BlockGrid:
         """An image's block side (px); a volume's in-plane side."""
         return self.sizes[-1]
 
-    @property
-    def height(self) -> int:
-        return self.shape[-2]
-
-    @property
-    def width(self) -> int:
-        return self.shape[-1]
-
     def blocks(self) -> list[Block]:
         """Plane by plane, then along each axis (the last fastest)."""
         starts = [range(0, length, size) for length, size in zip(self.shape, self.sizes)]
