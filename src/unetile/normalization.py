@@ -37,13 +37,18 @@ class Normalization:
         """Per-channel (low, high) values of ``image`` (C, H, W) or a volume's (C, Z, Y, X);
         each array has shape (C,)."""
         c, spatial = image.shape[0], image.shape[1:]
-        if len(spatial) == 2:
-            step = max(1, math.ceil(math.sqrt(spatial[0] * spatial[1] / _MAX_SAMPLES)))
-        else:  # the same regular subsample, every step-th voxel along each axis
-            step = max(1, math.ceil((math.prod(spatial) / _MAX_SAMPLES) ** (1 / len(spatial))))
+        step = subsample_step(math.prod(spatial), _MAX_SAMPLES, len(spatial))
         sample = np.asarray(image[(slice(None), *(slice(None, None, step),) * len(spatial))]).reshape(c, -1)
         lo, hi = np.percentile(sample, [self.low, self.high], axis=1).astype(np.float32)
         return lo, hi
+
+
+def subsample_step(count: int, budget: int, dims: int) -> int:
+    """Take every step-th sample along each of ``dims`` axes to keep ``count`` samples to about
+    ``budget`` (1: all). Images take the square root, volumes the ``dims``-th root (kept apart:
+    a cube root of a square can round the other way, and 2D numbers must not move)."""
+    load = count / budget
+    return max(1, math.ceil(math.sqrt(load) if dims == 2 else load ** (1 / dims)))
 
 
 def apply_normalization(image: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserInputError, reading
-from ..normalization import Normalization
+from ..normalization import Normalization, subsample_step
 
 ZARR_SUFFIX = ".zarr"
 _MAX_SAMPLE_PIXELS = 4_000_000  # per plane or volume: as Normalization.statistics on images in memory
@@ -264,9 +264,7 @@ def sample_statistics(image: ChunkedImage, n: int, normalization: Normalization,
     """
     chunks = image.spatial_chunks
     grid = [math.ceil(length / c) for length, c in zip(image.shape[2:], chunks)]
-    load = math.prod(grid) * math.prod(chunks) / max_pixels
-    # sqrt for images, as before volumes (a cube root of a square can round the other way)
-    step = max(1, math.ceil(math.sqrt(load) if len(grid) == 2 else load ** (1 / len(grid))))
+    step = subsample_step(math.prod(grid) * math.prod(chunks), max_pixels, len(grid))
     parts = []
     for coords in itertools.product(*(range(0, g, step) for g in grid)):
         chunk = image.window(n, *(slice(i * c, (i + 1) * c) for i, c in zip(coords, chunks)))
