@@ -40,7 +40,10 @@ def start_training(data: Path, out: Path, dims: int, minutes: float, seed: int) 
     args = [*UNETILE, "train", "--data", str(data / "train"), "--val", str(data / "val"), "--dims", str(dims),
             "--time-limit", f"{minutes}m", "--seed", str(seed), "--out", str(out), "--overwrite"]
     log = open(out.with_suffix(".log"), "w")
-    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+    # One compute thread each: the two runs share two cores, and idle OpenMP threads spinning on an
+    # oversubscribed core would count as CPU time that trained nothing.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def wait_cpu(process: subprocess.Popen) -> float:

@@ -52,6 +52,14 @@ def choose_precision(precision: str, device: torch.device) -> str:
     return "bf16" if cpu_has_bf16() else "fp32"
 
 
+def uses_channels_last(precision: str, device: torch.device, spatial_dims: int = 2) -> bool:
+    """Whether a net runs in channels-last memory: at reduced precision, and volumes on a CPU in
+    fp32 too (oneDNN's Conv3d is ~1.4x faster channels-last there: a width-16 3D net's training
+    step on 2 x 48^3 tiles took 1.47 s instead of 2.07 s on one core; images keep the plain layout
+    in fp32, where it was not faster)."""
+    return precision in ("bf16", "fp16") or (spatial_dims == 3 and device.type == "cpu")
+
+
 def autocast(device: torch.device, precision: str):
     """The autocast context for ``precision`` ("fp32" disables autocast)."""
     if precision == "fp32":

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..device import choose_precision, resolve_device, use_fast_kernels
+from ..device import choose_precision, resolve_device, use_fast_kernels, uses_channels_last
 from ..distributed import Context
 from ..errors import UserInputError
 from ..io import label_dtype, match_channels_first, voxel_size, write_image, write_volume
@@ -171,8 +171,8 @@ class Predictor:
 
     @property
     def channels_last(self) -> bool:
-        """The net runs channels-last at reduced precision (see `inference_model`)."""
-        return self.precision != "fp32"
+        """The net runs channels-last (see `inference_model` and `device.uses_channels_last`)."""
+        return uses_channels_last(self.precision, self.device, self.spatial_dims)
 
     def batch_size(self, tile: int | tuple[int, ...]) -> int:
         """Tiles per forward pass: ``options.batch_size``, else what fits the device."""
@@ -271,9 +271,11 @@ def inference_model(model: UNet, precision: str = "fp32") -> UNet:
     fast = fold_batch_norm(model)
     if precision in ("bf16", "fp16"):
         fast = fast.to(torch.bfloat16 if precision == "bf16" else torch.float16)
-        volumes = getattr(model.config, "spatial_dims", 2) == 3
-        fast = fast.to(memory_format=torch.channels_last_3d if volumes else torch.channels_last)
-    return fast.to(next(model.parameters()).device)
+    device = next(model.parameters()).device
+    dims = getattr(model.config, "spatial_dims", 2)
+    if uses_channels_last(precision, device, dims):
+        fast = fast.to(memory_format=torch.channels_last_3d if dims == 3 else torch.channels_last)
+    return fast.to(device)
 
 
 def compiled(model: UNet, device: torch.device) -> torch.nn.Module:

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .. import __version__, distributed
-from ..device import choose_precision
+from ..device import choose_precision, uses_channels_last
 from ..errors import UserInputError
 from ..nn.checkpoint import load_payload
 from ..nn.geometry import anisotropic_plan
@@ -67,7 +67,7 @@ class Run:
 
     @property
     def channels_last(self) -> bool:
-        return self.precision in ("bf16", "fp16")
+        return uses_channels_last(self.precision, self.device, self.cfg.dims)
 
 
 def build_run(cfg: TrainConfig, folder: Path, ctx: distributed.Context, device: torch.device) -> Run:
@@ -94,7 +94,7 @@ def build_run(cfg: TrainConfig, folder: Path, ctx: distributed.Context, device: 
         load_initial_weights(raw, Path(cfg.init))
     tile, out_size = tile_shape(raw, cfg.tile_size)
     raw.to(device)
-    if precision in ("bf16", "fp16"):
+    if uses_channels_last(precision, device, cfg.dims):
         raw.to(memory_format=memory_format(cfg.dims))
     optimizer = build_optimizer(cfg, raw)
     ema = weight_average(raw, cfg.ema) if cfg.ema > 0 else None

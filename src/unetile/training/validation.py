@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .. import distributed
+from ..device import uses_channels_last
 from ..errors import UserInputError
 from ..evaluation import metrics
 from ..evaluation.metrics.common import prediction_labels, truth_labels
@@ -104,13 +105,15 @@ def refresh_batch_norm(model: torch.nn.Module, dataset, batch_size: int, device:
 def validation_maps(model: UNet, items, cfg: TrainConfig, precision: str, tta: bool = False,
                     input_shift: tuple[float, float] = (0.0, 0.0)) -> list[ValidationMap]:
     """Predict whole validation images as `unetile predict` does -> a `ValidationMap` each."""
+    device = next(model.parameters()).device
     out = []
     for it in items:
         # Volumes: tiles up to VALIDATION_TILE a side (the predictor's default keeps 32 of a same-padding
         # depth-3 net's 128 in-plane voxels: 69 Mvoxel computed for PlantSeg's 1 Mvoxel volumes, not 6).
         tile = default_tile_shape(model, it.classes.shape, VALIDATION_TILE) if it.classes.ndim == 3 else None
         p = predict_tiled(model, it.image, tile_size=tile, batch_size=cfg.batch_size, tta=tta, flips=cfg.flips,
-                          precision=precision, channels_last=precision != "fp32", input_shift=input_shift)
+                          precision=precision, input_shift=input_shift,
+                          channels_last=uses_channels_last(precision, device, it.classes.ndim))
         if not np.isfinite(p).all():
             raise UserInputError("the predictions became non-finite (the weights diverged); the last good state is "
                                  "last.pt in the run folder: lower --lr")
@@ -230,7 +233,7 @@ def calibrate_checkpoint(checkpoint: Path, val_items: list[LabelledImage], cfg: 
     checkpoint. Sparse labels (not-annotated pixels) leave cells as they are: unlabelled cells
     would count as false ones."""
     model, meta = load_model(checkpoint, device)
-    if precision != "fp32":
+    if uses_channels_last(precision, device, model.config.spatial_dims):
         model.to(memory_format=memory_format(model.config.spatial_dims))
     maps = validation_maps(model, val_items, cfg, precision, tta=tta, input_shift=input_shift)
     v = score_validation(maps)
