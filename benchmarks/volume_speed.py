@@ -9,6 +9,10 @@ Rows, all on one volume (default 96 x 320 x 320 voxels, isotropic) with the pape
 - ``predict_tiled bf16``: what `unetile predict` runs on a CPU with bf16 (`inference_model`:
   BatchNorm folded, bf16 weights, channels_last_3d), the default tile shape; only where the CPU
   has bf16 (`device.choose_precision`), since emulated bf16 is far slower than fp32;
+- ``MONAI sliding window``: MONAI's ``sliding_window_inference`` (roi 128^3, overlap 0.25,
+  gaussian) with the same weights in a same-padding twin, as `unetile benchmark` runs it in 2D:
+  not the same function (zero padding at every window's faces, blended), so no difference is
+  shown; its speed is what a MONAI user of this net would get;
 - ``limit``: the net's FLOPs per output voxel (torch.utils.flop_counter, marginal between two
   large tiles, so no border waste) over the machine's measured matmul peak at the fast path's
   precision: no tiling can beat it on this CPU. The 2D path reaches 91-93% of its own limit
@@ -20,6 +24,7 @@ Prints a table (and the machine's load average, which shared cores make worth st
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -27,8 +32,8 @@ import time
 import numpy as np
 import torch
 
-from unetile.device import choose_precision
-from unetile.inference.benchmark import peak_flops
+from unetile.device import choose_precision, uses_channels_last
+from unetile.inference.benchmark import monai_predict, peak_flops
 from unetile.inference.layout import default_tile_shape
 from unetile.inference.predictor import inference_model
 from unetile.inference.tiling import default_batch_size, predict_tiled
@@ -60,12 +65,31 @@ def timed_prediction(model: UNet, volume: np.ndarray, precision: str) -> tuple[f
     net = inference_model(model, precision)
     tile = default_tile_shape(net, volume.shape)
     batch = default_batch_size(net, tile, precision)
+    channels_last = uses_channels_last(precision, torch.device("cpu"), 3)
     small = volume[: tile[0], : tile[1], : tile[2]]
-    predict_tiled(net, small, tile_size=tile, precision=precision, channels_last=precision != "fp32")  # warm-up
+    predict_tiled(net, small, tile_size=tile, precision=precision, channels_last=channels_last)  # warm-up
     t0 = time.perf_counter()
     prob = predict_tiled(net, volume, tile_size=tile, batch_size=batch, precision=precision,
-                         channels_last=precision != "fp32")
+                         channels_last=channels_last)
     return time.perf_counter() - t0, prob, tile
+
+
+def timed_monai(model: UNet, volume: np.ndarray, roi: int) -> float | None:
+    """Seconds of MONAI's ``sliding_window_inference`` (windows of ``roi``^3, overlap 0.25,
+    gaussian blending, one at a time) with the same-padding twin of ``model`` (same weights, fp32,
+    channels-last as ours), after a warm-up window; None where MONAI is not installed."""
+    try:
+        import monai  # noqa: F401
+    except ImportError:
+        print("monai is not installed: pip install monai (skipping its row)")
+        return None
+    twin = UNet(config=dataclasses.replace(model.config, padding="same")).eval()
+    twin.load_state_dict(model.state_dict())
+    twin = inference_model(twin, "fp32")
+    monai_predict(twin, volume[:roi, :roi, :roi], roi, batch=1)  # warm-up
+    t0 = time.perf_counter()
+    monai_predict(twin, volume, roi, batch=1)
+    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -73,6 +97,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a 48 x 160 x 160 volume")
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--shape", default=None, help="Z,Y,X of the volume (default 96,320,320)")
+    parser.add_argument("--monai-roi", type=int, default=128, help="MONAI's window (voxels per axis)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     shape = tuple(int(v) for v in args.shape.split(",")) if args.shape else (
@@ -89,6 +114,11 @@ def main() -> None:
         reference = prob if reference is None else reference
         rows.append({"method": f"predict_tiled {precision}", "seconds": seconds, "mvox_per_s": mvox / seconds,
                      "tile": list(tile), "max_abs_diff_vs_fp32": diff})
+    seconds = timed_monai(model, volume, args.monai_roi)
+    if seconds is not None:
+        rows.append({"method": f"MONAI sliding window (same-padding twin, fp32, roi {args.monai_roi})",
+                     "seconds": seconds, "mvox_per_s": mvox / seconds, "tile": [args.monai_roi] * 3,
+                     "max_abs_diff_vs_fp32": None})
     per_voxel = flops_per_output_voxel(model)
     peak = peak_flops(torch.bfloat16 if fast == "bf16" else torch.float32)
     rows.append({"method": f"limit ({fast} matmul peak)", "seconds": per_voxel * volume.size / peak,

@@ -11,9 +11,10 @@ workers, from ``os.wait4``) is recorded and printed, the honest clock where core
   plan, physical weight map and elastic deformation), ``unetile predict --instances``: 3D cells;
 - ``2d``: ``unetile train --dims 2`` on the planes of the same volumes, ``unetile predict`` of
   the validation volume plane by plane; its cells two ways: ``2d planes`` (``--instances``, cells
-  cut in each plane: a 3D object becomes one cell per plane) and ``2d map + 3D cells`` (the
+  cut in each plane: a 3D object becomes one cell per plane) and ``2d map + tuned 3D cells`` (the
   planes' probability maps stacked and cut by the same 3D watershed as the 3D model's, with the
-  volume's voxel size: the strongest plane-by-plane baseline).
+  volume's voxel size, its settings chosen on the validation volumes as `unetile train` chooses
+  the 3D model's (`volume_cells.py`): the strongest plane-by-plane baseline).
 
 Every prediction is scored with ``unetile evaluate --dims 3`` on the validation labels (3D
 objects: AP@0.5, AP@0.75, mean AP, VOI split / merge); a table with mean and spread is printed
@@ -26,14 +27,14 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-UNETILE = [sys.executable, "-m", "unetile", "-q"]
-ROWS = ("3d", "2d planes", "2d map + 3D cells")
+from volume_cells import UNETILE, score, summary_table, write_cells
+
+ROWS = ["3d", "2d planes", "2d map + tuned 3D cells"]
 
 
 def start_training(data: Path, out: Path, dims: int, minutes: float, seed: int) -> subprocess.Popen:
@@ -59,25 +60,11 @@ def run(*args: str) -> None:
     subprocess.run([*UNETILE, *args], check=True)
 
 
-def planes_map_to_cells(map_path: Path, model: Path, volume: Path, out: Path) -> None:
-    """The 2D model's stacked calibrated maps -> cells by the 3D watershed with the volume's voxel size."""
-    from unetile.inference.instances import DEFAULT_METHOD, InstanceSettings
-    from unetile.io import label_dtype, read_image, voxel_size, write_volume
-    from unetile.nn.checkpoint import load_payload
+def stacked_planes(maps: Path) -> dict[str, np.ndarray]:
+    """The 2D model's calibrated maps of each volume's planes, stacked -> {name: (Z, Y, X) probabilities}."""
+    from unetile.io import read_image
 
-    settings = InstanceSettings.from_metadata(DEFAULT_METHOD, load_payload(model).get("metadata", {}))
-    stacked = read_image(map_path)[:, 0]  # (Z, Y, X) calibrated probabilities
-    voxel = voxel_size(volume)
-    cells = settings.labels(stacked[None], 0.5, spacing=voxel)
-    write_volume(out, cells.astype(label_dtype(cells)), voxel)
-
-
-def score(pred: Path, labels: Path, json_path: Path) -> dict:
-    run("evaluate", "--pred", str(pred), "--labels", str(labels), "--dims", "3", "--json", str(json_path))
-    result = json.loads(json_path.read_text())
-    pooled = result["objects"]["pooled"]
-    return {"ap_50": pooled["ap_50"], "ap_75": pooled["ap_75"], "mean_ap": pooled["mean_ap"],
-            "voi_split": result["mean"]["voi_split"], "voi_merge": result["mean"]["voi_merge"]}
+    return {path.name: read_image(path)[:, 0] for path in sorted(maps.glob("*.tif"))}
 
 
 def one_seed(data: Path, out: Path, minutes: float, seed: int) -> dict:
@@ -95,26 +82,12 @@ def one_seed(data: Path, out: Path, minutes: float, seed: int) -> dict:
     maps = out / f"seed{seed}_maps_2d"
     run("predict", "--model", str(runs[2] / "best.pt"), "--input", str(val_images), "--out", str(maps),
         "--format", "tif", "--overwrite")
-    preds["2d map + 3D cells"].mkdir(exist_ok=True)
-    for volume in sorted(val_images.glob("*.tif")):
-        planes_map_to_cells(maps / volume.name, runs[2] / "best.pt", volume, preds["2d map + 3D cells"] / volume.name)
+    write_cells(stacked_planes(maps), val_images, val_labels, preds["2d map + tuned 3D cells"], "tuned")
     scores = {name: score(preds[name], val_labels, out / f"seed{seed}_{name.replace(' ', '_')}.json")
               for name in ROWS}
     for name in ROWS:
         scores[name]["cpu_minutes"] = cpu[3 if name == "3d" else 2] / 60
     return {"seed": seed, "wall_minutes": wall / 60, "scores": scores}
-
-
-def summary_table(results: list[dict]) -> str:
-    keys = ("ap_50", "ap_75", "mean_ap", "voi_split", "voi_merge", "cpu_minutes")
-    lines = ["| model | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
-    for name in ROWS:
-        cells = []
-        for key in keys:
-            values = np.array([r["scores"][name][key] for r in results])
-            cells.append(f"{values.mean():.3f} ± {values.std():.3f}" if len(values) > 1 else f"{values[0]:.3f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def main() -> None:
@@ -133,7 +106,7 @@ def main() -> None:
         (out / "summary.json").write_text(json.dumps({"minutes": args.minutes, "results": results}, indent=1))
     print(f"\n{args.data}, {args.minutes} wall-minutes per run, two runs side by side, "
           f"seeds {args.seeds}; mean ± std over seeds\n")
-    print(summary_table(results))
+    print(summary_table(results, ROWS))
 
 
 if __name__ == "__main__":

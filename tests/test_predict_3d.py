@@ -1,6 +1,9 @@
 """`unetile predict` and `Predictor` on volumes with a 3D net: the whole stack is one volume,
 written as an OME-TIFF with the input's voxel size; 2D models keep segmenting stacks by plane."""
 
+import itertools
+import math
+
 import numpy as np
 import pytest
 import tifffile
@@ -8,6 +11,8 @@ import torch
 
 from unetile import save_model
 from unetile.cli import main
+from unetile.errors import UserInputError
+from unetile.inference.layout import default_tile_shape, tile_layout
 from unetile.inference.predictor import Predictor, PredictOptions, calibrate
 from unetile.inference.tiling import predict_tiled
 from unetile.io import read_image, voxel_size, write_volume
@@ -78,3 +83,28 @@ def test_one_plane_for_a_3d_model_is_refused_in_one_line(tmp_path, model_3d, rng
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "flat.tif" in err[0] and "one plane" in err[0]
     assert not (tmp_path / "o" / "flat.tif").exists()
+
+
+@pytest.mark.parametrize("shape", [(9, 30, 26), (40, 150, 90), (70, 70, 70)])
+def test_default_volume_tile_computes_the_fewest_voxels_under_its_cap(shape):
+    """The tool's 3D tile against every valid (z, y = x) tile under the cap, by brute force."""
+    net, cap = _net_3d(), 36 * 48 * 48
+
+    def computed(tile):
+        tiles = math.prod(len(tile_layout(net, length, size, axis).origins)
+                          for length, size, axis in zip(shape, tile, (-3, -2, -1)))
+        return tiles * math.prod(tile)
+
+    def valid(axis):
+        return sorted({net.valid_input_size(n, "up", axis) for n in range(1, 200)})
+
+    candidates = []
+    for z, s in itertools.product(valid(-3), valid(-1)):
+        try:
+            if z * s * s <= cap:
+                candidates.append((computed((z, s, s)), (z, s, s)))
+        except UserInputError:  # keeps less than a pooling grid
+            pass
+    tile = default_tile_shape(net, shape, cap)
+    assert math.prod(tile) <= cap and tile[1] == tile[2]
+    assert computed(tile) == min(candidates)[0]

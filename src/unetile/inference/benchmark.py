@@ -91,13 +91,15 @@ def reference_predict(model: UNet, image: np.ndarray, tile: int = 572) -> np.nda
     return out
 
 
-def monai_predict(twin: UNet, image: np.ndarray) -> np.ndarray:
+def monai_predict(twin: UNet, image: np.ndarray, roi: int = 512, batch: int = 4) -> np.ndarray:
+    """MONAI's sliding window over an image (H, W) or a volume (Z, Y, X): windows of ``roi`` px
+    per axis, ``batch`` at a time -> probabilities (C, ...)."""
     from monai.inferers import sliding_window_inference
 
     device = next(twin.parameters()).device
     with torch.inference_mode():
         x = torch.from_numpy(image.astype(np.float32))[None, None].to(device)
-        y = sliding_window_inference(x, roi_size=512, sw_batch_size=4, predictor=lambda t: probabilities(twin(t)),
+        y = sliding_window_inference(x, roi_size=roi, sw_batch_size=batch, predictor=lambda t: probabilities(twin(t)),
                                      overlap=0.25, mode="gaussian", padding_mode="reflect")
     return y[0].cpu().numpy()
 

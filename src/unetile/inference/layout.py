@@ -13,7 +13,7 @@ from ..errors import UserInputError
 
 DEFAULT_TILE_SIZE = 572  # the paper's tile; rounded to the nearest valid size of each net
 MAX_DEFAULT_TILE = 892  # largest tile the tool picks by itself (memory: ~0.5 GB per tile at width 64, bf16)
-MAX_VOLUME_TILE = 132  # px per axis of a 3D tile the tool picks by itself (132^3 voxels ~ 572^2 x 7 px)
+VOLUME_TILE_BYTES = 2**32  # estimated activations of the largest 3D tile the tool picks (measured: 3.2 GB in use, width 16 fp32)
 
 
 @dataclass(frozen=True)
@@ -87,19 +87,60 @@ def default_tile_size(model_like, height: int, width: int, max_tile: int = MAX_D
     return best if best is not None else model_like.valid_input_size(DEFAULT_TILE_SIZE)
 
 
-def default_tile_shape(model_like, shape: tuple[int, ...], max_tile: int = MAX_VOLUME_TILE) -> tuple[int, ...]:
-    """A volume's tile (px per axis): per axis the smallest valid size whose kept output
-    covers the axis, at most about ``max_tile``; y and x alike (so that in-plane rotations
-    (TTA) keep a tile's shape)."""
+def default_tile_shape(model_like, shape: tuple[int, ...], max_voxels: int | None = None) -> tuple[int, ...]:
+    """A volume's tile (px per axis): the valid sizes that compute the fewest input voxels in all
+    (tiles x tile voxels, with the layout `predict_tiled` will really use), a tile at most
+    ``max_voxels`` (default `max_tile_voxels`); y and x alike, so that in-plane rotations (TTA)
+    keep a tile's shape.
+
+    Large tiles matter more in 3D than in 2D: a depth-3 net's halo is lost on every face, so a
+    132^3 tile of a same-padding net keeps 36^3 of it, a 200^3 tile 104^3 (6x less waste).
+    """
+    cap = max_voxels or max_tile_voxels(model_like)
+    z_sizes = _useful_sizes(model_like, shape[-3], -3)
+    plane_sizes = _useful_sizes(model_like, max(shape[-2:]), -1)
+    best, best_cost = (z_sizes[0], plane_sizes[0], plane_sizes[0]), math.inf
+    for z in z_sizes:
+        if z * plane_sizes[0] ** 2 > cap:
+            break
+        nz = len(tile_layout(model_like, shape[-3], z, -3).origins)
+        for s in plane_sizes:
+            if z * s * s > cap:
+                break
+            count = nz * len(tile_layout(model_like, shape[-2], s, -2).origins) * len(
+                tile_layout(model_like, shape[-1], s, -1).origins)
+            if count * z * s * s < best_cost:
+                best, best_cost = (z, s, s), count * z * s * s
+    return best
+
+
+def _useful_sizes(model_like, length: int, axis: int) -> list[int]:
+    """The valid tile sizes along ``axis`` that keep at least a pooling grid of output, up to
+    the first whose kept output covers ``length`` px (a larger one only computes more)."""
     sizes = []
-    for axis, length in zip(range(-len(shape), 0), shape):
-        n = model_like.valid_input_size(1, "up", axis)
-        cap = max(n, model_like.valid_input_size(max_tile, "down", axis))
-        while n < cap and _context_and_kept(model_like, n, axis)[1] < length:
-            n = model_like.valid_input_size(n + 1, "up", axis)
-        sizes.append(n)
-    sizes[-2:] = [max(sizes[-2:])] * 2
-    return tuple(sizes)
+    n = model_like.valid_input_size(1, "up", axis)
+    while True:
+        kept = _context_and_kept(model_like, n, axis)[1]
+        if kept >= model_like.grid(axis) or kept >= length:
+            sizes.append(n)
+        if kept >= length:
+            return sizes
+        n = model_like.valid_input_size(n + 1, "up", axis)
+
+
+def max_tile_voxels(model_like) -> int:
+    """The voxels of the largest 3D tile the tool picks by itself: `VOLUME_TILE_BYTES` of
+    activations, estimated as `activation_bytes` does in fp32 (width 16: 203^3, width 32: 161^3;
+    measured: a 200^3 tile of a width-16 net took 3.2 GB of resident memory in fp32)."""
+    return int(VOLUME_TILE_BYTES // activation_bytes(model_like, 1, "fp32"))
+
+
+def activation_bytes(model_like, samples: int, precision: str) -> int:
+    """Estimated activation memory of one tile of ``samples`` px (voxels): 8 full-resolution maps
+    of ``width`` channels. Measured: one 876-px tile of the paper's net (width 64) costs ~0.45 GB
+    of resident memory in bf16; the estimate is a little above that."""
+    width = getattr(model_like.config, "width", 64)
+    return 8 * width * samples * (2 if precision in ("bf16", "fp16") else 4)
 
 
 def _context_and_kept(model_like, tile_size: int, axis: int = -1) -> tuple[int, int]:

@@ -34,7 +34,7 @@ from ..device import autocast
 from ..errors import UserInputError
 from ..nn.model import UNet, probabilities
 from ..normalization import Normalization
-from .layout import TileLayout, default_tile_shape, default_tile_size, tile_layout
+from .layout import TileLayout, activation_bytes, default_tile_shape, default_tile_size, tile_layout
 from .tile_io import Position, TileWriter, tile_positions, tile_reader
 
 def predict_tiled(
@@ -218,15 +218,11 @@ def default_batch_size(model_like, tile_size: int | tuple[int, ...], precision: 
     """Tiles per forward pass that keep the activations within the device's budget.
 
     ``tile_size``: a square tile's side (px), or a tile's size per axis (a 3D tile's voxels).
-    On a CPU: 1.5 GB, 1-8 tiles (more gains nothing there). Measured here: one 876-px tile
-    of the paper's net (width 64) costs ~0.45 GB of resident memory in bf16; the estimate
-    below (8 full-resolution maps of ``width`` channels per tile) is a little above that,
-    so the budget holds. On CUDA: half the free device memory, 1-32 tiles.
+    On a CPU: 1.5 GB (`layout.activation_bytes` per tile), 1-8 tiles (more gains nothing
+    there). On CUDA: half the free device memory, 1-32 tiles.
     """
-    width = getattr(model_like.config, "width", 64)
-    element = 2 if precision in ("bf16", "fp16") else 4
     samples = tile_size**2 if isinstance(tile_size, int) else int(np.prod(tile_size))
-    per_tile = 8 * width * samples * element
+    per_tile = activation_bytes(model_like, samples, precision)
     if device is not None and device.type == "cuda":
         budget, most = 0.5 * torch.cuda.mem_get_info(device)[0], 32
     else:

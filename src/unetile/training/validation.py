@@ -26,7 +26,6 @@ from ..evaluation.metrics.pixel import fiji_prf
 from ..evaluation.metrics.rand import foreground_restricted_rand
 from ..inference.instances import DEFAULT_METHOD, VOLUME_GRID, InstanceSettings, choose_settings
 from ..inference.predictor import calibrate_map
-from ..inference.layout import default_tile_shape
 from ..inference.tiling import predict_tiled
 from ..nn.checkpoint import load_model, save_model
 from ..nn.model import UNet
@@ -38,7 +37,6 @@ from .weights import background_skeleton
 log = logging.getLogger(__name__)
 
 THRESHOLDS = tuple(round(0.01 * i, 2) for i in range(1, 100))
-VALIDATION_TILE = 224  # px per axis at most of a validation volume's tiles (a 224^3 tile of width 16: ~3 GB)
 
 
 @dataclass
@@ -108,10 +106,7 @@ def validation_maps(model: UNet, items, cfg: TrainConfig, precision: str, tta: b
     device = next(model.parameters()).device
     out = []
     for it in items:
-        # Volumes: tiles up to VALIDATION_TILE a side (the predictor's default keeps 32 of a same-padding
-        # depth-3 net's 128 in-plane voxels: 69 Mvoxel computed for PlantSeg's 1 Mvoxel volumes, not 6).
-        tile = default_tile_shape(model, it.classes.shape, VALIDATION_TILE) if it.classes.ndim == 3 else None
-        p = predict_tiled(model, it.image, tile_size=tile, batch_size=cfg.batch_size, tta=tta, flips=cfg.flips,
+        p = predict_tiled(model, it.image, batch_size=cfg.batch_size, tta=tta, flips=cfg.flips,
                           precision=precision, input_shift=input_shift,
                           channels_last=uses_channels_last(precision, device, it.classes.ndim))
         if not np.isfinite(p).all():
