@@ -29,8 +29,14 @@ restarts the optimiser, the schedule and ``np.random.seed(epoch)`` on every call
 that warm-up rate 0) times a step (``train_seg``'s preparation of the data timed apart); the run
 then gets ``n_epochs`` = the epochs that fit in what is left of the clock, and one ``train_seg``
 call trains them with Cellpose's own schedule. The probe's time is part of the clock; where not
-even one epoch fits (a smoke test), one epoch of the batches that fit is trained, at rate 0. The real training may end a little before or after the
-clock; ``log.json`` says when it did.
+even one epoch fits (a smoke test), one epoch of the batches that fit is trained, at rate 0. The
+real training may end a little before or after the clock (its validation passes are not in the
+estimate); ``log.json`` says when it did.
+
+Mind the scale on a CPU: a step (8 crops of 224x224) took about 24 s on one thread here, and an
+epoch is about 45 steps, so a 15-minute clock trains a couple of epochs, all inside Cellpose's
+10-epoch warm-up (the rate climbs from 0): the recipe is made for a GPU. That is the honest
+result of its defaults at this clock; ``log.json`` records the epochs and the step time.
 
 Seeds: ``train_seg`` reseeds NumPy with the epoch number every epoch, so the seed changes the
 initial weights (``torch.manual_seed``) and not the order of the images or the crops.

@@ -13,6 +13,8 @@ DSB 2018 nuclei), the choices stated:
   (U-Net of depth 3 with 32 filters, 256x256 patches, batch 4, Adam 3e-4, 100 steps an epoch,
   validation on 72 patches of the validation images each epoch, the weights with the lowest
   validation loss kept, the rate halved after 40 epochs without progress); no weights loaded;
+  TensorBoard logging off (``train_tensorboard=False``: the venv has no tensorboard package, and
+  the logs change nothing in training);
 - augmentation: the notebook's ``augmenter``: random flips and 90-degree rotations, a random
   intensity scale (0.6 to 2) and shift (-0.2 to 0.2), Gaussian noise of sigma up to 0.02;
 - clock: training runs the config's 400 epochs unless a Keras callback stops it when the clock
@@ -106,7 +108,9 @@ def main() -> None:
     tf.keras.utils.set_random_seed(args.seed)
     X, Y = read_pairs(args.train)
     X_val, Y_val = read_pairs(args.val)
-    model = StarDist2D(Config2D(n_rays=32, grid=(2, 2), n_channel_in=1), name="stardist", basedir=str(args.out))
+    # TensorBoard logging off: it changes no training, costs time, and needs the tensorboard package
+    config = Config2D(n_rays=32, grid=(2, 2), n_channel_in=1, train_tensorboard=False)
+    model = StarDist2D(config, name="stardist", basedir=str(args.out))
     model.prepare_for_training()
     deadline = Deadline(started + 60 * args.minutes)
     model.callbacks.append(deadline)
