@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cpu_clock import wait_cpu
 from nuclei_recipes import hashed_names, link_pairs
 
 UNETILE = [sys.executable, "-m", "unetile"]
@@ -84,15 +85,6 @@ def thread_env(threads: int) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n,
             "NUMBA_NUM_THREADS": n, "TF_NUM_INTRAOP_THREADS": n, "TF_NUM_INTEROP_THREADS": "1",
             "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-
-
-def wait_cpu(process: subprocess.Popen) -> float:
-    """Wait for ``process``; its CPU seconds (user + system, its waited-for children included)."""
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise RuntimeError(f"{process.args} failed ({process.returncode}); see its train.log")
-    return usage.ru_utime + usage.ru_stime
 
 
 def train_peer(python: Path, peer: str, split: dict[str, Path], folder: Path, minutes: float, seed: int,

@@ -44,7 +44,6 @@ initial weights (``torch.manual_seed``) and not the order of the images or the c
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -55,6 +54,8 @@ import numpy as np
 import tifffile
 import torch
 from cellpose import dynamics, io, models, train
+
+from peer_args import peer_arguments
 
 # The CLI's from-scratch defaults (cellpose 3.1 `python -m cellpose --help`).
 LEARNING_RATE, WEIGHT_DECAY, BATCH, MIN_MASKS, DIAM_MEAN = 0.2, 1e-5, 8, 5, 30.0
@@ -128,15 +129,7 @@ def predict(model_path: Path, test: Path, out: Path) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=Path, required=True, help="images/ and labels/")
-    parser.add_argument("--val", type=Path, required=True, help="images/ and labels/")
-    parser.add_argument("--test", type=Path, required=True, help="a folder of images")
-    parser.add_argument("--minutes", type=float, default=15.0, help="wall clock from start to the end of training")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    args = peer_arguments(__doc__.splitlines()[0])
     started = time.time()
     deadline = started + 60 * args.minutes
     torch.set_num_threads(args.threads)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import tifffile
 
+from cpu_clock import wait_cpu
 from volume_cells import score, summary_table, write_cells
 
 ROWS = ["MONAI UNet + components", "MONAI UNet + tuned 3D cells"]
@@ -49,14 +50,6 @@ def start_peer(python: Path, data: Path, out: Path, minutes: float, seed: int) -
     log = open(out / "train.log", "w")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one compute thread per run: two runs share two cores
     return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
-
-
-def wait_cpu(process: subprocess.Popen) -> float:
-    """Wait for ``process``; its CPU seconds (user + system, its waited-for children included)."""
-    _, status, usage = os.wait4(process.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{process.args} failed; see its train.log")
-    return usage.ru_utime + usage.ru_stime
 
 
 def cells_and_scores(data: Path, run: Path, seed: int, cpu_seconds: float) -> dict:

@@ -26,7 +26,6 @@ DSB 2018 nuclei), the choices stated:
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -38,6 +37,8 @@ from csbdeep.utils import normalize
 from skimage.io import imread
 from stardist import fill_label_holes
 from stardist.models import Config2D, StarDist2D
+
+from peer_args import peer_arguments
 
 
 class Deadline(tf.keras.callbacks.Callback):
@@ -92,15 +93,7 @@ def predict(model: StarDist2D, test: Path, out: Path) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=Path, required=True, help="images/ and labels/")
-    parser.add_argument("--val", type=Path, required=True, help="images/ and labels/")
-    parser.add_argument("--test", type=Path, required=True, help="a folder of images")
-    parser.add_argument("--minutes", type=float, default=15.0, help="wall clock from start to the end of training")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    args = peer_arguments(__doc__.splitlines()[0])
     started = time.time()
     # before any TensorFlow op: one pool of --threads for the ops, none running beside it
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cpu_clock import wait_cpu
 from volume_cells import UNETILE, score, summary_table, write_cells
 
 ROWS = ["3d", "2d planes", "2d map + tuned 3D cells"]
@@ -45,15 +46,6 @@ def start_training(data: Path, out: Path, dims: int, minutes: float, seed: int) 
     # oversubscribed core would count as CPU time that trained nothing.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
-
-
-def wait_cpu(process: subprocess.Popen) -> float:
-    """Wait for ``process``; its CPU seconds (user + system, its waited-for children included)."""
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise RuntimeError(f"{process.args} failed ({process.returncode}); see its log")
-    return usage.ru_utime + usage.ru_stime
 
 
 def run(*args: str) -> None:

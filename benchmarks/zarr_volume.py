@@ -10,15 +10,17 @@ memory is not the client's); the model is a He-initialised width-4 3D net of dep
 anisotropic plan of that voxel size (the speed and memory of the block path are measured, not
 the segmentation). Each run writes uint8 masks (``--threshold 0.5``) with the tool's defaults
 otherwise: a volume's blocks hold as many voxels as a 2048-px image block (161 a side, rounded
-to tile strides), tiles of at most ~132 voxels a side, the batch from the CPU's 1.5 GB budget.
+to tile strides), tiles by `layout.default_tile_shape`, the batch from the CPU's 1.5 GB budget.
 Worker peaks come from ``ru_maxrss`` in each worker process (a fresh cluster per volume); the
 client's is its own ``ru_maxrss`` (percentiles, the pyramid). One run at a time.
 
 What to expect: a worker holds one block (its read window, the uint8 output box) and one batch
-of tiles (at most 132 voxels a side, 5 a batch for this net), so its peak grows with the volume
-only while a whole z fits in one block and one tile (z up to ~132-161), and is flat beyond.
-Measured on 2 shared cores (2 workers, fp32): 639 MB at 32x512x512, 799 at 64x1024x1024, then
-1136-1191 MB from 128x1024x1024 to 512x512x512 and 192x1024x1024 (201 Mvoxel, 0.25-0.4 Mvoxel/s).
+of tiles (at most `layout.VOLUME_TILE_BYTES` of estimated activations), so its peak grows with
+the volume only while a whole z fits in one block and one tile, and is flat beyond. Measured on
+2 shared cores (2 workers, fp32) with the earlier tile rule (at most 132 voxels a side, 5 a
+batch for this net): 639 MB at 32x512x512, 799 at 64x1024x1024, then 1136-1191 MB from
+128x1024x1024 to 512x512x512 and 192x1024x1024 (201 Mvoxel, 0.25-0.4 Mvoxel/s); the current
+rule picks larger tiles (less halo computed), so a worker's flat level is higher: re-measure.
 """
 
 from __future__ import annotations
