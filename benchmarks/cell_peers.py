@@ -47,6 +47,7 @@ import numpy as np
 
 from cpu_clock import wait_cpu
 from nuclei_recipes import hashed_names, link_pairs
+from peer_venv import ensure_venv
 
 UNETILE = [sys.executable, "-m", "unetile"]
 HERE = Path(__file__).parent
@@ -55,15 +56,6 @@ PEERS = {"cellpose": HERE / "cellpose_peer.py", "stardist": HERE / "stardist_pee
 PACKAGES = {"cellpose": ["torch==2.13.0", "cellpose<4", "tifffile"],
             "stardist": ["tensorflow-cpu", "stardist", "tifffile"]}
 KEYS = ("ap_50", "ap_75", "mean_ap", "pq", "f1_50", "merged", "split", "cpu_minutes", "train_cpu_minutes")
-
-
-def ensure_venv(venv: Path, packages: list[str]) -> Path:
-    """The venv's python, the venv created with ``packages`` first where it is missing."""
-    python = venv / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *packages], check=True)
-    return python
 
 
 def make_split(data: Path, out: Path, n_test: int) -> dict[str, Path]:

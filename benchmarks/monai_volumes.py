@@ -22,25 +22,16 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import tifffile
 
 from cpu_clock import wait_cpu
+from peer_venv import ensure_venv
 from volume_cells import score, summary_table, write_cells
 
 ROWS = ["MONAI UNet + components", "MONAI UNet + tuned 3D cells"]
 PEER = Path(__file__).with_name("monai_volume_peer.py")
-
-
-def ensure_venv(venv: Path) -> Path:
-    """The venv's python, the venv created with MONAI first where it is missing."""
-    python = venv / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "torch==2.13.0", "monai", "tifffile"], check=True)
-    return python
 
 
 def start_peer(python: Path, data: Path, out: Path, minutes: float, seed: int) -> subprocess.Popen:
@@ -74,7 +65,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/monai_volumes"))
     parser.add_argument("--venv", type=Path, default=Path("runs/venvs/monai"))
     args = parser.parse_args()
-    python = ensure_venv(args.venv)
+    python = ensure_venv(args.venv, ["torch==2.13.0", "monai", "tifffile"])
     seeds = [int(s) for s in args.seeds.split(",")]
     results = []
     for pair in (seeds[i:i + 2] for i in range(0, len(seeds), 2)):
