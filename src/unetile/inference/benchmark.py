@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..device import choose_precision, resolve_device, use_fast_kernels
+from ..device import choose_precision, resolve_device, use_fast_kernels, uses_channels_last
 from ..nn.model import UNet, init_he, probabilities
 from .predictor import compiled as compile_for_cuda
 from .predictor import inference_model
@@ -174,7 +174,7 @@ class _Contenders:
             return [monai_predict(self.twin, im) for im in images]
         if method in ("predict_tiled", "predict_tiled+compile"):
             net = self.compiled if method == "predict_tiled+compile" else self.fast
-            return [predict_tiled(net, im, precision=self.precision, channels_last=self.precision != "fp32",
+            return [predict_tiled(net, im, precision=self.precision, channels_last=uses_channels_last(self.precision, self.device),
                                   batch_size=self.batch_size(im)) for im in images]
         if method == "onnxruntime":
             return [predict_tiled(self.onnx, im) for im in images]
