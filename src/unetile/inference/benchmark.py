@@ -174,7 +174,8 @@ class _Contenders:
             return [monai_predict(self.twin, im) for im in images]
         if method in ("predict_tiled", "predict_tiled+compile"):
             net = self.compiled if method == "predict_tiled+compile" else self.fast
-            return [predict_tiled(net, im, precision=self.precision, channels_last=uses_channels_last(self.precision, self.device),
+            channels_last = uses_channels_last(self.precision, self.device)
+            return [predict_tiled(net, im, precision=self.precision, channels_last=channels_last,
                                   batch_size=self.batch_size(im)) for im in images]
         if method == "onnxruntime":
             return [predict_tiled(self.onnx, im) for im in images]
