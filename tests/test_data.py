@@ -167,6 +167,23 @@ def test_boundary_classes_mark_every_edge_and_the_line_between_touching_cells():
     assert (cells[2:10, 9] == 0).all() or (cells[2:10, 10] == 0).all()  # the weight map still sees them apart
 
 
+def test_touching_classes_mark_only_where_two_cells_meet():
+    from unetile.training.data import interpret_labels, touching_classes
+
+    ids = np.zeros((14, 30), np.uint16)
+    ids[2:10, 2:10] = 5
+    ids[2:10, 10:18] = 9  # touches cell 5 along x = 9 | 10
+    ids[2:10, 22:28] = 7  # alone: no band
+    classes = touching_classes(ids, width=2)
+    assert (classes[2:10, 8:12] == 2).all()  # 2 px on each side of the contact
+    assert (classes[2:10, 2:8] == 1).all() and (classes[2:10, 12:18] == 1).all()  # the outer edges stay cell
+    assert (classes[ids == 7] == 1).all() and set(np.unique(classes[ids == 0])) == {0}
+    assert (touching_classes(ids, width=1)[2:10, 8:12] == [1, 2, 2, 1]).all()
+    cls, _ = interpret_labels(ids, None, cell_target="touching")
+    np.testing.assert_array_equal(cls, touching_classes(ids))  # cells ~9 px across: a 1-px band
+    assert (cls[2:10, 9:11] == 2).all() and (cls[2:10, 8] == 1).all()
+
+
 def test_distance_target_peaks_at_one_in_every_cell_and_is_zero_between_touching_cells():
     from unetile.training.data import distance_target, interpret_labels
 

@@ -186,9 +186,10 @@ def test_distance_target_trains_a_one_channel_net_whose_cells_come_from_its_peak
     assert labels.dtype.kind == "u" and labels.shape[-2:] == (64, 64)
 
 
-def test_boundary_target_trains_a_three_class_net_that_predicts_cells(tmp_path):
-    model, meta = _train_cells(tmp_path, "boundary")
-    assert model.head.out_channels == 3 and meta["cell_target"] == "boundary"
+@pytest.mark.parametrize("target", ["boundary", "touching"])
+def test_three_class_targets_train_a_net_that_predicts_cells(tmp_path, target):
+    model, meta = _train_cells(tmp_path, target)
+    assert model.head.out_channels == 3 and meta["cell_target"] == target
     predictor = unetile.Predictor.load(tmp_path / "r" / "best.pt", unetile.PredictOptions(instances="watershed"))
     assert predictor.instance_settings.seeds == "interior"
     assert main(["predict", "--model", str(tmp_path / "r" / "best.pt"), "--input", str(tmp_path / "d" / "images"),

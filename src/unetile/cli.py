@@ -57,6 +57,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--into-input", action="store_true",
                    help="OME-Zarr input: write the cells into its own labels/ group (never over an existing one)")
     p.add_argument("--label-name", default="cells", help="OME-Zarr: the cells' name under labels/ (default: cells)")
+    p.add_argument("--diameter", type=float, metavar="PX",
+                   help="models trained with a cell diameter: the cells' diameter in these images, px (default: "
+                        "estimated per image by a first pass; images are rescaled to the model's cell size)")
     p.set_defaults(run=_run_predict)
 
 
@@ -82,6 +85,7 @@ def _run_predict(args: argparse.Namespace) -> int | None:
         convert_channels=args.channels == "convert",
         resume=args.resume,
         compile=args.compile,
+        diameter=args.diameter,
     )
     written = predict_files(args.model, args.input, args.out, options, device=args.device, cluster=args.cluster,
                             block_px=args.block_size)
@@ -182,10 +186,15 @@ def _add_train_model(m: argparse._ArgumentGroup) -> None:
     m.add_argument("--skeleton-recall", type=float, metavar="WEIGHT",
                    help="add the skeleton recall loss on the background, this much of it: keeps thin gaps "
                         "between cells open (default: 0, off)")
-    m.add_argument("--cell-target", choices=["foreground", "boundary", "distance"],  # training.data.CELL_TARGETS
+    m.add_argument("--cell-target", choices=["foreground", "boundary", "touching", "distance"],  # data.CELL_TARGETS
                    help="instance-id labels: learn the cells' foreground, touching cells parted by a 1-px line "
-                        "(default); three classes: background, cell interior, a 2-px band along each edge; or "
-                        "each cell pixel's distance to the background (relative to the cell's largest)")
+                        "(default); three classes: background, cell interior, a 2-px band along each edge; three "
+                        "classes: background, cell, a 1-3 px band only where two cells meet; or each cell pixel's "
+                        "distance to the background (relative to the cell's largest)")
+    m.add_argument("--cell-diameter", metavar="auto|off|PX",
+                   help="instance-id labels: rescale each image so its median cell is this many px across before "
+                        "it reaches the net; predict does the same (default auto: the training cells' median; "
+                        "off: images at their own size)")
     m.add_argument("--elastic", action=argparse.BooleanOptionalAction, help="elastic deformation")
     m.add_argument("--elastic-sigma", type=float,
                    help="std of the elastic displacements, in-plane px (default: 10, the paper; fast on volumes: 2)")
@@ -212,7 +221,7 @@ def _run_train(args: argparse.Namespace) -> int | None:
     names = ["data", "images", "labels", "val", "val_fraction", "classes", "out", "preset", "init", "epochs", "seed",
              "device", "precision", "workers", "tiles_on", "select_by", "width", "depth", "padding", "up_mode", "dropout",
              "tile_size", "batch_size", "samples_per_epoch", "loss", "optimizer", "lr", "momentum", "ema",
-             "weight_map", "w0", "sigma", "class_balance", "skeleton_recall", "cell_target", "elastic",
+             "weight_map", "w0", "sigma", "class_balance", "skeleton_recall", "cell_target", "cell_diameter", "elastic",
              "elastic_sigma", "flips", "grey", "soft_labels", "label_offset", "batch_norm", "dist_timeout",
              "dims", "voxel_size", "ignore_label"]
     cfg = TrainConfig(**{n: getattr(args, n) for n in names if getattr(args, n) is not None},

@@ -56,10 +56,12 @@ from ..evaluation.metrics.common import face_connected
 from ..evaluation.metrics.objects import cell_counts, pooled, summary
 from ..spacing import per_axis
 
-__all__ = ["METHODS", "DEFAULT_METHOD", "VOLUME_GRID", "InstanceSettings", "choose_settings", "drop_small_cells",
+__all__ = ["METHODS", "DEFAULT_METHOD", "INTERIOR_SEEDED", "VOLUME_GRID", "InstanceSettings", "choose_settings", "drop_small_cells",
            "probabilities_to_instances"]
 
 METHODS: tuple[str, ...] = ("components", "watershed")
+#: Cell targets learnt as three classes (background, interior, a band): class 1 seeds the cells.
+INTERIOR_SEEDED = ("boundary", "touching")
 #: Chosen by measuring V_rand and Rand error on ISBI slices (see the package notes).
 DEFAULT_METHOD = "watershed"
 
@@ -83,15 +85,23 @@ class InstanceSettings:
     seed_threshold: float | None = None  # seeds: smoothed map above this; None: (1 + threshold) / 2
     min_size: int = 0  # cells smaller than this many px are dropped
     seeds: str = "foreground"  # the map seeds come from: "foreground", or "interior" (class 1 of a
-    #                            three-class net trained with --cell-target boundary)
+    #                            three-class net trained with --cell-target boundary or touching)
 
     @classmethod
     def from_metadata(cls, method: str, metadata: dict) -> "InstanceSettings":
         """``method`` from the command line, the rest from a checkpoint's metadata (if it has them)."""
         stored = metadata.get("instances", {})
         known = {k: stored[k] for k in ("sigma", "seed_threshold", "min_size") if k in stored}
-        seeds = "interior" if metadata.get("cell_target") == "boundary" else "foreground"
+        seeds = "interior" if metadata.get("cell_target") in INTERIOR_SEEDED else "foreground"
         return cls(method=method, seeds=seeds, **known)
+
+    def at_scale(self, px_per_net_px: float) -> "InstanceSettings":
+        """These settings for a map at another scale than the net's (cell_size.py: a map brought
+        back to its image's own size): lengths times ``px_per_net_px``, areas times its square."""
+        if px_per_net_px == 1.0:
+            return self
+        return dataclasses.replace(self, sigma=self.sigma * px_per_net_px,
+                                   min_size=round(self.min_size * px_per_net_px ** 2))
 
     def to_dict(self) -> dict:
         return {"sigma": self.sigma, "seed_threshold": self.seed_threshold, "min_size": self.min_size}

@@ -25,6 +25,7 @@ from ..errors import UserInputError
 from ..io import TIFF_SUFFIXES, list_images, match_channels
 from ..slides.block_run import cluster_client, predict_to_zarr
 from ..slides.blocks import DEFAULT_BLOCK_PX
+from ..cell_size import SAME_SCALE
 from .predictor import PredictOptions, Predictor
 from .streaming import open_input, part_path
 from ..slides.zarr_labels import published_marker
@@ -63,6 +64,7 @@ def predict_files(
     targets = _plan_outputs(input_path, sources, shapes, out_dir, options)
     _check_zarr_plan(sources, targets, options, cluster, model_path, predictor.spatial_dims)
     if any(t.suffix == ".zarr" for t in targets):
+        _check_slide_scale(predictor)
         with cluster_client(cluster) as client:  # before anything is written: the scheduler must answer
             _make_out_dir(out_dir)
             return [_predict_zarr(predictor, src, t, client, block_px, device) for src, t in zip(sources, targets)]
@@ -164,6 +166,23 @@ def _check_zarr_plan(sources: list[Path], targets: list[Path], options: PredictO
         raise UserInputError("--devices does not split OME-Zarr outputs; use --cluster local:N")
     if cluster is not None and Path(model_path).suffix.lower() == ".onnx":
         raise UserInputError("--cluster runs PyTorch checkpoints (.pt); give the .pt model")
+
+
+def _check_slide_scale(predictor: Predictor) -> None:
+    """OME-Zarr outputs are predicted block by block at the slide's own size: a model trained
+    with a cell diameter (cell_size.py) runs there only where the slide's cells already have
+    about that size."""
+    net = predictor.net_diameter
+    if net is None:
+        return
+    given = predictor.options.diameter
+    if given is None:
+        log.warning("this model sees cells %.0f px across; OME-Zarr outputs are predicted at the slide's own size "
+                    "(no rescaling): give --diameter PX to have the cells' size checked", net)
+    elif abs(given / net - 1.0) > SAME_SCALE:
+        raise UserInputError(f"--diameter {given:g}: OME-Zarr outputs are predicted at the slide's own size, and "
+                             f"this model sees cells {net:.0f} px across; rescale the slide by {net / given:.2f} "
+                             "first, or write TIFF outputs (--format tif), which are rescaled")
 
 
 def _check_label_plan(sources: list[Path], targets: list[Path], zarr_out: list[bool], options: PredictOptions) -> None:

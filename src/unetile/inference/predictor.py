@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..cell_size import SAME_SCALE, median_diameter, resize_image, scale_factor, scaled_shape
 from ..device import choose_precision, resolve_device, use_fast_kernels, uses_channels_last
 from ..distributed import Context
 from ..errors import UserInputError
@@ -41,10 +43,12 @@ from ..io import label_dtype, match_channels_first, voxel_size, write_image, wri
 from ..nn.checkpoint import load_model
 from ..nn.model import UNet, fold_batch_norm
 from ..normalization import Normalization
-from .instances import InstanceSettings
+from .instances import DEFAULT_METHOD, InstanceSettings
 from .streaming import open_input, predict_to_tiff
 from .layout import default_tile_shape, default_tile_size
 from .tiling import default_batch_size, predict_tiled
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ class PredictOptions:
     convert_channels: bool = False  # RGB -> grey (or grey -> repeated) to fit the model
     resume: bool = False  # continue unfinished TIFF outputs of an interrupted run
     compile: bool = False  # CUDA: torch.compile + CUDA graphs (~10 s per tile shape; pays on large images)
+    diameter: float | None = None  # px across of the cells in the input (a model trained with a cell
+    #                                diameter); None: estimated per image (`Predictor.cell_scale`)
 
 
 class Predictor:
@@ -88,6 +94,12 @@ class Predictor:
         # volume whose file does not say its own (it sets the watershed's smoothing per axis).
         stored_voxel = metadata.get("voxel_size")
         self.voxel_size = tuple(float(v) for v in stored_voxel) if stored_voxel else None
+        # 2D models trained with --cell-diameter: px across that cells reach the net (cell_size.py)
+        self.net_diameter = float(metadata["cell_diameter"]) if metadata.get("cell_diameter") else None
+        if options.diameter is not None and (self.net_diameter is None or options.diameter <= 0):
+            raise UserInputError(f"--diameter {options.diameter}: " + ("give the cells' diameter in px (> 0)"
+                                 if self.net_diameter else "this model was trained without a cell diameter "
+                                 "(--cell-diameter), so it segments images at their own size"))
         self.precision = choose_precision(options.precision, device)
         # How --instances cuts cells: the method asked for, with the settings training chose.
         self.instance_settings = (InstanceSettings.from_metadata(options.instances, metadata)
@@ -150,11 +162,50 @@ class Predictor:
         calibrated here: `predict` and `encode_tile` do that.
         """
         image = self._matched(image, name)
+        if self.net_diameter is not None and out is None:
+            return self.at_cell_scale(image, name, progress)[0]
+        return self._tiled(image, self.options.tta, progress=progress, out=out, encode=encode,
+                           skip_batches=skip_batches, on_batch=on_batch)
+
+    def _tiled(self, image: np.ndarray, tta: bool, **keywords) -> np.ndarray:
+        """`predict_tiled` with this model's stored settings: (C, H, W) -> (C_out, H, W)."""
         tile = self.tile_size(image.shape[1:])
-        return predict_tiled(self.model, image, tile_size=tile, batch_size=self.batch_size(tile), tta=self.options.tta,
+        return predict_tiled(self.model, image, tile_size=tile, batch_size=self.batch_size(tile), tta=tta,
                              flips=self.flips, normalization=self.normalization, input_shift=self.input_shift,
-                             precision=self.precision, channels_last=self.channels_last, progress=progress,
-                             out=out, encode=encode, skip_batches=skip_batches, on_batch=on_batch)
+                             precision=self.precision, channels_last=self.channels_last, **keywords)
+
+    def at_cell_scale(self, image: np.ndarray, name: str | Path = "image",
+                      progress: bool = False) -> tuple[np.ndarray, float]:
+        """A model with a cell diameter: (C, H, W) -> ((C_out, H, W) probabilities, the factor the
+        image was enlarged by before the net saw it). The image is rescaled so that its cells are
+        ``net_diameter`` px across (`cell_scale`) and the map brought back to (H, W)."""
+        first, factor = self.cell_scale(image, name, progress)
+        if factor == 1.0:
+            return (first if first is not None else self._tiled(image, self.options.tta, progress=progress)), 1.0
+        shape = scaled_shape(image.shape[1:], factor)
+        prob = self._tiled(resize_image(image, shape), self.options.tta, progress=progress)
+        return resize_image(prob, image.shape[1:]), factor
+
+    def cell_scale(self, image: np.ndarray, name: str | Path = "image",
+                   progress: bool = False) -> tuple[np.ndarray | None, float]:
+        """(the map of a first pass, where one was run and can be kept; the factor that brings the
+        image's cells to ``net_diameter`` px). ``options.diameter`` where given; else estimated: a
+        first pass at the image's own size (without TTA: a sixth of a TTA pass or less), the median
+        diameter of the cells it finds (`cell_size.median_diameter`). Factors within `SAME_SCALE`
+        of 1 count as 1."""
+        first = None
+        if self.options.diameter is not None:
+            factor = scale_factor(self.options.diameter, self.net_diameter)
+        else:
+            first = self._tiled(image, False, progress=progress)
+            settings = self.instance_settings or InstanceSettings.from_metadata(DEFAULT_METHOD, self.metadata)
+            found = median_diameter(settings.labels(calibrate_map(first, self.threshold)))
+            factor = scale_factor(found, self.net_diameter)
+            log.info("%s: cells about %s px across -> x%.2f (to %.0f px)", name,
+                     "?" if found is None else f"{found:.1f}", factor, self.net_diameter)
+        if abs(factor - 1.0) <= SAME_SCALE:
+            factor = 1.0
+        return (first if factor == 1.0 and not self.options.tta else None), factor
 
     def _matched(self, image: np.ndarray, name: str | Path) -> np.ndarray:
         """``image`` as (C, H, W) (3D nets: (C, Z, Y, X)) with the net's channels."""
@@ -192,14 +243,19 @@ class Predictor:
         ``suffix``: the output file's kind (".png" holds 8-bit probabilities or class ids).
         ``voxel_size``: a volume's (z, y, x) um, for cutting cells (default: the model's).
         """
-        prob = calibrate_map(self.probabilities(image, name=name, progress=progress), self.threshold)
+        settings = self.instance_settings
+        if self.net_diameter is not None:
+            prob, factor = self.at_cell_scale(self._matched(image, name), name, progress)
+            settings = settings and settings.at_scale(1.0 / factor)  # cells are cut at the image's own size
+        else:
+            prob = self.probabilities(image, name=name, progress=progress)
         spacing = (voxel_size or self.voxel_size) if self.spatial_dims == 3 else None
-        return encode(prob, suffix, self.options.threshold, self.instance_settings, spacing)
+        return encode(calibrate_map(prob, self.threshold), suffix, self.options.threshold, settings, spacing)
 
     def streams(self, target: Path) -> bool:
         """Whether ``target`` is written tile by tile into a TIFF on disk (bounded memory, resumable)."""
         return (target.suffix == ".tif" and not self.options.instances and self.config.out_channels == 1
-                and self.spatial_dims == 2)
+                and self.spatial_dims == 2 and self.net_diameter is None)  # rescaled images are whole
 
     def predict_file(self, source: Path, target: Path, *, ctx: Context = Context(), bar: tqdm | None = None,
                      progress: bool = False) -> Path:

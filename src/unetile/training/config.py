@@ -71,7 +71,11 @@ class TrainConfig:
     sigma: float | None = None  # and its width, px (paper: 5)
     class_balance: bool | str | None = None  # w_c: classes weighted by inverse frequency; or "auto", as w0
     skeleton_recall: float | None = None  # weight of the skeleton recall term (losses.py; 0: off)
-    cell_target: str | None = None  # instance-id labels: learn "foreground" or "boundary" (data.CELL_TARGETS)
+    cell_target: str | None = None  # instance-id labels: what to learn (data.CELL_TARGETS)
+    # Instance-id labels: the diameter (px) each image's median cell is rescaled to before it reaches
+    # the net (cell_size.py); "auto": the training labels' median (an --init model's where it has one);
+    # "off": images at their own size. Resolved by setup.load_data to a number or "off".
+    cell_diameter: float | str | None = None
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     device: str | None = None
     workers: int | None = None
@@ -88,6 +92,11 @@ class TrainConfig:
     dist_timeout: float = 300.0  # seconds a collective call waits for the other processes
     normalization: dict = field(default_factory=lambda: Normalization().to_dict())
 
+    @property
+    def net_diameter(self) -> float | None:
+        """The px across that cells reach the net (``cell_diameter`` once decided), None when off."""
+        return None if isinstance(self.cell_diameter, str) or self.cell_diameter is None else float(self.cell_diameter)
+
     def resolved(self) -> "TrainConfig":
         """Fill ``None`` fields from the preset and check every value; decide 2D or 3D and the
         voxel size (`spatial_settings`)."""
@@ -97,7 +106,8 @@ class TrainConfig:
             values.update(initial_architecture(self.init))
         base = dict(depth=4, up_mode="transpose", batch_norm=True, momentum=0.9, centre_crop=False, workers=None,
                     ema=0.0, class_balance=True, w0=10.0, sigma=5.0, skeleton_recall=0.0, label_offset="none",
-                    soft_labels=False, cell_target="foreground", elastic_sigma=10.0)
+                    soft_labels=False, cell_target="foreground", elastic_sigma=10.0,
+                    cell_diameter="auto")
         out = dataclasses.replace(self, dims=dims, voxel_size=voxels)
         for name, value in {**base, **values}.items():
             if getattr(out, name) is None:
@@ -127,6 +137,7 @@ class TrainConfig:
             raise UserInputError(f"--skeleton-recall must be >= 0, got {out.skeleton_recall}")
         if out.cell_target not in CELL_TARGETS:
             raise UserInputError(f"--cell-target {out.cell_target}: choose one of {', '.join(CELL_TARGETS)}")
+        out.cell_diameter = parse_cell_diameter(out.cell_diameter)
         if out.tiles_on not in ("auto", "cpu", "device"):
             raise UserInputError(f"--tiles-on {out.tiles_on}: choose auto, cpu or device")
         if out.tiles_on == "device" and out.skeleton_recall > 0:
@@ -203,6 +214,19 @@ def check_volume_settings(cfg: TrainConfig) -> None:
         raise UserInputError("--tiles-on device: volume tiles are cut and augmented on the CPU; use --tiles-on cpu")
     if parse_label_offset(cfg.label_offset) != "none":
         raise UserInputError("--label-offset is for 2D images; volumes train with --label-offset none")
+
+
+def parse_cell_diameter(value: float | str) -> float | str:
+    """``--cell-diameter``: "auto", "off" or a diameter in px > 0 (returned as a float)."""
+    if value in ("auto", "off"):
+        return value
+    try:
+        diameter = float(value)
+    except (TypeError, ValueError):
+        diameter = math.nan
+    if not 0 < diameter < math.inf:
+        raise UserInputError(f"--cell-diameter {value}: give a diameter in px > 0, auto or off")
+    return diameter
 
 
 def parse_duration(text: str) -> float:

@@ -33,7 +33,9 @@ from skimage.measure import label as connected_components
 from skimage.segmentation import find_boundaries
 from torch.utils.data import Dataset, Sampler
 
+from ..cell_size import median_diameter, resize_image, resize_labels, scale_factor, scaled_shape
 from ..errors import UserInputError
+from ..inference.instances import INTERIOR_SEEDED
 from ..inference.tile_io import reflect_indices
 from ..io import list_images, read_image
 from ..normalization import Normalization, normalize
@@ -115,9 +117,11 @@ def without_ignored(label: np.ndarray, ignore_label: int | None) -> tuple[np.nda
 
 #: What a net learns from instance-id labels (``--cell-target``): "foreground" (cells, parted by
 #: a 1-px background line where they touch), "boundary" (three classes: background, cell
-#: interior, and a `BOUNDARY_WIDTH`-px band along each cell's edge) or "distance" (each cell
-#: pixel's distance to the background, divided by its cell's largest: `distance_target`).
-CELL_TARGETS = ("foreground", "boundary", "distance")
+#: interior, and a `BOUNDARY_WIDTH`-px band along each cell's edge), "touching" (three classes:
+#: background, cell, and the band where two cells meet: `touching_classes`, the DSB 2018
+#: winners' third channel) or "distance" (each cell pixel's distance to the background, divided
+#: by its cell's largest: `distance_target`).
+CELL_TARGETS = ("foreground", "boundary", "touching", "distance")
 BOUNDARY_WIDTH = 2  # px
 
 
@@ -157,6 +161,8 @@ def interpret_labels(label: np.ndarray, n_classes: int | None, source: str = "la
     separated = np.where(touching_borders(ids), 0, ids)
     if cell_target == "boundary":
         return boundary_classes(ids), separated.astype(np.int32)
+    if cell_target == "touching":
+        return touching_classes(ids), separated.astype(np.int32)
     if cell_target == "distance":
         return distance_target(separated, spacing), separated.astype(np.int32)
     return (separated > 0).astype(np.int64), separated.astype(np.int32)
@@ -170,6 +176,26 @@ def boundary_classes(ids: np.ndarray, width: int = BOUNDARY_WIDTH) -> np.ndarray
         edge = ndimage.binary_dilation(edge, iterations=width - 1)
     classes = (ids > 0).astype(np.int64)
     classes[edge & (ids > 0)] = 2
+    return classes
+
+
+def touching_classes(ids: np.ndarray, width: int | None = None) -> np.ndarray:
+    """Instance ids (H, W) -> classes 0 background, 1 cell, 2 where two cells meet: the pixels of
+    a cell within ``width`` px (Euclidean) of another cell. ``width`` None: by the cells' size,
+    their median diameter / 8 held to 1-3 px (cell_size.median_diameter).
+
+    Seeds are then the cells without that band (`instances`: class 1), so two touching nuclei
+    get two seeds even where no background separates them."""
+    if width is None:
+        width = int(np.clip(round((median_diameter(ids) or 0) / 8), 1, 3))
+    padded = np.pad(ids, width)
+    meets = np.zeros(ids.shape, bool)
+    for dy, dx in itertools.product(range(-width, width + 1), repeat=2):
+        if 0 < dy * dy + dx * dx <= width * width:
+            nb = padded[width + dy:width + dy + ids.shape[0], width + dx:width + dx + ids.shape[1]]
+            meets |= (nb > 0) & (nb != ids)
+    classes = (ids > 0).astype(np.int64)
+    classes[meets & (ids > 0)] = 2
     return classes
 
 
@@ -230,6 +256,7 @@ def prepare(
     cell_target: str = "foreground",
     spacing: tuple[float, ...] | None = None,
     ignore_label: int | None = None,
+    net_diameter: float | None = None,
 ) -> list[LabelledImage]:
     """Normalise images, interpret labels and compute each image's weight map once.
 
@@ -237,17 +264,22 @@ def prepare(
     (``cell_target``: what is learnt from instance ids, `CELL_TARGETS`).
     ``w0`` and ``class_balance`` arrive decided (``"auto"`` is resolved before, by
     `train.automatic_weight_map`). ``spacing``: a volume's voxel size (z, y, x), for physical
-    distances; ``ignore_label``: the value of not-annotated pixels (`without_ignored`).
+    distances; ``ignore_label``: the value of not-annotated pixels (`without_ignored`);
+    ``net_diameter``: images with instance ids are first rescaled so that their median cell is
+    this many px across (`at_net_scale`).
     """
     if weight_map and (isinstance(w0, str) or isinstance(class_balance, str)):
         raise ValueError(f"prepare needs a number for w0 and a bool for class_balance, not {w0!r}, {class_balance!r}")
     items = []
     for name, image, raw_label, _, label_path in pairs:
         label, annotated = without_ignored(raw_label, ignore_label)
+        if net_diameter and label.ndim == 2 and label_kind(label, n_classes) == "instances":
+            image, raw_label = at_net_scale(image, raw_label, label, net_diameter)
+            label, annotated = without_ignored(raw_label, ignore_label)
         classes, cells = interpret_labels(label, n_classes, str(label_path), cell_target, spacing)
         is_ids = label_kind(label, n_classes) == "instances"
         if weight_map:
-            n_out = 3 if is_ids and cell_target == "boundary" else n_classes or 2
+            n_out = 3 if is_ids and cell_target in INTERIOR_SEEDED else n_classes or 2
             ids = classes if classes.dtype.kind == "i" else (classes > 0).astype(np.int64)  # distances: in or out
             weight = border_weight_map(cells, w0, sigma, n_out, ids, class_balance, spacing, annotated)
         else:
@@ -255,6 +287,17 @@ def prepare(
         items.append(LabelledImage(name, normalize(image, normalization), classes, weight,
                                    label.astype(np.int32) if is_ids else None, annotated))
     return items
+
+
+def at_net_scale(image: np.ndarray, raw_label: np.ndarray, ids: np.ndarray,
+                 net_diameter: float) -> tuple[np.ndarray, np.ndarray]:
+    """(image (C, H, W), raw label (H, W)) rescaled so that the median cell of ``ids`` (the label's
+    instance ids) is ``net_diameter`` px across: linear for the image, nearest for the label."""
+    factor = scale_factor(median_diameter(ids), net_diameter)
+    if factor == 1.0:
+        return image, raw_label
+    shape = scaled_shape(raw_label.shape, factor)
+    return resize_image(image, shape), resize_labels(raw_label, shape)
 
 
 def split(items: list, val_fraction: float) -> tuple[list, list]:

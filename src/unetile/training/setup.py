@@ -11,12 +11,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from .. import __version__, distributed
+from ..cell_size import median_diameter, scale_factor
 from ..device import choose_precision, uses_channels_last
 from ..errors import UserInputError
+from ..inference.instances import INTERIOR_SEEDED
 from ..nn.checkpoint import load_payload
 from ..nn.geometry import anisotropic_plan
 from ..nn.model import UNet, UNetConfig, init_he
@@ -84,7 +87,7 @@ def build_run(cfg: TrainConfig, folder: Path, ctx: distributed.Context, device: 
     cell_target = cell_target_of(cfg, train_items)
     kernels, pools = volume_plan(cfg)
     model_cfg = UNetConfig(
-        in_channels=channels, out_channels=3 if cell_target == "boundary" else 1 if (cfg.classes or 2) == 2 else cfg.classes,
+        in_channels=channels, out_channels=3 if cell_target in INTERIOR_SEEDED else 1 if (cfg.classes or 2) == 2 else cfg.classes,
         depth=cfg.depth,
         width=cfg.width, padding=cfg.padding, up_mode=cfg.up_mode, dropout=cfg.dropout, batch_norm=cfg.batch_norm,
         **(dict(spatial_dims=3, kernels=kernels, pools=pools) if cfg.dims == 3 else {}),
@@ -105,7 +108,9 @@ def build_run(cfg: TrainConfig, folder: Path, ctx: distributed.Context, device: 
                     preset=cfg.preset, version=__version__,
                     flips=cfg.flips,  # predict --tta averages over the flips the net was trained with
                     input_shift=list(input_shift),  # and resamples its input as training did
-                    cell_target=cell_target)  # what the map means to predict --instances
+                    cell_target=cell_target,  # what the map means to predict --instances
+                    # px across that cells reach the net (predict rescales each image to it), or None
+                    cell_diameter=cfg.net_diameter)
     if cfg.dims == 3:  # the voxel size the net was trained on (z, y, x) um, or None (unknown): predict reads it
         metadata.update(voxel_size=cfg.voxel_size)
     record = {"train": dataclasses.asdict(cfg), "model": model_cfg.to_dict(), "tile_size": tile,
@@ -311,15 +316,50 @@ def load_data(cfg: TrainConfig):
                                   class_balance=balance if cfg.class_balance == "auto" else cfg.class_balance)
         log.info("weight map: w0 = %g, class balancing %s (auto: decided by the kind of labels)", cfg.w0,
                  "on" if cfg.class_balance else "off")
+    cfg = dataclasses.replace(cfg, cell_diameter=net_cell_diameter(cfg, train_pairs))
     # cfg.classes stays None unless given, so that labels with many values read as instance ids.
     spacing = (cfg.voxel_size or (1.0, 1.0, 1.0)) if cfg.dims == 3 else None  # physical distances in volumes
     train_items, val_items = (prepare(p, cfg.classes, norm, cfg.weight_map, cfg.w0, cfg.sigma, cfg.class_balance,
-                                      cfg.cell_target, spacing, cfg.ignore_label) for p in (train_pairs, val_pairs))
+                                      cfg.cell_target, spacing, cfg.ignore_label, cfg.net_diameter)
+                              for p in (train_pairs, val_pairs))
     paths = sorted({p for *_, ip, lp in train_pairs + val_pairs for p in (ip, lp)})
     channels = {it.image.shape[0] for it in train_items + val_items}
     if len(channels) != 1:
         raise UserInputError(f"{cfg.data or cfg.images}: images have different channel counts {sorted(channels)}")
     return cfg, train_items, val_items, channels.pop(), checksum(paths)
+
+
+def net_cell_diameter(cfg: TrainConfig, train_pairs: list[tuple]) -> float | str:
+    """``--cell-diameter`` decided (cell_size.py): the px that each image's median cell is rescaled
+    to, or "off" (volumes, and labels without instance ids). "auto": the ``--init`` model's
+    diameter where it has one (fine-tuning keeps the scale it learnt), else the median over the
+    training images of their median cell's diameter."""
+    if cfg.cell_diameter == "off" or cfg.dims == 3:
+        return "off"
+    labels = [(without_ignored(label, cfg.ignore_label)[0], label_path) for _, _, label, _, label_path in train_pairs]
+    ids = [label for label, path in labels if label_kind(label, cfg.classes, str(path)) == "instances"]
+    if not ids:
+        if cfg.cell_diameter != "auto":
+            log.warning("--cell-diameter applies to instance-id labels only; these labels are masks or classes")
+        return "off"
+    if cfg.cell_diameter == "auto" and cfg.init is not None:
+        stored = load_payload(cfg.init).get("metadata", {}).get("cell_diameter")
+        if stored:
+            log.info("cells reach the net %.1f px across, as they did for --init %s", stored, cfg.init)
+            return float(stored)
+    measured = [d for d in map(median_diameter, ids) if d is not None]
+    if cfg.cell_diameter != "auto":
+        diameter = float(cfg.cell_diameter)
+    elif measured:
+        diameter = float(np.median(measured))
+    else:
+        return "off"
+    if measured:
+        factors = [scale_factor(d, diameter) for d in measured]
+        log.info("cells: median diameter %.1f px (images from %.1f to %.1f); each image is rescaled so that its "
+                 "median cell is %.1f px across (x%.2f to x%.2f; --cell-diameter)", np.median(measured),
+                 min(measured), max(measured), diameter, min(factors), max(factors))
+    return diameter
 
 
 def estimate_input_shift(cfg: TrainConfig, train_items) -> tuple[float, float]:

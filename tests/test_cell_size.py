@@ -1,0 +1,144 @@
+"""Object size (cell_size.py, issue 35): cells measured in the labels, images rescaled so that
+cells reach the net at one diameter in training and in prediction, results back at the image's
+own size."""
+
+import numpy as np
+import pytest
+import torch
+
+from unetile import save_model
+from unetile.cell_size import MAX_FACTOR, median_diameter, resize_image, resize_labels, scale_factor, scaled_shape
+from unetile.cli import main
+from unetile.errors import UserInputError
+from unetile.inference.instances import InstanceSettings
+from unetile.inference.predictor import PredictOptions, Predictor
+from unetile.io import write_image
+from unetile.normalization import Normalization
+from unetile.synthetic import disc_detector, write_dataset
+from unetile.training.data import prepare
+
+from .conftest import tiny_unet
+
+
+def discs(shape: tuple[int, int], radius: float, spacing: int) -> np.ndarray:
+    """Instance ids (shape): discs of ``radius`` on a grid ``spacing`` px apart, ids 1..n."""
+    y, x = np.mgrid[:shape[0], :shape[1]]
+    ids = np.zeros(shape, np.int32)
+    n = 0
+    for cy in range(spacing // 2, shape[0] - spacing // 2 + 1, spacing):
+        for cx in range(spacing // 2, shape[1] - spacing // 2 + 1, spacing):
+            n += 1
+            ids[(y - cy) ** 2 + (x - cx) ** 2 <= radius**2] = n
+    return ids
+
+
+def test_median_diameter_is_the_disc_of_the_median_area():
+    ids = np.zeros((20, 30), np.int32)
+    ids[0:4, 0:4] = 1  # 16 px
+    ids[5:11, 0:6] = 2  # 36 px: the median
+    ids[10:20, 10:20] = 3  # 100 px
+    assert median_diameter(ids) == pytest.approx(2 * np.sqrt(36 / np.pi))
+    assert median_diameter(np.zeros((5, 5), np.int32)) is None
+
+
+def test_scale_factor_is_the_ratio_held_to_its_range():
+    assert scale_factor(10.0, 25.0) == 2.5
+    assert scale_factor(2.0, 25.0) == MAX_FACTOR
+    assert scale_factor(None, 25.0) == 1.0 and scale_factor(10.0, None) == 1.0
+    assert scaled_shape((256, 100), 1.5) == (384, 150)
+
+
+def test_resizing_keeps_label_values_and_gives_the_exact_shape():
+    ids = discs((64, 48), 5, 16)
+    small = resize_labels(ids, (32, 24))
+    back = resize_labels(ids, (101, 77))
+    assert small.dtype == ids.dtype and small.shape == (32, 24) and back.shape == (101, 77)
+    assert set(np.unique(back)) == set(np.unique(ids))  # nearest: no new values
+    image = resize_image(ids[None].astype(np.float32), (101, 77))
+    assert image.shape == (1, 101, 77) and image.dtype == np.float32
+    assert image.min() >= 0 and image.max() <= ids.max()
+
+
+def test_training_rescales_each_image_to_the_net_diameter():
+    """An image of 8-px cells and one of 16-px cells both reach the net with 12-px cells; masks
+    are left at their size."""
+    small, large = discs((64, 64), 4, 16), discs((96, 96), 8, 32)
+    pairs = [(name, ids[None].astype(np.float32), ids, None, name) for name, ids in (("a", small), ("b", large))]
+    items = prepare(pairs, None, Normalization(), weight_map=False, net_diameter=12.0)
+    for item in items:
+        assert item.image.shape[1:] == item.classes.shape == item.instances.shape
+        assert median_diameter(item.instances) == pytest.approx(12.0, rel=0.1)
+    for item, ids in zip(items, (small, large)):
+        assert item.classes.shape == scaled_shape(ids.shape, 12.0 / median_diameter(ids))
+    mask = [("m", small[None].astype(np.float32), (small > 0).astype(np.uint8), None, "m")]
+    assert prepare(mask, None, Normalization(), weight_map=False, net_diameter=12.0)[0].classes.shape == (64, 64)
+
+
+@pytest.fixture
+def sized_model(tmp_path):
+    """The disc detector (its map is the thresholded image) as if trained to see cells 20 px across."""
+    path = tmp_path / "sized.pt"
+    save_model(disc_detector(width=4, depth=2), path, threshold=0.5, cell_diameter=20.0)
+    return path
+
+
+def test_prediction_estimates_the_cells_size_and_returns_the_images_own_size(sized_model):
+    ids = discs((90, 110), 5, 22)  # cells 10-11 px across: enlarged about 2x
+    image = np.where(ids > 0, 50000, 5000).astype(np.float32)
+    predictor = Predictor.load(sized_model, PredictOptions(instances="watershed", precision="fp32"))
+    prob, factor = predictor.at_cell_scale(image[None])
+    assert factor == pytest.approx(20 / median_diameter(ids), rel=0.05)
+    labels = predictor.predict(image)
+    assert prob.shape == (1, 90, 110) and labels.shape == (90, 110)
+    assert labels.max() == ids.max()  # one cell per disc
+    given = Predictor.load(sized_model, PredictOptions(instances="watershed", precision="fp32", diameter=10.6))
+    assert given.at_cell_scale(image[None])[1] == pytest.approx(20 / 10.6)
+    assert np.array_equal(given.predict(image) > 0, labels > 0)
+
+
+def test_cells_at_the_net_diameter_are_not_rescaled(sized_model, tmp_path):
+    """Cells already 20 px across: the factor is 1 and the map is the unsized model's, bit for bit."""
+    ids = discs((80, 80), 10, 40)
+    image = np.where(ids > 0, 50000, 5000).astype(np.float32)
+    plain_path = tmp_path / "plain.pt"
+    save_model(disc_detector(width=4, depth=2), plain_path, threshold=0.5)
+    sized = Predictor.load(sized_model, PredictOptions(precision="fp32"))
+    plain = Predictor.load(plain_path, PredictOptions(precision="fp32"))
+    assert sized.at_cell_scale(image[None])[1] == 1.0
+    assert np.array_equal(sized.probabilities(image), plain.probabilities(image))
+
+
+def test_instance_settings_follow_the_scale():
+    settings = InstanceSettings(sigma=2.0, min_size=40).at_scale(0.5)
+    assert settings.sigma == 1.0 and settings.min_size == 10
+
+
+def test_diameter_for_a_model_without_one_is_one_line(tmp_path):
+    path = tmp_path / "plain.pt"
+    save_model(tiny_unet(), path)
+    with pytest.raises(UserInputError, match="trained without a cell diameter"):
+        Predictor.load(path, PredictOptions(diameter=12.0))
+
+
+def test_zarr_outputs_refuse_a_diameter_they_cannot_honour(sized_model, tmp_path, capsys):
+    pytest.importorskip("zarr")
+    write_image(tmp_path / "in.tif", np.zeros((64, 64), np.uint16))
+    code = main(["predict", "--model", str(sized_model), "--input", str(tmp_path / "in.tif"), "--out",
+                 str(tmp_path / "out"), "--format", "zarr", "--diameter", "10"])
+    assert code == 2 and "OME-Zarr outputs are predicted at the slide's own size" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_training_stores_the_diameter_and_fine_tuning_keeps_it(tmp_path):
+    data = write_dataset(tmp_path / "data", 3, 96, seed=0, kind="nuclei")
+    common = ["--width", "4", "--depth", "2", "--tile-size", "60", "--batch-size", "2", "--samples-per-epoch", "2",
+              "--epochs", "1", "--precision", "fp32", "--workers", "0", "--device", "cpu", "--no-calibrate-tta"]
+    assert main(["-q", "train", "--data", str(data), "--out", str(tmp_path / "a"), "--cell-diameter", "30",
+                 *common]) == 0
+    assert torch.load(tmp_path / "a" / "best.pt", weights_only=True)["metadata"]["cell_diameter"] == 30.0
+    assert main(["-q", "train", "--data", str(data), "--out", str(tmp_path / "b"), "--init",
+                 str(tmp_path / "a" / "best.pt"), *common]) == 0
+    assert torch.load(tmp_path / "b" / "best.pt", weights_only=True)["metadata"]["cell_diameter"] == 30.0
+    assert main(["-q", "train", "--data", str(data), "--out", str(tmp_path / "c"), "--cell-diameter", "off",
+                 *common]) == 0
+    assert torch.load(tmp_path / "c" / "best.pt", weights_only=True)["metadata"]["cell_diameter"] is None
