@@ -142,3 +142,14 @@ def test_training_stores_the_diameter_and_fine_tuning_keeps_it(tmp_path):
     assert main(["-q", "train", "--data", str(data), "--out", str(tmp_path / "c"), "--cell-diameter", "off",
                  *common]) == 0
     assert torch.load(tmp_path / "c" / "best.pt", weights_only=True)["metadata"]["cell_diameter"] is None
+
+
+def test_a_packages_card_says_at_which_cell_size_the_model_sees_images(tmp_path):
+    from types import SimpleNamespace
+
+    from unetile.packaging.model_card import model_card
+
+    info = SimpleNamespace(name="nuclei", description=None, cite=None)
+    card = model_card(tmp_path / "m.pt", tiny_unet(), {"cell_diameter": 24.0}, {}, info, None)
+    assert "cells are 24 px across" in card and "--diameter" in card
+    assert "px across" not in model_card(tmp_path / "m.pt", tiny_unet(), {}, {}, info, None)

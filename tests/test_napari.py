@@ -88,6 +88,30 @@ def test_segment_widget_equals_unet_predict(viewer_model, qtbot, tmp_path, rng, 
     assert np.array_equal(np.asarray(result.data), expected)
 
 
+def test_segment_widget_rescales_for_a_model_trained_with_a_cell_diameter(viewer_model, qtbot, tmp_path):
+    """The widget's cell diameter is `unetile predict --diameter`: the same cells, at the layer's size."""
+    from unetile.napari.segment import SegmentWidget
+    from unetile.synthetic import disc_detector
+
+    save_model(disc_detector(width=4, depth=2), tmp_path / "sized.pt", threshold=0.5, cell_diameter=20.0)
+    y, x = np.mgrid[:90, :100]
+    image = np.where(((y % 30) - 15) ** 2 + ((x % 25) - 12) ** 2 < 25, 50000, 5000).astype(np.uint16)
+    viewer = viewer_model
+    layer = viewer.add_image(image)
+    widget = SegmentWidget(viewer)
+    widget.reset_choices()
+    choose(widget.model, tmp_path / "sized.pt")
+    widget.image_layer.value, widget.output.value, widget.diameter.value = layer, "cells (watershed)", 10.0
+    widget.run()
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=WAIT_MS)
+    write_image(tmp_path / "image.tif", image)
+    assert main(["predict", "--model", str(tmp_path / "sized.pt"), "--input", str(tmp_path / "image.tif"), "--out",
+                 str(tmp_path / "pred"), "--instances", "--diameter", "10"]) == 0
+    expected = read_image(tmp_path / "pred" / "image.tif")[0, 0]
+    assert viewer.layers[-1].data.shape == (90, 100) and expected.max() == 12  # 3 x 4 discs
+    assert np.array_equal(np.asarray(viewer.layers[-1].data), expected)
+
+
 def test_segment_widget_runs_a_stack_plane_by_plane(viewer_model, qtbot, rng, model_path):
     viewer = viewer_model
     stack = (rng.random((3, 80, 90)) * 255).astype(np.uint8)

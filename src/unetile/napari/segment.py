@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, ProgressBar, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, ProgressBar, PushButton
 
 from ..errors import UserInputError
 from ..inference.predictor import PredictOptions, Predictor
@@ -37,10 +37,11 @@ class SegmentRequest:
     output: str = "probability"  # one of OUTPUTS
     tta: bool = False
     device: str = "auto"  # auto (CUDA where present), cpu, cuda
+    diameter: float | None = None  # px across of the cells (models trained with a cell diameter); None: estimated
 
     def options(self) -> PredictOptions:
         return PredictOptions(tta=self.tta, threshold=0.5 if self.output == "mask" else None,
-                              instances=OUTPUTS[self.output])
+                              instances=OUTPUTS[self.output], diameter=self.diameter)
 
 
 def predict_planes(request: SegmentRequest, layer):
@@ -72,11 +73,13 @@ class SegmentWidget(Container):
         self.output = ComboBox(label="output", choices=list(OUTPUTS), value="probability")
         self.tta = CheckBox(text="average over flips (TTA)")
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
+        # Models trained with a cell diameter rescale each plane to it: the cells' size here, or 0 to estimate it.
+        self.diameter = FloatSpinBox(label="cell diameter (px, 0: estimate)", value=0.0, min=0.0, max=10000.0)
         self.run_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="planes", value=0, max=1)
         super().__init__(widgets=[*self.model.widgets, self.image_layer, self.output, self.tta, self.device,
-                                  self.run_button, self.cancel_button, self.progress])
+                                  self.diameter, self.run_button, self.cancel_button, self.progress])
         self.worker = None
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
@@ -99,7 +102,8 @@ class SegmentWidget(Container):
         except UserInputError as e:
             show_one_line(e)
             return None
-        request = SegmentRequest(model, self.output.value, self.tta.value, self.device.value)
+        request = SegmentRequest(model, self.output.value, self.tta.value, self.device.value,
+                                 self.diameter.value or None)
         self.progress.value = 0
         from napari.qt.threading import create_worker
 

@@ -52,7 +52,7 @@ def model_card(model_path: Path, model, metadata: dict, record: dict, info, samp
     lines = [f"# {info.name or 'U-Net'}", "", info.description or "A U-Net trained with the unetile tool.", "",
              f"Segments {kind}: input {config.in_channels} channel(s), output the "
              + ("calibrated foreground probability (foreground where > 0.5)." if config.out_channels == 1
-                else "class probabilities."), "", *_volume_lines(config, metadata),
+                else "class probabilities."), "", *_volume_lines(config, metadata), *_size_lines(metadata),
              "## How to run it", "",
              "- this tool: `unetile predict --model model.zip --input IMAGES --out PRED` "
              "(the checkpoint's own tiling, flips and threshold; `--instances` for cells);",
@@ -84,6 +84,17 @@ def _volume_lines(config, metadata: dict) -> list[str]:
     return ["A 3D U-Net: it segments volumes (z, y, x stacks; a TIFF stack's pages are z) as a whole, "
             f"not plane by plane, with 3D context on every axis.{spacing} Each volume is normalised by its own "
             "percentiles; the cover shows the test volume's middle z plane.", ""]
+
+
+def _size_lines(metadata: dict) -> list[str]:
+    """What the card of a model trained with a cell diameter says: the scale it expects."""
+    diameter = metadata.get("cell_diameter")
+    if not diameter:
+        return []
+    return [f"Trained on images rescaled so that their cells are {diameter:.0f} px across. `unetile predict` "
+            "rescales every image the same way (`--diameter PX`, or estimated per image) and returns the result "
+            "at the image's own size; other tools run the package at the image's own size, so rescale the image "
+            f"first where its cells are not about {diameter:.0f} px across.", ""]
 
 
 def _training_lines(record: dict, metadata: dict) -> list[str]:
