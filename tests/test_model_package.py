@@ -225,3 +225,22 @@ def test_a_package_written_before_the_rename_predicts_as_its_net(tmp_path, rng):
                          str(folder / model.suffix[1:]), "--format", "tif", "--precision", "fp32"]) == 0
             outputs.append(read_image(folder / model.suffix[1:] / "img.tif")[0, 0])
     assert all(np.array_equal(out, outputs[0]) for out in outputs[1:]) and outputs[0].std() > 0
+
+
+def test_a_flows_net_packaged_gives_its_cell_probability_and_flows(tmp_path, rng):
+    """The package's own file (no unetile) computes a flows net's maps as `predict_tiled` does:
+    the cell probability and unit-scale flows (`output_maps`), not a softmax."""
+    from unetile import UNet, UNetConfig, init_he
+    from unetile.nn.model import output_maps
+
+    torch.manual_seed(0)
+    net = init_he(UNet(config=UNetConfig(width=4, depth=2, padding="same", out_channels=3, flows=True))).eval()
+    packaged = packaged_net(net, {"cell_target": "flows"})
+    (tmp_path / "architecture.py").write_text(architecture_source())
+    batch = torch.from_numpy(rng.normal(size=(1, 1, 92, 108)).astype(np.float32))
+    with torch.no_grad():
+        expected = output_maps(net(batch), flows=True)
+    got = run_without_unetile(tmp_path / "architecture.py", architecture_kwargs(net, {"cell_target": "flows"}),
+                              packaged.state_dict(), batch)
+    assert torch.allclose(got, expected, atol=1e-6, rtol=0)
+    assert not torch.allclose(got[:, 1:].sum(1), torch.ones(1))  # not class probabilities

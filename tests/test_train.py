@@ -198,6 +198,21 @@ def test_three_class_targets_train_a_net_that_predicts_cells(tmp_path, target):
     assert labels.shape == (1, 1, 64, 64) and labels.dtype in (np.uint16, np.uint32)
 
 
+def test_flows_target_trains_a_flows_net_whose_cells_follow_its_flows(tmp_path):
+    model, meta = _train_cells(tmp_path, "flows")
+    assert model.config.flows and model.head.out_channels == 3 and meta["cell_target"] == "flows"
+    assert meta["threshold"] == 0.5 and "instances" in meta  # flows maps are not calibrated
+    predictor = unetile.Predictor.load(tmp_path / "r" / "best.pt", unetile.PredictOptions(instances="watershed"))
+    assert predictor.instance_settings.seeds == "flows"
+    assert main(["predict", "--model", str(tmp_path / "r" / "best.pt"), "--input", str(tmp_path / "d" / "images"),
+                 "--out", str(tmp_path / "p"), "--instances", "--tta"]) == 0
+    labels = unetile.io.read_image(tmp_path / "p" / "0.tif")
+    assert labels.shape == (1, 1, 64, 64) and labels.dtype in (np.uint16, np.uint32)
+    assert main(["predict", "--model", str(tmp_path / "r" / "best.pt"), "--input", str(tmp_path / "d" / "images"),
+                 "--out", str(tmp_path / "m"), "--format", "png"]) == 0
+    assert unetile.io.read_image(tmp_path / "m" / "0.png").shape == (1, 1, 64, 64)  # the cell probability
+
+
 def test_instance_settings_are_chosen_by_mean_ap():
     """Two touching cells joined by a faint line: too much smoothing, or too low a seed level, merges them."""
     yy, xx = np.mgrid[:40, :60]

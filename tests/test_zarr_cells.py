@@ -198,3 +198,22 @@ def test_blockwise_cells_equal_one_pass_given_a_margin(tmp_path, rng):
     assert count == expected.max() > 50 and same_up_to_numbering(cells, expected)
     assert np.unique(cells).size == count + 1  # numbered 1..K, no gaps
     assert not same_up_to_numbering(blockwise_cells(tmp_path, prob, margin=0)[0], expected)
+
+
+def test_a_flows_model_writes_its_maps_and_cells_into_ome_zarr(tmp_path, discs):
+    """--cell-target flows through the block path: the map holds the cell probability and the flows,
+    the cells are cut from them block by block (as `InstanceSettings.labels` cuts the whole map)."""
+    import torch
+
+    from unetile import UNet, UNetConfig, init_he
+
+    torch.manual_seed(0)
+    net = init_he(UNet(config=UNetConfig(width=4, depth=2, padding="same", out_channels=3, flows=True))).eval()
+    save_model(net, tmp_path / "flows.pt", cell_target="flows", threshold=0.5)
+    write_ome_zarr(tmp_path / "img.zarr", discs)
+    assert predict(tmp_path / "flows.pt", tmp_path / "img.zarr", tmp_path / "out") == 0
+    store = zarr.open_group(str(tmp_path / "out" / "img.zarr"), mode="r")
+    maps, cells = store["0"][:], store["labels"]["cells"]["0"][:][0]
+    assert maps.shape == (3, 300, 260) and cells.shape == (300, 260) and cells.dtype == np.uint32
+    whole = InstanceSettings(seeds="flows").labels(maps, 0.5)
+    assert (cells > 0).sum() == (whole > 0).sum() and cells.max() == whole.max()

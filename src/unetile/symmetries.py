@@ -57,6 +57,24 @@ def undo(x: torch.Tensor, s: Symmetry) -> torch.Tensor:
     return torch.flip(x, dims=(-1,)) if flip else x
 
 
+def turn_vectors(vectors: np.ndarray | torch.Tensor, symmetry: Symmetry,
+                 inverse: bool = False) -> np.ndarray | torch.Tensor:
+    """The components (..., 2, H, W) (y, x) of vectors in an image that `apply` transformed by
+    ``symmetry`` (a flows net's output, flows.py): the flip negates x, each rotation sends
+    (y, x) to (-x, y). ``inverse``: the components back (`undo`).
+    Only the components change; where the vectors sit is the caller's (`apply`)."""
+    k, flip = symmetry
+    y, x = vectors[..., 0, :, :], vectors[..., 1, :, :]
+    if not inverse and flip:
+        x = -x
+    for _ in range(k % 4):
+        y, x = (-x, y) if not inverse else (x, -y)
+    if inverse and flip:
+        x = -x
+    stack = torch.stack if isinstance(vectors, torch.Tensor) else np.stack
+    return stack([y, x], -3)
+
+
 # Volumes (Z, Y, X): the in-plane group acts on (y, x) as above; a z flip joins it (sections
 # have no up or down that a label could sit off by), and where the voxels are isotropic the
 # axes may also be swapped, so that rotations across z join as well (the cube's 48 symmetries

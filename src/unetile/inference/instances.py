@@ -51,6 +51,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..errors import UserInputError
+from ..flows import flows_to_instances
 from ..evaluation.metrics import as_probability
 from ..evaluation.metrics.common import face_connected
 from ..evaluation.metrics.objects import cell_counts, pooled, summary
@@ -85,14 +86,17 @@ class InstanceSettings:
     seed_threshold: float | None = None  # seeds: smoothed map above this; None: (1 + threshold) / 2
     min_size: int = 0  # cells smaller than this many px are dropped
     seeds: str = "foreground"  # the map seeds come from: "foreground", or "interior" (class 1 of a
-    #                            three-class net trained with --cell-target boundary or touching)
+    #                            three-class net trained with --cell-target boundary or touching); "flows":
+    #                            a flows net's map (cell probability, flows y, x): cells follow the flows
+    #                            (flows.py; ``method``, ``sigma`` and ``seed_threshold`` unused)
 
     @classmethod
     def from_metadata(cls, method: str, metadata: dict) -> "InstanceSettings":
         """``method`` from the command line, the rest from a checkpoint's metadata (if it has them)."""
         stored = metadata.get("instances", {})
         known = {k: stored[k] for k in ("sigma", "seed_threshold", "min_size") if k in stored}
-        seeds = "interior" if metadata.get("cell_target") in INTERIOR_SEEDED else "foreground"
+        target = metadata.get("cell_target")
+        seeds = "interior" if target in INTERIOR_SEEDED else "flows" if target == "flows" else "foreground"
         return cls(method=method, seeds=seeds, **known)
 
     def at_scale(self, px_per_net_px: float) -> "InstanceSettings":
@@ -118,6 +122,8 @@ class InstanceSettings:
         prob = np.asarray(prob)
         if prob.ndim == 2:
             prob = prob[None]
+        if self.seeds == "flows":
+            return flows_to_instances(prob[0], prob[1:3], threshold, self.min_size).astype(np.uint32)
         foreground = prob[0] if prob.shape[0] == 1 else 1.0 - prob[0]
         seed_map = prob[1] if self.seeds == "interior" and prob.shape[0] > 2 else None
         return probabilities_to_instances(foreground, self.method, threshold, self.sigma, self.seed_threshold,

@@ -250,7 +250,11 @@ class Predictor:
         else:
             prob = self.probabilities(image, name=name, progress=progress)
         spacing = (voxel_size or self.voxel_size) if self.spatial_dims == 3 else None
-        return encode(calibrate_map(prob, self.threshold), suffix, self.options.threshold, settings, spacing)
+        maps = calibrate_map(prob, self.threshold)
+        if getattr(self.config, "flows", False) and settings is None and (suffix == ".png" or self.options.threshold
+                                                                          is not None):
+            maps = maps[:1]  # a flows net's picture or mask is of its cell probability, not of the flows
+        return encode(maps, suffix, self.options.threshold, settings, spacing)
 
     def streams(self, target: Path) -> bool:
         """Whether ``target`` is written tile by tile into a TIFF on disk (bounded memory, resumable)."""

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from .. import symmetries
 from ..device import autocast
 from ..errors import UserInputError
-from ..nn.model import UNet, probabilities
+from ..nn.model import UNet, output_maps
 from ..normalization import Normalization
 from .layout import TileLayout, activation_bytes, default_tile_shape, default_tile_size, tile_layout
 from .tile_io import Position, TileWriter, tile_positions, tile_reader
@@ -199,7 +199,14 @@ class TileNet:
     def predict(self, batch: torch.Tensor, group: tuple[symmetries.Symmetry, ...]) -> torch.Tensor:
         if len(group) == 1:
             return self(batch)
-        return sum(symmetries.undo(self(symmetries.apply(batch, s)), s) for s in group) / len(group)
+        return sum(self.undo(self(symmetries.apply(batch, s)), s) for s in group) / len(group)
+
+    def undo(self, maps: torch.Tensor, s: symmetries.Symmetry) -> torch.Tensor:
+        """``maps`` of a transformed batch back in place; a flows net's vectors turned back too."""
+        maps = symmetries.undo(maps, s)
+        if not getattr(self.model.config, "flows", False):
+            return maps
+        return torch.cat([maps[:, :1], symmetries.turn_vectors(maps[:, 1:], s, inverse=True)], dim=1)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -207,7 +214,8 @@ class TileNet:
         with autocast(self.device, self.precision):
             y = self.model(batch).float()
         # An exported model (export.OnnxModel) already ends in sigmoid/softmax.
-        p = y if getattr(self.model, "outputs_probabilities", False) else probabilities(y)
+        p = y if getattr(self.model, "outputs_probabilities", False) else \
+            output_maps(y, getattr(self.model.config, "flows", False))
         if self.model.config.padding == "same":
             p = p[(..., *(slice(layout.context, layout.context + layout.output_size) for layout in self.layouts))]
         return p

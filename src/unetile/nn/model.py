@@ -43,6 +43,9 @@ class UNetConfig:
     spatial_dims: int = 2  # 2: (H, W) images; 3: (Z, Y, X) volumes
     kernels: tuple[Plan, ...] | None = None  # per spatial axis, the kernel size at each level (depth + 1)
     pools: tuple[Plan, ...] | None = None  # per spatial axis, the pooling factor below each level (depth)
+    # Cellpose-style cells (flows.py): channel 0 the cell logit, channels 1-2 the flows (y, x)
+    # times FLOW_SCALE; `output_maps` turns them into the cell probability and unit-scale flows.
+    flows: bool = False
 
     def __post_init__(self) -> None:
         if self.padding not in ("valid", "same"):
@@ -56,6 +59,8 @@ class UNetConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
+        if self.flows and (self.out_channels != 3 or self.spatial_dims != 2):
+            raise ValueError(f"a flows net has 3 outputs on images, got {self.out_channels} on {self.spatial_dims}D")
         for name, length, allowed in (("kernels", self.depth + 1, (1, 3)), ("pools", self.depth, (1, 2))):
             plan = getattr(self, name)
             if plan is not None and (len(plan) != self.spatial_dims or any(
@@ -225,6 +230,18 @@ class UNet(nn.Module):
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
     """Logits (N, C, H, W) -> probabilities: sigmoid where C == 1, softmax over C otherwise."""
     return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+
+
+#: A flows net learns the flows times this (Cellpose's 5: unit vectors are small regression targets).
+FLOW_SCALE = 5.0
+
+
+def output_maps(logits: torch.Tensor, flows: bool = False) -> torch.Tensor:
+    """The net's output (N, C, H, W) -> its maps: `probabilities`; a flows net's (``flows``,
+    `UNetConfig.flows`): the cell probability (sigmoid), then the flows (y, x) at unit scale."""
+    if not flows:
+        return probabilities(logits)
+    return torch.cat([torch.sigmoid(logits[:, :1]), logits[:, 1:] / FLOW_SCALE], dim=1)
 
 
 def init_he(model: nn.Module) -> nn.Module:

@@ -20,7 +20,7 @@ import torch
 from ..errors import UserInputError, reading
 from ..io import atomic_path
 from ..nn.checkpoint import check_record, load_model
-from ..nn.model import UNet, UNetConfig, probabilities
+from ..nn.model import UNet, UNetConfig, output_maps
 
 
 class _WithProbabilities(torch.nn.Module):
@@ -29,7 +29,7 @@ class _WithProbabilities(torch.nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return probabilities(self.model(x))
+        return output_maps(self.model(x), self.model.config.flows)
 
 
 def export_model(model_path: str | Path, out: str | Path, fmt: str = "onnx") -> float:

@@ -227,15 +227,14 @@ def _describe(packaged: PackagedNet, kwargs: dict, metadata: dict, info: Package
         pad=spec.ReflectPadding(mode="reflect"),  # mode given, or the writer drops it (spec 0.5.12)
         preprocessing=[spec.ScaleRangeDescr(kwargs=spec.ScaleRangeKwargs(
             axes=spatial, min_percentile=float(norm["low"]), max_percentile=float(norm["high"]), eps=_EPS))])]
-    names = ["foreground"] if config.out_channels == 1 else [f"class{i}" for i in range(config.out_channels)]
+    names, description = _output_channels(config)
     outputs = [spec.OutputTensorDescr(
-        id=spec.TensorId("probability"),
-        description="calibrated probability: foreground where > 0.5" if config.out_channels == 1
-        else "class probabilities (softmax)",
+        id=spec.TensorId("probability"), description=description,
         axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier(n) for n in names]), *output_axes],
         test_tensor=spec.FileDescr(source=work / "test_output.npy"),
         sample_tensor=spec.FileDescr(source=work / "sample_output.tif"),
-        data=spec.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)))]
+        # a flows net's flows are vectors of about unit length, not probabilities
+        data=spec.IntervalOrRatioDataDescr(type="float32", range=(None, None) if config.flows else (0.0, 1.0)))]
     return spec.ModelDescr(
         name=info.name or f"U-Net {model_path.parent.name or model_path.stem}"[:128],
         description=info.description or "A U-Net (Ronneberger et al. 2015) trained with the unetile tool.",
@@ -245,6 +244,17 @@ def _describe(packaged: PackagedNet, kwargs: dict, metadata: dict, info: Package
         tags=["unet", "segmentation", f"{config.spatial_dims}d", "pytorch", "microscopy"],
         inputs=inputs, outputs=outputs, weights=_weights(kwargs, work),
         config={CONFIG_KEYS[0]: {"config": config.to_dict(), "metadata": metadata}})
+
+
+def _output_channels(config) -> tuple[list[str], str]:
+    """(the output's channel names, its description) for a net's `UNetConfig`."""
+    if config.flows:
+        return ["cell", "flow_y", "flow_x"], ("the cell probability, then Cellpose-style flows (y, x): unit vectors "
+                                              "towards each cell's centre; `unetile predict --instances` follows them "
+                                              "to cut cells")
+    if config.out_channels == 1:
+        return ["foreground"], "calibrated probability: foreground where > 0.5"
+    return [f"class{i}" for i in range(config.out_channels)], "class probabilities (softmax)"
 
 
 def _space_axes(packaged: PackagedNet, metadata: dict, image) -> tuple[tuple, list, list]:

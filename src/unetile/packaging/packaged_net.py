@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..nn.model import UNet, UNetConfig, probabilities
+from ..nn.model import UNet, UNetConfig, output_maps
 
 
 class PackagedNet(torch.nn.Module):
@@ -70,7 +70,7 @@ class PackagedNet(torch.nn.Module):
                 x = F.pad(x, (self.taps,) * 4, mode="reflect")
             x = F.conv2d(x, self.kernel_y, groups=x.shape[1])
             x = F.conv2d(x, self.kernel_x, groups=x.shape[1])
-        prob = probabilities(self.net(x))
+        prob = output_maps(self.net(x), getattr(self.net.config, "flows", False))
         if prob.shape[1] == 1 and self.threshold != 0.5:
             t = self.threshold
             prob = torch.where(prob <= t, prob * (0.5 / t), 0.5 + (prob - t) * (0.5 / (1 - t)))

@@ -210,6 +210,9 @@ def _image_files(cfg: TrainConfig) -> list[Path]:
 
 def check_volume_settings(cfg: TrainConfig) -> None:
     """Settings that volumes cannot take: one line each."""
+    if cfg.cell_target in ("touching", "flows"):
+        raise UserInputError(f"--cell-target {cfg.cell_target} is for 2D images; volumes learn foreground, boundary "
+                             "or distance")
     if cfg.tiles_on == "device":
         raise UserInputError("--tiles-on device: volume tiles are cut and augmented on the CPU; use --tiles-on cpu")
     if parse_label_offset(cfg.label_offset) != "none":

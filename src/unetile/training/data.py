@@ -20,6 +20,7 @@ they weigh 0, count in no statistics, and are no cell (`without_ignored`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 from collections.abc import Iterator
@@ -33,8 +34,10 @@ from skimage.measure import label as connected_components
 from skimage.segmentation import find_boundaries
 from torch.utils.data import Dataset, Sampler
 
+from .. import symmetries
 from ..cell_size import median_diameter, resize_image, resize_labels, scale_factor, scaled_shape
 from ..errors import UserInputError
+from ..flows import flow_field
 from ..inference.instances import INTERIOR_SEEDED
 from ..inference.tile_io import reflect_indices
 from ..io import list_images, read_image
@@ -52,6 +55,7 @@ class LabelledImage:
     weight: np.ndarray  # (H, W) float32 loss weight (the border weight map, or class balance); 0 where not annotated
     instances: np.ndarray | None = None  # (H, W) int32 the label's instance ids, where it holds them
     annotated: np.ndarray | None = None  # (H, W) bool, where the label is not --ignore-label; None: everywhere
+    flows: np.ndarray | None = None  # (2, H, W) float32 --cell-target flows: the cells' flows (flows.flow_field)
 
 
 def read_pairs(
@@ -119,9 +123,10 @@ def without_ignored(label: np.ndarray, ignore_label: int | None) -> tuple[np.nda
 #: a 1-px background line where they touch), "boundary" (three classes: background, cell
 #: interior, and a `BOUNDARY_WIDTH`-px band along each cell's edge), "touching" (three classes:
 #: background, cell, and the band where two cells meet: `touching_classes`, the DSB 2018
-#: winners' third channel) or "distance" (each cell pixel's distance to the background, divided
-#: by its cell's largest: `distance_target`).
-CELL_TARGETS = ("foreground", "boundary", "touching", "distance")
+#: winners' third channel), "flows" (Cellpose's: the cells, touching ones not parted, and each
+#: pixel's flow towards its cell's centre, `flows.flow_field`; images only) or "distance" (each
+#: cell pixel's distance to the background, divided by its cell's largest: `distance_target`).
+CELL_TARGETS = ("foreground", "boundary", "touching", "flows", "distance")
 BOUNDARY_WIDTH = 2  # px
 
 
@@ -163,6 +168,8 @@ def interpret_labels(label: np.ndarray, n_classes: int | None, source: str = "la
         return boundary_classes(ids), separated.astype(np.int32)
     if cell_target == "touching":
         return touching_classes(ids), separated.astype(np.int32)
+    if cell_target == "flows":  # touching cells stay touching: their flows part them
+        return (ids > 0).astype(np.int64), separated.astype(np.int32)
     if cell_target == "distance":
         return distance_target(separated, spacing), separated.astype(np.int32)
     return (separated > 0).astype(np.int64), separated.astype(np.int32)
@@ -278,14 +285,15 @@ def prepare(
             label, annotated = without_ignored(raw_label, ignore_label)
         classes, cells = interpret_labels(label, n_classes, str(label_path), cell_target, spacing)
         is_ids = label_kind(label, n_classes) == "instances"
-        if weight_map:
+        flows = flow_field(label) if is_ids and cell_target == "flows" else None
+        if weight_map and flows is None:  # flows: the cells' probability needs no border weights
             n_out = 3 if is_ids and cell_target in INTERIOR_SEEDED else n_classes or 2
             ids = classes if classes.dtype.kind == "i" else (classes > 0).astype(np.int64)  # distances: in or out
             weight = border_weight_map(cells, w0, sigma, n_out, ids, class_balance, spacing, annotated)
         else:
             weight = np.ones(classes.shape, np.float32) if annotated is None else annotated.astype(np.float32)
         items.append(LabelledImage(name, normalize(image, normalization), classes, weight,
-                                   label.astype(np.int32) if is_ids else None, annotated))
+                                   label.astype(np.int32) if is_ids else None, annotated, flows))
     return items
 
 
@@ -403,11 +411,25 @@ class TileDataset(Dataset):
         image, label, weight = augment_region(
             image, label, weight, self.tile_shape, self.out_shape, self.margins, self.aug, draw.augmentation
         )
-        label = label.astype(np.float32 if self.aug.soft_labels else np.int64)
+        if item.flows is not None:
+            label = np.concatenate([(label > 0)[None].astype(np.float32), self.flows_tile(item, grid, draw)])
+        label = label.astype(np.float32 if self.aug.soft_labels or item.flows is not None else np.int64)
         tensors = (torch.from_numpy(image), torch.from_numpy(label), torch.from_numpy(weight))
         if self.skeleton:
             tensors += (torch.from_numpy(background_skeleton(label).astype(np.float32)),)
         return tensors
+
+
+    def flows_tile(self, item: LabelledImage, grid: tuple[np.ndarray, ...], draw: TileDraw) -> np.ndarray:
+        """The flows (2, O, O) of the tile ``draw``: warped as its image was, their vectors turned
+        with the tile's flip / rotation (`symmetries.turn_vectors`). The elastic warp's small local
+        rotation of the vectors is not applied (its displacements vary over ~100 px)."""
+        flows = item.flows[(slice(None), *grid)]
+        unused = np.zeros(flows.shape[1:], np.float32)  # augment_region's label and weight
+        flows, _, _ = augment_region(flows, unused, unused, self.tile_shape, self.out_shape, self.margins,
+                                     self.aug, dataclasses.replace(draw.augmentation, grey=None))
+        centre = tuple(slice((t - o) // 2, (t - o) // 2 + o) for t, o in zip(self.tile_shape, self.out_shape))
+        return symmetries.turn_vectors(flows[(slice(None), *centre)], draw.augmentation.symmetry)
 
 
 class EpochSampler(Sampler[int]):

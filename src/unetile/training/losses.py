@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..nn.model import probabilities
+from ..nn.model import FLOW_SCALE, probabilities
 
 LOSSES = ("weighted-ce", "ce", "bce", "dice")
 
@@ -29,6 +29,8 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.
     if kind not in LOSSES:
         raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {kind!r}")
     logits = logits.float()
+    if target.ndim == logits.ndim:  # (N, 3, H, W): a flows net's target (--cell-target flows)
+        return flow_loss(logits, target, weight)
     mask = (weight > 0).float()
     if kind == "dice":
         loss = _soft_dice_loss(logits, target, mask)
@@ -46,6 +48,18 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.
         background = 1 - probs[:, 0] if probs.shape[1] == 1 else probs[:, 0]
         loss = loss + skeleton_recall * skeleton_recall_loss(background, skeleton * mask)
     return loss
+
+
+def flow_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """A flows net (flows.py): logits (N, 3, H, W) (cell logit, flows y and x times `FLOW_SCALE`)
+    against the target (N, 3, H, W) (cell 0/1, unit flows): binary cross entropy of the cell
+    (weighted by ``weight``) plus, on pixels of weight > 0, the squared error of the flows
+    summed over y and x and divided by 4 (Cellpose 3's loss: the mean over both components, halved).
+    Divided by the pixel count, as `segmentation_loss`."""
+    mask = (weight > 0).float()
+    cell = F.binary_cross_entropy_with_logits(logits[:, 0], target[:, 0], reduction="none")
+    flow_error = ((logits[:, 1:] - FLOW_SCALE * target[:, 1:]) ** 2).sum(dim=1)
+    return ((cell * weight).sum() + (flow_error * mask).sum() / 4) / cell.numel()
 
 
 def skeleton_recall_loss(background: torch.Tensor, skeleton: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:

@@ -87,7 +87,9 @@ def build_run(cfg: TrainConfig, folder: Path, ctx: distributed.Context, device: 
     cell_target = cell_target_of(cfg, train_items)
     kernels, pools = volume_plan(cfg)
     model_cfg = UNetConfig(
-        in_channels=channels, out_channels=3 if cell_target in INTERIOR_SEEDED else 1 if (cfg.classes or 2) == 2 else cfg.classes,
+        in_channels=channels,
+        out_channels=3 if cell_target in (*INTERIOR_SEEDED, "flows") else 1 if (cfg.classes or 2) == 2 else cfg.classes,
+        flows=cell_target == "flows",
         depth=cfg.depth,
         width=cfg.width, padding=cfg.padding, up_mode=cfg.up_mode, dropout=cfg.dropout, batch_norm=cfg.batch_norm,
         **(dict(spatial_dims=3, kernels=kernels, pools=pools) if cfg.dims == 3 else {}),
@@ -248,8 +250,12 @@ def tiles_on_device(cfg: TrainConfig, device: torch.device, train_items: list[La
     """``--tiles-on``: "device" or "cpu" as asked; "auto": the device where it is a GPU, the
     skeleton recall is off (its skeletons are computed on the CPU) and the training images,
     labels and weights take less than a quarter of its free memory."""
+    if cfg.tiles_on == "device" and train_items[0].flows is not None:
+        raise UserInputError("--tiles-on device cannot turn the flows of --cell-target flows; use --tiles-on cpu")
     if cfg.tiles_on != "auto":
         return cfg.tiles_on == "device"
+    if train_items[0].flows is not None:  # their flows are warped and turned on the CPU (data.TileDataset)
+        return False
     if device.type != "cuda" or cfg.skeleton_recall > 0:
         return False
     size = sum(it.image.nbytes + 2 * it.classes.size * 4 for it in train_items)

@@ -28,7 +28,7 @@ from ..inference.instances import DEFAULT_METHOD, VOLUME_GRID, InstanceSettings,
 from ..inference.predictor import calibrate_map
 from ..inference.tiling import predict_tiled
 from ..nn.checkpoint import load_model, save_model
-from ..nn.model import UNet
+from ..nn.model import FLOW_SCALE, UNet
 from .config import TrainConfig
 from .data import LabelledImage
 from .losses import segmentation_loss
@@ -112,15 +112,27 @@ def validation_maps(model: UNet, items, cfg: TrainConfig, precision: str, tta: b
         if not np.isfinite(p).all():
             raise UserInputError("the predictions became non-finite (the weights diverged); the last good state is "
                                  "last.pt in the run folder: lower --lr")
-        prob = torch.from_numpy(p)
-        logits = torch.logit(prob.clamp(1e-6, 1 - 1e-6)) if p.shape[0] == 1 else torch.log(prob.clamp_min(1e-8))
         skeleton = torch.from_numpy(background_skeleton(it.classes)[None].astype(np.float32)) \
             if cfg.skeleton_recall > 0 else None  # the training loss, term for term
-        loss = float(segmentation_loss(logits[None], torch.from_numpy(it.classes)[None],
-                                       torch.from_numpy(it.weight)[None], cfg.loss, skeleton, cfg.skeleton_recall))
-        foreground = p[0] if p.shape[0] == 1 else 1.0 - p[0]  # foreground = not class 0
+        logits, target = net_outputs(p, it)
+        loss = float(segmentation_loss(logits[None], target[None], torch.from_numpy(it.weight)[None], cfg.loss,
+                                       skeleton, cfg.skeleton_recall))
+        # foreground = not class 0; a flows net's channel 0 is its cell probability
+        foreground = p[0] if p.shape[0] == 1 or it.flows is not None else 1.0 - p[0]
         out.append(ValidationMap(it.name, foreground, it.classes > 0, loss, p, it.annotated))
     return out
+
+
+def net_outputs(p: np.ndarray, item: LabelledImage) -> tuple[torch.Tensor, torch.Tensor]:
+    """A validation image's maps (C_out, H, W) as `predict_tiled` gives them -> (the net's outputs
+    they come from, the loss's target): logits of probabilities, against class ids; a flows
+    net's (`nn.model.output_maps` undone), against the cell and its flows (3, H, W)."""
+    prob = torch.from_numpy(p)
+    if item.flows is not None:
+        logits = torch.cat([torch.logit(prob[:1].clamp(1e-6, 1 - 1e-6)), prob[1:] * FLOW_SCALE])
+        return logits, torch.from_numpy(np.concatenate([(item.classes > 0)[None].astype(np.float32), item.flows]))
+    logits = torch.logit(prob.clamp(1e-6, 1 - 1e-6)) if p.shape[0] == 1 else torch.log(prob.clamp_min(1e-8))
+    return logits, torch.from_numpy(item.classes)
 
 
 def _labelled(p: np.ndarray, g: np.ndarray, annotated: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -232,7 +244,9 @@ def calibrate_checkpoint(checkpoint: Path, val_items: list[LabelledImage], cfg: 
         model.to(memory_format=memory_format(model.config.spatial_dims))
     maps = validation_maps(model, val_items, cfg, precision, tta=tta, input_shift=input_shift)
     v = score_validation(maps)
-    meta.update(threshold=v.threshold)
+    # A flows net's maps are written as the net gives them (`predictor.calibrate_map` calibrates
+    # one-class maps only): its cells begin at probability 0.5 (Cellpose's cell logit 0).
+    meta.update(threshold=0.5 if model.config.flows else v.threshold)
     if tta:
         meta.update(val_tta=dataclasses.asdict(v))
         log.info("best.pt with TTA: threshold %.2f  pixel err %.4f  adapted rand %.4f  rand %.4f  v_rand %.4f",
@@ -244,11 +258,14 @@ def calibrate_checkpoint(checkpoint: Path, val_items: list[LabelledImage], cfg: 
         base = InstanceSettings.from_metadata(DEFAULT_METHOD, meta)
         # sigma in in-plane px; min_size in px, or voxels for volumes (VOLUME_GRID)
         grid, spacing = (VOLUME_GRID, cfg.voxel_size) if model.config.spatial_dims == 3 else (INSTANCE_GRID, None)
+        if model.config.flows:  # cells from the flows: only the smallest cell kept is chosen
+            grid = {**grid, "sigma": (base.sigma,), "seed_threshold": (base.seed_threshold,)}
         settings, score = choose_settings([calibrate_map(p, v.threshold) for p in probs], truths, grid, base,
                                           spacings=[spacing] * len(probs))
         meta.update(instances=settings.to_dict(), val_instances_mean_ap=score)
-        log.info("cells: seeded watershed with sigma %g, seed level %g, cells of at least %d %s (validation mean AP "
-                 "%.4f)", settings.sigma, settings.seed_threshold, settings.min_size,
+        how = "cells from the flows" if model.config.flows else \
+            f"cells: seeded watershed with sigma {settings.sigma:g}, seed level {settings.seed_threshold:g}"
+        log.info("%s, cells of at least %d %s (validation mean AP %.4f)", how, settings.min_size,
                  "voxels" if model.config.spatial_dims == 3 else "px", score)
     save_model(model, checkpoint, **meta)
 
