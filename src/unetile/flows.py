@@ -50,11 +50,15 @@ def flow_field(ids: np.ndarray) -> np.ndarray:
     padded = np.pad(ids, 1)
     offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
     # same[k]: the neighbour at offset k is of the pixel's own cell (heat moves only within cells)
-    same = np.stack([_shifted(padded, dy, dx, ids.shape) == ids for dy, dx in offsets]) & (ids > 0)
+    same = (np.stack([_shifted(padded, dy, dx, ids.shape) == ids for dy, dx in offsets]) & (ids > 0)) / 9.0
+    # float64: in float32 the sums' rounding breaks the ties on a cell's axes of symmetry
     heat = np.zeros((ids.shape[0] + 2, ids.shape[1] + 2), np.float64)
+    inner = np.empty(ids.shape, np.float64)
     for _ in range(iterations):
-        inner = sum(np.where(same[k], _shifted(heat, dy, dx, ids.shape), 0.0) for k, (dy, dx) in enumerate(offsets))
-        heat[1:-1, 1:-1] = inner / 9.0
+        np.multiply(same[0], _shifted(heat, *offsets[0], ids.shape), out=inner)
+        for k in range(1, len(offsets)):
+            inner += same[k] * _shifted(heat, *offsets[k], ids.shape)
+        heat[1:-1, 1:-1] = inner
         heat[centres[:, 0] + 1, centres[:, 1] + 1] += 1.0
     heat = np.log1p(heat)
     inside = ids > 0
