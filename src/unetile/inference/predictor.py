@@ -190,7 +190,7 @@ class Predictor:
                    progress: bool = False) -> tuple[np.ndarray | None, float]:
         """(the map of a first pass, where one was run and can be kept; the factor that brings the
         image's cells to ``net_diameter`` px). ``options.diameter`` where given; else estimated: a
-        first pass at the image's own size (without TTA: a sixth of a TTA pass or less), the median
+        first pass at the image's own size (without TTA: an eighth of a TTA pass there), the median
         diameter of the cells it finds (`cell_size.median_diameter`). Factors within `SAME_SCALE`
         of 1 count as 1."""
         first = None
