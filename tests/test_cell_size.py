@@ -45,6 +45,7 @@ def test_scale_factor_is_the_ratio_held_to_its_range():
     assert scale_factor(10.0, 25.0) == 2.5
     assert scale_factor(2.0, 25.0) == MAX_FACTOR
     assert scale_factor(None, 25.0) == 1.0 and scale_factor(10.0, None) == 1.0
+    assert scale_factor(10.0, 10.9) == 1.0  # within 10%: not resampled
     assert scaled_shape((256, 100), 1.5) == (384, 150)
 
 

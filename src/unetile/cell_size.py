@@ -24,7 +24,8 @@ __all__ = ["MIN_FACTOR", "MAX_FACTOR", "SAME_SCALE", "median_diameter", "scale_f
 #: Rescaling is held to this range: past 4x a 256 x 256 image costs 16x the time, and below
 #: 1/4 a nucleus of 100 px keeps too few pixels of its edge.
 MIN_FACTOR, MAX_FACTOR = 0.25, 4.0
-#: Prediction skips the second pass where the estimated factor is this close to 1 (within 10%).
+#: Factors this close to 1 (within 10%) count as 1: an image is not resampled for so little, and
+#: prediction then keeps its first pass.
 SAME_SCALE = 0.1
 
 
@@ -40,10 +41,12 @@ def median_diameter(ids: np.ndarray) -> float | None:
 
 def scale_factor(diameter: float | None, net_diameter: float | None) -> float:
     """How much to enlarge an image whose cells are ``diameter`` px across so that they are
-    ``net_diameter`` px: their ratio held to [MIN_FACTOR, MAX_FACTOR]; 1 where either is unknown."""
+    ``net_diameter`` px: their ratio held to [MIN_FACTOR, MAX_FACTOR]; 1 where either is unknown
+    or the ratio is within `SAME_SCALE` of 1."""
     if not diameter or not net_diameter:
         return 1.0
-    return float(np.clip(net_diameter / diameter, MIN_FACTOR, MAX_FACTOR))
+    factor = float(np.clip(net_diameter / diameter, MIN_FACTOR, MAX_FACTOR))
+    return 1.0 if abs(factor - 1.0) <= SAME_SCALE else factor
 
 
 def scaled_shape(shape: tuple[int, ...], factor: float) -> tuple[int, ...]:

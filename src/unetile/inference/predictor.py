@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..cell_size import SAME_SCALE, median_diameter, resize_image, scale_factor, scaled_shape
+from ..cell_size import median_diameter, resize_image, scale_factor, scaled_shape
 from ..device import choose_precision, resolve_device, use_fast_kernels, uses_channels_last
 from ..distributed import Context
 from ..errors import UserInputError
@@ -191,8 +191,8 @@ class Predictor:
         """(the map of a first pass, where one was run and can be kept; the factor that brings the
         image's cells to ``net_diameter`` px). ``options.diameter`` where given; else estimated: a
         first pass at the image's own size (without TTA: an eighth of a TTA pass there), the median
-        diameter of the cells it finds (`cell_size.median_diameter`). Factors within `SAME_SCALE`
-        of 1 count as 1."""
+        diameter of the cells it finds (`cell_size.median_diameter`). Factors within
+        `cell_size.SAME_SCALE` of 1 count as 1."""
         first = None
         if self.options.diameter is not None:
             factor = scale_factor(self.options.diameter, self.net_diameter)
@@ -203,8 +203,6 @@ class Predictor:
             factor = scale_factor(found, self.net_diameter)
             log.info("%s: cells about %s px across -> x%.2f (to %.0f px)", name,
                      "?" if found is None else f"{found:.1f}", factor, self.net_diameter)
-        if abs(factor - 1.0) <= SAME_SCALE:
-            factor = 1.0
         return (first if factor == 1.0 and not self.options.tta else None), factor
 
     def _matched(self, image: np.ndarray, name: str | Path) -> np.ndarray:
