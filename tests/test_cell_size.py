@@ -154,3 +154,15 @@ def test_a_packages_card_says_at_which_cell_size_the_model_sees_images(tmp_path)
     card = model_card(tmp_path / "m.pt", tiny_unet(), {"cell_diameter": 24.0}, {}, info, None)
     assert "cells are 24 px across" in card and "--diameter" in card
     assert "px across" not in model_card(tmp_path / "m.pt", tiny_unet(), {}, {}, info, None)
+
+
+def test_the_estimate_trusts_the_scale_whose_cells_come_out_nearest_the_nets_size(sized_model, monkeypatch):
+    """A net splits cells much larger than it was trained on: at the image's own size it finds
+    pieces 22 px across; at 1/2, 24; at 1/4, cells of 19 px, nearest its 20: the cells are 76 px."""
+    import unetile.inference.predictor as predictor_module
+
+    found = iter([22.0, 24.0, 19.0])  # at the scales 1, 1/2, 1/4
+    monkeypatch.setattr(predictor_module, "median_diameter", lambda labels: next(found))
+    predictor = Predictor.load(sized_model, PredictOptions(precision="fp32"))
+    first, factor = predictor.estimate_factor(np.zeros((1, 200, 200), np.float32))
+    assert factor == pytest.approx(0.25 * 20 / 19) and first.shape == (1, 200, 200)

@@ -50,6 +50,10 @@ from .tiling import default_batch_size, predict_tiled
 
 log = logging.getLogger(__name__)
 
+#: The scales at which `Predictor.estimate_factor` looks for cells (of the image's own size).
+ESTIMATE_SCALES = (1.0, 0.5, 0.25)
+MIN_ESTIMATE_SIDE = 32  # px: no estimate from an image scaled smaller than this
+
 
 @dataclass(frozen=True)
 class PredictOptions:
@@ -188,22 +192,38 @@ class Predictor:
 
     def cell_scale(self, image: np.ndarray, name: str | Path = "image",
                    progress: bool = False) -> tuple[np.ndarray | None, float]:
-        """(the map of a first pass, where one was run and can be kept; the factor that brings the
-        image's cells to ``net_diameter`` px). ``options.diameter`` where given; else estimated: a
-        first pass at the image's own size (without TTA: an eighth of a TTA pass there), the median
-        diameter of the cells it finds (`cell_size.median_diameter`). Factors within
-        `cell_size.SAME_SCALE` of 1 count as 1."""
-        first = None
+        """(the map of a first pass, where one was run at the image's own size and can be kept; the
+        factor that brings the image's cells to ``net_diameter`` px). ``options.diameter`` where
+        given; else estimated (`estimate_factor`). Factors within `cell_size.SAME_SCALE` of 1 count as 1."""
         if self.options.diameter is not None:
-            factor = scale_factor(self.options.diameter, self.net_diameter)
-        else:
-            first = self._tiled(image, False, progress=progress)
-            settings = self.instance_settings or InstanceSettings.from_metadata(DEFAULT_METHOD, self.metadata)
-            found = median_diameter(settings.labels(calibrate_map(first, self.threshold)))
-            factor = scale_factor(found, self.net_diameter)
-            log.info("%s: cells about %s px across -> x%.2f (to %.0f px)", name,
-                     "?" if found is None else f"{found:.1f}", factor, self.net_diameter)
+            return None, scale_factor(self.options.diameter, self.net_diameter)
+        first, factor = self.estimate_factor(image, name, progress)
         return (first if factor == 1.0 and not self.options.tta else None), factor
+
+    def estimate_factor(self, image: np.ndarray, name: str | Path = "image",
+                        progress: bool = False) -> tuple[np.ndarray, float]:
+        """(the pass at the image's own size, the factor that brings its cells to ``net_diameter``).
+
+        A pass without TTA at each scale of `ESTIMATE_SCALES` (the image's own, 1/2, 1/4: 1.31
+        passes at its own size in all, an eighth of that of a TTA pass), cells cut as `predict`
+        cuts them and their median diameter measured (`cell_size.median_diameter`). A net sees
+        cells best near the size it was trained at, and splits much larger ones into pieces, so
+        the scale whose cells come out nearest ``net_diameter`` gives the estimate."""
+        settings = self.instance_settings or InstanceSettings.from_metadata(DEFAULT_METHOD, self.metadata)
+        first, best = None, (np.inf, 1.0)  # (|log(found / net)|, factor)
+        for scale in ESTIMATE_SCALES:
+            shape = scaled_shape(image.shape[1:], scale)
+            if scale != 1.0 and min(shape) < MIN_ESTIMATE_SIDE:
+                continue
+            maps = self._tiled(image if scale == 1.0 else resize_image(image, shape), False, progress=progress)
+            first = maps if scale == 1.0 else first
+            found = median_diameter(settings.labels(calibrate_map(maps, self.threshold)))  # as at the net's scale
+            if found is not None and abs(np.log(found / self.net_diameter)) < best[0]:
+                best = (abs(np.log(found / self.net_diameter)), scale * self.net_diameter / found)
+        factor = scale_factor(self.net_diameter / best[1], self.net_diameter)
+        log.info("%s: cells about %.1f px across -> x%.2f (to %.0f px)", name, self.net_diameter / best[1], factor,
+                 self.net_diameter)
+        return first, factor
 
     def _matched(self, image: np.ndarray, name: str | Path) -> np.ndarray:
         """``image`` as (C, H, W) (3D nets: (C, Z, Y, X)) with the net's channels."""
