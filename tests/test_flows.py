@@ -107,3 +107,23 @@ def test_tta_turns_a_flows_nets_vectors_back():
     plain = predict_tiled(net, image, precision="fp32")
     assert plain.shape == (3, 60, 60) and 0 <= plain[0].min() and plain[0].max() <= 1
     assert not np.allclose(maps[1:], plain[1:], atol=1e-3)  # TTA changed something (the test can fail)
+
+
+def test_a_label_with_one_cell_gets_flows_too():
+    """DSB 2018 has images with one nucleus: their label (two values) reads as a mask, and in a
+    flows run its cell still needs flows, or the batch mixes (3, H, W) and (H, W) targets."""
+    import torch
+
+    from unetile.normalization import Normalization
+    from unetile.training.augment import Augmentation
+    from unetile.training.data import TileDataset, prepare
+
+    many = touching_discs()
+    one = (many == 3).astype(np.int32) * 7
+    pairs = [(n, ids[None].astype(np.float32), ids, None, n) for n, ids in (("many", many), ("one", one))]
+    items = prepare(pairs, None, Normalization(), weight_map=True, cell_target="flows")
+    assert all(it.flows is not None and it.flows.shape == (2, 40, 56) for it in items)
+    np.testing.assert_allclose(items[1].flows, flow_field(one), atol=1e-6)
+    dataset = TileDataset(items, 32, 32, Augmentation.none(), seed=0)
+    batch = torch.utils.data.default_collate([dataset[i] for i in range(6)])
+    assert batch[1].shape == (6, 3, 32, 32)

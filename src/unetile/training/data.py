@@ -285,7 +285,8 @@ def prepare(
             label, annotated = without_ignored(raw_label, ignore_label)
         classes, cells = interpret_labels(label, n_classes, str(label_path), cell_target, spacing)
         is_ids = label_kind(label, n_classes) == "instances"
-        flows = flow_field(label) if is_ids and cell_target == "flows" else None
+        # A flows run's labels with one cell (read as masks) get the flows of their mask's cells.
+        flows = flow_field(label if is_ids else cells) if cell_target == "flows" else None
         if weight_map and flows is None:  # flows: the cells' probability needs no border weights
             n_out = 3 if is_ids and cell_target in INTERIOR_SEEDED else n_classes or 2
             ids = classes if classes.dtype.kind == "i" else (classes > 0).astype(np.int64)  # distances: in or out

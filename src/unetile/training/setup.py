@@ -84,7 +84,7 @@ def build_run(cfg: TrainConfig, folder: Path, ctx: distributed.Context, device: 
     if input_shift != (0.0, 0.0):
         # Training tiles come from resampled images; validation resamples per tile, as predict does.
         train_items = [dataclasses.replace(it, image=shift_image(it.image, input_shift)) for it in train_items]
-    cell_target = cell_target_of(cfg, train_items)
+    cell_target = cfg.cell_target  # decided by load_data (`cell_target_of`)
     kernels, pools = volume_plan(cfg)
     model_cfg = UNetConfig(
         in_channels=channels,
@@ -170,10 +170,12 @@ def epoch_validation(val_items: list[LabelledImage]) -> list[LabelledImage]:
     return subset
 
 
-def cell_target_of(cfg: TrainConfig, train_items: list) -> str:
-    """What the net learns from the labels: ``cfg.cell_target`` where they hold instance ids,
-    else "foreground" (a warning where another target was asked for)."""
-    with_ids = any(it.instances is not None for it in train_items)
+def cell_target_of(cfg: TrainConfig, train_pairs: list[tuple]) -> str:
+    """What the net learns from the labels: ``cfg.cell_target`` where some of the training
+    labels (`read_pairs` tuples) hold instance ids, else "foreground" (a warning where another
+    target was asked for)."""
+    with_ids = any(label_kind(without_ignored(label, cfg.ignore_label)[0], cfg.classes, str(path)) == "instances"
+                   for _, _, label, _, path in train_pairs)
     if cfg.cell_target != "foreground" and not with_ids:
         log.warning("--cell-target %s applies to instance-id labels only; these labels are masks or classes",
                     cfg.cell_target)
@@ -322,7 +324,8 @@ def load_data(cfg: TrainConfig):
                                   class_balance=balance if cfg.class_balance == "auto" else cfg.class_balance)
         log.info("weight map: w0 = %g, class balancing %s (auto: decided by the kind of labels)", cfg.w0,
                  "on" if cfg.class_balance else "off")
-    cfg = dataclasses.replace(cfg, cell_diameter=net_cell_diameter(cfg, train_pairs))
+    cfg = dataclasses.replace(cfg, cell_diameter=net_cell_diameter(cfg, train_pairs),
+                              cell_target=cell_target_of(cfg, train_pairs))
     # cfg.classes stays None unless given, so that labels with many values read as instance ids.
     spacing = (cfg.voxel_size or (1.0, 1.0, 1.0)) if cfg.dims == 3 else None  # physical distances in volumes
     train_items, val_items = (prepare(p, cfg.classes, norm, cfg.weight_map, cfg.w0, cfg.sigma, cfg.class_balance,
