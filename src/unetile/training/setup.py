@@ -121,7 +121,8 @@ def build_run(cfg: TrainConfig, folder: Path, ctx: distributed.Context, device: 
               "train_images": [it.name for it in train_items], "val_images": [it.name for it in val_items]}
     log.info("training %s: %d train / %d val %s, tile %s -> %s, batch %d x %d process(es), %s, %s on %s",
              cfg.preset, len(train_items), len(val_items), "volumes" if cfg.dims == 3 else "images",
-             _size_text(tile), _size_text(out_size), cfg.batch_size, ctx.world, cfg.loss, precision, device)
+             _size_text(tile), _size_text(out_size), cfg.batch_size, ctx.world,
+             "flows + cell cross entropy" if cell_target == "flows" else cfg.loss, precision, device)
     return Run(cfg=cfg, folder=folder, ctx=ctx, device=device, precision=precision, raw=raw, model=raw, ema=ema,
                optimizer=optimizer, scaler=torch.amp.GradScaler("cuda", enabled=precision == "fp16"), loader=loader,
                sampler=sampler, steps_per_epoch=steps_per_epoch, val_items=val_items,
