@@ -220,9 +220,12 @@ class Predictor:
             found = median_diameter(settings.labels(calibrate_map(maps, self.threshold)))  # as at the net's scale
             if found is not None and abs(np.log(found / self.net_diameter)) < best[0]:
                 best = (abs(np.log(found / self.net_diameter)), scale * self.net_diameter / found)
-        factor = scale_factor(self.net_diameter / best[1], self.net_diameter)
-        log.info("%s: cells about %.1f px across -> x%.2f (to %.0f px)", name, self.net_diameter / best[1], factor,
-                 self.net_diameter)
+        if best[0] == np.inf:
+            log.info("%s: no cells found at any scale: predicted at its own size", name)
+            return first, 1.0
+        found = self.net_diameter / best[1]
+        factor = scale_factor(found, self.net_diameter)
+        log.info("%s: cells about %.1f px across -> x%.2f (to %.0f px)", name, found, factor, self.net_diameter)
         return first, factor
 
     def _matched(self, image: np.ndarray, name: str | Path) -> np.ndarray:

@@ -171,12 +171,17 @@ def epoch_validation(val_items: list[LabelledImage]) -> list[LabelledImage]:
     return subset
 
 
-def cell_target_of(cfg: TrainConfig, train_pairs: list[tuple]) -> str:
-    """What the net learns from the labels: ``cfg.cell_target`` where some of the training
-    labels (`read_pairs` tuples) hold instance ids, else "foreground" (a warning where another
-    target was asked for)."""
-    with_ids = any(label_kind(without_ignored(label, cfg.ignore_label)[0], cfg.classes, str(path)) == "instances"
-                   for _, _, label, _, path in train_pairs)
+def instance_labels(cfg: TrainConfig, train_pairs: list[tuple]) -> list[np.ndarray]:
+    """The training labels (`read_pairs` tuples) that hold instance ids, not-annotated pixels 0."""
+    labels = [(without_ignored(label, cfg.ignore_label)[0], path) for _, _, label, _, path in train_pairs]
+    return [label for label, path in labels if label_kind(label, cfg.classes, str(path)) == "instances"]
+
+
+def cell_target_of(cfg: TrainConfig, ids: list[np.ndarray]) -> str:
+    """What the net learns from the labels: ``cfg.cell_target`` where some training labels hold
+    instance ids (``ids``, `instance_labels`), else "foreground" (a warning where another target
+    was asked for)."""
+    with_ids = bool(ids)
     if cfg.cell_target != "foreground" and not with_ids:
         log.warning("--cell-target %s applies to instance-id labels only; these labels are masks or classes",
                     cfg.cell_target)
@@ -253,11 +258,12 @@ def tiles_on_device(cfg: TrainConfig, device: torch.device, train_items: list[La
     """``--tiles-on``: "device" or "cpu" as asked; "auto": the device where it is a GPU, the
     skeleton recall is off (its skeletons are computed on the CPU) and the training images,
     labels and weights take less than a quarter of its free memory."""
-    if cfg.tiles_on == "device" and train_items[0].flows is not None:
+    flows = cfg.cell_target == "flows"  # their flows are warped and turned on the CPU (data.TileDataset)
+    if cfg.tiles_on == "device" and flows:
         raise UserInputError("--tiles-on device cannot turn the flows of --cell-target flows; use --tiles-on cpu")
     if cfg.tiles_on != "auto":
         return cfg.tiles_on == "device"
-    if train_items[0].flows is not None:  # their flows are warped and turned on the CPU (data.TileDataset)
+    if flows:
         return False
     if device.type != "cuda" or cfg.skeleton_recall > 0:
         return False
@@ -325,8 +331,8 @@ def load_data(cfg: TrainConfig):
                                   class_balance=balance if cfg.class_balance == "auto" else cfg.class_balance)
         log.info("weight map: w0 = %g, class balancing %s (auto: decided by the kind of labels)", cfg.w0,
                  "on" if cfg.class_balance else "off")
-    cfg = dataclasses.replace(cfg, cell_diameter=net_cell_diameter(cfg, train_pairs),
-                              cell_target=cell_target_of(cfg, train_pairs))
+    ids = instance_labels(cfg, train_pairs)
+    cfg = dataclasses.replace(cfg, cell_diameter=net_cell_diameter(cfg, ids), cell_target=cell_target_of(cfg, ids))
     # cfg.classes stays None unless given, so that labels with many values read as instance ids.
     spacing = (cfg.voxel_size or (1.0, 1.0, 1.0)) if cfg.dims == 3 else None  # physical distances in volumes
     train_items, val_items = (prepare(p, cfg.classes, norm, cfg.weight_map, cfg.w0, cfg.sigma, cfg.class_balance,
@@ -339,15 +345,14 @@ def load_data(cfg: TrainConfig):
     return cfg, train_items, val_items, channels.pop(), checksum(paths)
 
 
-def net_cell_diameter(cfg: TrainConfig, train_pairs: list[tuple]) -> float | str:
+def net_cell_diameter(cfg: TrainConfig, ids: list[np.ndarray]) -> float | str:
     """``--cell-diameter`` decided (cell_size.py): the px that each image's median cell is rescaled
-    to, or "off" (volumes, and labels without instance ids). "auto": the ``--init`` model's
-    diameter where it has one (fine-tuning keeps the scale it learnt), else the median over the
-    training images of their median cell's diameter."""
+    to, or "off" (volumes, and labels without instance ids). ``ids``: the training labels that hold
+    instance ids (`instance_labels`). "auto": the ``--init`` model's diameter where it has one
+    (fine-tuning keeps the scale it learnt), else the median over the training images of their
+    median cell's diameter."""
     if cfg.cell_diameter == "off" or cfg.dims == 3:
         return "off"
-    labels = [(without_ignored(label, cfg.ignore_label)[0], label_path) for _, _, label, _, label_path in train_pairs]
-    ids = [label for label, path in labels if label_kind(label, cfg.classes, str(path)) == "instances"]
     if not ids:
         if cfg.cell_diameter != "auto":
             log.warning("--cell-diameter applies to instance-id labels only; these labels are masks or classes")
