@@ -5,6 +5,7 @@ import pytest
 
 from unetile import symmetries
 from unetile.flows import flow_field, flows_to_instances, sinks
+from unetile.inference.instances import InstanceSettings, choose_settings
 from unetile.symmetries import turn_vectors
 
 
@@ -65,6 +66,30 @@ def test_flows_that_disagree_with_the_cells_shape_are_dropped():
     cells = flows_to_instances((ids > 0).astype(np.float32), wrong)  # everything flows down: no centre
     assert cells.max() == 0
     assert flows_to_instances((ids > 0).astype(np.float32), wrong, flow_error=None).max() >= 1
+
+
+def test_the_flow_error_cut_is_chosen_on_validation_maps_stored_and_used():
+    """Flows a third as long as the truth's disagree with it by 0.44 (> Cellpose's 0.4) yet still
+    lead every pixel to its cell's sink: the first cut of the grid that keeps the cells wins."""
+    ids = touching_discs()
+    probability = (ids > 0).astype(np.float32)[None]
+    short = np.concatenate([probability, flow_field(ids) / 3])  # (3, H, W): cell, flows y, x
+    grid = {"sigma": (0.0,), "seed_threshold": (0.5,), "min_size": (0,), "flow_error": (0.4, 0.6, None)}
+    settings, score = choose_settings([short], [ids], grid, InstanceSettings(seeds="flows"))
+    assert settings.flow_error == 0.6 and score == 1.0
+    assert InstanceSettings(seeds="flows").labels(short).max() == 0  # the default cut (0.4) drops them all
+    stored = InstanceSettings.from_metadata("watershed", {"cell_target": "flows", "instances": settings.to_dict()})
+    assert stored == settings and same_up_to_numbering(stored.labels(short), ids)
+    # A false cell (the small disc is not in this truth) whose flows point every way: the cut that
+    # keeps the true cells and drops it wins over keeping all.
+    angle = np.random.default_rng(0).uniform(0, 2 * np.pi, ids.shape)
+    wrong = np.where(ids == 3, np.stack([np.sin(angle), np.cos(angle)]), short[1:])
+    no_small_disc = np.where(ids == 3, 0, ids)
+    with_false_cell = np.concatenate([probability, wrong])
+    assert flows_to_instances(probability[0], wrong, flow_error=None).max() == 3
+    settings, score = choose_settings([with_false_cell], [no_small_disc], grid, InstanceSettings(seeds="flows"))
+    assert settings.flow_error == 0.6 and score == 1.0
+    assert "flow_error" not in InstanceSettings().to_dict()  # other maps store what they always did
 
 
 def test_a_training_tiles_flows_are_the_flows_of_its_flipped_cells():

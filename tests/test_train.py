@@ -350,3 +350,14 @@ def test_epoch_validation_keeps_a_small_set_whole_and_spreads_a_subset_over_a_la
     subset = epoch_subset(items, max_pixels=35_000)
     assert subset == items[::4] and pixels(subset) == 30_000  # every 3rd would be 4 images, 40,000 px
     assert epoch_subset(items[:1], max_pixels=1) == items[:1]  # at least one image
+
+
+def test_the_timed_calibration_scores_a_capped_subset_and_an_untimed_one_scores_every_image(monkeypatch):
+    from types import SimpleNamespace
+
+    from unetile.training import validation
+
+    items = [SimpleNamespace(classes=np.zeros((100, 100))) for _ in range(10)]
+    monkeypatch.setattr(validation, "TIMED_CALIBRATION_PIXELS", 50_000)
+    assert validation.calibration_subset(items, time_limit=None) == items
+    assert validation.calibration_subset(items, time_limit=900.0) == items[::2]  # 5 x 10,000 px

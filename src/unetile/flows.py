@@ -6,8 +6,9 @@ cell's centre (`flow_field`). Touching nuclei need no gap between them: their pi
 two different sinks. `flows_to_instances` turns a prediction back into cells: the pixels above
 the probability threshold follow the flows for `STEPS` Euler steps (`follow_flows`), pixels
 whose paths end at one sink are one cell (`sinks`), and cells whose flows disagree with the flows
-of their own shape (`flow_errors` above `FLOW_ERROR`, Cellpose's ``flow_threshold``) or with
-fewer than ``min_size`` px are dropped.
+of their own shape (`flow_errors` above a cut: Cellpose's ``flow_threshold`` `FLOW_ERROR`, or
+the one training chose on its validation images, `InstanceSettings.flow_error`) or with fewer
+than ``min_size`` px are dropped.
 
 Written here rather than imported from Cellpose: it is not a dependency of this tool (nor may
 be: its package pulls its own GUI and model downloads), and its functions take its own net's
@@ -28,7 +29,7 @@ from skimage.segmentation import relabel_sequential
 from .nn.model import FLOW_SCALE  # the net learns flows times this; `output_maps` divides it out
 
 __all__ = ["FLOW_SCALE", "STEPS", "FLOW_ERROR", "flow_field", "follow_flows", "sinks",
-           "flow_errors", "flows_to_instances"]
+           "flow_errors", "flows_to_instances", "drop_by_flow_error"]
 
 STEPS = 200  # Euler steps of `follow_flows`; each moves at most about one px
 FLOW_ERROR = 0.4  # cells whose mean squared flow error exceeds this are dropped
@@ -144,6 +145,17 @@ def flows_to_instances(probability: np.ndarray, flows: np.ndarray, threshold: fl
     drop[0] = True
     labels[drop[labels]] = 0
     return relabel_sequential(labels)[0]
+
+
+def drop_by_flow_error(labels: np.ndarray, errors: np.ndarray, flow_error: float | None) -> np.ndarray:
+    """``labels`` (H, W) with the cells whose ``errors`` (`flow_errors` of these labels) exceed
+    ``flow_error`` set to 0 (not renumbered); None keeps all. For choosing the cut: the errors
+    are computed once and each cut tried on them."""
+    if flow_error is None or labels.max() == 0:
+        return labels
+    drop = errors > flow_error
+    drop[0] = False
+    return np.where(drop[labels], 0, labels)
 
 
 def _largest_pieces(labels: np.ndarray) -> np.ndarray:

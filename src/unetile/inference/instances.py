@@ -51,7 +51,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..errors import UserInputError
-from ..flows import flows_to_instances
+from ..flows import FLOW_ERROR, drop_by_flow_error, flow_errors, flows_to_instances
 from ..evaluation.metrics import as_probability
 from ..evaluation.metrics.common import face_connected
 from ..evaluation.metrics.objects import cell_counts, pooled, summary
@@ -89,12 +89,14 @@ class InstanceSettings:
     #                            three-class net trained with --cell-target boundary or touching); "flows":
     #                            a flows net's map (cell probability, flows y, x): cells follow the flows
     #                            (flows.py; ``method``, ``sigma`` and ``seed_threshold`` unused)
+    flow_error: float | None = FLOW_ERROR  # flows only: cells whose flows disagree with their shape's
+    #                                        more than this are dropped (flows.flow_errors; None: keep all)
 
     @classmethod
     def from_metadata(cls, method: str, metadata: dict) -> "InstanceSettings":
         """``method`` from the command line, the rest from a checkpoint's metadata (if it has them)."""
         stored = metadata.get("instances", {})
-        known = {k: stored[k] for k in ("sigma", "seed_threshold", "min_size") if k in stored}
+        known = {k: stored[k] for k in ("sigma", "seed_threshold", "min_size", "flow_error") if k in stored}
         target = metadata.get("cell_target")
         seeds = "interior" if target in INTERIOR_SEEDED else "flows" if target == "flows" else "foreground"
         return cls(method=method, seeds=seeds, **known)
@@ -108,7 +110,8 @@ class InstanceSettings:
                                    min_size=round(self.min_size * px_per_net_px ** 2))
 
     def to_dict(self) -> dict:
-        return {"sigma": self.sigma, "seed_threshold": self.seed_threshold, "min_size": self.min_size}
+        chosen = {"sigma": self.sigma, "seed_threshold": self.seed_threshold, "min_size": self.min_size}
+        return {**chosen, "flow_error": self.flow_error} if self.seeds == "flows" else chosen
 
     def labels(self, prob: np.ndarray, threshold: float = 0.5,
                spacing: tuple[float, float, float] | None = None) -> np.ndarray:
@@ -123,7 +126,7 @@ class InstanceSettings:
         if prob.ndim == 2:
             prob = prob[None]
         if self.seeds == "flows":
-            return flows_to_instances(prob[0], prob[1:3], threshold, self.min_size).astype(np.uint32)
+            return flows_to_instances(prob[0], prob[1:3], threshold, self.min_size, self.flow_error).astype(np.uint32)
         foreground = prob[0] if prob.shape[0] == 1 else 1.0 - prob[0]
         seed_map = prob[1] if self.seeds == "interior" and prob.shape[0] > 2 else None
         return probabilities_to_instances(foreground, self.method, threshold, self.sigma, self.seed_threshold,
@@ -197,9 +200,9 @@ def choose_settings(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], gr
                     base: InstanceSettings = InstanceSettings(), threshold: float = 0.5,
                     spacings: Sequence[tuple[float, float, float] | None] | None = None
                     ) -> tuple[InstanceSettings, float]:
-    """The watershed settings of ``grid`` (keys sigma, seed_threshold, min_size) with the best
-    mean AP over IoU 0.5:0.95, object counts pooled over the maps (`evaluate_volumes`'
-    ``objects.pooled.mean_ap``) -> (settings, that mean AP).
+    """The settings of ``grid`` (keys sigma, seed_threshold, min_size; flows seeds also
+    flow_error) with the best mean AP over IoU 0.5:0.95, object counts pooled over the maps
+    (`evaluate_volumes`' ``objects.pooled.mean_ap``) -> (settings, that mean AP).
 
     ``maps``: what `InstanceSettings.labels` takes, as `unetile predict` writes them (one-class
     maps calibrated, `predictor.calibrate_map`): a volume's (C, Z, Y, X), an image's (C, H, W);
@@ -211,16 +214,22 @@ def choose_settings(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], gr
     spacings = [None] * len(maps) if spacings is None else list(spacings)
     if not (len(maps) == len(truths) == len(spacings)) or not maps:
         raise ValueError(f"{len(maps)} maps, {len(truths)} truths and {len(spacings)} spacings (give the same number)")
+    flows = base.seeds == "flows"
     best, best_score = base, -1.0
     for sigma in grid["sigma"]:
         for seed in grid["seed_threshold"]:
-            trial = dataclasses.replace(base, sigma=sigma, seed_threshold=seed, min_size=0)
+            # Cells are cut once with no filter; each cut (flow error, then size) is tried on them.
+            trial = dataclasses.replace(base, sigma=sigma, seed_threshold=seed, min_size=0, flow_error=None)
             labels = [trial.labels(m, threshold, s) for m, s in zip(maps, spacings)]
-            for min_size in grid["min_size"]:
-                counts = [cell_counts(np.asarray(t), drop_small_cells(lab, min_size)) for lab, t in zip(labels, truths)]
-                score = summary(pooled(counts))["mean_ap"]
-                if score > best_score:
-                    best, best_score = dataclasses.replace(trial, min_size=min_size), score
+            errors = [flow_errors(lab, np.asarray(m)[1:3]) for lab, m in zip(labels, maps)] if flows else None
+            for flow_error in grid.get("flow_error", (base.flow_error,)) if flows else (base.flow_error,):
+                kept = [drop_by_flow_error(lab, e, flow_error) for lab, e in zip(labels, errors)] if flows else labels
+                for min_size in grid["min_size"]:
+                    counts = [cell_counts(np.asarray(t), drop_small_cells(lab, min_size)) for lab, t in zip(kept, truths)]
+                    score = summary(pooled(counts))["mean_ap"]
+                    if score > best_score:
+                        best = dataclasses.replace(trial, min_size=min_size, flow_error=flow_error)
+                        best_score = score
     return best, best_score
 
 

@@ -109,8 +109,8 @@ class Clock:
         return math.inf if self.limit is None else self.limit - self.elapsed()
 
     def reserve(self) -> float:
-        """Seconds to keep for the last validation and the calibration on all the validation
-        images (TTA: 8 predictions of each; choosing how cells are cut: about two validations' time)."""
+        """Seconds to keep for the last validation and the calibration on its validation images
+        (TTA: 8 predictions of each; choosing how cells are cut: about two validations' time)."""
         if self.val_seconds is None:
             return 0.0
         calibration = (8 if self.calibrate_tta else 0) + (2 if self.tune_cells else 0)
@@ -297,7 +297,7 @@ def end_epoch(run: Run, position: Position, clock: Clock, logbook: Logbook | Non
         refresh_batch_norm(run.averaged, run.loader.dataset, cfg.batch_size, run.device)
     v = validate(run.averaged, run.epoch_val_items, cfg, run.precision, ctx=run.ctx, input_shift=run.input_shift)
     clock.val_seconds = time.monotonic() - t_val
-    clock.val_scale = pixels(run.val_items) / pixels(run.epoch_val_items)  # the calibration sees them all
+    clock.val_scale = pixels(run.calibration_items) / pixels(run.epoch_val_items)  # what the calibration sees
     value = v.value(cfg.select_by)
     best = position.best_value
     improved = best is None or (value > best if cfg.select_by in MAXIMISE else value < best)
@@ -339,6 +339,6 @@ def finish(run: Run, clock: Clock, logbook: Logbook | None, stopped: str | None,
         raise Interrupted(f"stopped at step {position.step}; resume with --resume {run.folder}")
     best = run.folder / "best.pt"
     if (run.cfg.calibrate_tta or clock.tune_cells) and run.ctx.is_main and best.exists():
-        calibrate_checkpoint(best, run.val_items, run.cfg, run.precision, run.device, run.input_shift,
+        calibrate_checkpoint(best, run.calibration_items, run.cfg, run.precision, run.device, run.input_shift,
                              tta=run.cfg.calibrate_tta)
     log.info("done in %.0f s: %s", clock.elapsed(), best)

@@ -31,7 +31,7 @@ from .config import TrainConfig
 from .data import (EpochSampler, LabelledImage, TileDataset, checksum, label_kind, prepare, read_pairs, split,
                    without_ignored)
 from .device_augment import DeviceLoader, DeviceTiles
-from .validation import epoch_subset, memory_format, pixels
+from .validation import calibration_subset, epoch_subset, memory_format, pixels
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,9 @@ class Run:
     loader: DataLoader | DeviceLoader  # batches (image, label, weight[, skeleton]) of augmented tiles
     sampler: EpochSampler
     steps_per_epoch: int
-    val_items: list[LabelledImage]  # all validation images: the final calibration uses them all
+    val_items: list[LabelledImage]  # all validation images
     epoch_val_items: list[LabelledImage]  # those validated after each epoch (validation.epoch_subset)
+    calibration_items: list[LabelledImage]  # those best.pt is calibrated on (validation.calibration_subset)
     input_shift: tuple[float, float]  # px: the images resampled onto the labels' grid
     metadata: dict  # stored with every checkpoint of the run (normalisation, tile, flips, shift)
     record: dict  # what config.json holds
@@ -126,7 +127,8 @@ def build_run(cfg: TrainConfig, folder: Path, ctx: distributed.Context, device: 
     return Run(cfg=cfg, folder=folder, ctx=ctx, device=device, precision=precision, raw=raw, model=raw, ema=ema,
                optimizer=optimizer, scaler=torch.amp.GradScaler("cuda", enabled=precision == "fp16"), loader=loader,
                sampler=sampler, steps_per_epoch=steps_per_epoch, val_items=val_items,
-               epoch_val_items=epoch_validation(val_items), input_shift=input_shift,
+               epoch_val_items=epoch_validation(val_items, cfg.time_limit),
+               calibration_items=calibration_subset(val_items, cfg.time_limit), input_shift=input_shift,
                metadata=metadata, record=record)
 
 
@@ -161,13 +163,14 @@ def _size_text(size: int | tuple[int, ...]) -> str:
     return str(size) if isinstance(size, int) else "x".join(str(s) for s in size)
 
 
-def epoch_validation(val_items: list[LabelledImage]) -> list[LabelledImage]:
+def epoch_validation(val_items: list[LabelledImage], time_limit: float | None) -> list[LabelledImage]:
     """The validation images scored after each epoch: all, or a spread subset of a large set."""
-    subset = epoch_subset(val_items)
+    subset, calibrated = epoch_subset(val_items), calibration_subset(val_items, time_limit)
     if len(subset) < len(val_items):
         log.info("validating %d of the %d validation images after each epoch (%.1f of %.1f Mpx); best.pt is "
-                 "calibrated on all of them", len(subset), len(val_items), pixels(subset) / 1e6,
-                 pixels(val_items) / 1e6)
+                 "calibrated on %s", len(subset), len(val_items), pixels(subset) / 1e6, pixels(val_items) / 1e6,
+                 "all of them" if len(calibrated) == len(val_items) else
+                 f"{len(calibrated)} ({pixels(calibrated) / 1e6:.1f} Mpx, under the time limit)")
     return subset
 
 
