@@ -26,6 +26,7 @@ from scipy import ndimage
 from skimage.measure import label as connected_components
 from skimage.segmentation import relabel_sequential
 
+from .neighbours import shifted
 from .nn.model import FLOW_SCALE  # the net learns flows times this; `output_maps` divides it out
 
 __all__ = ["FLOW_SCALE", "STEPS", "FLOW_ERROR", "flow_field", "follow_flows", "sinks",
@@ -51,23 +52,23 @@ def flow_field(ids: np.ndarray) -> np.ndarray:
     padded = np.pad(ids, 1)
     offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
     # same[k]: the neighbour at offset k is of the pixel's own cell (heat moves only within cells)
-    same = (np.stack([_shifted(padded, dy, dx, ids.shape) == ids for dy, dx in offsets]) & (ids > 0)) / 9.0
+    same = (np.stack([shifted(padded, (dy, dx)) == ids for dy, dx in offsets]) & (ids > 0)) / 9.0
     # float64: in float32 the sums' rounding breaks the ties on a cell's axes of symmetry
     heat = np.zeros((ids.shape[0] + 2, ids.shape[1] + 2), np.float64)
     inner = np.empty(ids.shape, np.float64)
     for _ in range(iterations):
-        np.multiply(same[0], _shifted(heat, *offsets[0], ids.shape), out=inner)
+        np.multiply(same[0], shifted(heat, offsets[0]), out=inner)
         for k in range(1, len(offsets)):
-            inner += same[k] * _shifted(heat, *offsets[k], ids.shape)
+            inner += same[k] * shifted(heat, offsets[k])
         heat[1:-1, 1:-1] = inner
         heat[centres[:, 0] + 1, centres[:, 1] + 1] += 1.0
     heat = np.log1p(heat)
     inside = ids > 0
     for axis, (d_pos, d_neg) in enumerate((((1, 0), (-1, 0)), ((0, 1), (0, -1)))):
-        up, down = _shifted(heat, *d_pos, ids.shape), _shifted(heat, *d_neg, ids.shape)
+        up, down = shifted(heat, d_pos), shifted(heat, d_neg)
         # A neighbour of another cell (or background) counts as the pixel itself: no slope across borders.
-        up = np.where(_shifted(padded, *d_pos, ids.shape) == ids, up, heat[1:-1, 1:-1])
-        down = np.where(_shifted(padded, *d_neg, ids.shape) == ids, down, heat[1:-1, 1:-1])
+        up = np.where(shifted(padded, d_pos) == ids, up, heat[1:-1, 1:-1])
+        down = np.where(shifted(padded, d_neg) == ids, down, heat[1:-1, 1:-1])
         field[axis] = np.where(inside, up - down, 0.0)
     norm = np.sqrt((field**2).sum(axis=0))
     return np.where(norm > 0, field / np.maximum(norm, 1e-20), 0.0).astype(np.float32)
@@ -78,11 +79,6 @@ def _centre(cell: np.ndarray, box: tuple[slice, slice]) -> tuple[int, int]:
     ys, xs = np.nonzero(cell)
     nearest = np.argmin((ys - np.median(ys)) ** 2 + (xs - np.median(xs)) ** 2)
     return ys[nearest] + box[0].start, xs[nearest] + box[1].start
-
-
-def _shifted(padded: np.ndarray, dy: int, dx: int, shape: tuple[int, int]) -> np.ndarray:
-    """The neighbours at (dy, dx) of every pixel of an array padded by one: (H, W)."""
-    return padded[1 + dy:1 + dy + shape[0], 1 + dx:1 + dx + shape[1]]
 
 
 def follow_flows(flows: np.ndarray, mask: np.ndarray, steps: int = STEPS) -> np.ndarray:

@@ -41,6 +41,7 @@ from ..flows import flow_field
 from ..inference.instances import INTERIOR_SEEDED
 from ..inference.tile_io import reflect_indices
 from ..io import list_images, read_image
+from ..neighbours import shifted
 from ..normalization import Normalization, normalize
 from .augment import Augmentation, AugmentDraw, augment_region, draw_augmentation, elastic_margins
 from .weights import background_skeleton, border_weight_map, cells_from_mask
@@ -199,7 +200,7 @@ def touching_classes(ids: np.ndarray, width: int | None = None) -> np.ndarray:
     meets = np.zeros(ids.shape, bool)
     for dy, dx in itertools.product(range(-width, width + 1), repeat=2):
         if 0 < dy * dy + dx * dx <= width * width:
-            nb = padded[width + dy:width + dy + ids.shape[0], width + dx:width + dx + ids.shape[1]]
+            nb = shifted(padded, (dy, dx), width)
             meets |= (nb > 0) & (nb != ids)
     classes = (ids > 0).astype(np.int64)
     classes[meets & (ids > 0)] = 2
@@ -247,7 +248,7 @@ def touching_borders(ids: np.ndarray) -> np.ndarray:
     for offset in itertools.product((-1, 0, 1), repeat=ids.ndim):
         if not any(offset):
             continue
-        nb = padded[tuple(slice(1 + d, 1 + d + n) for d, n in zip(offset, ids.shape))]
+        nb = shifted(padded, offset)
         border |= (nb > 0) & (nb < ids)
     return border
 
