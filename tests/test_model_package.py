@@ -244,3 +244,11 @@ def test_a_flows_net_packaged_gives_its_cell_probability_and_flows(tmp_path, rng
                               packaged.state_dict(), batch)
     assert torch.allclose(got, expected, atol=1e-6, rtol=0)
     assert not torch.allclose(got[:, 1:].sum(1), torch.ones(1))  # not class probabilities
+
+
+def test_a_flows_models_card_says_its_cells_follow_the_flows():
+    from unetile.packaging.model_card import _cells_line
+
+    assert "flows to their sinks" in _cells_line({"cell_target": "flows"}) and "watershed" not in \
+        _cells_line({"cell_target": "flows"})
+    assert "seeded watershed" in _cells_line({"cell_target": "foreground"})

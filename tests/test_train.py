@@ -204,6 +204,10 @@ def test_flows_target_trains_a_flows_net_whose_cells_follow_its_flows(tmp_path):
     assert meta["threshold"] == 0.5 and "instances" in meta  # flows maps are not calibrated
     predictor = unetile.Predictor.load(tmp_path / "r" / "best.pt", unetile.PredictOptions(instances="watershed"))
     assert predictor.instance_settings.seeds == "flows"
+    from unetile.training.validation import FLOW_ERROR_GRID  # the cut was chosen, stored and is used
+
+    assert meta["instances"]["flow_error"] in FLOW_ERROR_GRID
+    assert predictor.instance_settings.flow_error == meta["instances"]["flow_error"]
     assert main(["predict", "--model", str(tmp_path / "r" / "best.pt"), "--input", str(tmp_path / "d" / "images"),
                  "--out", str(tmp_path / "p"), "--instances", "--tta"]) == 0
     labels = unetile.io.read_image(tmp_path / "p" / "0.tif")
@@ -361,3 +365,24 @@ def test_the_timed_calibration_scores_a_capped_subset_and_an_untimed_one_scores_
     monkeypatch.setattr(validation, "TIMED_CALIBRATION_PIXELS", 50_000)
     assert validation.calibration_subset(items, time_limit=None) == items
     assert validation.calibration_subset(items, time_limit=900.0) == items[::2]  # 5 x 10,000 px
+
+
+def test_a_timed_run_calibrates_best_pt_on_the_capped_subset(tmp_path, monkeypatch):
+    from unetile.training import loop, validation
+
+    _touching_cells(tmp_path / "d", n=8)  # 6 train, 2 validation images of 4,096 px
+    monkeypatch.setattr(validation, "TIMED_CALIBRATION_PIXELS", 4096)
+    seen = []
+
+    def counting(checkpoint, items, *args, **kwargs):
+        seen.append([it.name for it in items])
+        return validation.calibrate_checkpoint(checkpoint, items, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "calibrate_checkpoint", counting)
+    args = ["train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r"), "--width", "4", "--depth", "2",
+            "--tile-size", "76", "--epochs", "1", "--samples-per-epoch", "2", "--precision", "fp32", "--workers", "0"]
+    assert main([*args, "--time-limit", "10m"]) == 0
+    validated = json.loads((tmp_path / "r" / "config.json").read_text())["val_images"]
+    assert len(validated) == 2 and seen == [validated[:1]]  # one of the two, under the limit
+    assert main([*args[:4], str(tmp_path / "untimed"), *args[5:]]) == 0
+    assert seen[1] == validated  # without a limit: every validation image

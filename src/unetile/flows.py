@@ -123,7 +123,7 @@ def flow_errors(labels: np.ndarray, flows: np.ndarray) -> np.ndarray:
 
 
 def flows_to_instances(probability: np.ndarray, flows: np.ndarray, threshold: float = 0.5, min_size: int = 0,
-                       flow_error: float = FLOW_ERROR, steps: int = STEPS) -> np.ndarray:
+                       flow_error: float | None = FLOW_ERROR, steps: int = STEPS) -> np.ndarray:
     """A cell probability (H, W) and flows (2, H, W) (unit-scale vectors) -> (H, W) int64 cells
     1..K, 0 background: the pixels above ``threshold`` follow the flows; those whose paths end
     at one sink are one cell; cells with a mean squared flow error above ``flow_error`` (None:

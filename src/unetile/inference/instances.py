@@ -76,9 +76,9 @@ VOLUME_GRID = {"sigma": (0.0, 1.0, 2.0, 3.0), "seed_threshold": (0.6, 0.7, 0.75,
 class InstanceSettings:
     """How `unetile predict --instances` cuts a foreground map into cells.
 
-    Training on instance-id labels chooses ``sigma``, ``seed_threshold`` and ``min_size`` on
-    the validation images and stores them in the checkpoint (``metadata["instances"]``);
-    without them the defaults below hold.
+    Training on instance-id labels chooses ``sigma``, ``seed_threshold`` and ``min_size`` (a flows
+    net: ``flow_error`` and ``min_size``) on the validation images and stores them in the
+    checkpoint (``metadata["instances"]``); without them the defaults below hold.
     """
 
     method: str = DEFAULT_METHOD  # "watershed" or "components"
@@ -209,7 +209,7 @@ def choose_settings(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], gr
     cells begin at ``threshold``. ``truths``: the matching instance ids (Z, Y, X) / (H, W).
     ``spacings``: each volume's (z, y, x) voxel size (um) or None. ``base``: the method and the map
     seeds come from; the grid's settings replace the rest. Ties keep the first in grid order
-    (the least smoothing and filtering).
+    (the least smoothing and size filtering; for flow_error, the strictest cut: Cellpose's first).
     """
     spacings = [None] * len(maps) if spacings is None else list(spacings)
     if not (len(maps) == len(truths) == len(spacings)) or not maps:

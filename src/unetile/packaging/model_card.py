@@ -66,13 +66,21 @@ def model_card(model_path: Path, model, metadata: dict, record: dict, info, samp
              "(compare with a few hand-labelled images) and usually fine-tuning (`unetile train --init`).",
              "- Each image is normalised by its own 1st and 99th percentiles; an image that is nearly empty "
              "or saturated normalises badly.",
-             "- Cells: the package gives the probability; cutting it into cells (seeded watershed, settings "
-             "in `config.unetile.metadata.instances`) is done by `unetile predict --instances`.", "",
+             f"- Cells: the package gives {_cells_line(metadata)} is done by `unetile predict --instances`.", "",
              "## Test image", "", f"`{sample}`" if sample else "a fixed random image (no training image was at hand)",
              "", "## Citation", "", f"{info.cite and 'See the citations of this package; ' or ''}"
              "Ronneberger O., Fischer P., Brox T. U-Net: Convolutional Networks for Biomedical Image "
              "Segmentation. MICCAI 2015. doi:10.1007/978-3-319-24574-4_28", ""]
     return "\n".join(lines)
+
+
+def _cells_line(metadata: dict) -> str:
+    """What the package's map holds and how `unetile predict --instances` cuts it into cells."""
+    if metadata.get("cell_target") == "flows":
+        return ("the cell probability and the flows; following the flows to their sinks (Cellpose's way; "
+                "the flow-error cut and smallest cell in `config.unetile.metadata.instances`)")
+    return ("the probability; cutting it into cells (seeded watershed, settings in "
+            "`config.unetile.metadata.instances`)")
 
 
 def _volume_lines(config, metadata: dict) -> list[str]:

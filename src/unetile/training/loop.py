@@ -99,7 +99,7 @@ class Clock:
         self.limit, self.started, self.calibrate_tta = limit, started, calibrate_tta
         self.before = 0.0  # seconds spent by the runs this one resumes
         self.val_seconds: float | None = None  # the last validation's duration (after an epoch)
-        self.val_scale = 1.0  # all validation images' pixels over those validated after each epoch
+        self.val_scale = 1.0  # the calibration images' pixels over those validated after each epoch
         self.tune_cells = False  # whether the end chooses how cells are cut (instance-id labels)
 
     def elapsed(self) -> float:
@@ -161,7 +161,7 @@ def _train(cfg: TrainConfig, folder: Path, state: dict | None, ctx: distributed.
            clock: Clock, stop_after_steps: int | None, external_stop: threading.Event | None = None) -> Path:
     """The loop: build, then epochs of training steps and validation, then the calibration."""
     run = build_run(cfg, folder, ctx, device)  # the net unwrapped: restore loads into it, then DDP wraps it
-    clock.tune_cells = any(it.instances is not None for it in run.val_items)
+    clock.tune_cells = any(it.instances is not None for it in run.calibration_items)
     position = restore(run, state, clock) if state is not None else start(run)
     run.model = distributed.wrap(run.raw, ctx, device)
     logbook = Logbook(folder) if ctx.is_main else None

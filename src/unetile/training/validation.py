@@ -205,6 +205,8 @@ EPOCH_VAL_PIXELS = 2_000_000
 #: Pixels the final calibration scores under ``--time-limit`` (`calibration_subset`): its 8 TTA
 #: predictions of each image and the watershed grid took a quarter of a 15-minute DSB run
 #: (7.4 Mpx), minutes the clock gives to training steps instead. Without a limit it scores them all.
+#: Volumes count voxels: a timed 3D run with large validation volumes calibrates on fewer of them
+#: (at least one), as its per-epoch validation already does.
 TIMED_CALIBRATION_PIXELS = 4_000_000
 
 
@@ -243,10 +245,11 @@ def validate(model: UNet, items, cfg: TrainConfig, precision: str, tta: bool = F
 
 def calibrate_checkpoint(checkpoint: Path, val_items: list[LabelledImage], cfg: TrainConfig, precision: str,
                          device: torch.device, input_shift: tuple[float, float], tta: bool) -> None:
-    """After training: choose the checkpoint's threshold again on the validation images
-    (with ``tta`` on TTA predictions, as `unetile predict --tta` makes them) and, where the
-    labels are instance ids, how `unetile predict --instances` cuts cells
-    (`instances.choose_settings` over `INSTANCE_GRID`, or `VOLUME_GRID` for volumes); both are stored in the
+    """After training: choose the checkpoint's threshold again on ``val_items`` (all validation
+    images, or under a time limit `calibration_subset`; with ``tta`` on TTA predictions, as
+    `unetile predict --tta` makes them) and, where the labels are instance ids, how `unetile
+    predict --instances` cuts cells (`instances.choose_settings` over `INSTANCE_GRID`, or
+    `VOLUME_GRID` for volumes; a flows net's over min_size and `FLOW_ERROR_GRID`); both are stored in the
     checkpoint. Sparse labels (not-annotated pixels) leave cells as they are: unlabelled cells
     would count as false ones."""
     model, meta = load_model(checkpoint, device)
@@ -274,7 +277,7 @@ def calibrate_checkpoint(checkpoint: Path, val_items: list[LabelledImage], cfg: 
         settings, score = choose_settings([calibrate_map(p, v.threshold) for p in probs], truths, grid, base,
                                           spacings=[spacing] * len(probs))
         meta.update(instances=settings.to_dict(), val_instances_mean_ap=score)
-        how = f"cells from the flows, flow error up to {settings.flow_error}" if model.config.flows else \
+        how = f"cells from the flows, flow error up to {settings.flow_error or 'any'}" if model.config.flows else \
             f"cells: seeded watershed with sigma {settings.sigma:g}, seed level {settings.seed_threshold:g}"
         log.info("%s, cells of at least %d %s (validation mean AP %.4f)", how, settings.min_size,
                  "voxels" if model.config.spatial_dims == 3 else "px", score)
@@ -288,8 +291,9 @@ INSTANCE_GRID = {"sigma": (0.0, 1.0, 2.0, 3.0), "seed_threshold": (0.6, 0.7, 0.7
 
 
 #: The flow-error cuts tried for a flows net (Cellpose's fixed ``flow_threshold`` is 0.4). On the
-#: DSB split's validation images after 15 minutes, 0.4 kept 69% of the cells and 0.8 kept 82%
-#: (mean AP 0.438 -> 0.487): young flows disagree with their cells' shapes more than Cellpose's do.
+#: DSB split's 72 validation images, a flows net trained 15 minutes found 69% of the cells with 0.4
+#: and 82% with 0.8 (mean AP 0.438 -> 0.487; docs/results.md): young flows disagree with their
+#: cells' shapes more than Cellpose's trained ones do.
 FLOW_ERROR_GRID = (0.4, 0.6, 0.8, 1.0, None)
 
 
