@@ -333,6 +333,9 @@ def finish(run: Run, clock: Clock, logbook: Logbook | None, stopped: str | None,
     """Final curves; then either the stop is reported (resumable) or best.pt is calibrated:
     the threshold chosen again on TTA predictions, as `unetile predict --tta` makes them, and
     for instance-id labels how cells are cut (validation.calibrate_checkpoint)."""
+    # Every rank's last collective is done before any leaves: a rank that tore down its process
+    # group while another was still in the last epoch's exchange was aborted by gloo (once in CI).
+    run.ctx.barrier()
     if logbook is not None:
         logbook.close()
     if stopped == "signal":
