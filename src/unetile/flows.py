@@ -135,11 +135,11 @@ def flows_to_instances(probability: np.ndarray, flows: np.ndarray, threshold: fl
     labels[mask] = sinks(follow_flows(flows, mask, steps), mask.shape)
     # A sink's pixels that are not face-connected to its largest piece belong to no cell.
     labels = _largest_pieces(labels)
-    drop = np.bincount(labels.ravel()) < max(min_size, 1)
-    if flow_error is not None and labels.max() > 0:
-        drop |= flow_errors(labels, flows) > flow_error
-    drop[0] = True
-    labels[drop[labels]] = 0
+    # Both cuts judge the cells as the sinks made them (the flow errors, then the sizes).
+    labels = drop_by_flow_error(labels, flow_errors(labels, flows), flow_error) if flow_error is not None else labels
+    small = np.bincount(labels.ravel()) < max(min_size, 1)
+    small[0] = True
+    labels[small[labels]] = 0
     return relabel_sequential(labels)[0]
 
 

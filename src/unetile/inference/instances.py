@@ -214,23 +214,33 @@ def choose_settings(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], gr
     spacings = [None] * len(maps) if spacings is None else list(spacings)
     if not (len(maps) == len(truths) == len(spacings)) or not maps:
         raise ValueError(f"{len(maps)} maps, {len(truths)} truths and {len(spacings)} spacings (give the same number)")
-    flows = base.seeds == "flows"
     best, best_score = base, -1.0
     for sigma in grid["sigma"]:
         for seed in grid["seed_threshold"]:
             # Cells are cut once with no filter; each cut (flow error, then size) is tried on them.
             trial = dataclasses.replace(base, sigma=sigma, seed_threshold=seed, min_size=0, flow_error=None)
             labels = [trial.labels(m, threshold, s) for m, s in zip(maps, spacings)]
-            errors = [flow_errors(lab, np.asarray(m)[1:3]) for lab, m in zip(labels, maps)] if flows else None
-            for flow_error in grid.get("flow_error", (base.flow_error,)) if flows else (base.flow_error,):
-                kept = [drop_by_flow_error(lab, e, flow_error) for lab, e in zip(labels, errors)] if flows else labels
+            for flow_error, kept in _flow_error_cuts(labels, maps, grid, base):
                 for min_size in grid["min_size"]:
-                    counts = [cell_counts(np.asarray(t), drop_small_cells(lab, min_size)) for lab, t in zip(kept, truths)]
+                    counts = [cell_counts(np.asarray(t), drop_small_cells(lab, min_size))
+                              for lab, t in zip(kept, truths)]
                     score = summary(pooled(counts))["mean_ap"]
                     if score > best_score:
                         best = dataclasses.replace(trial, min_size=min_size, flow_error=flow_error)
                         best_score = score
     return best, best_score
+
+
+def _flow_error_cuts(labels: list[np.ndarray], maps: Sequence[np.ndarray], grid: dict, base: InstanceSettings):
+    """For `choose_settings`: each flow-error cut of ``grid`` (flows seeds; others keep
+    ``base.flow_error``) and ``labels`` without the cells it drops -> (cut, labels) pairs, one at a
+    time. The cells' flow errors are computed once for all the cuts."""
+    if base.seeds != "flows":
+        yield base.flow_error, labels
+        return
+    errors = [flow_errors(lab, np.asarray(m)[1:3]) for lab, m in zip(labels, maps)]
+    for cut in grid.get("flow_error", (base.flow_error,)):
+        yield cut, [drop_by_flow_error(lab, e, cut) for lab, e in zip(labels, errors)]
 
 
 def _seeded_watershed(p: np.ndarray, mask: np.ndarray, sigma: float | tuple[float, ...],

@@ -124,11 +124,12 @@ def build_run(cfg: TrainConfig, folder: Path, ctx: distributed.Context, device: 
              cfg.preset, len(train_items), len(val_items), "volumes" if cfg.dims == 3 else "images",
              _size_text(tile), _size_text(out_size), cfg.batch_size, ctx.world,
              "flows + cell cross entropy" if cell_target == "flows" else cfg.loss, precision, device)
+    calibration_items = calibration_subset(val_items, cfg.time_limit)
     return Run(cfg=cfg, folder=folder, ctx=ctx, device=device, precision=precision, raw=raw, model=raw, ema=ema,
                optimizer=optimizer, scaler=torch.amp.GradScaler("cuda", enabled=precision == "fp16"), loader=loader,
                sampler=sampler, steps_per_epoch=steps_per_epoch, val_items=val_items,
-               epoch_val_items=epoch_validation(val_items, cfg.time_limit),
-               calibration_items=calibration_subset(val_items, cfg.time_limit), input_shift=input_shift,
+               epoch_val_items=epoch_validation(val_items, calibration_items),
+               calibration_items=calibration_items, input_shift=input_shift,
                metadata=metadata, record=record)
 
 
@@ -163,9 +164,10 @@ def _size_text(size: int | tuple[int, ...]) -> str:
     return str(size) if isinstance(size, int) else "x".join(str(s) for s in size)
 
 
-def epoch_validation(val_items: list[LabelledImage], time_limit: float | None) -> list[LabelledImage]:
-    """The validation images scored after each epoch: all, or a spread subset of a large set."""
-    subset, calibrated = epoch_subset(val_items), calibration_subset(val_items, time_limit)
+def epoch_validation(val_items: list[LabelledImage], calibrated: list[LabelledImage]) -> list[LabelledImage]:
+    """The validation images scored after each epoch: all, or a spread subset of a large set
+    (the log also says which ``calibrated`` images best.pt will be calibrated on)."""
+    subset = epoch_subset(val_items)
     if len(subset) < len(val_items):
         log.info("validating %d of the %d validation images after each epoch (%.1f of %.1f Mpx); best.pt is "
                  "calibrated on %s", len(subset), len(val_items), pixels(subset) / 1e6, pixels(val_items) / 1e6,
