@@ -112,10 +112,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_train)
 
 
-def _add_train_data(d: argparse._ArgumentGroup) -> None:
+def _add_labelled_images(d: argparse._ActionsContainer) -> None:
     d.add_argument("--data", help="folder with images/ and labels/ (matching names, PNG or TIFF)")
     d.add_argument("--images", help="or: an image stack / folder ...")
     d.add_argument("--labels", help="... and its label stack / folder")
+
+
+def _add_train_data(d: argparse._ArgumentGroup) -> None:
+    _add_labelled_images(d)
     d.add_argument("--val", help="a separate validation folder with images/ and labels/")
     d.add_argument("--val-fraction", type=float, default=0.2,
                    help="last fraction of slices to validate on (default: 0.2)")
@@ -293,6 +297,34 @@ def _run_evaluate(args: argparse.Namespace) -> None:
                  images=args.images, dims=args.dims)
 
 
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate", help="choose a trained model's threshold and cell settings again on your labelled "
+                                         "images (no training)")
+    p.add_argument("--model", required=True, help="a checkpoint written by `unetile train` (RUN/best.pt) or a shipped "
+                                                   "model's name")
+    _add_labelled_images(p)
+    p.add_argument("--out", help="the calibrated checkpoint (default: RUN/best-calibrated.pt beside the model; a "
+                                 "shipped model: NAME-calibrated.pt in the working folder)")
+    p.add_argument("--no-tta", action="store_true",
+                   help="calibrate on plain predictions, for use without predict --tta (default: with TTA)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="as predict's (default: auto); a run trained with --precision fp32 was calibrated in fp32")
+    p.add_argument("--ignore-label", type=int, metavar="V", help="label value of pixels that are not annotated")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present, else cpu)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(run=_run_calibrate)
+
+
+def _run_calibrate(args: argparse.Namespace) -> None:
+    from .training.recalibrate import CalibrationRequest, recalibrate
+
+    out = recalibrate(CalibrationRequest(args.model, data=args.data, images=args.images, labels=args.labels,
+                                         out=args.out, tta=not args.no_tta, precision=args.precision,
+                                         ignore_label=args.ignore_label, device=args.device,
+                                         overwrite=args.overwrite))
+    print(f"model: {out}")
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="synthetic data -> train a few minutes -> segment -> measure (no download)")
     p.add_argument("--out", default="demo", help="folder for everything the demo writes (default: demo)")
@@ -401,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_predict(sub)
     _add_evaluate(sub)
+    _add_calibrate(sub)
     _add_export(sub)
     _add_models(sub)
     _add_benchmark(sub)

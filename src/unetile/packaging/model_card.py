@@ -127,4 +127,17 @@ def _validation_lines(metadata: dict) -> list[str]:
     lines += [f"| {_VALIDATION_NAMES.get(k, k)} | {v:.4f} |" for k, v in val.items() if isinstance(v, float)]
     if "val_instances_mean_ap" in metadata:
         lines.append(f"| cells: mean AP (IoU 0.5-0.95) | {metadata['val_instances_mean_ap']:.4f} |")
-    return lines
+    return lines + _recalibration_lines(metadata.get("calibrated_on"))
+
+
+def _recalibration_lines(calibrated_on: dict | None) -> list[str]:
+    """What `unetile calibrate` chose the threshold (and cell settings) on, where it did."""
+    if not calibrated_on:
+        return []
+    what = "threshold and cell settings" if calibrated_on.get("cells_chosen") else "threshold"
+    line = (f"The {what} were chosen again afterwards by `unetile calibrate` on {calibrated_on.get('images', '?')} "
+            f"labelled images (`{calibrated_on.get('data')}`, {'with' if calibrated_on.get('tta') else 'without'} "
+            "test-time flips)")
+    if "instances_mean_ap" in calibrated_on:
+        line += f"; cells there: mean AP {calibrated_on['instances_mean_ap']:.4f}"
+    return ["", line + "."]

@@ -200,6 +200,8 @@ def restore(run: Run, state: dict, clock: Clock) -> Position:
     run.scaler.load_state_dict(tr["scaler"])
     torch.set_rng_state(tr["torch_rng"])
     clock.before = tr["elapsed"]
+    if "instances" in state["metadata"]:  # inherited from --init (`setup.inherited_cell_settings`)
+        run.metadata["instances"] = state["metadata"]["instances"]
     log.info("resuming %s at epoch %d, step %d", run.folder, tr["epoch"], tr["step"])
     return Position(epoch=tr["epoch"], step=tr["step"], best_value=tr["best_value"],
                     best_threshold=state["metadata"].get("threshold", 0.5))

@@ -116,6 +116,7 @@ def build_run(cfg: TrainConfig, folder: Path, ctx: distributed.Context, device: 
                     cell_diameter=cfg.net_diameter)
     if cfg.dims == 3:  # the voxel size the net was trained on (z, y, x) um, or None (unknown): predict reads it
         metadata.update(voxel_size=cfg.voxel_size)
+    metadata.update(inherited_cell_settings(cfg, cell_target))
     record = {"train": dataclasses.asdict(cfg), "model": model_cfg.to_dict(), "tile_size": tile,
               "output_size": out_size, "precision": precision, "device": str(device), "processes": ctx.world,
               "version": __version__, "data_sha256": data_sha, "input_shift": list(input_shift),
@@ -191,6 +192,18 @@ def cell_target_of(cfg: TrainConfig, ids: list[np.ndarray]) -> str:
         log.warning("--cell-target %s applies to instance-id labels only; these labels are masks or classes",
                     cfg.cell_target)
     return cfg.cell_target if with_ids else "foreground"
+
+
+def inherited_cell_settings(cfg: TrainConfig, cell_target: str) -> dict:
+    """``--init``: how the start model cuts cells (its ``instances``), where it learnt the same
+    target at the same cell diameter, as metadata for this run's checkpoints; a fine-tuned model
+    keeps them when its validation images hold too few cells to choose again
+    (`validation.MIN_CELLS_TO_CHOOSE`). Otherwise {}."""
+    if cfg.init is None:
+        return {}
+    meta = load_payload(cfg.init).get("metadata", {})
+    same = meta.get("cell_target", "foreground") == cell_target and meta.get("cell_diameter") == cfg.net_diameter
+    return {"instances": meta["instances"]} if same and "instances" in meta else {}
 
 
 def load_initial_weights(model: UNet, path: Path) -> None:
@@ -327,27 +340,39 @@ def automatic_weight_map(pairs: list[tuple], n_classes: int | None,
 
 def load_data(cfg: TrainConfig):
     """-> (cfg with ``w0`` decided, train items, val items, channels, data checksum)."""
-    norm = Normalization.from_dict(cfg.normalization)
     pairs = read_pairs(cfg.data, cfg.images, cfg.labels, cfg.dims)
     train_pairs, val_pairs = (pairs, read_pairs(cfg.val, dims=cfg.dims)) if cfg.val else split(pairs, cfg.val_fraction)
-    if "auto" in (cfg.w0, cfg.class_balance) and cfg.weight_map:
-        w0, balance = automatic_weight_map(train_pairs, cfg.classes, cfg.ignore_label)
-        cfg = dataclasses.replace(cfg, w0=w0 if cfg.w0 == "auto" else cfg.w0,
-                                  class_balance=balance if cfg.class_balance == "auto" else cfg.class_balance)
-        log.info("weight map: w0 = %g, class balancing %s (auto: decided by the kind of labels)", cfg.w0,
-                 "on" if cfg.class_balance else "off")
+    cfg = with_weight_map_decided(cfg, train_pairs)
     ids = instance_labels(cfg, train_pairs)
     cfg = dataclasses.replace(cfg, cell_diameter=net_cell_diameter(cfg, ids), cell_target=cell_target_of(cfg, ids))
-    # cfg.classes stays None unless given, so that labels with many values read as instance ids.
-    spacing = (cfg.voxel_size or (1.0, 1.0, 1.0)) if cfg.dims == 3 else None  # physical distances in volumes
-    train_items, val_items = (prepare(p, cfg.classes, norm, cfg.weight_map, cfg.w0, cfg.sigma, cfg.class_balance,
-                                      cfg.cell_target, spacing, cfg.ignore_label, cfg.net_diameter)
-                              for p in (train_pairs, val_pairs))
+    train_items, val_items = prepared(cfg, train_pairs), prepared(cfg, val_pairs)
     paths = sorted({p for *_, ip, lp in train_pairs + val_pairs for p in (ip, lp)})
     channels = {it.image.shape[0] for it in train_items + val_items}
     if len(channels) != 1:
         raise UserInputError(f"{cfg.data or cfg.images}: images have different channel counts {sorted(channels)}")
     return cfg, train_items, val_items, channels.pop(), checksum(paths)
+
+
+def with_weight_map_decided(cfg: TrainConfig, pairs: list[tuple]) -> TrainConfig:
+    """``cfg`` with ``--w0 auto`` and ``--class-balance auto`` decided for these `read_pairs` tuples
+    (`automatic_weight_map`)."""
+    if "auto" not in (cfg.w0, cfg.class_balance) or not cfg.weight_map:
+        return cfg
+    w0, balance = automatic_weight_map(pairs, cfg.classes, cfg.ignore_label)
+    cfg = dataclasses.replace(cfg, w0=w0 if cfg.w0 == "auto" else cfg.w0,
+                              class_balance=balance if cfg.class_balance == "auto" else cfg.class_balance)
+    log.info("weight map: w0 = %g, class balancing %s (auto: decided by the kind of labels)", cfg.w0,
+             "on" if cfg.class_balance else "off")
+    return cfg
+
+
+def prepared(cfg: TrainConfig, pairs: list[tuple]) -> list[LabelledImage]:
+    """`read_pairs` tuples -> `LabelledImage` items as ``cfg`` (its weight map and cell settings
+    decided) wants them."""
+    # cfg.classes stays None unless given, so that labels with many values read as instance ids.
+    spacing = (cfg.voxel_size or (1.0, 1.0, 1.0)) if cfg.dims == 3 else None  # physical distances in volumes
+    return prepare(pairs, cfg.classes, Normalization.from_dict(cfg.normalization), cfg.weight_map, cfg.w0, cfg.sigma,
+                   cfg.class_balance, cfg.cell_target, spacing, cfg.ignore_label, cfg.net_diameter)
 
 
 def net_cell_diameter(cfg: TrainConfig, ids: list[np.ndarray]) -> float | str:

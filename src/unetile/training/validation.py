@@ -244,14 +244,15 @@ def validate(model: UNet, items, cfg: TrainConfig, precision: str, tta: bool = F
 
 
 def calibrate_checkpoint(checkpoint: Path, val_items: list[LabelledImage], cfg: TrainConfig, precision: str,
-                         device: torch.device, input_shift: tuple[float, float], tta: bool) -> None:
+                         device: torch.device, input_shift: tuple[float, float], tta: bool,
+                         out: Path | None = None, provenance: dict | None = None) -> None:
     """After training: choose the checkpoint's threshold again on ``val_items`` (all validation
     images, or under a time limit `calibration_subset`; with ``tta`` on TTA predictions, as
     `unetile predict --tta` makes them) and, where the labels are instance ids, how `unetile
-    predict --instances` cuts cells (`instances.choose_settings` over `INSTANCE_GRID`, or
-    `VOLUME_GRID` for volumes; a flows net's over min_size and `FLOW_ERROR_GRID`); both are stored in the
-    checkpoint. Sparse labels (not-annotated pixels) leave cells as they are: unlabelled cells
-    would count as false ones."""
+    predict --instances` cuts cells (`choose_cell_settings`); both are stored in the checkpoint.
+    The result is saved to ``out`` (default: over ``checkpoint``). ``provenance``: what the images
+    are (`unetile calibrate`): then the scores go under ``calibrated_on`` with it, and the run's own
+    validation figures stay as they were."""
     model, meta = load_model(checkpoint, device)
     if uses_channels_last(precision, device, model.config.spatial_dims):
         model.to(memory_format=memory_format(model.config.spatial_dims))
@@ -260,34 +261,70 @@ def calibrate_checkpoint(checkpoint: Path, val_items: list[LabelledImage], cfg: 
     # A flows net's maps are written as the net gives them (`predictor.calibrate_map` calibrates
     # one-class maps only): its cells begin at probability 0.5 (Cellpose's cell logit 0).
     meta.update(threshold=0.5 if model.config.flows else v.threshold)
-    if tta:
-        meta.update(val_tta=dataclasses.asdict(v))
-        log.info("best.pt with TTA: threshold %.2f  pixel err %.4f  adapted rand %.4f  rand %.4f  v_rand %.4f",
-                 v.threshold, v.pixel_error, v.adapted_rand_error, v.rand_error, v.v_rand)
-    with_ids = [(m.probabilities, it.instances) for m, it in zip(maps, val_items)
+    log.info("%s%s: threshold %.2f  pixel err %.4f  adapted rand %.4f  rand %.4f  v_rand %.4f", out or checkpoint,
+             " with TTA" if tta else "", meta["threshold"], v.pixel_error, v.adapted_rand_error, v.rand_error, v.v_rand)
+    chosen = choose_cell_settings(model, meta, maps, val_items, v.threshold, cfg.voxel_size)
+    if chosen is not None:
+        meta.update(instances=chosen[0].to_dict())
+    if provenance is not None:
+        meta.update(calibrated_on={**provenance, "val_tta" if tta else "val": dataclasses.asdict(v),
+                                   "cells_chosen": chosen is not None,
+                                   **({"instances_mean_ap": chosen[1]} if chosen else {})})
+    else:
+        meta.update(**({"val_tta": dataclasses.asdict(v)} if tta else {}),
+                    **({"val_instances_mean_ap": chosen[1]} if chosen else {}))
+    save_model(model, out or checkpoint, **meta)
+
+
+def choose_cell_settings(model: UNet, meta: dict, maps: list[ValidationMap], items: list[LabelledImage],
+                         threshold: float, voxel_size: list[float] | None) -> tuple[InstanceSettings, float] | None:
+    """How `unetile predict --instances` should cut ``model``'s cells, chosen on the validation
+    ``maps`` of ``items`` (`instances.choose_settings` over `INSTANCE_GRID`, or `VOLUME_GRID` for
+    volumes; a flows net's over min_size and `FLOW_ERROR_GRID`) -> (settings, their mean AP); None
+    where there is nothing to choose on: no instance ids, sparse labels only (unlabelled cells would
+    count as false ones), or fewer than `MIN_CELLS_TO_CHOOSE` cells where ``meta`` has settings
+    already (a model fine-tuned with ``--init`` inherits its start's, `setup.inherited_cell_settings`)."""
+    with_ids = [(m.probabilities, it.instances) for m, it in zip(maps, items)
                 if it.instances is not None and it.annotated is None]
-    if with_ids:
-        probs, truths = [p for p, _ in with_ids], [ids for _, ids in with_ids]
-        base = InstanceSettings.from_metadata(DEFAULT_METHOD, meta)
-        # sigma in in-plane px; min_size in px, or voxels for volumes (VOLUME_GRID)
-        grid, spacing = (VOLUME_GRID, cfg.voxel_size) if model.config.spatial_dims == 3 else (INSTANCE_GRID, None)
-        if model.config.flows:  # cells from the flows: the flow-error cut and the smallest cell kept
-            grid = {**grid, "sigma": (base.sigma,), "seed_threshold": (base.seed_threshold,),
-                    "flow_error": FLOW_ERROR_GRID}
-        settings, score = choose_settings([calibrate_map(p, v.threshold) for p in probs], truths, grid, base,
-                                          spacings=[spacing] * len(probs))
-        meta.update(instances=settings.to_dict(), val_instances_mean_ap=score)
-        how = f"cells from the flows, flow error up to {settings.flow_error or 'any'}" if model.config.flows else \
-            f"cells: seeded watershed with sigma {settings.sigma:g}, seed level {settings.seed_threshold:g}"
-        log.info("%s, cells of at least %d %s (validation mean AP %.4f)", how, settings.min_size,
-                 "voxels" if model.config.spatial_dims == 3 else "px", score)
-    save_model(model, checkpoint, **meta)
+    cells = sum(cell_count(ids) for _, ids in with_ids)
+    if not with_ids:
+        return None
+    if cells < MIN_CELLS_TO_CHOOSE and "instances" in meta:
+        log.warning("cells: %d in these images, fewer than the %d needed to choose how cells are cut; the model "
+                    "keeps its settings (%s)", cells, MIN_CELLS_TO_CHOOSE, meta["instances"])
+        return None
+    probs, truths = [p for p, _ in with_ids], [ids for _, ids in with_ids]
+    base = InstanceSettings.from_metadata(DEFAULT_METHOD, meta)
+    # sigma in in-plane px; min_size in px, or voxels for volumes (VOLUME_GRID)
+    grid, spacing = (VOLUME_GRID, voxel_size) if model.config.spatial_dims == 3 else (INSTANCE_GRID, None)
+    if model.config.flows:  # cells from the flows: the flow-error cut and the smallest cell kept
+        grid = {**grid, "sigma": (base.sigma,), "seed_threshold": (base.seed_threshold,),
+                "flow_error": FLOW_ERROR_GRID}
+    settings, score = choose_settings([calibrate_map(p, threshold) for p in probs], truths, grid, base,
+                                      spacings=[spacing] * len(probs))
+    how = f"cells from the flows, flow error up to {settings.flow_error or 'any'}" if model.config.flows else \
+        f"cells: seeded watershed with sigma {settings.sigma:g}, seed level {settings.seed_threshold:g}"
+    log.info("%s, cells of at least %d %s (mean AP %.4f on %d cells)", how, settings.min_size,
+             "voxels" if model.config.spatial_dims == 3 else "px", score, cells)
+    return settings, score
 
 
 #: The seeded watershed's settings tried on the validation images (`instances.choose_settings`).
 #: min_size reaches 64 px: on DSB 2018 nuclei the choice sat at the old grid's edge (32) in every run.
 INSTANCE_GRID = {"sigma": (0.0, 1.0, 2.0, 3.0), "seed_threshold": (0.6, 0.7, 0.75, 0.8, 0.9),
                  "min_size": (0, 8, 16, 32, 48, 64)}
+
+
+#: Fewer true cells than this in the calibration images leave a checkpoint's cell settings as they
+#: are (where it has some): mean AP over a few dozen cells moves by several hundredths from one
+#: image to the next, more than between the grid's settings, so choosing among 120 of them there
+#: picks noise.
+MIN_CELLS_TO_CHOOSE = 100
+
+
+def cell_count(ids: np.ndarray) -> int:
+    """The cells of an instance-id label (ids > 0)."""
+    return int(np.count_nonzero(np.unique(ids)))
 
 
 #: The flow-error cuts tried for a flows net (Cellpose's fixed ``flow_threshold`` is 0.4). On the
