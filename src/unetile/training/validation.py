@@ -316,9 +316,9 @@ INSTANCE_GRID = {"sigma": (0.0, 1.0, 2.0, 3.0), "seed_threshold": (0.6, 0.7, 0.7
 
 
 #: Fewer true cells than this in the calibration images leave a checkpoint's cell settings as they
-#: are (where it has some): mean AP over a few dozen cells moves by several hundredths from one
-#: image to the next, more than between the grid's settings, so choosing among 120 of them there
-#: picks noise.
+#: are (where it has some). A judgement, not a measurement: over a few dozen cells each one moves
+#: the mean AP by a few hundredths, and the grid offers 120 settings, so the best of them there
+#: fits the noise of those few cells.
 MIN_CELLS_TO_CHOOSE = 100
 
 
