@@ -286,9 +286,9 @@ def choose_cell_settings(model: UNet, meta: dict, maps: list[ValidationMap], ite
     already (a model fine-tuned with ``--init`` inherits its start's, `setup.inherited_cell_settings`)."""
     with_ids = [(m.probabilities, it.instances) for m, it in zip(maps, items)
                 if it.instances is not None and it.annotated is None]
-    cells = sum(cell_count(ids) for _, ids in with_ids)
     if not with_ids:
         return None
+    cells = sum(cell_count(ids) for _, ids in with_ids)
     if cells < MIN_CELLS_TO_CHOOSE and "instances" in meta:
         log.warning("cells: %d in these images, fewer than the %d needed to choose how cells are cut; the model "
                     "keeps its settings (%s)", cells, MIN_CELLS_TO_CHOOSE, meta["instances"])
