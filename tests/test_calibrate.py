@@ -80,7 +80,7 @@ def test_other_images_choose_cells_only_where_they_hold_enough_and_files_are_kep
     kept = load_model(out)[1]
     assert kept["instances"] == trained["instances"] and kept["calibrated_on"]["cells_chosen"] is False
     assert kept["calibrated_on"]["images"] == 4 and "instances_mean_ap" not in kept["calibrated_on"]
-    assert "threshold were chosen again afterwards by `unetile calibrate` on 4" in "\n".join(_validation_lines(kept))
+    assert "threshold was chosen again afterwards by `unetile calibrate` on 4" in "\n".join(_validation_lines(kept))
     monkeypatch.setattr(validation, "MIN_CELLS_TO_CHOOSE", 1)
     assert main([*args, "--overwrite"]) == 0
     chosen = load_model(out)[1]["calibrated_on"]

@@ -134,8 +134,8 @@ def _recalibration_lines(calibrated_on: dict | None) -> list[str]:
     """What `unetile calibrate` chose the threshold (and cell settings) on, where it did."""
     if not calibrated_on:
         return []
-    what = "threshold and cell settings" if calibrated_on.get("cells_chosen") else "threshold"
-    line = (f"The {what} were chosen again afterwards by `unetile calibrate` on {calibrated_on.get('images', '?')} "
+    what = "threshold and cell settings were" if calibrated_on.get("cells_chosen") else "threshold was"
+    line = (f"The {what} chosen again afterwards by `unetile calibrate` on {calibrated_on.get('images', '?')} "
             f"labelled images (`{calibrated_on.get('data')}`, {'with' if calibrated_on.get('tta') else 'without'} "
             "test-time flips)")
     if "instances_mean_ap" in calibrated_on:

@@ -49,10 +49,10 @@ class CalibrationRequest:
     overwrite: bool = False  # replace ``out`` if it exists
 
 
-def calibrated_path(model: str) -> Path:
+def calibrated_path(path: Path) -> Path:
     """Where `recalibrate` writes by default: ``RUN/best.pt`` -> ``RUN/best-calibrated.pt``; a
-    shipped model (by name or path) -> ``NAME-calibrated.pt`` in the working folder."""
-    path = resolve_model(model)
+    shipped model (``path`` as `zoo.resolve_model` gives it) -> ``NAME-calibrated.pt`` in the
+    working folder."""
     if path.resolve().is_relative_to(ZOO):  # never written inside the installation
         return Path(f"{path.parent.name}-calibrated.pt")
     return path.with_name(f"{path.stem}-calibrated{path.suffix}")
@@ -64,7 +64,7 @@ def recalibrate(request: CalibrationRequest) -> Path:
     if model.suffix in (".onnx", ".zip"):
         raise UserInputError(f"--model {model}: an exported package cannot be calibrated again; calibrate the "
                              "checkpoint it was exported from (RUN/best.pt) and export that")
-    out = Path(request.out) if request.out is not None else calibrated_path(request.model)
+    out = Path(request.out) if request.out is not None else calibrated_path(model)
     if out.exists() and not request.overwrite:
         raise UserInputError(f"{out}: exists; give another --out, or --overwrite to replace it")
     if not out.parent.is_dir():
@@ -76,7 +76,7 @@ def recalibrate(request: CalibrationRequest) -> Path:
     log.info("calibrating %s on %d %s (%s)", model, len(items), "volumes" if cfg.dims == 3 else "images",
              "TTA predictions, as predict --tta" if request.tta else "plain predictions, as predict without --tta")
     calibrate_checkpoint(model, items, cfg, choose_precision(request.precision, device), device,
-                         tuple(payload["metadata"].get("input_shift", (0.0, 0.0))), tta=request.tta, out=out,
+                         tuple(payload.get("metadata", {}).get("input_shift", (0.0, 0.0))), tta=request.tta, out=out,
                          provenance={"data": str(request.data or request.images), "images": len(items),
                                      "tta": request.tta})
     return out
