@@ -10,6 +10,8 @@ otherwise), then `unetile predict --tta --instances` segments the held-apart tes
 The split (links, no copies): the images sorted by the SHA-1 of their names, the first
 ``--test`` of them held apart for testing; the rest train, and `unetile train` validates on
 the last 20% of those (its ``--val-fraction``). The same names always give the same split.
+With ``--test-size HxW`` the split is by acquisition instead (image size as its proxy): every
+image of that size is held apart, and the recipes train on the other acquisitions only.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+
+from PIL import Image
 
 UNET = [sys.executable, "-m", "unetile"]
 
@@ -49,6 +53,17 @@ def make_split(data: Path, out: Path, n_test: int) -> tuple[Path, Path]:
         raise SystemExit(f"{data}: {len(names)} images, too few to hold {n_test} apart")
     return (link_pairs(data, names[n_test:], out / "split" / "train"),
             link_pairs(data, names[:n_test], out / "split" / "test"))
+
+
+def make_acquisition_split(data: Path, out: Path, test_size: str) -> tuple[Path, Path]:
+    """-> (train folder, test folder): the images ``test_size`` ("HxW") in size to test, the others to train."""
+    height, width = (int(n) for n in test_size.lower().split("x"))
+    names = hashed_names(data / "images")
+    held = {n for n in names if Image.open(data / "images" / n).size == (width, height)}
+    if not held or len(held) == len(names):
+        raise SystemExit(f"{data}: {len(held)} of {len(names)} images are {test_size}; nothing to split")
+    return (link_pairs(data, [n for n in names if n not in held], out / "split" / "train"),
+            link_pairs(data, [n for n in names if n in held], out / "split" / "test"))
 
 
 def run_steps(name: str, steps: list[tuple[list[str], Path]]) -> None:
@@ -108,10 +123,14 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/dsb2018/fluorescence", help="images/ and labels/")
     parser.add_argument("--out", default="runs/nuclei", help="runs, predictions, scores, table")
     parser.add_argument("--test", type=int, default=90, help="images held apart for testing (default: 90)")
+    parser.add_argument("--test-size", metavar="HxW", help="hold apart every image of this size (by acquisition)")
     parser.add_argument("--time-limit", default="15m", help="training clock per recipe (default: 15m)")
     args = parser.parse_args()
     out = Path(args.out)
-    train, test = make_split(Path(args.data), out, args.test)
+    if args.test_size:
+        train, test = make_acquisition_split(Path(args.data), out, args.test_size)
+    else:
+        train, test = make_split(Path(args.data), out, args.test)
     rows = []
     for recipe in args.recipes:
         name, _, options = recipe.partition(":")
