@@ -80,13 +80,14 @@ def build_run(cfg: TrainConfig, folder: Path, ctx: distributed.Context, device: 
     if precision == "fp16" and device.type != "cuda":
         raise UserInputError("--precision fp16 needs CUDA; use bf16 or fp32 on a CPU")
     torch.manual_seed(cfg.seed)
-    cfg, train_items, val_items, channels, data_sha = load_data(cfg)
+    start = load_payload(cfg.init) if cfg.init is not None else None  # --init's checkpoint, read once
+    cfg, train_items, val_items, channels, data_sha = load_data(cfg, start)
     input_shift = estimate_input_shift(cfg, train_items)
     if input_shift != (0.0, 0.0):
         # Training tiles come from resampled images; validation resamples per tile, as predict does.
         train_items = [dataclasses.replace(it, image=shift_image(it.image, input_shift)) for it in train_items]
     cell_target = cfg.cell_target  # decided by load_data (`cell_target_of`)
-    kernels, pools = volume_plan(cfg)
+    kernels, pools = volume_plan(cfg, start)
     model_cfg = UNetConfig(
         in_channels=channels,
         out_channels=3 if cell_target in (*INTERIOR_SEEDED, "flows") else 1 if (cfg.classes or 2) == 2 else cfg.classes,
@@ -96,8 +97,8 @@ def build_run(cfg: TrainConfig, folder: Path, ctx: distributed.Context, device: 
         **(dict(spatial_dims=3, kernels=kernels, pools=pools) if cfg.dims == 3 else {}),
     )
     raw = init_he(UNet(config=model_cfg))
-    if cfg.init is not None:
-        load_initial_weights(raw, Path(cfg.init))
+    if start is not None:
+        load_initial_weights(raw, start, cfg.init)
     tile, out_size = tile_shape(raw, cfg.tile_size)
     raw.to(device)
     if uses_channels_last(precision, device, cfg.dims):
@@ -116,7 +117,7 @@ def build_run(cfg: TrainConfig, folder: Path, ctx: distributed.Context, device: 
                     cell_diameter=cfg.net_diameter)
     if cfg.dims == 3:  # the voxel size the net was trained on (z, y, x) um, or None (unknown): predict reads it
         metadata.update(voxel_size=cfg.voxel_size)
-    metadata.update(inherited_cell_settings(cfg, cell_target))
+    metadata.update(inherited_cell_settings(cfg, cell_target, start))
     record = {"train": dataclasses.asdict(cfg), "model": model_cfg.to_dict(), "tile_size": tile,
               "output_size": out_size, "precision": precision, "device": str(device), "processes": ctx.world,
               "version": __version__, "data_sha256": data_sha, "input_shift": list(input_shift),
@@ -134,13 +135,14 @@ def build_run(cfg: TrainConfig, folder: Path, ctx: distributed.Context, device: 
                metadata=metadata, record=record)
 
 
-def volume_plan(cfg: TrainConfig) -> tuple[tuple | None, tuple | None]:
+def volume_plan(cfg: TrainConfig, start: dict | None) -> tuple[tuple | None, tuple | None]:
     """A 3D net's (kernels, pools) per axis (`geometry.anisotropic_plan` for the run's voxel size,
-    nnU-Net's rule; the ``--init`` model's where there is one); (None, None) for images."""
+    nnU-Net's rule; those of ``start``, the ``--init`` checkpoint, where there is one); (None, None)
+    for images."""
     if cfg.dims != 3:
         return None, None
-    if cfg.init is not None:
-        saved = UNetConfig.from_dict(load_payload(cfg.init)["config"])
+    if start is not None:
+        saved = UNetConfig.from_dict(start["config"])
         return saved.kernels, saved.pools
     kernels, pools = anisotropic_plan(relative_spacing(cfg.voxel_size), cfg.depth)
     log.info("3D plan for voxels of %s um (z, y, x): kernels %s, poolings %s (z, y, x per level)",
@@ -194,25 +196,25 @@ def cell_target_of(cfg: TrainConfig, ids: list[np.ndarray]) -> str:
     return cfg.cell_target if with_ids else "foreground"
 
 
-def inherited_cell_settings(cfg: TrainConfig, cell_target: str) -> dict:
-    """``--init``: how the start model cuts cells (its ``instances``), where it learnt the same
-    target at the same cell diameter, as metadata for this run's checkpoints; a fine-tuned model
-    keeps them when its validation images hold too few cells to choose again
+def inherited_cell_settings(cfg: TrainConfig, cell_target: str, start: dict | None) -> dict:
+    """How ``start`` (the ``--init`` checkpoint) cuts cells (its ``instances``), where it learnt
+    the same target at the same cell diameter, as metadata for this run's checkpoints; a fine-tuned
+    model keeps them when its validation images hold too few cells to choose again
     (`validation.MIN_CELLS_TO_CHOOSE`). Otherwise {}."""
-    if cfg.init is None:
+    if start is None:
         return {}
-    meta = load_payload(cfg.init).get("metadata", {})
+    meta = start.get("metadata", {})
     same = meta.get("cell_target", "foreground") == cell_target and meta.get("cell_diameter") == cfg.net_diameter
     return {"instances": meta["instances"]} if same and "instances" in meta else {}
 
 
-def load_initial_weights(model: UNet, path: Path) -> None:
-    """Start ``model`` from the weights of the checkpoint ``path`` (``--init``, fine-tuning).
+def load_initial_weights(model: UNet, payload: dict, path: str | Path) -> None:
+    """Start ``model`` from the weights of ``payload``, the checkpoint ``path`` (``--init``,
+    fine-tuning).
 
     The architecture must match (one line naming the difference otherwise); where the
     number of output classes differs, the output layer keeps its fresh initialisation.
     """
-    payload = load_payload(path)
     saved = UNetConfig.from_dict(payload["config"])
     for name in ("spatial_dims", "in_channels", "depth", "width", "padding", "up_mode", "batch_norm", "kernels",
                  "pools"):
@@ -338,13 +340,15 @@ def automatic_weight_map(pairs: list[tuple], n_classes: int | None,
     return (10.0, True) if "instances" in kinds else (5.0, False)
 
 
-def load_data(cfg: TrainConfig):
-    """-> (cfg with ``w0`` decided, train items, val items, channels, data checksum)."""
+def load_data(cfg: TrainConfig, start: dict | None = None):
+    """-> (cfg with ``w0`` decided, train items, val items, channels, data checksum). ``start``:
+    the ``--init`` checkpoint's payload, whose cell diameter a fine-tuning run keeps."""
     pairs = read_pairs(cfg.data, cfg.images, cfg.labels, cfg.dims)
     train_pairs, val_pairs = (pairs, read_pairs(cfg.val, dims=cfg.dims)) if cfg.val else split(pairs, cfg.val_fraction)
     cfg = with_weight_map_decided(cfg, train_pairs)
     ids = instance_labels(cfg, train_pairs)
-    cfg = dataclasses.replace(cfg, cell_diameter=net_cell_diameter(cfg, ids), cell_target=cell_target_of(cfg, ids))
+    cfg = dataclasses.replace(cfg, cell_diameter=net_cell_diameter(cfg, ids, start),
+                              cell_target=cell_target_of(cfg, ids))
     train_items, val_items = prepared(cfg, train_pairs), prepared(cfg, val_pairs)
     paths = sorted({p for *_, ip, lp in train_pairs + val_pairs for p in (ip, lp)})
     channels = {it.image.shape[0] for it in train_items + val_items}
@@ -375,20 +379,20 @@ def prepared(cfg: TrainConfig, pairs: list[tuple]) -> list[LabelledImage]:
                    cfg.class_balance, cfg.cell_target, spacing, cfg.ignore_label, cfg.net_diameter)
 
 
-def net_cell_diameter(cfg: TrainConfig, ids: list[np.ndarray]) -> float | str:
+def net_cell_diameter(cfg: TrainConfig, ids: list[np.ndarray], start: dict | None = None) -> float | str:
     """``--cell-diameter`` decided (cell_size.py): the px that each image's median cell is rescaled
     to, or "off" (volumes, and labels without instance ids). ``ids``: the training labels that hold
-    instance ids (`instance_labels`). "auto": the ``--init`` model's diameter where it has one
-    (fine-tuning keeps the scale it learnt), else the median over the training images of their
-    median cell's diameter."""
+    instance ids (`instance_labels`). "auto": the diameter of ``start`` (the ``--init`` checkpoint)
+    where it has one (fine-tuning keeps the scale it learnt), else the median over the training
+    images of their median cell's diameter."""
     if cfg.cell_diameter == "off" or cfg.dims == 3:
         return "off"
     if not ids:
         if cfg.cell_diameter != "auto":
             log.warning("--cell-diameter applies to instance-id labels only; these labels are masks or classes")
         return "off"
-    if cfg.cell_diameter == "auto" and cfg.init is not None:
-        stored = load_payload(cfg.init).get("metadata", {}).get("cell_diameter")
+    if cfg.cell_diameter == "auto" and start is not None:
+        stored = start.get("metadata", {}).get("cell_diameter")
         if stored:
             log.info("cells reach the net %.1f px across, as they did for --init %s", stored, cfg.init)
             return float(stored)
