@@ -9,12 +9,14 @@ import torch
 from unetile import save_model
 from unetile.cell_size import MAX_FACTOR, median_diameter, resize_image, resize_labels, scale_factor, scaled_shape
 from unetile.cli import main
+from unetile.evaluation.metrics.objects import cell_counts, pooled, summary
 from unetile.errors import UserInputError
 from unetile.inference.instances import InstanceSettings
 from unetile.inference.predictor import PredictOptions, Predictor
 from unetile.io import write_image
 from unetile.normalization import Normalization
 from unetile.synthetic import disc_detector, write_dataset
+from unetile.training import validation
 from unetile.training.data import prepare
 
 from .conftest import tiny_unet
@@ -166,3 +168,29 @@ def test_the_estimate_trusts_the_scale_whose_cells_come_out_nearest_the_nets_siz
     predictor = Predictor.load(sized_model, PredictOptions(precision="fp32"))
     first, factor = predictor.estimate_factor(np.zeros((1, 200, 200), np.float32))
     assert factor == pytest.approx(0.25 * 20 / 19) and first.shape == (1, 200, 200)
+
+
+def test_cell_settings_are_chosen_where_evaluate_scores_them_at_the_images_own_size():
+    """A label of 24-px cells reaches a 12-px net halved. Its cells are chosen on the map brought
+    back to the image's own size and scored against the label as it was (as `unetile predict` and
+    `unetile evaluate` do), with min_size in the net's px: 16 net px are 64 own px, which drops
+    the map's 50-px specks that 16 own px would keep."""
+    ids = discs((96, 96), 12, 48)
+    image = np.where(ids > 0, 50000, 5000).astype(np.float32)
+    item = prepare([("a", image[None], ids, None, "a")], None, Normalization(), weight_map=False,
+                   net_diameter=12.0)[0]
+    assert item.net_scale == pytest.approx(12.0 / median_diameter(ids))
+    assert item.image.shape[1:] == item.instances.shape == scaled_shape(ids.shape, item.net_scale)
+    assert np.array_equal(item.own_instances, ids)
+    net_map = (item.instances > 0).astype(np.float32)
+    for cy, cx in ((4, 4), (4, 43), (43, 4)):  # specks of 12 net px, 48 own px: no cells
+        net_map[cy - 2:cy + 1, cx - 2:cx + 2] = 1.0
+    maps = [validation.ValidationMap("a", net_map, item.classes > 0, 0.0, net_map[None])]
+    model = disc_detector(width=4, depth=2)
+    settings, score = validation.choose_cell_settings(model, {}, maps, [item], 0.5, None)
+    assert settings.min_size == 16
+    own_map = resize_image(net_map[None], ids.shape)
+    own_cells = settings.at_scale(1 / item.net_scale).labels(own_map, 0.5)
+    assert own_cells.shape == ids.shape and own_cells.max() == ids.max()
+    assert score == pytest.approx(summary(pooled([cell_counts(ids, own_cells)]))["mean_ap"])
+    assert score < 1.0  # at the net's scale this map is perfect; brought back, its edges are not

@@ -198,8 +198,8 @@ def drop_small_cells(labels: np.ndarray, min_size: int) -> np.ndarray:
 
 def choose_settings(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], grid: dict = VOLUME_GRID,
                     base: InstanceSettings = InstanceSettings(), threshold: float = 0.5,
-                    spacings: Sequence[tuple[float, float, float] | None] | None = None
-                    ) -> tuple[InstanceSettings, float]:
+                    spacings: Sequence[tuple[float, float, float] | None] | None = None,
+                    scales: Sequence[float] | None = None) -> tuple[InstanceSettings, float]:
     """The settings of ``grid`` (keys sigma, seed_threshold, min_size; flows seeds also
     flow_error) with the best mean AP over IoU 0.5:0.95, object counts pooled over the maps
     (`evaluate_volumes`' ``objects.pooled.mean_ap``) -> (settings, that mean AP).
@@ -207,23 +207,28 @@ def choose_settings(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], gr
     ``maps``: what `InstanceSettings.labels` takes, as `unetile predict` writes them (one-class
     maps calibrated, `predictor.calibrate_map`): a volume's (C, Z, Y, X), an image's (C, H, W);
     cells begin at ``threshold``. ``truths``: the matching instance ids (Z, Y, X) / (H, W).
-    ``spacings``: each volume's (z, y, x) voxel size (um) or None. ``base``: the method and the map
-    seeds come from; the grid's settings replace the rest. Ties keep the first in grid order
-    (the least smoothing and size filtering; for flow_error, the strictest cut: Cellpose's first).
+    ``spacings``: each volume's (z, y, x) voxel size (um) or None. ``scales``: each map's px per
+    net px (a map brought back to its image's own size; None: all 1): the grid is in the net's px,
+    and each map's cells are cut with the settings `InstanceSettings.at_scale` gives for it, as
+    `unetile predict` cuts them. ``base``: the method and the map seeds come from; the grid's
+    settings replace the rest. Ties keep the first in grid order (the least smoothing and size
+    filtering; for flow_error, the strictest cut: Cellpose's first).
     """
     spacings = [None] * len(maps) if spacings is None else list(spacings)
-    if not (len(maps) == len(truths) == len(spacings)) or not maps:
-        raise ValueError(f"{len(maps)} maps, {len(truths)} truths and {len(spacings)} spacings (give the same number)")
+    scales = [1.0] * len(maps) if scales is None else list(scales)
+    if not (len(maps) == len(truths) == len(spacings) == len(scales)) or not maps:
+        raise ValueError(f"{len(maps)} maps, {len(truths)} truths, {len(spacings)} spacings and {len(scales)} "
+                         "scales (give the same number)")
     best, best_score = base, -1.0
     for sigma in grid["sigma"]:
         for seed in grid["seed_threshold"]:
             # Cells are cut once with no filter; each cut (flow error, then size) is tried on them.
             trial = dataclasses.replace(base, sigma=sigma, seed_threshold=seed, min_size=0, flow_error=None)
-            labels = [trial.labels(m, threshold, s) for m, s in zip(maps, spacings)]
+            labels = [trial.at_scale(c).labels(m, threshold, s) for m, s, c in zip(maps, spacings, scales)]
             for flow_error, kept in _flow_error_cuts(labels, maps, grid, base):
                 for min_size in grid["min_size"]:
-                    counts = [cell_counts(np.asarray(t), drop_small_cells(lab, min_size))
-                              for lab, t in zip(kept, truths)]
+                    counts = [cell_counts(np.asarray(t), drop_small_cells(lab, round(min_size * c ** 2)))
+                              for lab, t, c in zip(kept, truths, scales)]
                     score = summary(pooled(counts))["mean_ap"]
                     if score > best_score:
                         best = dataclasses.replace(trial, min_size=min_size, flow_error=flow_error)

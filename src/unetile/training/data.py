@@ -57,6 +57,10 @@ class LabelledImage:
     instances: np.ndarray | None = None  # (H, W) int32 the label's instance ids, where it holds them
     annotated: np.ndarray | None = None  # (H, W) bool, where the label is not --ignore-label; None: everywhere
     flows: np.ndarray | None = None  # (2, H, W) float32 --cell-target flows: the cells' flows (flows.flow_field)
+    #: An image rescaled to the net's cell diameter (`at_net_scale`): how much it was enlarged, and its
+    #: instance ids at its own size, where `unetile evaluate` scores the cells of `unetile predict`.
+    net_scale: float = 1.0
+    own_instances: np.ndarray | None = None  # (H0, W0) int32; None where net_scale is 1
 
 
 def read_pairs(
@@ -281,8 +285,11 @@ def prepare(
     items = []
     for name, image, raw_label, _, label_path in pairs:
         label, annotated = without_ignored(raw_label, ignore_label)
+        factor, own_ids = 1.0, None
         if net_diameter and label.ndim == 2 and label_kind(label, n_classes) == "instances":
-            image, raw_label = at_net_scale(image, raw_label, label, net_diameter)
+            factor = scale_factor(median_diameter(label), net_diameter)
+            own_ids = label.astype(np.int32) if factor != 1.0 else None
+            image, raw_label = at_net_scale(image, raw_label, factor)
             label, annotated = without_ignored(raw_label, ignore_label)
         classes, cells = interpret_labels(label, n_classes, str(label_path), cell_target, spacing)
         is_ids = label_kind(label, n_classes) == "instances"
@@ -295,15 +302,14 @@ def prepare(
         else:
             weight = np.ones(classes.shape, np.float32) if annotated is None else annotated.astype(np.float32)
         items.append(LabelledImage(name, normalize(image, normalization), classes, weight,
-                                   label.astype(np.int32) if is_ids else None, annotated, flows))
+                                   label.astype(np.int32) if is_ids else None, annotated, flows, factor, own_ids))
     return items
 
 
-def at_net_scale(image: np.ndarray, raw_label: np.ndarray, ids: np.ndarray,
-                 net_diameter: float) -> tuple[np.ndarray, np.ndarray]:
-    """(image (C, H, W), raw label (H, W)) rescaled so that the median cell of ``ids`` (the label's
-    instance ids) is ``net_diameter`` px across: linear for the image, nearest for the label."""
-    factor = scale_factor(median_diameter(ids), net_diameter)
+def at_net_scale(image: np.ndarray, raw_label: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """(image (C, H, W), raw label (H, W)) enlarged by ``factor`` (`cell_size.scale_factor`: the
+    one that brings the label's median cell to the net's diameter): linear for the image, nearest
+    for the label."""
     if factor == 1.0:
         return image, raw_label
     shape = scaled_shape(raw_label.shape, factor)

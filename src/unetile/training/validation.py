@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .. import distributed
+from ..cell_size import resize_image
 from ..device import uses_channels_last
 from ..errors import UserInputError
 from ..evaluation import metrics
@@ -284,29 +285,40 @@ def choose_cell_settings(model: UNet, meta: dict, maps: list[ValidationMap], ite
     where there is nothing to choose on: no instance ids, sparse labels only (unlabelled cells would
     count as false ones), or fewer than `MIN_CELLS_TO_CHOOSE` cells where ``meta`` has settings
     already (a model fine-tuned with ``--init`` inherits its start's, `setup.inherited_cell_settings`)."""
-    with_ids = [(m.probabilities, it.instances) for m, it in zip(maps, items)
+    with_ids = [as_predicted(m.probabilities, it, threshold) for m, it in zip(maps, items)
                 if it.instances is not None and it.annotated is None]
     if not with_ids:
         return None
-    cells = sum(cell_count(ids) for _, ids in with_ids)
+    cells = sum(cell_count(ids) for _, ids, _ in with_ids)
     if cells < MIN_CELLS_TO_CHOOSE and "instances" in meta:
         log.warning("cells: %d in these images, fewer than the %d needed to choose how cells are cut; the model "
                     "keeps its settings (%s)", cells, MIN_CELLS_TO_CHOOSE, meta["instances"])
         return None
-    probs, truths = [p for p, _ in with_ids], [ids for _, ids in with_ids]
+    predicted, truths, scales = zip(*with_ids)
     base = InstanceSettings.from_metadata(DEFAULT_METHOD, meta)
     # sigma in in-plane px; min_size in px, or voxels for volumes (VOLUME_GRID)
     grid, spacing = (VOLUME_GRID, voxel_size) if model.config.spatial_dims == 3 else (INSTANCE_GRID, None)
     if model.config.flows:  # cells from the flows: the flow-error cut and the smallest cell kept
         grid = {**grid, "sigma": (base.sigma,), "seed_threshold": (base.seed_threshold,),
                 "flow_error": FLOW_ERROR_GRID}
-    settings, score = choose_settings([calibrate_map(p, threshold) for p in probs], truths, grid, base,
-                                      spacings=[spacing] * len(probs))
+    settings, score = choose_settings(predicted, truths, grid, base, spacings=[spacing] * len(predicted),
+                                      scales=scales)
     how = f"cells from the flows, flow error up to {settings.flow_error or 'any'}" if model.config.flows else \
         f"cells: seeded watershed with sigma {settings.sigma:g}, seed level {settings.seed_threshold:g}"
     log.info("%s, cells of at least %d %s (mean AP %.4f on %d cells)", how, settings.min_size,
              "voxels" if model.config.spatial_dims == 3 else "px", score, cells)
     return settings, score
+
+
+def as_predicted(prob: np.ndarray, item: LabelledImage, threshold: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """A validation map (C, H, W) as the net gave it -> (the map `unetile predict` cuts cells from,
+    the instance ids `unetile evaluate` scores them against, px of that map per net px). An image
+    rescaled to the net's cell diameter is brought back to its own size first, as prediction
+    brings it back, and scored against its own labels (`LabelledImage.own_instances`)."""
+    if item.own_instances is None:
+        return calibrate_map(prob, threshold), item.instances, 1.0
+    own_size = resize_image(prob, item.own_instances.shape)
+    return calibrate_map(own_size, threshold), item.own_instances, 1.0 / item.net_scale
 
 
 #: The seeded watershed's settings tried on the validation images (`instances.choose_settings`).
