@@ -18,6 +18,7 @@ from unetile.normalization import Normalization
 from unetile.synthetic import disc_detector, write_dataset
 from unetile.training import validation
 from unetile.training.data import prepare
+from unetile.training.loop import Clock
 
 from .conftest import tiny_unet
 
@@ -194,3 +195,15 @@ def test_cell_settings_are_chosen_where_evaluate_scores_them_at_the_images_own_s
     assert own_cells.shape == ids.shape and own_cells.max() == ids.max()
     assert score == pytest.approx(summary(pooled([cell_counts(ids, own_cells)]))["mean_ap"])
     assert score < 1.0  # at the net's scale this map is perfect; brought back, its edges are not
+
+
+def test_a_timed_run_keeps_time_to_choose_cells_at_the_images_own_sizes():
+    """Cells are chosen at the images' own sizes: the time kept for it follows their pixels there."""
+    ids = discs((96, 96), 12, 48)
+    items = prepare([("a", ids[None].astype(np.float32), ids, None, "a")], None, Normalization(), weight_map=False,
+                    net_diameter=12.0)
+    assert validation.pixels(items) == 49 * 49 and validation.own_pixels(items) == 96 * 96
+    clock = Clock(900.0, 0.0, calibrate_tta=True)
+    clock.val_seconds, clock.tune_cells = 10.0, True
+    clock.val_scale, clock.cells_scale = 1.0, validation.own_pixels(items) / validation.pixels(items)
+    assert clock.reserve() == pytest.approx(10.0 * (1 + 8 + 2 * 96 * 96 / 49 ** 2) + 5)

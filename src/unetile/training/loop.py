@@ -36,7 +36,7 @@ from .config import MAXIMISE, TrainConfig, resume_config
 from .logbook import Logbook
 from .losses import segmentation_loss
 from .setup import Run, build_run, memory_format
-from .validation import calibrate_checkpoint, pixels, refresh_batch_norm, validate
+from .validation import calibrate_checkpoint, own_pixels, pixels, refresh_batch_norm, validate
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,7 @@ class Clock:
         self.before = 0.0  # seconds spent by the runs this one resumes
         self.val_seconds: float | None = None  # the last validation's duration (after an epoch)
         self.val_scale = 1.0  # the calibration images' pixels over those validated after each epoch
+        self.cells_scale = 1.0  # the same at the images' own sizes, where cells are chosen (`own_pixels`)
         self.tune_cells = False  # whether the end chooses how cells are cut (instance-id labels)
 
     def elapsed(self) -> float:
@@ -110,11 +111,13 @@ class Clock:
 
     def reserve(self) -> float:
         """Seconds to keep for the last validation and the calibration on its validation images
-        (TTA: 8 predictions of each; choosing how cells are cut: about two validations' time)."""
+        (TTA: 8 predictions of each; choosing how cells are cut: about two validations' time, of
+        the images at their own sizes)."""
         if self.val_seconds is None:
             return 0.0
-        calibration = (8 if self.calibrate_tta else 0) + (2 if self.tune_cells else 0)
-        return self.val_seconds * (1 + self.val_scale * calibration) + 5
+        predictions = self.val_scale * (8 if self.calibrate_tta else 0)
+        cells = self.cells_scale * (2 if self.tune_cells else 0)
+        return self.val_seconds * (1 + predictions + cells) + 5
 
     def progress(self, step: int, total_steps: int) -> float:
         """How far the schedule is, 0 -> 1: by steps, or by the clock where that is further."""
@@ -300,6 +303,7 @@ def end_epoch(run: Run, position: Position, clock: Clock, logbook: Logbook | Non
     v = validate(run.averaged, run.epoch_val_items, cfg, run.precision, ctx=run.ctx, input_shift=run.input_shift)
     clock.val_seconds = time.monotonic() - t_val
     clock.val_scale = pixels(run.calibration_items) / pixels(run.epoch_val_items)  # what the calibration sees
+    clock.cells_scale = own_pixels(run.calibration_items) / pixels(run.epoch_val_items)
     value = v.value(cfg.select_by)
     best = position.best_value
     improved = best is None or (value > best if cfg.select_by in MAXIMISE else value < best)

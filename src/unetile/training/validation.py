@@ -231,6 +231,11 @@ def pixels(items: list) -> int:
     return sum(it.classes.size for it in items)
 
 
+def own_pixels(items: list[LabelledImage]) -> int:
+    """The pixels of labelled images at their own sizes, where their cells are chosen (`as_predicted`)."""
+    return sum(it.classes.size if it.own_instances is None else it.own_instances.size for it in items)
+
+
 def validate(model: UNet, items, cfg: TrainConfig, precision: str, tta: bool = False,
              ctx: distributed.Context = distributed.Context(),
              input_shift: tuple[float, float] = (0.0, 0.0)) -> Validation:
