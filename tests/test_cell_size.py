@@ -174,8 +174,8 @@ def test_the_estimate_trusts_the_scale_whose_cells_come_out_nearest_the_nets_siz
 def test_cell_settings_are_chosen_where_evaluate_scores_them_at_the_images_own_size():
     """A label of 24-px cells reaches a 12-px net halved. Its cells are chosen on the map brought
     back to the image's own size and scored against the label as it was (as `unetile predict` and
-    `unetile evaluate` do), with min_size in the net's px: 16 net px are 64 own px, which drops
-    the map's 50-px specks that 16 own px would keep."""
+    `unetile evaluate` do), with min_size in the net's px: 16 net px are about 62 own px, which
+    drops the map's 48-px specks that 16 own px would keep."""
     ids = discs((96, 96), 12, 48)
     image = np.where(ids > 0, 50000, 5000).astype(np.float32)
     item = prepare([("a", image[None], ids, None, "a")], None, Normalization(), weight_map=False,
@@ -195,14 +195,26 @@ def test_cell_settings_are_chosen_where_evaluate_scores_them_at_the_images_own_s
     assert own_cells.shape == ids.shape and own_cells.max() == ids.max()
     assert score == pytest.approx(summary(pooled([cell_counts(ids, own_cells)]))["mean_ap"])
     assert score < 1.0  # at the net's scale this map is perfect; brought back, its edges are not
+    sparse = ids.copy()
+    sparse[:2, :2] = 255  # not annotated: a patch that halving may drop, so it is not scored at all
+    sparse_item = prepare([("s", image[None], sparse, None, "s")], None, Normalization(), weight_map=False,
+                          ignore_label=255, net_diameter=12.0)[0]
+    assert sparse_item.own_instances is None and sparse_item.net_scale != 1.0
+    assert validation.choose_cell_settings(model, {}, maps, [sparse_item], 0.5, None) is None
 
 
 def test_a_timed_run_keeps_time_to_choose_cells_at_the_images_own_sizes():
-    """Cells are chosen at the images' own sizes: the time kept for it follows their pixels there."""
+    """Cells are chosen at the images' own sizes: the time kept for it follows their pixels there, and
+    a timed run's calibration images are capped counting each at the larger of its two sizes."""
     ids = discs((96, 96), 12, 48)
     items = prepare([("a", ids[None].astype(np.float32), ids, None, "a")], None, Normalization(), weight_map=False,
                     net_diameter=12.0)
     assert validation.pixels(items) == 49 * 49 and validation.own_pixels(items) == 96 * 96
+    small = discs((40, 40), 3, 20)  # 6-px cells, enlarged about 2x: larger at the net's scale
+    enlarged = prepare([("b", small[None].astype(np.float32), small, None, "b")], None, Normalization(),
+                       weight_map=False, net_diameter=12.0)[0]
+    assert enlarged.classes.size > 40 * 40
+    assert validation.calibration_pixels(items + [enlarged]) == 96 * 96 + enlarged.classes.size
     clock = Clock(900.0, 0.0, calibrate_tta=True)
     clock.val_seconds, clock.tune_cells = 10.0, True
     clock.val_scale, clock.cells_scale = 1.0, validation.own_pixels(items) / validation.pixels(items)

@@ -361,7 +361,7 @@ def test_the_timed_calibration_scores_a_capped_subset_and_an_untimed_one_scores_
 
     from unetile.training import validation
 
-    items = [SimpleNamespace(classes=np.zeros((100, 100))) for _ in range(10)]
+    items = [SimpleNamespace(classes=np.zeros((100, 100)), own_instances=None) for _ in range(10)]
     monkeypatch.setattr(validation, "TIMED_CALIBRATION_PIXELS", 50_000)
     assert validation.calibration_subset(items, time_limit=None) == items
     assert validation.calibration_subset(items, time_limit=900.0) == items[::2]  # 5 x 10,000 px

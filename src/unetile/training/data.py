@@ -288,7 +288,8 @@ def prepare(
         factor, own_ids = 1.0, None
         if net_diameter and label.ndim == 2 and label_kind(label, n_classes) == "instances":
             factor = scale_factor(median_diameter(label), net_diameter)
-            own_ids = label.astype(np.int32) if factor != 1.0 else None
+            # only fully labelled images: rescaling may drop small not-annotated patches
+            own_ids = label.astype(np.int32) if factor != 1.0 and annotated is None else None
             image, raw_label = at_net_scale(image, raw_label, factor)
             label, annotated = without_ignored(raw_label, ignore_label)
         classes, cells = interpret_labels(label, n_classes, str(label_path), cell_target, spacing)

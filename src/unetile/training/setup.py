@@ -350,6 +350,8 @@ def load_data(cfg: TrainConfig, start: dict | None = None):
     cfg = dataclasses.replace(cfg, cell_diameter=net_cell_diameter(cfg, ids, start),
                               cell_target=cell_target_of(cfg, ids))
     train_items, val_items = prepared(cfg, train_pairs), prepared(cfg, val_pairs)
+    # only validation scores cells at the images' own sizes; training need not hold those labels
+    train_items = [dataclasses.replace(it, own_instances=None) for it in train_items]
     paths = sorted({p for *_, ip, lp in train_pairs + val_pairs for p in (ip, lp)})
     channels = {it.image.shape[0] for it in train_items + val_items}
     if len(channels) != 1:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -211,19 +212,28 @@ EPOCH_VAL_PIXELS = 2_000_000
 TIMED_CALIBRATION_PIXELS = 4_000_000
 
 
-def epoch_subset(items: list, max_pixels: int = EPOCH_VAL_PIXELS) -> list:
+def epoch_subset(items: list, max_pixels: int = EPOCH_VAL_PIXELS, measure: Callable[[list], int] | None = None) -> list:
     """Every k-th item (k as small as keeps the total within ``max_pixels``; all if they fit):
-    the images validated after each epoch, spread over the set, the same every epoch."""
+    the images validated after each epoch, spread over the set, the same every epoch.
+    ``measure``: items -> their pixels (default `pixels`)."""
+    measure = measure or pixels
     stride = 1
-    while stride < len(items) and pixels(items[::stride]) > max_pixels:
+    while stride < len(items) and measure(items[::stride]) > max_pixels:
         stride += 1
     return items[::stride]
 
 
 def calibration_subset(items: list, time_limit: float | None) -> list:
     """The validation images the final calibration scores: all, or under a time limit a spread
-    subset of at most `TIMED_CALIBRATION_PIXELS` (`epoch_subset`)."""
-    return items if time_limit is None else epoch_subset(items, TIMED_CALIBRATION_PIXELS)
+    subset of at most `TIMED_CALIBRATION_PIXELS` (`epoch_subset`), each image counted at the net's
+    scale or at its own, whichever is larger (its maps are predicted at the one, its cells chosen
+    at the other)."""
+    return items if time_limit is None else epoch_subset(items, TIMED_CALIBRATION_PIXELS, calibration_pixels)
+
+
+def calibration_pixels(items: list[LabelledImage]) -> int:
+    """Each image's pixels at the net's scale or at its own, whichever is larger, summed."""
+    return sum(max(it.classes.size, own_pixels([it])) for it in items)
 
 
 def pixels(items: list) -> int:
@@ -291,7 +301,8 @@ def choose_cell_settings(model: UNet, meta: dict, maps: list[ValidationMap], ite
     count as false ones), or fewer than `MIN_CELLS_TO_CHOOSE` cells where ``meta`` has settings
     already (a model fine-tuned with ``--init`` inherits its start's, `setup.inherited_cell_settings`)."""
     with_ids = [as_predicted(m.probabilities, it, threshold) for m, it in zip(maps, items)
-                if it.instances is not None and it.annotated is None]
+                if it.instances is not None and it.annotated is None
+                and (it.net_scale == 1.0 or it.own_instances is not None)]  # sparse labels, rescaled
     if not with_ids:
         return None
     cells = sum(cell_count(ids) for _, ids, _ in with_ids)
@@ -310,8 +321,8 @@ def choose_cell_settings(model: UNet, meta: dict, maps: list[ValidationMap], ite
                                       scales=scales)
     how = f"cells from the flows, flow error up to {settings.flow_error or 'any'}" if model.config.flows else \
         f"cells: seeded watershed with sigma {settings.sigma:g}, seed level {settings.seed_threshold:g}"
-    log.info("%s, cells of at least %d %s (mean AP %.4f on %d cells)", how, settings.min_size,
-             "voxels" if model.config.spatial_dims == 3 else "px", score, cells)
+    unit = "voxels" if model.config.spatial_dims == 3 else "px" if set(scales) == {1.0} else "px at the net's scale"
+    log.info("%s, cells of at least %d %s (mean AP %.4f on %d cells)", how, settings.min_size, unit, score, cells)
     return settings, score
 
 
@@ -319,7 +330,9 @@ def as_predicted(prob: np.ndarray, item: LabelledImage, threshold: float) -> tup
     """A validation map (C, H, W) as the net gave it -> (the map `unetile predict` cuts cells from,
     the instance ids `unetile evaluate` scores them against, px of that map per net px). An image
     rescaled to the net's cell diameter is brought back to its own size first, as prediction
-    brings it back, and scored against its own labels (`LabelledImage.own_instances`)."""
+    brings it back, and scored against its own labels (`LabelledImage.own_instances`). Its scale
+    is its label's (`data.at_net_scale`): what `unetile predict --diameter` does with the cells'
+    true diameter, where a plain `unetile predict` estimates it."""
     if item.own_instances is None:
         return calibrate_map(prob, threshold), item.instances, 1.0
     own_size = resize_image(prob, item.own_instances.shape)
