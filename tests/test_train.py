@@ -1,5 +1,6 @@
 """Training end to end on tiny synthetic data: run folder, exact resume, presets, CLI."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -147,11 +148,15 @@ def _touching_cells(folder, n=3, seed=0):
 
 
 def test_cli_trains_on_16_bit_instance_ids(tmp_path):
-    """Instance ids without --classes: read as cells, the paper's weight map, how cells are cut chosen and stored."""
+    """Instance ids without --classes: read as cells; flows at the images' own size by default; the
+    foreground target with the paper's weight map; how cells are cut chosen and stored."""
     _touching_cells(tmp_path / "d")
     args = ["train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r"), "--width", "4", "--depth", "2",
             "--tile-size", "76", "--epochs", "1", "--samples-per-epoch", "2", "--precision", "fp32", "--workers", "0"]
-    assert main(args) == 0  # --w0 auto by default
+    assert main([*args[:4], str(tmp_path / "default"), *args[5:]]) == 0
+    model, meta = load_model(tmp_path / "default" / "best.pt")
+    assert meta["cell_target"] == "flows" and meta["cell_diameter"] is None and model.head.out_channels == 3
+    assert main([*args, "--cell-target", "foreground"]) == 0  # --w0 auto by default
     model, meta = load_model(tmp_path / "r" / "best.pt")
     assert model.head.out_channels == 1  # binary: cell / background
     cfg = json.loads((tmp_path / "r" / "config.json").read_text())["train"]
@@ -386,3 +391,29 @@ def test_a_timed_run_calibrates_best_pt_on_the_capped_subset(tmp_path, monkeypat
     assert len(validated) == 2 and seen == [validated[:1]]  # one of the two, under the limit
     assert main([*args[:4], str(tmp_path / "untimed"), *args[5:]]) == 0
     assert seen[1] == validated  # without a limit: every validation image
+
+
+def test_the_automatic_cell_target_is_flows_for_images_foreground_for_volumes_and_the_init_models_own():
+    from unetile.training.setup import cell_target_of
+
+    ids = [np.array([[0, 1], [2, 2]])]
+    auto = TrainConfig(cell_target="auto", dims=2)
+    assert cell_target_of(auto, ids) == "flows" and cell_target_of(auto, []) == "foreground"  # masks: no cells
+    assert cell_target_of(dataclasses.replace(auto, dims=3), ids) == "foreground"  # flows are 2D only
+    assert cell_target_of(dataclasses.replace(auto, cell_target="boundary"), ids) == "boundary"
+    assert cell_target_of(auto, ids, {"metadata": {"cell_target": "touching"}}) == "touching"  # fine-tuning keeps it
+    assert cell_target_of(auto, ids, {"metadata": {}}) == "foreground"  # older models stored none
+    assert TrainConfig(cell_target=None).resolved().cell_target == "auto"
+
+
+def test_the_automatic_cell_diameter_is_off_for_flows_the_median_for_others_and_the_init_models_own():
+    from unetile.training.setup import net_cell_diameter
+
+    ids = [np.pad(np.ones((6, 6), np.int32), 2), np.pad(np.ones((10, 10), np.int32), 2)]  # cells 6.8 and 11.3 px
+    median = float(np.median([2 * np.sqrt(36 / np.pi), 2 * np.sqrt(100 / np.pi)]))
+    flows = TrainConfig(cell_target="flows", cell_diameter="auto", dims=2)
+    assert net_cell_diameter(flows, ids) == "off"
+    assert net_cell_diameter(dataclasses.replace(flows, cell_diameter="median"), ids) == pytest.approx(median)
+    assert net_cell_diameter(dataclasses.replace(flows, cell_target="foreground"), ids) == pytest.approx(median)
+    assert net_cell_diameter(flows, ids, {"metadata": {"cell_diameter": 17.0}}) == 17.0
+    assert net_cell_diameter(dataclasses.replace(flows, cell_diameter=12.0), ids) == 12.0

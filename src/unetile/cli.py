@@ -190,16 +190,18 @@ def _add_train_model(m: argparse._ArgumentGroup) -> None:
     m.add_argument("--skeleton-recall", type=float, metavar="WEIGHT",
                    help="add the skeleton recall loss on the background, this much of it: keeps thin gaps "
                         "between cells open (default: 0, off)")
-    m.add_argument("--cell-target", choices=["foreground", "boundary", "touching", "flows", "distance"],  # CELL_TARGETS
-                   help="instance-id labels: learn the cells' foreground, touching cells parted by a 1-px line "
-                        "(default); three classes: background, cell interior, a 2-px band along each edge; three "
-                        "classes: background, cell, a 1-3 px band only where two cells meet; Cellpose's flows "
-                        "towards each cell's centre and the cell probability; or each cell pixel's distance to the "
-                        "background (relative to the cell's largest)")
-    m.add_argument("--cell-diameter", metavar="auto|off|PX",
+    m.add_argument("--cell-target", choices=["auto", "foreground", "boundary", "touching", "flows", "distance"],
+                   help="instance-id labels: learn the cells' foreground, touching cells parted by a 1-px line; "
+                        "three classes: background, cell interior, a 2-px band along each edge; three classes: "
+                        "background, cell, a 1-3 px band only where two cells meet; Cellpose's flows towards each "
+                        "cell's centre and the cell probability; or each cell pixel's distance to the background "
+                        "(relative to the cell's largest). Default auto: flows for images, foreground for volumes, "
+                        "the --init model's target when fine-tuning")
+    m.add_argument("--cell-diameter", metavar="auto|median|off|PX",
                    help="instance-id labels: rescale each image so its median cell is this many px across before "
-                        "it reaches the net; predict does the same (default auto: the training cells' median; "
-                        "off: images at their own size)")
+                        "it reaches the net; predict does the same (median: the training cells' median; off: images "
+                        "at their own size; default auto: the --init model's, else off for flows and the median "
+                        "for the other targets)")
     m.add_argument("--elastic", action=argparse.BooleanOptionalAction, help="elastic deformation")
     m.add_argument("--elastic-sigma", type=float,
                    help="std of the elastic displacements, in-plane px (default: 10, the paper; fast on volumes: 2)")

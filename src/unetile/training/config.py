@@ -106,7 +106,7 @@ class TrainConfig:
             values.update(initial_architecture(self.init))
         base = dict(depth=4, up_mode="transpose", batch_norm=True, momentum=0.9, centre_crop=False, workers=None,
                     ema=0.0, class_balance=True, w0=10.0, sigma=5.0, skeleton_recall=0.0, label_offset="none",
-                    soft_labels=False, cell_target="foreground", elastic_sigma=10.0,
+                    soft_labels=False, cell_target="auto", elastic_sigma=10.0,
                     cell_diameter="auto")
         out = dataclasses.replace(self, dims=dims, voxel_size=voxels)
         for name, value in {**base, **values}.items():
@@ -135,8 +135,8 @@ class TrainConfig:
             raise UserInputError(f"class balancing must be on, off or auto, got {out.class_balance!r}")
         if not 0 <= out.skeleton_recall < math.inf:
             raise UserInputError(f"--skeleton-recall must be >= 0, got {out.skeleton_recall}")
-        if out.cell_target not in CELL_TARGETS:
-            raise UserInputError(f"--cell-target {out.cell_target}: choose one of {', '.join(CELL_TARGETS)}")
+        if out.cell_target not in ("auto", *CELL_TARGETS):
+            raise UserInputError(f"--cell-target {out.cell_target}: choose auto or one of {', '.join(CELL_TARGETS)}")
         out.cell_diameter = parse_cell_diameter(out.cell_diameter)
         if out.tiles_on not in ("auto", "cpu", "device"):
             raise UserInputError(f"--tiles-on {out.tiles_on}: choose auto, cpu or device")
@@ -220,15 +220,15 @@ def check_volume_settings(cfg: TrainConfig) -> None:
 
 
 def parse_cell_diameter(value: float | str) -> float | str:
-    """``--cell-diameter``: "auto", "off" or a diameter in px > 0 (returned as a float)."""
-    if value in ("auto", "off"):
+    """``--cell-diameter``: "auto", "median", "off" or a diameter in px > 0 (returned as a float)."""
+    if value in ("auto", "median", "off"):
         return value
     try:
         diameter = float(value)
     except (TypeError, ValueError):
         diameter = math.nan
     if not 0 < diameter < math.inf:
-        raise UserInputError(f"--cell-diameter {value}: give a diameter in px > 0, auto or off")
+        raise UserInputError(f"--cell-diameter {value}: give a diameter in px > 0, auto, median or off")
     return diameter
 
 

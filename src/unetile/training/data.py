@@ -131,6 +131,7 @@ def without_ignored(label: np.ndarray, ignore_label: int | None) -> tuple[np.nda
 #: winners' third channel), "flows" (Cellpose's: the cells, touching ones not parted, and each
 #: pixel's flow towards its cell's centre, `flows.flow_field`; images only) or "distance" (each
 #: cell pixel's distance to the background, divided by its cell's largest: `distance_target`).
+#: ``--cell-target auto`` (the default) picks one of them: `setup.cell_target_of`.
 CELL_TARGETS = ("foreground", "boundary", "touching", "flows", "distance")
 BOUNDARY_WIDTH = 2  # px
 

@@ -185,15 +185,23 @@ def instance_labels(cfg: TrainConfig, train_pairs: list[tuple]) -> list[np.ndarr
     return [label for label, path in labels if label_kind(label, cfg.classes, str(path)) == "instances"]
 
 
-def cell_target_of(cfg: TrainConfig, ids: list[np.ndarray]) -> str:
+def cell_target_of(cfg: TrainConfig, ids: list[np.ndarray], start: dict | None = None) -> str:
     """What the net learns from the labels: ``cfg.cell_target`` where some training labels hold
     instance ids (``ids``, `instance_labels`), else "foreground" (a warning where another target
-    was asked for)."""
+    was asked for). "auto": the target of ``start`` (the ``--init`` checkpoint: its head fits no
+    other), else flows for images (they part touching nuclei best, on a split by acquisition too:
+    docs/results.md) and foreground for volumes."""
     with_ids = bool(ids)
-    if cfg.cell_target != "foreground" and not with_ids:
+    if cfg.cell_target not in ("foreground", "auto") and not with_ids:
         log.warning("--cell-target %s applies to instance-id labels only; these labels are masks or classes",
                     cfg.cell_target)
-    return cfg.cell_target if with_ids else "foreground"
+    if not with_ids:
+        return "foreground"
+    if cfg.cell_target != "auto":
+        return cfg.cell_target
+    if start is not None:
+        return start.get("metadata", {}).get("cell_target") or "foreground"
+    return "flows" if cfg.dims == 2 else "foreground"
 
 
 def inherited_cell_settings(cfg: TrainConfig, cell_target: str, start: dict | None) -> dict:
@@ -347,8 +355,8 @@ def load_data(cfg: TrainConfig, start: dict | None = None):
     train_pairs, val_pairs = (pairs, read_pairs(cfg.val, dims=cfg.dims)) if cfg.val else split(pairs, cfg.val_fraction)
     cfg = with_weight_map_decided(cfg, train_pairs)
     ids = instance_labels(cfg, train_pairs)
-    cfg = dataclasses.replace(cfg, cell_diameter=net_cell_diameter(cfg, ids, start),
-                              cell_target=cell_target_of(cfg, ids))
+    cfg = dataclasses.replace(cfg, cell_target=cell_target_of(cfg, ids, start))
+    cfg = dataclasses.replace(cfg, cell_diameter=net_cell_diameter(cfg, ids, start))
     train_items, val_items = prepared(cfg, train_pairs), prepared(cfg, val_pairs)
     # only validation scores cells at the images' own sizes; training need not hold those labels
     train_items = [dataclasses.replace(it, own_instances=None) for it in train_items]
@@ -384,13 +392,15 @@ def prepared(cfg: TrainConfig, pairs: list[tuple]) -> list[LabelledImage]:
 def net_cell_diameter(cfg: TrainConfig, ids: list[np.ndarray], start: dict | None = None) -> float | str:
     """``--cell-diameter`` decided (cell_size.py): the px that each image's median cell is rescaled
     to, or "off" (volumes, and labels without instance ids). ``ids``: the training labels that hold
-    instance ids (`instance_labels`). "auto": the diameter of ``start`` (the ``--init`` checkpoint)
-    where it has one (fine-tuning keeps the scale it learnt), else the median over the training
-    images of their median cell's diameter."""
+    instance ids (`instance_labels`); ``cfg.cell_target`` is decided (`cell_target_of`). "median":
+    the median over the training images of their median cell's diameter. "auto": the diameter of
+    ``start`` (the ``--init`` checkpoint) where it has one (fine-tuning keeps the scale it learnt);
+    else off for flows (they part small and large nuclei at their own size, and rescaling cost
+    large nuclei 0.14 AP@0.5: docs/results.md) and the median for the other targets."""
     if cfg.cell_diameter == "off" or cfg.dims == 3:
         return "off"
     if not ids:
-        if cfg.cell_diameter != "auto":
+        if cfg.cell_diameter not in ("auto", "median"):
             log.warning("--cell-diameter applies to instance-id labels only; these labels are masks or classes")
         return "off"
     if cfg.cell_diameter == "auto" and start is not None:
@@ -398,8 +408,11 @@ def net_cell_diameter(cfg: TrainConfig, ids: list[np.ndarray], start: dict | Non
         if stored:
             log.info("cells reach the net %.1f px across, as they did for --init %s", stored, cfg.init)
             return float(stored)
+    if cfg.cell_diameter == "auto" and cfg.cell_target == "flows":
+        log.info("cells: images at their own size (flows; --cell-diameter median rescales them)")
+        return "off"
     measured = [d for d in map(median_diameter, ids) if d is not None]
-    if cfg.cell_diameter != "auto":
+    if cfg.cell_diameter not in ("auto", "median"):
         diameter = float(cfg.cell_diameter)
     elif measured:
         diameter = float(np.median(measured))
