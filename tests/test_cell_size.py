@@ -9,8 +9,8 @@ import torch
 from unetile import save_model
 from unetile.cell_size import MAX_FACTOR, median_diameter, resize_image, resize_labels, scale_factor, scaled_shape
 from unetile.cli import main
-from unetile.evaluation.metrics.objects import cell_counts, pooled, summary
 from unetile.errors import UserInputError
+from unetile.evaluation.metrics.objects import cell_counts, pooled, summary
 from unetile.inference.instances import InstanceSettings
 from unetile.inference.predictor import PredictOptions, Predictor
 from unetile.io import write_image
