@@ -1,6 +1,6 @@
 """Speed of 3D prediction on this machine: Mvoxel/s of the 3D U-Net against the machine's limit.
 
-    .venv/bin/python benchmarks/volume_speed.py [--quick] [--width 32] [--json out.json]
+    .venv/bin/python benchmarks/volume_speed.py [--quick] [--width 32] [--device cpu] [--json out.json]
 
 Rows, all on one volume (default 96 x 320 x 320 voxels, isotropic) with the paper-sized 3D net
 (Cicek et al. 2016: width 32, depth 3, 3x3x3 valid convolutions, He-initialised):
@@ -18,12 +18,16 @@ Rows, all on one volume (default 96 x 320 x 320 voxels, isotropic) with the pape
   precision: no tiling can beat it on this CPU. The 2D path reaches 91-93% of its own limit
   (docs/results.md).
 
+With ``--device cuda`` the same rows on the GPU (fp32 there is cuDNN's default, TF32 convolutions;
+the fast path is bf16 autocast; no MONAI row), against the GPU's measured bf16 matmul peak.
+
 Prints a table (and the machine's load average, which shared cores make worth stating).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -36,7 +40,7 @@ from unetile.device import choose_precision, uses_channels_last
 from unetile.inference.benchmark import monai_predict, peak_flops
 from unetile.inference.layout import default_tile_shape
 from unetile.inference.predictor import inference_model
-from unetile.inference.tiling import default_batch_size, predict_tiled
+from unetile.inference.tiling import default_batch_size, predict_tiled, volume_tile_voxels
 from unetile.nn.model import UNet, UNetConfig, init_he
 
 
@@ -60,12 +64,14 @@ def flops_per_output_voxel(model: UNet) -> float:
     return (flops[1] - flops[0]) / (outs[1] - outs[0])
 
 
-def timed_prediction(model: UNet, volume: np.ndarray, precision: str) -> tuple[float, np.ndarray, tuple]:
-    """(seconds, probabilities, tile shape) of predict_tiled at ``precision`` (after a warm-up tile)."""
-    net = inference_model(model, precision)
-    tile = default_tile_shape(net, volume.shape)
-    batch = default_batch_size(net, tile, precision)
-    channels_last = uses_channels_last(precision, torch.device("cpu"), 3)
+def timed_prediction(model: UNet, volume: np.ndarray, precision: str,
+                     device: torch.device) -> tuple[float, np.ndarray, tuple]:
+    """(seconds, probabilities, tile shape) of predict_tiled at ``precision`` on ``device`` (after a
+    warm-up batch)."""
+    net = inference_model(copy.deepcopy(model).to(device), precision)
+    tile = default_tile_shape(net, volume.shape, volume_tile_voxels(net, precision, device))
+    batch = default_batch_size(net, tile, precision, device)
+    channels_last = uses_channels_last(precision, device, 3)
     small = volume[: tile[0], : tile[1], : tile[2]]
     predict_tiled(net, small, tile_size=tile, precision=precision, channels_last=channels_last)  # warm-up
     t0 = time.perf_counter()
@@ -98,8 +104,10 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--shape", default=None, help="Z,Y,X of the volume (default 96,320,320)")
     parser.add_argument("--monai-roi", type=int, default=128, help="MONAI's window (voxels per axis)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    device = torch.device(args.device)
     shape = tuple(int(v) for v in args.shape.split(",")) if args.shape else (
         (48, 160, 160) if args.quick else (96, 320, 320))
     volume = np.random.default_rng(0).random(shape, dtype=np.float32)
@@ -107,25 +115,26 @@ def main() -> None:
     mvox = volume.size / 1e6
     rows = []
     reference = None
-    fast = choose_precision("auto", torch.device("cpu"))
+    fast = choose_precision("auto", device)
     for precision in dict.fromkeys(("fp32", fast)):
-        seconds, prob, tile = timed_prediction(model, volume, precision)
+        seconds, prob, tile = timed_prediction(model, volume, precision, device)
         diff = None if reference is None else float(np.abs(prob - reference).max())
         reference = prob if reference is None else reference
         rows.append({"method": f"predict_tiled {precision}", "seconds": seconds, "mvox_per_s": mvox / seconds,
                      "tile": list(tile), "max_abs_diff_vs_fp32": diff})
-    seconds = timed_monai(model, volume, args.monai_roi)
+    seconds = timed_monai(model, volume, args.monai_roi) if device.type == "cpu" else None
     if seconds is not None:
         rows.append({"method": f"MONAI sliding window (same-padding twin, fp32, roi {args.monai_roi})",
                      "seconds": seconds, "mvox_per_s": mvox / seconds, "tile": [args.monai_roi] * 3,
                      "max_abs_diff_vs_fp32": None})
     per_voxel = flops_per_output_voxel(model)
-    peak = peak_flops(torch.bfloat16 if fast == "bf16" else torch.float32)
+    peak = peak_flops({"bf16": torch.bfloat16, "fp16": torch.float16}.get(fast, torch.float32), device=device)
     rows.append({"method": f"limit ({fast} matmul peak)", "seconds": per_voxel * volume.size / peak,
                  "mvox_per_s": peak / per_voxel / 1e6, "tile": None, "max_abs_diff_vs_fp32": None})
     limit = rows[-1]["mvox_per_s"]
-    print(f"3D U-Net width {args.width}, depth 3, volume {shape} ({mvox:.1f} Mvoxel), {torch.get_num_threads()} "
-          f"threads, load average {os.getloadavg()[0]:.2f}")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"3D U-Net width {args.width}, depth 3, volume {shape} ({mvox:.1f} Mvoxel), {where}, "
+          f"load average {os.getloadavg()[0]:.2f}")
     print(f"{per_voxel / 1e6:.2f} MFLOP per output voxel; {fast} matmul peak {peak / 1e9:.0f} GFLOP/s\n")
     print(f"| {'method':26s} | {'seconds':>8s} | {'Mvoxel/s':>8s} | {'of limit':>8s} | tile | max diff vs fp32 |")
     print("|---|---:|---:|---:|---|---:|")
@@ -135,7 +144,7 @@ def main() -> None:
               f"{r['mvox_per_s'] / limit:8.0%} | {r['tile'] or ''} | {diff} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"shape": shape, "width": args.width, "flops_per_voxel": per_voxel, "peak_flops": peak,
+            json.dump({"shape": shape, "width": args.width, "device": where, "flops_per_voxel": per_voxel, "peak_flops": peak,
                        "load_average": os.getloadavg()[0], "rows": rows}, f, indent=1)
 
 

@@ -2,17 +2,21 @@
 OME-Zarr volumes of growing size block by block on a local Dask cluster; wall time, each
 worker's peak memory (RSS) and the client's, which must not grow with the volume.
 
-    .venv/bin/python benchmarks/zarr_volume.py [--shapes 64x1024x1024,128x2048x2048] [--workers 2]
+    .venv/bin/python benchmarks/zarr_volume.py [--shapes 64x1024x1024,128x2048x2048] [--workers 2] \
+        [--device cpu|cuda] [--makers 1]
 
 Each volume (uint8, zstd-compressed OME-Zarr 0.5 in 16 x 256 x 256 chunks, voxel size
-(1.0, 0.5, 0.5) um) is smooth waves with noise, made in a child process slab by slab (so its
-memory is not the client's); the model is a He-initialised width-4 3D net of depth 2 with the
+(1.0, 0.5, 0.5) um) is smooth waves with noise, made by ``--makers`` child processes slab by slab
+(so its memory is not the client's; each slab's noise seeded by its position); the model is a He-initialised width-4 3D net of depth 2 with the
 anisotropic plan of that voxel size (the speed and memory of the block path are measured, not
 the segmentation). Each run writes uint8 masks (``--threshold 0.5``) with the tool's defaults
 otherwise: a volume's blocks hold as many voxels as a 2048-px image block (161 a side, rounded
 to tile strides), tiles by `layout.default_tile_shape`, the batch from the CPU's 1.5 GB budget.
 Worker peaks come from ``ru_maxrss`` in each worker process (a fresh cluster per volume); the
-client's is its own ``ru_maxrss`` (percentiles, the pyramid). One run at a time.
+client's is its own ``ru_maxrss`` (percentiles, the pyramid). While a run goes, the workers' peaks
+are sampled every 10 s into OUT/peaks-SHAPE.jsonl, so a run stopped early still shows how its
+memory grew. ``--device cuda``: the workers predict on the GPU (their host memory is measured;
+several workers share one GPU). One run at a time.
 
 What to expect: a worker holds one block (its read window, the uint8 output box) and one batch
 of tiles (at most `layout.VOLUME_TILE_BYTES` of estimated activations), so its peak grows with
@@ -30,6 +34,7 @@ import json
 import multiprocessing
 import resource
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -47,25 +52,39 @@ VOXEL = (1.0, 0.5, 0.5)  # um: z twice the in-plane spacing, as many confocal st
 CHUNKS = (16, 256, 256)
 
 
-def make_volume(path: Path, shape: tuple[int, int, int]) -> None:
-    """An OME-Zarr 0.5 volume (uint8) of ``shape``, written one chunk slab (16 x 256 rows) at a time."""
+def make_volume(path: Path, shape: tuple[int, int, int], makers: int) -> None:
+    """An OME-Zarr 0.5 volume (uint8) of ``shape``: ``makers`` child processes write its chunk
+    slabs (16 planes each) side by side."""
     from ome_zarr.format import FormatV05
     from ome_zarr.writer import write_multiscales_metadata
 
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
-    array = group.create_array("0", shape=shape, chunks=CHUNKS, dtype="uint8")
-    rng = np.random.default_rng(0)
+    group.create_array("0", shape=shape, chunks=CHUNKS, dtype="uint8")
+    fronts = list(range(0, shape[0], CHUNKS[0]))
+    children = [multiprocessing.get_context("spawn").Process(target=write_slabs, args=(path, fronts[k::makers]))
+                for k in range(makers)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join()
+    write_multiscales_metadata(group, [{"path": "0", "coordinateTransformations": [
+        {"type": "scale", "scale": list(VOXEL)}]}], fmt=FormatV05(), axes=[
+        {"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"])
+
+
+def write_slabs(path: Path, fronts: list[int]) -> None:
+    """Smooth waves with noise into the slabs of 16 planes that start at ``fronts`` (256 rows at a time)."""
+    array = zarr.open_group(str(path), mode="r+")["0"]
+    shape = array.shape
     x = np.arange(shape[2], dtype=np.float32)
-    for front in range(0, shape[0], CHUNKS[0]):
+    for front in fronts:
+        rng = np.random.default_rng(front)
         z = np.arange(front, min(front + CHUNKS[0], shape[0]), dtype=np.float32)[:, None, None]
         for top in range(0, shape[1], CHUNKS[1]):
             y = np.arange(top, min(top + CHUNKS[1], shape[1]), dtype=np.float32)[None, :, None]
             waves = 100 + 60 * np.sin(z / 9.0) * np.sin(y / 37.0) * np.cos(x[None, None, :] / 53.0)
             noisy = waves + rng.normal(0, 12, waves.shape).astype(np.float32)
             array[front : front + len(z), top : top + y.shape[1]] = noisy.clip(0, 255).astype(np.uint8)
-    write_multiscales_metadata(group, [{"path": "0", "coordinateTransformations": [
-        {"type": "scale", "scale": list(VOXEL)}]}], fmt=FormatV05(), axes=[
-        {"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"])
 
 
 def peak_mb() -> float:
@@ -73,13 +92,28 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run(predictor: Predictor, image: Path, target: Path, workers: int) -> dict:
+def sample_peaks(client, log: Path, done: threading.Event, every: float = 10.0) -> None:
+    """Append {"seconds", "worker_peak_mb"} to ``log`` every ``every`` seconds until ``done``."""
+    t0 = time.perf_counter()
+    while not done.wait(every):
+        peaks = sorted(round(p) for p in client.run(peak_mb).values())
+        with log.open("a") as f:
+            f.write(json.dumps({"seconds": round(time.perf_counter() - t0), "worker_peak_mb": peaks}) + "\n")
+
+
+def run(predictor: Predictor, image: Path, target: Path, workers: int, device: str | None, log: Path) -> dict:
     """One prediction on a fresh local cluster (fresh workers: their peaks are this run's)."""
     shutil.rmtree(target, ignore_errors=True)
+    log.unlink(missing_ok=True)
     with block_run.cluster_client(f"local:{workers}") as client:
+        done = threading.Event()
+        sampler = threading.Thread(target=sample_peaks, args=(client, log, done), daemon=True)
         t0 = time.perf_counter()
-        block_run.predict_to_zarr(predictor, image, target, client, progress=False)
+        sampler.start()
+        block_run.predict_to_zarr(predictor, image, target, client, progress=False, worker_device=device)
         seconds = time.perf_counter() - t0
+        done.set()
+        sampler.join()
         peaks = sorted(client.run(peak_mb).values())
     group = zarr.open_group(str(target), mode="r")
     blocks = int(np.prod([-(-s // c) for s, c in zip(group["0"].shape, group["0"].chunks)]))
@@ -91,6 +125,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="64x1024x1024,128x2048x2048", help="volumes ZxYxX, comma-separated")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="the workers' device: cpu or cuda (default: cpu)")
+    parser.add_argument("--makers", type=int, default=1, help="processes that write a new volume (default: 1)")
     parser.add_argument("--out", default="runs/zarr_volume")
     args = parser.parse_args()
     out = Path(args.out)
@@ -106,13 +142,11 @@ def main() -> None:
         image = out / f"volume{text}.zarr"
         if not image.exists():
             t0 = time.perf_counter()
-            maker = multiprocessing.get_context("spawn").Process(target=make_volume, args=(image, shape))
-            maker.start()
-            maker.join()
+            make_volume(image, shape, args.makers)
             print(f"made {image} in {time.perf_counter() - t0:.0f} s", flush=True)
-        result = run(predictor, image, out / f"pred{text}.zarr", args.workers)
+        result = run(predictor, image, out / f"pred{text}.zarr", args.workers, args.device, out / f"peaks-{text}.jsonl")
         voxels = int(np.prod(shape))
-        result.update(mvoxels=round(voxels / 1e6, 1), mvoxel_per_s=round(voxels / 1e6 / result["seconds"], 2),
+        result.update(device=args.device, mvoxels=round(voxels / 1e6, 1), mvoxel_per_s=round(voxels / 1e6 / result["seconds"], 2),
                       client_peak_mb=round(peak_mb()))
         results[text] = result
         print(text, result, flush=True)

@@ -149,3 +149,62 @@ def test_benchmark_on_cuda_reports_gpu_memory(tmp_path, rng):
     assert [r["method"] for r in rows] == ["reference", "predict_tiled", "limit"]
     # width 4 on noise: many pixels sit near 0.5 (the paper's net flips < 0.1%, test above)
     assert rows[1]["peak_gpu_mb"] > 0 and rows[1]["flipped_fraction"] < 0.01
+
+
+def _anisotropic_3d_net() -> UNet:
+    """A He-initialised width-8 3D net with the plan of 0.5 x 0.2 x 0.2 um voxels (no z pooling first)."""
+    from unetile.nn.geometry import anisotropic_plan
+    from unetile.nn.model import UNetConfig
+
+    torch.manual_seed(0)
+    kernels, pools = anisotropic_plan((0.5, 0.2, 0.2), 2)
+    return init_he(UNet(config=UNetConfig(width=8, depth=2, spatial_dims=3, kernels=kernels, pools=pools))).eval()
+
+
+def test_3d_tiled_prediction_on_cuda_equals_cpu_and_is_seamless(rng):
+    """Volumes on the GPU (issue 34): small tiles == one large tile == the CPU, in fp32; bf16 close."""
+    from unetile.inference.layout import default_tile_shape
+
+    net = _anisotropic_3d_net()
+    volume = rng.random((22, 90, 70)).astype(np.float32)
+    small = default_tile_shape(net, volume.shape, max_voxels=40**3)
+    whole = default_tile_shape(net, volume.shape)
+    assert small != whole  # two different tilings
+    on_cpu = predict_tiled(net, volume, tile_size=whole, device="cpu")
+    tiled = predict_tiled(net, volume, tile_size=small, batch_size=3, device="cuda")
+    one = predict_tiled(net, volume, tile_size=whole, batch_size=1, device="cuda")
+    assert tiled.shape == (1, 22, 90, 70) and on_cpu.std() > 0.02
+    assert np.abs(tiled - on_cpu).max() <= 1e-4 and np.abs(tiled - one).max() <= 1e-4
+    fast = predict_tiled(net, volume, tile_size=small, device="cuda", precision="bf16", channels_last=True)
+    assert np.abs(fast - one).mean() <= 0.01
+    # the GPU's own choice: a larger tile than the CPU's cap allows, the same numbers
+    from unetile.inference.tiling import volume_tile_voxels
+
+    assert volume_tile_voxels(net, "fp32", torch.device("cuda")) > volume_tile_voxels(net)
+    assert np.abs(predict_tiled(net, volume, batch_size=1, device="cuda") - on_cpu).max() <= 1e-4
+
+
+def test_3d_training_on_cuda_then_cells_of_a_volume(tmp_path):
+    """A 3D run on the GPU whose checkpoint predicts a volume and cuts its 3D cells alike on the
+    CPU and the GPU."""
+    from .test_train_3d import blob_volume, write_volume
+
+    for folder, seeds in (("train", (0, 1)), ("val", (2,))):
+        for seed in seeds:
+            image, ids = blob_volume(seed)
+            write_volume(tmp_path / folder / "images" / f"v{seed}.tif", image, (0.5, 0.2, 0.2))
+            write_volume(tmp_path / folder / "labels" / f"v{seed}.tif", ids, (0.5, 0.2, 0.2))
+    run = tmp_path / "run"
+    assert main(["-q", "train", "--data", str(tmp_path / "train"), "--val", str(tmp_path / "val"), "--width", "4",
+                 "--depth", "2", "--tile-size", "24", "--batch-size", "2", "--samples-per-epoch", "4", "--epochs",
+                 "2", "--workers", "0", "--device", "cuda", "--out", str(run)]) == 0
+    model, meta = load_model(run / "best.pt")
+    assert model.config.spatial_dims == 3 and all(torch.isfinite(p).all() for p in model.parameters())
+    outs = {}
+    for device in ("cpu", "cuda"):
+        assert main(["-q", "predict", "--model", str(run / "best.pt"), "--input", str(tmp_path / "val" / "images"),
+                     "--out", str(tmp_path / device), "--device", device, "--precision", "fp32",
+                     "--instances"]) == 0
+        outs[device] = read_image(tmp_path / device / "v2.tif")[:, 0]  # (Z, 1, Y, X) as written
+    assert outs["cpu"].shape == (16, 32, 32) and outs["cpu"].max() >= 1
+    assert np.mean((outs["cpu"] > 0) != (outs["cuda"] > 0)) < 0.001  # one model, two devices: the same cells

@@ -46,7 +46,7 @@ from ..normalization import Normalization
 from .instances import DEFAULT_METHOD, InstanceSettings
 from .streaming import open_input, predict_to_tiff
 from .layout import default_tile_shape, default_tile_size
-from .tiling import default_batch_size, predict_tiled
+from .tiling import default_batch_size, predict_tiled, volume_tile_voxels
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +239,9 @@ class Predictor:
         (every axis, for a volume), else the tool's choice."""
         if self.options.tile_size:
             return self.options.tile_size if len(shape) == 2 else (self.options.tile_size,) * len(shape)
-        return default_tile_size(self.model, *shape) if len(shape) == 2 else default_tile_shape(self.model, shape)
+        if len(shape) == 2:
+            return default_tile_size(self.model, *shape)
+        return default_tile_shape(self.model, shape, volume_tile_voxels(self.model, self.precision, self.device))
 
     @property
     def channels_last(self) -> bool:

@@ -34,7 +34,7 @@ from ..device import autocast
 from ..errors import UserInputError
 from ..nn.model import UNet, output_maps
 from ..normalization import Normalization
-from .layout import TileLayout, activation_bytes, default_tile_shape, default_tile_size, tile_layout
+from .layout import TileLayout, activation_bytes, default_tile_shape, default_tile_size, max_tile_voxels, tile_layout
 from .tile_io import Position, TileWriter, tile_positions, tile_reader
 
 def predict_tiled(
@@ -68,7 +68,7 @@ def predict_tiled(
             the net's ``in_channels``.
         tile_size: network input per tile (px, a valid input size of the net; 3D: one per
             axis, or one for all); default the valid size up to 892 px that computes the
-            fewest pixels for this image (3D: `layout.default_tile_shape`).
+            fewest pixels for this image (3D: `layout.default_tile_shape` under `volume_tile_voxels`).
         batch_size: tiles per forward pass (bounds memory).
         tta: average over the flips / 90-degree rotations of the group ``flips``.
         flips: the group the net was trained with (`symmetries.GROUPS`; the checkpoint's
@@ -102,9 +102,9 @@ def predict_tiled(
     image = _checked_image(model, image, precision, batch_size)
     if image.ndim == 4 and any(input_shift):
         raise UserInputError("a sub-pixel input shift is for 2D images only")
-    layouts = image_layouts(model, image.shape[1:], tile_size)
     if device is not None:
         model.to(device)
+    layouts = image_layouts(model, image.shape[1:], tile_size, precision, next(model.parameters()).device)
     out_shape = (model.config.out_channels, *image.shape[1:])
     if out is None:
         out = np.empty(out_shape, dtype=np.float32)
@@ -124,14 +124,15 @@ def predict_tiled(
     return out
 
 
-def image_layouts(model: UNet, shape: tuple[int, ...], tile_size: int | tuple[int, ...] | None
-                  ) -> tuple[TileLayout, ...]:
-    """The tile layout of each spatial axis of an image (H, W) or volume (Z, Y, X)."""
+def image_layouts(model: UNet, shape: tuple[int, ...], tile_size: int | tuple[int, ...] | None,
+                  precision: str = "fp32", device: torch.device | None = None) -> tuple[TileLayout, ...]:
+    """The tile layout of each spatial axis of an image (H, W) or volume (Z, Y, X); a volume's
+    default tile is the largest that ``device`` holds at ``precision`` (`volume_tile_voxels`)."""
     if len(shape) == 2:
         tile = tile_size or default_tile_size(model, *shape)
         tiles = (tile, tile)
     else:
-        tiles = tile_size or default_tile_shape(model, shape)
+        tiles = tile_size or default_tile_shape(model, shape, volume_tile_voxels(model, precision, device))
         tiles = (tiles,) * len(shape) if isinstance(tiles, int) else tuple(tiles)
     if len(tiles) != len(shape):
         raise UserInputError(f"tile size {tile_size}: give one size, or one per axis of {len(shape)}")
@@ -236,6 +237,20 @@ def default_batch_size(model_like, tile_size: int | tuple[int, ...], precision: 
     else:
         budget, most = 1.5 * 2**30, 8
     return int(max(1, min(most, budget // per_tile)))
+
+
+def volume_tile_voxels(model_like, precision: str = "fp32", device: torch.device | None = None) -> int:
+    """The voxels of the largest 3D tile the tool picks by itself on ``device``: on a CPU
+    `layout.max_tile_voxels` (~4 GB of fp32 activations); on CUDA a quarter of the free memory
+    (so that two tiles make a batch), at most 2**29 / width voxels, so that a batch of two tiles'
+    widest map (2 x width channels) stays under the 2**31 elements that cuDNN kernels index.
+    Why larger tiles on a GPU: a depth-3 net's halo is lost on every face; on an H200 the CPU's cap
+    (140 x 172 x 172 for the paper-sized 3D net) kept 9% of each tile's voxels."""
+    if device is None or device.type != "cuda":
+        return max_tile_voxels(model_like)
+    width = getattr(model_like.config, "width", 64)
+    free = torch.cuda.mem_get_info(device)[0]
+    return int(min(0.25 * free // activation_bytes(model_like, 1, precision), 2**29 // width))
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
