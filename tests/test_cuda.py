@@ -175,6 +175,8 @@ def test_3d_tiled_prediction_on_cuda_equals_cpu_and_is_seamless(rng):
     one = predict_tiled(net, volume, tile_size=whole, batch_size=1, device="cuda")
     assert tiled.shape == (1, 22, 90, 70) and on_cpu.std() > 0.02
     assert np.abs(tiled - on_cpu).max() <= 1e-4 and np.abs(tiled - one).max() <= 1e-4
+    host = predict_tiled(net, volume, tile_size=small, batch_size=3, device="cuda", resident=False)
+    assert np.abs(host - tiled).max() <= 1e-5  # tiles cut on the GPU (the default) == gathered on the host
     fast = predict_tiled(net, volume, tile_size=small, device="cuda", precision="bf16", channels_last=True)
     assert np.abs(fast - one).mean() <= 0.01
     # the GPU's own choice: a larger tile than the CPU's cap allows, the same numbers

@@ -176,6 +176,21 @@ def test_tiles_cut_on_the_device_equal_tiles_gathered_on_the_host(rng, batch):
     assert host.std() > 0.01 and np.abs(device - host).max() <= 1e-6
 
 
+@pytest.mark.parametrize("batch", [1, 7])  # 7: a batch spans two slabs of planes
+def test_volume_tiles_cut_on_the_device_equal_tiles_gathered_on_the_host(rng, batch):
+    """Volumes (issue 34) on the device-resident path, run here on CPU tensors: slabs of planes,
+    mirrored on every face, uint16 normalised: the host's numbers."""
+    from unetile.nn.model import UNet, UNetConfig, init_he
+
+    torch.manual_seed(2)
+    net = init_he(UNet(config=UNetConfig(width=4, depth=2, spatial_dims=3))).eval()
+    volume = (rng.random((30, 50, 41)) * 4000 + 100).astype(np.uint16)
+    kwargs = dict(tile_size=(60, 60, 60), batch_size=batch, normalization=Normalization())  # 2 x 3 x 3 tiles
+    host = predict_tiled(net, volume, resident=False, **kwargs)
+    device = predict_tiled(net, volume, resident=True, **kwargs)
+    assert host.shape == (1, 30, 50, 41) and host.std() > 0.01 and np.abs(device - host).max() <= 1e-6
+
+
 def test_device_tiles_are_written_in_order_and_resume_where_they_stopped(rng):
     image = rng.random((200, 200)).astype(np.float32)
     done: list[int] = []

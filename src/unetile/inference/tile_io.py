@@ -3,14 +3,16 @@
 Readers turn tile positions into a batch of network inputs (N, C, tile, tile) on the net's
 device (volumes: (N, C, tz, ty, tx); a layout per spatial axis): the mirror-extended window of
 the image, normalised with the whole image's percentiles. Two ways, the same numbers (both
-normalise in float32 with the same operations; images only on the device):
+normalise in float32 with the same operations):
 
 * `HostTileReader` gathers each tile on the host through the mirror index map and copies the
   batch to the device. On a CPU that is all there is to do, and it keeps memory at one tile.
 * `DeviceTileReader` (the default on CUDA) uploads one *band* of image rows per row of tiles
-  (from a pinned buffer, without blocking) and cuts, mirrors and normalises the tiles on the
-  device; a 100,000-px-wide slide costs one band (tile x width px) of device memory, not the
-  image. The host's part per tile shrinks from a gather and a normalisation to nothing.
+  (a volume: one slab of planes per layer of tiles; from a pinned buffer, without blocking) and
+  cuts, mirrors and normalises the tiles on the device; a 100,000-px-wide slide costs one band
+  (tile x width px) of device memory, not the image. The host's part per tile shrinks from a
+  gather and a normalisation to nothing (on an H200 the host gather held a volume's prediction
+  to a third of the net's speed).
 
 `TileWriter` takes each batch of probabilities from the device and writes it into the output
 array. On CUDA it copies into a pinned buffer without blocking and writes the *previous*
@@ -100,27 +102,30 @@ class HostTileReader:
 
 
 class DeviceTileReader:
-    """Tiles cut on the device from bands of image rows uploaded once (no sub-pixel shift:
-    `HostTileReader` does that)."""
+    """Tiles cut on the device from bands of the image's first spatial axis uploaded once: rows
+    of an image, planes of a volume (no sub-pixel shift: `HostTileReader` does that)."""
 
-    def __init__(self, image: np.ndarray, layouts: tuple[TileLayout, TileLayout], normalization: Normalization | None,
+    def __init__(self, image: np.ndarray, layouts: tuple[TileLayout, ...], normalization: Normalization | None,
                  device: torch.device) -> None:
-        self.image, (self.rows, self.cols), self.device = image, layouts, device
+        self.image, self.layouts, self.device = image, layouts, device
         stats = normalization.statistics(image) if normalization is not None else None
         self.low = self.scale = None
         if stats is not None:
             low, high = stats
             scale = np.where(high > low, high - low, 1.0).astype(np.float32)  # as apply_normalization
-            self.low = torch.from_numpy(low.astype(np.float32)).to(device)[:, None, None]
-            self.scale = torch.from_numpy(scale).to(device)[:, None, None]
-        self._bands: dict[int, torch.Tensor] = {}  # y -> (C, tile, W) normalised band, the last two
-        self._columns: dict[int, torch.Tensor] = {}  # x -> the tile's mirrored column indices
+            per_channel = (slice(None), *(None,) * len(layouts))
+            self.low = torch.from_numpy(low.astype(np.float32)).to(device)[per_channel]
+            self.scale = torch.from_numpy(scale).to(device)[per_channel]
+        self._bands: dict[int, torch.Tensor] = {}  # first coordinate -> (C, tile, ...) normalised band, the last two
+        self._indices: dict[tuple[int, int], torch.Tensor] = {}  # (axis, coordinate) -> mirrored indices
 
     def band(self, y: int) -> torch.Tensor:
-        """The normalised rows (C, tile, W) float32 on the device that the tiles at ``y`` read."""
+        """The normalised rows (C, tile, W) (a volume's planes (C, tile, Y, X)) float32 on the
+        device that the tiles at ``y`` read."""
         if y not in self._bands:
-            r = reflect_indices(y - self.rows.context, self.rows.input_size, self.image.shape[1])
-            host = torch.from_numpy(np.ascontiguousarray(self.image[:, r, :], dtype=np.float32))
+            first = self.layouts[0]
+            r = reflect_indices(y - first.context, first.input_size, self.image.shape[1])
+            host = torch.from_numpy(np.ascontiguousarray(self.image[:, r], dtype=np.float32))
             if self.device.type == "cuda":
                 host = host.pin_memory()
             band = host.to(self.device, non_blocking=True)
@@ -131,24 +136,33 @@ class DeviceTileReader:
             self._bands[y] = band
         return self._bands[y]
 
-    def columns(self, x: int) -> torch.Tensor:
-        if x not in self._columns:
-            c = reflect_indices(x - self.cols.context, self.cols.input_size, self.image.shape[2])
-            self._columns[x] = torch.from_numpy(c).to(self.device)
-        return self._columns[x]
+    def indices(self, axis: int, at: int) -> torch.Tensor:
+        """The mirrored indices along spatial ``axis`` (1 or 2) of a tile whose kept output starts at ``at``."""
+        if (axis, at) not in self._indices:
+            layout = self.layouts[axis]
+            index = reflect_indices(at - layout.context, layout.input_size, self.image.shape[1 + axis])
+            self._indices[axis, at] = torch.from_numpy(index).to(self.device)
+        return self._indices[axis, at]
+
+    def tile(self, position: Position) -> torch.Tensor:
+        """One tile (C, *tile) float32 on the device."""
+        tile = self.band(position[0])
+        for axis, at in enumerate(position[1:], start=1):
+            tile = tile.index_select(axis + 1, self.indices(axis, at))
+        return tile
 
     def batch(self, positions: list[Position]) -> torch.Tensor:
-        """(N, C, tile, tile) float32 on the device."""
-        return torch.stack([self.band(y).index_select(2, self.columns(x)) for y, x in positions])
+        """(N, C, *tile) float32 on the device."""
+        return torch.stack([self.tile(position) for position in positions])
 
 
 def tile_reader(image: np.ndarray, layouts: tuple[TileLayout, ...], normalization: Normalization | None,
                 input_shift: tuple[float, float], device: torch.device, resident: bool | None):
-    """The reader for this run: on the device where ``resident`` (None: on CUDA), no
-    sub-pixel shift is asked for and the image is 2D, else on the host."""
+    """The reader for this run: on the device where ``resident`` (None: on CUDA) and no
+    sub-pixel shift is asked for, else on the host."""
     if resident is None:
         resident = device.type == "cuda"
-    if resident and input_shift == (0.0, 0.0) and len(layouts) == 2:
+    if resident and input_shift == (0.0, 0.0):
         return DeviceTileReader(image, layouts, normalization, device)
     stats = normalization.statistics(image) if normalization is not None else None
     return HostTileReader(image, layouts, stats, input_shift, device)
