@@ -19,11 +19,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from unetile.normalization import Normalization
 from unetile.synthetic import synthetic_em
 from unetile.training import augment
 from unetile.training.augment import Augmentation
-from unetile.training.data import TileDataset, prepare
+from unetile.training.data import Targets, TileDataset, prepare
 
 
 def scipy_warp(arrays: np.ndarray, coords: np.ndarray, mode: str) -> np.ndarray:
@@ -50,7 +49,7 @@ def main() -> None:
     for i in range(4):
         image, label = synthetic_em(rng, 512)
         pairs.append((str(i), image[None], label, f"{i}.png", f"{i}.png"))
-    items = prepare(pairs, 2, Normalization(), weight_map=True)
+    items = prepare(pairs, Targets(n_classes=2, weight_map=True))
     rows = []
     fast = augment.warp
     for name, warp, aug in (("scipy (reference)", scipy_warp, Augmentation()),

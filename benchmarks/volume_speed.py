@@ -144,8 +144,8 @@ def main() -> None:
               f"{r['mvox_per_s'] / limit:8.0%} | {r['tile'] or ''} | {diff} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"shape": shape, "width": args.width, "device": where, "flops_per_voxel": per_voxel, "peak_flops": peak,
-                       "load_average": os.getloadavg()[0], "rows": rows}, f, indent=1)
+            json.dump({"shape": shape, "width": args.width, "device": where, "flops_per_voxel": per_voxel,
+                       "peak_flops": peak, "load_average": os.getloadavg()[0], "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ worker's peak memory (RSS) and the client's, which must not grow with the volume
 
 Each volume (uint8, zstd-compressed OME-Zarr 0.5 in 16 x 256 x 256 chunks, voxel size
 (1.0, 0.5, 0.5) um) is smooth waves with noise, made by ``--makers`` child processes slab by slab
-(so its memory is not the client's; each slab's noise seeded by its position); the model is a He-initialised width-4 3D net of depth 2 with the
+(so its memory is not the client's; each slab's noise seeded by its position); the model is a
+He-initialised width-4 3D net of depth 2 with the
 anisotropic plan of that voxel size (the speed and memory of the block path are measured, not
 the segmentation). Each run writes uint8 masks (``--threshold 0.5``) with the tool's defaults
 otherwise: a volume's blocks hold as many voxels as a 2048-px image block (161 a side, rounded
@@ -146,7 +147,8 @@ def main() -> None:
             print(f"made {image} in {time.perf_counter() - t0:.0f} s", flush=True)
         result = run(predictor, image, out / f"pred{text}.zarr", args.workers, args.device, out / f"peaks-{text}.jsonl")
         voxels = int(np.prod(shape))
-        result.update(device=args.device, mvoxels=round(voxels / 1e6, 1), mvoxel_per_s=round(voxels / 1e6 / result["seconds"], 2),
+        result.update(device=args.device, mvoxels=round(voxels / 1e6, 1),
+                      mvoxel_per_s=round(voxels / 1e6 / result["seconds"], 2),
                       client_peak_mb=round(peak_mb()))
         results[text] = result
         print(text, result, flush=True)

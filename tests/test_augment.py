@@ -1,8 +1,18 @@
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unetile.training.augment import Augmentation, augment_region, displacement_field, flip_rotate, warp
+from unetile.training.augment import (
+    Augmentation,
+    AugmentDraw,
+    augment_region,
+    displacement_field,
+    draw_augmentation,
+    flip_rotate,
+    region_margins,
+    warp,
+)
 
 
 def _blobs(seed: int, size: int) -> np.ndarray:
@@ -130,3 +140,63 @@ def test_no_augmentation_is_a_centre_crop():
     tile, lab, _ = augment_region(image, label, np.ones((10, 10), np.float32), 10, 4, 0, Augmentation.none(),
                                   np.random.default_rng(0))
     assert np.array_equal(tile, image) and np.array_equal(lab, label[3:7, 3:7])
+
+
+def test_a_zoomed_tile_shows_its_content_scaled_about_its_centre():
+    """Zoom 2 without other warps: a column ramp's tile (image cubic, label nearest, weight linear)
+    is the ramp sampled every 2 px about the region's centre, which the margins hold."""
+    aug = Augmentation(elastic=False, flips="none", grey=False, zoom=2.0)
+    size, out = 40, 20
+    margin = region_margins(aug, (size, size))
+    assert margin == (20, 20)  # ceil(40 * (2 - 1) / 2): a tile zoomed out by 2 samples 80 px
+    region = size + 2 * margin[0]
+    ramp = np.tile(np.arange(region, dtype=np.float32), (region, 1))
+    image, label, weight = augment_region(ramp[None], ramp.astype(np.int64), ramp, size, out, margin, aug,
+                                          AugmentDraw(zoom=2.0))
+    centre = margin[0] + (size - 1) / 2  # the tile's centre, in region px
+    expected = centre + (np.arange(size) - (size - 1) / 2) * 2.0
+    # (cubic samples half a px from the region's edge reach beyond it, into the mirror: not a ramp)
+    np.testing.assert_allclose(image[0, 7, 1:-1], expected[1:-1], atol=1e-3)
+    lo = (size - out) // 2
+    np.testing.assert_allclose(weight[3], expected[lo:lo + out], atol=1e-4)
+    assert np.abs(label[3] - expected[lo:lo + out]).max() <= 0.5 and label.dtype == np.int64
+    image, _, weight = augment_region(ramp[None], ramp.astype(np.int64), ramp, size, out, margin, aug,
+                                      AugmentDraw(zoom=0.5))
+    enlarged = centre + (np.arange(size) - (size - 1) / 2) * 0.5
+    np.testing.assert_allclose(weight[3], enlarged[lo:lo + out], atol=1e-4)  # linear: exact on a ramp
+    np.testing.assert_allclose(image[0, 7], enlarged, atol=0.05)  # torch's cubic (a = -0.75): near, at 1/4 px
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_zoomed_and_deformed_tiles_keep_image_and_label_aligned(seed):
+    size, out = 96, 40
+    aug = Augmentation(elastic=True, flips="dihedral", grey=False, zoom=2.0)
+    margins = region_margins(aug, (size, size))
+    label = _blobs(seed, size + 2 * margins[0])
+    image, weight = label.astype(np.float32)[None], np.ones(label.shape, np.float32)
+    draw = draw_augmentation(np.random.default_rng(seed), aug)
+    tile, lab, _ = augment_region(image, label.astype(np.int64), weight, size, out, margins, aug, draw)
+    lo = (size - out) // 2
+    centre = tile[0, lo : lo + out, lo : lo + out]
+    sure = (centre > 0.9) | (centre < 0.1)
+    assert tile.shape == (1, size, size) and sure.mean() > 0.4 and 0.5 <= draw.zoom <= 2.0
+    assert np.array_equal(centre[sure] > 0.5, lab[sure] == 1)
+
+
+def test_the_zoom_is_drawn_last_within_its_range():
+    """Runs without --zoom draw what they drew before (the zoom comes after every other choice);
+    with it, factors fill [1/Z, Z] on a log scale."""
+    plain, zoomed = Augmentation(), Augmentation(zoom=2.0)
+    factors = []
+    for seed in range(200):
+        a = draw_augmentation(np.random.default_rng(seed), plain)
+        b = draw_augmentation(np.random.default_rng(seed), zoomed)
+        assert a.symmetry == b.symmetry and np.array_equal(a.coarse, b.coarse) and a.grey == b.grey and a.zoom == 1.0
+        factors.append(b.zoom)
+    logs = np.log2(factors)
+    assert logs.min() >= -1 and logs.max() <= 1 and logs.min() < -0.8 and logs.max() > 0.8 and abs(logs.mean()) < 0.15
+    with pytest.raises(ValueError, match="zoom must be >= 1"):
+        Augmentation(zoom=0.5)
+    with pytest.raises(ValueError, match="zoom is for 2D images"):
+        Augmentation(zoom=2.0, spacing=(2.0, 1.0, 1.0))

@@ -114,6 +114,10 @@ def _setup(tmp_path, case):
         return train + ["--elastic-sigma", "0"], "--elastic-sigma must be > 0", out
     if case == "non-positive weight-map sigma":
         return train + ["--sigma", "0"], "the weight map needs --w0 >= 0 (or auto) and --sigma > 0", out
+    if case == "zoom below 1":
+        return train + ["--zoom", "0.5"], "--zoom must be >= 1 (1: off), got 0.5", out
+    if case == "zoom on device tiles":
+        return train + ["--zoom", "2", "--tiles-on", "device"], "--tiles-on device cannot zoom tiles", out
     if case == "label offset beyond two pixels":
         return train + ["--label-offset", "3,0"], "--label-offset 3,0: each shift must be within", out
     raise AssertionError(case)
@@ -126,7 +130,7 @@ CASES = [
     "CUDA where none exists", "image and label of different size", "labels with unexpected values",
     "instance ids with --classes 2",
     "image without a label", "out-of-range training options", "non-positive elastic sigma",
-    "non-positive weight-map sigma", "label offset beyond two pixels",
+    "non-positive weight-map sigma", "label offset beyond two pixels", "zoom below 1", "zoom on device tiles",
 ]
 
 

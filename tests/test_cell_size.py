@@ -14,10 +14,9 @@ from unetile.evaluation.metrics.objects import cell_counts, pooled, summary
 from unetile.inference.instances import InstanceSettings
 from unetile.inference.predictor import PredictOptions, Predictor
 from unetile.io import write_image
-from unetile.normalization import Normalization
 from unetile.synthetic import disc_detector, write_dataset
 from unetile.training import validation
-from unetile.training.data import prepare
+from unetile.training.data import Targets, prepare
 from unetile.training.loop import Clock
 
 from .conftest import tiny_unet
@@ -68,14 +67,14 @@ def test_training_rescales_each_image_to_the_net_diameter():
     are left at their size."""
     small, large = discs((64, 64), 4, 16), discs((96, 96), 8, 32)
     pairs = [(name, ids[None].astype(np.float32), ids, None, name) for name, ids in (("a", small), ("b", large))]
-    items = prepare(pairs, None, Normalization(), weight_map=False, net_diameter=12.0)
+    items = prepare(pairs, Targets(weight_map=False, net_diameter=12.0))
     for item in items:
         assert item.image.shape[1:] == item.classes.shape == item.instances.shape
         assert median_diameter(item.instances) == pytest.approx(12.0, rel=0.1)
     for item, ids in zip(items, (small, large)):
         assert item.classes.shape == scaled_shape(ids.shape, 12.0 / median_diameter(ids))
     mask = [("m", small[None].astype(np.float32), (small > 0).astype(np.uint8), None, "m")]
-    assert prepare(mask, None, Normalization(), weight_map=False, net_diameter=12.0)[0].classes.shape == (64, 64)
+    assert prepare(mask, Targets(weight_map=False, net_diameter=12.0))[0].classes.shape == (64, 64)
 
 
 @pytest.fixture
@@ -178,8 +177,8 @@ def test_cell_settings_are_chosen_where_evaluate_scores_them_at_the_images_own_s
     drops the map's 48-px specks that 16 own px would keep."""
     ids = discs((96, 96), 12, 48)
     image = np.where(ids > 0, 50000, 5000).astype(np.float32)
-    item = prepare([("a", image[None], ids, None, "a")], None, Normalization(), weight_map=False,
-                   net_diameter=12.0)[0]
+    item = prepare([("a", image[None], ids, None, "a")], Targets(weight_map=False,
+                   net_diameter=12.0))[0]
     assert item.net_scale == pytest.approx(12.0 / median_diameter(ids))
     assert item.image.shape[1:] == item.instances.shape == scaled_shape(ids.shape, item.net_scale)
     assert np.array_equal(item.own_instances, ids)
@@ -197,8 +196,8 @@ def test_cell_settings_are_chosen_where_evaluate_scores_them_at_the_images_own_s
     assert score < 1.0  # at the net's scale this map is perfect; brought back, its edges are not
     sparse = ids.copy()
     sparse[:2, :2] = 255  # not annotated: a patch that halving may drop, so it is not scored at all
-    sparse_item = prepare([("s", image[None], sparse, None, "s")], None, Normalization(), weight_map=False,
-                          ignore_label=255, net_diameter=12.0)[0]
+    sparse_item = prepare([("s", image[None], sparse, None, "s")], Targets(weight_map=False,
+                          ignore_label=255, net_diameter=12.0))[0]
     assert sparse_item.own_instances is None and sparse_item.net_scale != 1.0
     assert validation.choose_cell_settings(model, {}, maps, [sparse_item], 0.5, None) is None
 
@@ -207,12 +206,12 @@ def test_a_timed_run_keeps_time_to_choose_cells_at_the_images_own_sizes():
     """Cells are chosen at the images' own sizes: the time kept for it follows their pixels there, and
     a timed run's calibration images are capped counting each at the larger of its two sizes."""
     ids = discs((96, 96), 12, 48)
-    items = prepare([("a", ids[None].astype(np.float32), ids, None, "a")], None, Normalization(), weight_map=False,
-                    net_diameter=12.0)
+    items = prepare([("a", ids[None].astype(np.float32), ids, None, "a")], Targets(weight_map=False,
+                    net_diameter=12.0))
     assert validation.pixels(items) == 49 * 49 and validation.own_pixels(items) == 96 * 96
     small = discs((40, 40), 3, 20)  # 6-px cells, enlarged about 2x: larger at the net's scale
-    enlarged = prepare([("b", small[None].astype(np.float32), small, None, "b")], None, Normalization(),
-                       weight_map=False, net_diameter=12.0)[0]
+    enlarged = prepare([("b", small[None].astype(np.float32), small, None, "b")],
+                       Targets(weight_map=False, net_diameter=12.0))[0]
     assert enlarged.classes.size > 40 * 40
     assert validation.calibration_pixels(items + [enlarged]) == 96 * 96 + enlarged.classes.size
     clock = Clock(900.0, 0.0, calibrate_tta=True)

@@ -2,12 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from unetile import Normalization, UserInputError
+from unetile import UserInputError
 from unetile.io import write_image
 from unetile.synthetic import synthetic_em, write_dataset
 from unetile.training.augment import Augmentation
 from unetile.training.data import (
     EpochSampler,
+    Targets,
     TileDataset,
     interpret_labels,
     label_kind,
@@ -39,12 +40,12 @@ def test_prepare_reads_instance_ids_without_classes():
     ids[4:16, 3:15] = 500
     ids[4:16, 15:27] = 2  # touches cell 500 along column 15
     pairs = [("a", np.ones((1, 20, 30), np.float32), ids, "a.tif", "a_label.tif")]
-    (item,) = prepare(pairs, None, Normalization(), weight_map=True, w0=10, sigma=5)
+    (item,) = prepare(pairs, Targets(weight_map=True, w0=10, sigma=5))
     assert item.classes[4:16, 14].sum() == 0 and item.classes[4:16, 15].all()  # the border, on cell 500's side
     # the gap between the two cells carries the border term: w0 * exp(-(1 + 1)^2 / 50) on top of w_c
     assert item.weight[10, 14] > item.weight[10, 9] + 9
     with pytest.raises(UserInputError, match="a_label.tif: 3 label values for --classes 2"):
-        prepare(pairs, 2, Normalization(), weight_map=True)
+        prepare(pairs, Targets(n_classes=2, weight_map=True))
 
 
 def test_synthetic_nuclei_touch_and_read_as_instance_ids(tmp_path):
@@ -54,7 +55,7 @@ def test_synthetic_nuclei_touch_and_read_as_instance_ids(tmp_path):
     assert image.dtype == np.uint16 and ids.dtype == np.uint16 and label_path.suffix == ".tif"
     assert np.array_equal(np.unique(ids), np.arange(ids.max() + 1)) and ids.max() > 10  # ids 1..n, 0 = background
     assert touching_borders(ids).sum() > 50  # many nuclei touch
-    (item, _) = prepare(pairs, None, Normalization(), weight_map=True)
+    (item, _) = prepare(pairs, Targets(weight_map=True))
     assert item.classes.sum() == (ids > 0).sum() - touching_borders(ids).sum()
 
 
@@ -109,7 +110,7 @@ def _items(n=3, size=64):
     rng = np.random.default_rng(1)
     pairs = [(f"{i}", synthetic_em(rng, size)[0][None], synthetic_em(rng, size)[1], f"{i}.png", f"{i}.png")
              for i in range(n)]
-    return prepare(pairs, 2, Normalization(), weight_map=True)
+    return prepare(pairs, Targets(n_classes=2, weight_map=True))
 
 
 def test_tiles_are_deterministic_and_shaped():

@@ -95,13 +95,12 @@ def test_the_flow_error_cut_is_chosen_on_validation_maps_stored_and_used():
 def test_a_training_tiles_flows_are_the_flows_of_its_flipped_cells():
     """A tile of the whole image, flipped / rotated by augmentation: its flows target is exactly
     the field of its (flipped) cells, whichever symmetry was drawn."""
-    from unetile.normalization import Normalization
     from unetile.training.augment import Augmentation
-    from unetile.training.data import TileDataset, prepare
+    from unetile.training.data import Targets, TileDataset, prepare
 
     ids = touching_discs()[:, :40]  # 40 x 40: the tile is the image
     pairs = [("a", ids[None].astype(np.float32), ids, None, "a")]
-    item = prepare(pairs, None, Normalization(), weight_map=False, cell_target="flows")[0]
+    item = prepare(pairs, Targets(weight_map=False, cell_target="flows"))[0]
     dataset = TileDataset([item], 40, 40, Augmentation(elastic=False, grey=False), seed=0, centre_crop=True)
     drawn = set()
     for index in range(12):
@@ -139,14 +138,13 @@ def test_a_label_with_one_cell_gets_flows_too():
     flows run its cell still needs flows, or the batch mixes (3, H, W) and (H, W) targets."""
     import torch
 
-    from unetile.normalization import Normalization
     from unetile.training.augment import Augmentation
-    from unetile.training.data import TileDataset, prepare
+    from unetile.training.data import Targets, TileDataset, prepare
 
     many = touching_discs()
     one = (many == 3).astype(np.int32) * 7
     pairs = [(n, ids[None].astype(np.float32), ids, None, n) for n, ids in (("many", many), ("one", one))]
-    items = prepare(pairs, None, Normalization(), weight_map=True, cell_target="flows")
+    items = prepare(pairs, Targets(weight_map=True, cell_target="flows"))
     assert all(it.flows is not None and it.flows.shape == (2, 40, 56) for it in items)
     np.testing.assert_allclose(items[1].flows, flow_field(one), atol=1e-6)
     dataset = TileDataset(items, 32, 32, Augmentation.none(), seed=0)

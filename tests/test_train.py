@@ -13,14 +13,14 @@ import unetile.training.validation
 from unetile import load_model, metrics
 from unetile.cli import main
 from unetile.errors import UserInputError
-from unetile.inference.predictor import calibrate
+from unetile.inference.instances import InstanceSettings, choose_settings
+from unetile.inference.predictor import calibrate, calibrate_map
 from unetile.synthetic import write_dataset
 from unetile.training import TrainConfig, train
 from unetile.training.config import parse_duration
 from unetile.training.loop import learning_rate
 from unetile.training.setup import automatic_weight_map, load_data, weight_average
-from unetile.training.validation import THRESHOLDS, best_threshold
-from unetile.training.validation import choose_instance_settings as best_instance_settings
+from unetile.training.validation import INSTANCE_GRID, THRESHOLDS, best_threshold
 
 from .conftest import tiny_train_config as tiny
 
@@ -231,7 +231,8 @@ def test_instance_settings_are_chosen_by_mean_ap():
     truth[2:4, 55:58] = 3  # a 6-px cell: min_size above 6 loses it
     fg = np.where(truth > 0, 0.95, 0.02)
     fg[(truth > 0) & (abs(xx - 29) <= 1)] = 0.62  # the contact line: foreground, but darker
-    settings, score = best_instance_settings([fg[None].astype(np.float32)], [truth], 0.5)
+    settings, score = choose_settings([calibrate_map(fg[None].astype(np.float32), 0.5)], [truth], INSTANCE_GRID,
+                                      InstanceSettings())
     labels = settings.labels(calibrate(fg[None].astype(np.float32), 0.5)[0])
     in_first = set(np.unique(labels[truth == 1])) - {0}
     assert len(in_first) == 1 and labels[20, 20] not in (0, labels[20, 38])  # one cell each, kept apart

@@ -20,7 +20,7 @@ from unetile.nn.model import UNet, UNetConfig, init_he
 from unetile.normalization import Normalization
 from unetile.training.augment import Augmentation, augment_region, draw_augmentation, elastic_margins
 from unetile.training.config import TrainConfig, spatial_settings
-from unetile.training.data import TileDataset, prepare, read_pairs, touching_borders
+from unetile.training.data import Targets, TileDataset, prepare, read_pairs, touching_borders
 from unetile.training.losses import segmentation_loss
 from unetile.training.validation import ValidationMap, score_validation
 from unetile.training.weights import border_weight_map, nearest_two_distances
@@ -67,8 +67,8 @@ def test_ignored_voxels_weigh_nothing_and_do_not_move_the_gradient():
     label[4:, :, :6] = 7  # not annotated: the lower half of one side
     image = np.random.default_rng(0).normal(size=(8, 12, 12)).astype(np.float32)
     pair = [("v", image[None], label, "i.tif", "l.tif")]
-    (item,) = prepare(pair, None, Normalization(), weight_map=True, w0=0.0, class_balance=True, ignore_label=7,
-                      spacing=(1.0, 1.0, 1.0))
+    (item,) = prepare(pair, Targets(weight_map=True, w0=0.0, class_balance=True, ignore_label=7,
+                      spacing=(1.0, 1.0, 1.0)))
     ignored = label == 7
     assert (item.weight[ignored] == 0).all() and (item.annotated == ~ignored).all()
     assert item.classes[ignored].max() == 0 and item.classes.max() == 1  # 7 is neither a class nor a cell
@@ -101,8 +101,8 @@ def test_ignored_voxels_weigh_nothing_and_do_not_move_the_gradient():
 
 def test_ignored_pixels_in_2d_and_the_scores_that_leave_them_out():
     label = np.array([[0, 0, 1, 1], [0, 9, 9, 1], [0, 9, 9, 1]], np.uint8)
-    (item,) = prepare([("i", np.ones((1, 3, 4), np.float32), label, "i.png", "l.png")], None, Normalization(),
-                      weight_map=True, w0=0.0, ignore_label=9)
+    (item,) = prepare([("i", np.ones((1, 3, 4), np.float32), label, "i.png", "l.png")],
+                      Targets(weight_map=True, w0=0.0, ignore_label=9))
     assert (item.weight[label == 9] == 0).all() and np.allclose(item.weight[label != 9], 1.0)  # 4 and 4: balanced
     truth = item.classes > 0
     wrong_where_unlabelled = np.where(label == 9, 0.9, truth * 0.8 + 0.1).astype(np.float32)
@@ -177,8 +177,8 @@ def test_volume_symmetries_rotate_across_z_only_when_allowed():
 
 def test_volume_tile_is_a_function_of_seed_and_index():
     image, ids = blob_volume(5)
-    (item,) = prepare([("v", image[None], ids, "i.tif", "l.tif")], None, Normalization(), True, 10.0,
-                      spacing=(0.5, 0.2, 0.2))
+    (item,) = prepare([("v", image[None], ids, "i.tif", "l.tif")], Targets(weight_map=True, w0=10.0,
+                      spacing=(0.5, 0.2, 0.2)))
     aug = Augmentation(elastic_sigma=3.0, spacing=(2.5, 1.0, 1.0))
     tiles = [TileDataset([item], (12, 20, 20), (12, 20, 20), aug, seed=s) for s in (7, 7, 8)]
     a, b, c = (ds[3] for ds in tiles)
@@ -204,6 +204,8 @@ def test_dims_and_voxel_size_come_from_the_data(volumes, tmp_path, caplog, isbi)
     assert (cfg.dims, cfg.width, cfg.depth, cfg.tile_size, cfg.label_offset) == (3, 16, 3, 48, "none")
     with pytest.raises(UserInputError, match="--tiles-on device"):
         TrainConfig(data=str(volumes / "train"), tiles_on="device").resolved()
+    with pytest.raises(UserInputError, match="--zoom is for 2D images"):
+        TrainConfig(data=str(volumes / "train"), zoom=2.0).resolved()
     with pytest.raises(UserInputError, match="not a volume"):
         read_pairs(isbi / "train", dims=3)
 

@@ -153,7 +153,8 @@ def _add_train_run(r: argparse._ArgumentGroup) -> None:
     r.add_argument("--workers", type=int, help="DataLoader worker processes for augmentation (default: 1 on 2 cores)")
     r.add_argument("--tiles-on", choices=["auto", "cpu", "device"],
                    help="where training tiles are cut and augmented: auto (on CUDA the GPU, holding the training "
-                        "images, unless --skeleton-recall or they fill a quarter of its memory), cpu, device")
+                        "images, unless --skeleton-recall, flows or --zoom, or they fill a quarter of its memory), "
+                        "cpu, device")
     r.add_argument("--select-by", default="loss", help="best.pt by: loss (validation loss, default), score (pixel + "
                    "adapted Rand error), pixel_error, adapted_rand_error, rand_error, v_rand, dice")
     r.add_argument("--devices", type=int, default=1,
@@ -210,6 +211,9 @@ def _add_train_model(m: argparse._ArgumentGroup) -> None:
     m.add_argument("--grey", action=argparse.BooleanOptionalAction, help="grey-value changes")
     m.add_argument("--soft-labels", action=argparse.BooleanOptionalAction,
                    help="binary labels: warp them into foreground fractions (bilinear), not nearest neighbour")
+    m.add_argument("--zoom", type=float, metavar="Z",
+                   help="images: zoom each training tile by a factor drawn log-uniform in [1/Z, Z], so that the net "
+                        "sees cells at several sizes (default: 1, off)")
     m.add_argument("--label-offset", metavar="auto|none|DY,DX",
                    help="labels drawn off the image's pixel grid: estimate the offset (auto), give it in px, or "
                         "none; images are resampled onto the labels' grid, in training and by predict "
@@ -229,7 +233,7 @@ def _run_train(args: argparse.Namespace) -> int | None:
              "device", "precision", "workers", "tiles_on", "select_by", "width", "depth", "padding", "up_mode", "dropout",
              "tile_size", "batch_size", "samples_per_epoch", "loss", "optimizer", "lr", "momentum", "ema",
              "weight_map", "w0", "sigma", "class_balance", "skeleton_recall", "cell_target", "cell_diameter", "elastic",
-             "elastic_sigma", "flips", "grey", "soft_labels", "label_offset", "batch_norm", "dist_timeout",
+             "elastic_sigma", "flips", "grey", "soft_labels", "zoom", "label_offset", "batch_norm", "dist_timeout",
              "dims", "voxel_size", "ignore_label"]
     cfg = TrainConfig(**{n: getattr(args, n) for n in names if getattr(args, n) is not None},
                       time_limit=parse_duration(args.time_limit) if args.time_limit else None,

@@ -7,6 +7,12 @@ weight map bilinearly. A tile's random choices (`AugmentDraw`) come from a NumPy
 in a fixed order, so its augmentation is a pure function of its seed (repeatable runs, exact
 resume), and device_augment.py applies the very same choices to batches on a GPU.
 
+Images may also be zoomed (``zoom`` > 1, off by default): each tile samples a region scaled
+about its centre by a factor drawn log-uniform in [1/zoom, zoom], so one training set shows its
+cells at several sizes (label and weight map sampled by the same coordinates; the room around
+the tile grows to hold the largest region, `region_margins`). Drawn last, so that runs without
+it draw exactly what they drew before.
+
 Volumes (Z, Y, X) are augmented by the same steps on three axes (`Augmentation.spacing` set):
 displacements on a coarse 3 x 3 x 3 grid whose spread is ``elastic_sigma`` in-plane px of
 physical length on every axis (fewer voxels along a coarse z: `spacing.per_axis`), warped
@@ -18,6 +24,7 @@ are isotropic (`symmetries.volume_group`).
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +50,15 @@ class Augmentation:
     # Volumes only: each axis's voxel size in in-plane px (`spacing.relative_spacing`); None: 2D.
     spacing: tuple[float, ...] | None = None
     axis_swaps: bool = False  # volumes: swap z with y or x too (isotropic voxels, cubic tiles)
+    # Images only: each tile's scale drawn log-uniform in [1/zoom, zoom] (1: off; > 1 shows more
+    # of the image, smaller).
+    zoom: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 1.0 <= self.zoom < math.inf:
+            raise ValueError(f"zoom must be >= 1, got {self.zoom}")
+        if self.zoom != 1.0 and self.spacing is not None:
+            raise ValueError("zoom is for 2D images")
 
     @classmethod
     def none(cls) -> "Augmentation":
@@ -57,16 +73,19 @@ class AugmentDraw:
     coarse: np.ndarray | None = None  # (2, grid, grid) elastic displacements, px (volumes: (3, g, g, g),
     #                                   voxels); None: no deformation
     grey: tuple[float, float, float] | None = None  # (contrast, brightness, gamma); None: unchanged
+    zoom: float = 1.0  # the region sampled per tile px (> 1: more of the image, smaller); 1: unscaled
 
 
 def draw_augmentation(rng: np.random.Generator, aug: Augmentation) -> AugmentDraw:
-    """Draw a tile's choices, always in this order: symmetry, displacements, grey values."""
+    """Draw a tile's choices, always in this order: symmetry, displacements, grey values, zoom
+    (drawn only where ``aug.zoom`` != 1)."""
     if aug.spacing is not None:
         return _draw_volume_augmentation(rng, aug)
     symmetry = draw_symmetry(rng, aug.flips) if aug.flips != "none" else (0, False)
     coarse = rng.normal(0.0, aug.elastic_sigma, size=(2, aug.elastic_grid, aug.elastic_grid)) if aug.elastic else None
     grey = draw_grey(rng, aug.grey_strength) if aug.grey else None
-    return AugmentDraw(symmetry, coarse, grey)
+    zoom = math.exp(rng.uniform(-math.log(aug.zoom), math.log(aug.zoom))) if aug.zoom != 1.0 else 1.0
+    return AugmentDraw(symmetry, coarse, grey, zoom)
 
 
 def _draw_volume_augmentation(rng: np.random.Generator, aug: Augmentation) -> AugmentDraw:
@@ -87,6 +106,13 @@ def elastic_margins(aug: Augmentation, ndim: int = 2) -> tuple[int, ...]:
     if not aug.elastic:
         return (0,) * ndim
     return tuple(int(np.ceil(4 * s)) for s in per_axis(aug.elastic_sigma, aug.spacing, ndim))
+
+
+def region_margins(aug: Augmentation, tile_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Room (px per axis) around a tile of ``tile_shape``: the elastic displacements', plus, zoomed
+    out by up to ``aug.zoom``, the larger region the tile then samples about its centre."""
+    return tuple(e + math.ceil(n * (aug.zoom - 1) / 2)
+                 for e, n in zip(elastic_margins(aug, len(tile_shape)), tile_shape))
 
 
 def draw_symmetry(rng: np.random.Generator, flips: str) -> symmetries.Symmetry:
@@ -133,14 +159,18 @@ def upsampling_matrix(size: int, grid: int) -> np.ndarray:
     )
 
 
-def elastic_coordinates(coarse: np.ndarray, size: int | tuple[int, ...], margin: int | tuple[int, ...]) -> np.ndarray:
-    """(A, *size) sampling coordinates into a region of size + 2 * margin px per axis, displaced
-    by the (A, grid, ...) ``coarse`` displacements (A = 2 axes, or 3 for a volume)."""
-    axes = coarse.shape[0]
+def sampling_coordinates(coarse: np.ndarray | None, size: int | tuple[int, ...], margin: int | tuple[int, ...],
+                         zoom: float = 1.0) -> np.ndarray:
+    """(A, *size) sampling coordinates into a region of size + 2 * margin px per axis: the tile's
+    grid scaled by ``zoom`` about its centre, displaced by the (A, grid, ...) ``coarse``
+    displacements (A = 2 axes, or 3 for a volume; None: none)."""
+    axes = coarse.shape[0] if coarse is not None else 2 if isinstance(size, int) else len(size)
     sizes = (size,) * axes if isinstance(size, int) else tuple(size)
     margins = (margin,) * axes if isinstance(margin, int) else tuple(margin)
     base = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in sizes), indexing="ij")
-    d = upsample_displacements(coarse, sizes)
+    if zoom != 1.0:
+        base = [((b - (n - 1) / 2) * zoom + (n - 1) / 2).astype(np.float32) for b, n in zip(base, sizes)]
+    d = upsample_displacements(coarse, sizes) if coarse is not None else np.zeros((axes, *sizes), np.float32)
     coords = np.stack([b + m + d[a] for a, (b, m) in enumerate(zip(base, margins))])
     # Keep samples inside the region so no edge padding is ever sampled.
     if len(set(sizes)) == 1 and len(set(margins)) == 1:
@@ -211,8 +241,8 @@ def augment_region(
     # The output window in tile coordinates, and in region coordinates.
     centre_in_tile = tuple(slice((n - o) // 2, (n - o) // 2 + o) for n, o in zip(sizes, outs))
     centre_in_region = tuple(slice(m + c.start, m + c.stop) for m, c in zip(margins, centre_in_tile))
-    if draw.coarse is not None:
-        coords = elastic_coordinates(draw.coarse, sizes, margins)
+    if draw.coarse is not None or draw.zoom != 1.0:
+        coords = sampling_coordinates(draw.coarse, sizes, margins, draw.zoom)
         image = warp(image, coords, "bicubic" if label.ndim == 2 else "bilinear")  # no tricubic in torch
         centre = coords[(slice(None), *centre_in_tile)]
         if aug.soft_labels:

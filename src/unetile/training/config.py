@@ -66,6 +66,7 @@ class TrainConfig:
     label_offset: str | None = None  # auto | none | "DY,DX" px: resample images onto the labels' grid
     grey: bool | None = None
     soft_labels: bool | None = None  # binary labels: elastic warps give foreground fractions, not a staircase
+    zoom: float = 1.0  # images: each tile zoomed by a factor drawn log-uniform in [1/zoom, zoom] (1: off; augment.py)
     weight_map: bool | None = None  # the paper's border weight map in the loss
     w0: float | str | None = None  # the weight map's border weight (paper: 10); "auto": `automatic_weight_map`
     sigma: float | None = None  # and its width, px (paper: 5)
@@ -100,10 +101,11 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         """Fill ``None`` fields from the preset and check every value; decide 2D or 3D and the
         voxel size (`spatial_settings`)."""
-        dims, voxels = spatial_settings(self)
+        start = load_payload(self.init) if self.init is not None else None  # read once here
+        dims, voxels = spatial_settings(self, start)
         values = preset(self.preset, dims)
-        if self.init is not None:  # the starting model's architecture wins over the preset's
-            values.update(initial_architecture(self.init))
+        if start is not None:  # the starting model's architecture wins over the preset's
+            values.update(initial_architecture(start))
         base = dict(depth=4, up_mode="transpose", batch_norm=True, momentum=0.9, centre_crop=False, workers=None,
                     ema=0.0, class_balance=True, w0=10.0, sigma=5.0, skeleton_recall=0.0, label_offset="none",
                     soft_labels=False, cell_target="auto", elastic_sigma=10.0,
@@ -142,6 +144,10 @@ class TrainConfig:
             raise UserInputError(f"--tiles-on {out.tiles_on}: choose auto, cpu or device")
         if out.tiles_on == "device" and out.skeleton_recall > 0:
             raise UserInputError("--tiles-on device cannot compute --skeleton-recall's skeletons; use --tiles-on cpu")
+        if not 1.0 <= out.zoom < math.inf:
+            raise UserInputError(f"--zoom must be >= 1 (1: off), got {out.zoom}")
+        if out.zoom != 1.0 and out.tiles_on == "device":
+            raise UserInputError("--tiles-on device cannot zoom tiles (--zoom); use --tiles-on cpu")
         if out.elastic_sigma <= 0:
             raise UserInputError(f"--elastic-sigma must be > 0, got {out.elastic_sigma}")
         if out.classes is not None and out.classes < 2:
@@ -153,12 +159,13 @@ class TrainConfig:
         return out
 
 
-def spatial_settings(cfg: TrainConfig) -> tuple[int, list[float] | None]:
+def spatial_settings(cfg: TrainConfig, start: dict | None = None) -> tuple[int, list[float] | None]:
     """(2 or 3 spatial axes, the volumes' voxel size (z, y, x) um or None) for a run, with one
     logged line saying why: ``--dims`` as given; else that of the ``--init`` model; else 3
     where ``--voxel-size`` is given or an image file carries a z voxel size (ImageJ / OME
     metadata: `io.voxel_size`), 2 otherwise. The voxel size: ``--voxel-size``, else the first
-    training volume's, else the ``--init`` model's; unknown: None (isotropic voxels assumed, logged)."""
+    training volume's, else the ``--init`` model's; unknown: None (isotropic voxels assumed, logged).
+    ``start``: the ``--init`` checkpoint's payload where the caller has read it (else read here)."""
     given = cfg.voxel_size
     if isinstance(given, str):
         given = list(parse_voxel_size(given))
@@ -167,7 +174,7 @@ def spatial_settings(cfg: TrainConfig) -> tuple[int, list[float] | None]:
     files = [] if cfg.dims == 2 or (cfg.dims == 3 and given) else _image_files(cfg)
     sizes = {f: voxel_size(f) for f in files}
     known = [(f, v) for f, v in sizes.items() if v is not None]
-    init = load_payload(cfg.init) if cfg.init is not None else {}
+    init = {} if cfg.init is None else start if start is not None else load_payload(cfg.init)
     if cfg.dims is not None:
         dims, why = cfg.dims, "--dims"
     elif cfg.init is not None:
@@ -217,6 +224,8 @@ def check_volume_settings(cfg: TrainConfig) -> None:
         raise UserInputError("--tiles-on device: volume tiles are cut and augmented on the CPU; use --tiles-on cpu")
     if parse_label_offset(cfg.label_offset) != "none":
         raise UserInputError("--label-offset is for 2D images; volumes train with --label-offset none")
+    if cfg.zoom != 1.0:
+        raise UserInputError("--zoom is for 2D images; volumes train without it")
 
 
 def parse_cell_diameter(value: float | str) -> float | str:
@@ -259,8 +268,8 @@ def resume_config(cfg: TrainConfig, run: Path) -> TrainConfig:
     return resumed
 
 
-def initial_architecture(path: str | Path) -> dict:
+def initial_architecture(start: dict) -> dict:
     """The architecture settings (width, depth, padding, up_mode, batch_norm) of the
-    checkpoint ``--init`` starts from."""
-    config = load_payload(path).get("config", {})
+    checkpoint ``--init`` starts from (its payload, `load_payload`)."""
+    config = start.get("config", {})
     return {k: config[k] for k in ("width", "depth", "padding", "up_mode", "batch_norm") if k in config}

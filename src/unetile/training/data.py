@@ -43,7 +43,7 @@ from ..inference.tile_io import reflect_indices
 from ..io import list_images, read_image
 from ..neighbours import shifted
 from ..normalization import Normalization, normalize
-from .augment import Augmentation, AugmentDraw, augment_region, draw_augmentation, elastic_margins
+from .augment import Augmentation, AugmentDraw, augment_region, draw_augmentation, region_margins
 from .weights import background_skeleton, border_weight_map, cells_from_mask
 
 
@@ -258,52 +258,58 @@ def touching_borders(ids: np.ndarray) -> np.ndarray:
     return border
 
 
-def prepare(
-    pairs: list[tuple[str, np.ndarray, np.ndarray, Path, Path]],
-    n_classes: int | None,
-    normalization: Normalization,
-    weight_map: bool,
-    w0: float = 10.0,
-    sigma: float = 5.0,
-    class_balance: bool = True,
-    cell_target: str = "foreground",
-    spacing: tuple[float, ...] | None = None,
-    ignore_label: int | None = None,
-    net_diameter: float | None = None,
-) -> list[LabelledImage]:
-    """Normalise images, interpret labels and compute each image's weight map once.
+@dataclass(frozen=True)
+class Targets:
+    """What `prepare` makes of each label: its classes, weight map and cell targets.
 
     ``n_classes`` is ``--classes``: ``None`` reads each label as a mask or as instance ids
-    (``cell_target``: what is learnt from instance ids, `CELL_TARGETS`).
-    ``w0`` and ``class_balance`` arrive decided (``"auto"`` is resolved before, by
-    `train.automatic_weight_map`). ``spacing``: a volume's voxel size (z, y, x), for physical
+    (``cell_target``: what is learnt from instance ids, `CELL_TARGETS`). ``w0`` and
+    ``class_balance`` arrive decided (``"auto"`` is resolved before, by
+    `setup.automatic_weight_map`). ``spacing``: a volume's voxel size (z, y, x), for physical
     distances; ``ignore_label``: the value of not-annotated pixels (`without_ignored`);
     ``net_diameter``: images with instance ids are first rescaled so that their median cell is
     this many px across (`at_net_scale`).
     """
-    if weight_map and (isinstance(w0, str) or isinstance(class_balance, str)):
-        raise ValueError(f"prepare needs a number for w0 and a bool for class_balance, not {w0!r}, {class_balance!r}")
+
+    n_classes: int | None = None
+    normalization: Normalization = dataclasses.field(default_factory=Normalization)
+    weight_map: bool = True
+    w0: float = 10.0
+    sigma: float = 5.0
+    class_balance: bool = True
+    cell_target: str = "foreground"
+    spacing: tuple[float, ...] | None = None
+    ignore_label: int | None = None
+    net_diameter: float | None = None
+
+
+def prepare(pairs: list[tuple[str, np.ndarray, np.ndarray, Path, Path]], targets: Targets) -> list[LabelledImage]:
+    """Normalise images, interpret labels and compute each image's weight map once (`Targets`)."""
+    t = targets
+    if t.weight_map and (isinstance(t.w0, str) or isinstance(t.class_balance, str)):
+        raise ValueError(f"prepare needs a number for w0 and a bool for class_balance, not {t.w0!r}, "
+                         f"{t.class_balance!r}")
     items = []
     for name, image, raw_label, _, label_path in pairs:
-        label, annotated = without_ignored(raw_label, ignore_label)
+        label, annotated = without_ignored(raw_label, t.ignore_label)
         factor, own_ids = 1.0, None
-        if net_diameter and label.ndim == 2 and label_kind(label, n_classes) == "instances":
-            factor = scale_factor(median_diameter(label), net_diameter)
+        if t.net_diameter and label.ndim == 2 and label_kind(label, t.n_classes) == "instances":
+            factor = scale_factor(median_diameter(label), t.net_diameter)
             # only fully labelled images: rescaling may drop small not-annotated patches
             own_ids = label.astype(np.int32) if factor != 1.0 and annotated is None else None
             image, raw_label = at_net_scale(image, raw_label, factor)
-            label, annotated = without_ignored(raw_label, ignore_label)
-        classes, cells = interpret_labels(label, n_classes, str(label_path), cell_target, spacing)
-        is_ids = label_kind(label, n_classes) == "instances"
+            label, annotated = without_ignored(raw_label, t.ignore_label)
+        classes, cells = interpret_labels(label, t.n_classes, str(label_path), t.cell_target, t.spacing)
+        is_ids = label_kind(label, t.n_classes) == "instances"
         # A flows run's labels with one cell (read as masks) get the flows of their mask's cells.
-        flows = flow_field(label if is_ids else cells) if cell_target == "flows" else None
-        if weight_map and flows is None:  # flows: the cells' probability needs no border weights
-            n_out = 3 if is_ids and cell_target in INTERIOR_SEEDED else n_classes or 2
+        flows = flow_field(label if is_ids else cells) if t.cell_target == "flows" else None
+        if t.weight_map and flows is None:  # flows: the cells' probability needs no border weights
+            n_out = 3 if is_ids and t.cell_target in INTERIOR_SEEDED else t.n_classes or 2
             ids = classes if classes.dtype.kind == "i" else (classes > 0).astype(np.int64)  # distances: in or out
-            weight = border_weight_map(cells, w0, sigma, n_out, ids, class_balance, spacing, annotated)
+            weight = border_weight_map(cells, t.w0, t.sigma, n_out, ids, t.class_balance, t.spacing, annotated)
         else:
             weight = np.ones(classes.shape, np.float32) if annotated is None else annotated.astype(np.float32)
-        items.append(LabelledImage(name, normalize(image, normalization), classes, weight,
+        items.append(LabelledImage(name, normalize(image, t.normalization), classes, weight,
                                    label.astype(np.int32) if is_ids else None, annotated, flows, factor, own_ids))
     return items
 
@@ -376,8 +382,8 @@ class TileDataset(Dataset):
         self.out_shape = (out_size,) * ndim if isinstance(out_size, int) else tuple(out_size)
         areas = np.array([it.classes.size for it in items], np.float64)
         self.p = areas / areas.sum()
-        # Room for the elastic displacements (4 standard deviations) around the tile.
-        self.margins = elastic_margins(augmentation, ndim)
+        # Room for the elastic displacements (4 standard deviations) and the zoom around the tile.
+        self.margins = region_margins(augmentation, self.tile_shape)
         self.margin = self.margins[-1]  # in-plane (device_augment.py: images only)
         self.region_shape = tuple(t + 2 * m for t, m in zip(self.tile_shape, self.margins))
 

@@ -33,6 +33,8 @@ class DeviceTiles:
     on ``device`` from ``dataset``'s images and choices."""
 
     def __init__(self, dataset: TileDataset, device: torch.device) -> None:
+        if dataset.aug.zoom != 1.0:
+            raise ValueError("zoomed tiles are made on the CPU (data.TileDataset), not by DeviceTiles")
         self.dataset, self.device = dataset, device
         self.images = [torch.from_numpy(it.image).to(device) for it in dataset.items]
         # Labels as float for grid_sample (class ids are exact in float32 below 2^24).
@@ -75,7 +77,7 @@ class DeviceTiles:
 
     def _elastic_coordinates(self, coarse: np.ndarray) -> torch.Tensor:
         """(N, 2, grid, grid) displacements -> (N, 2, T, T) sampling coordinates in the region
-        (as `augment.elastic_coordinates`, one matrix product per batch)."""
+        (as `augment.sampling_coordinates`, one matrix product per batch)."""
         size, margin = self.dataset.tile_size, self.dataset.margin
         m = torch.from_numpy(upsampling_matrix(size, coarse.shape[-1])).to(self.device)
         d = (m @ torch.from_numpy(coarse).to(self.device) @ m.T).float()  # float64 products, as on the CPU

@@ -28,8 +28,8 @@ from ..registration import MAX_OFFSET, MIN_OFFSET, estimate_label_offset, parse_
 from ..spacing import relative_spacing
 from .augment import Augmentation, elastic_margins
 from .config import TrainConfig
-from .data import (EpochSampler, LabelledImage, TileDataset, checksum, label_kind, prepare, read_pairs, split,
-                   without_ignored)
+from .data import (EpochSampler, LabelledImage, Targets, TileDataset, checksum, label_kind, prepare, read_pairs,
+                   split, without_ignored)
 from .device_augment import DeviceLoader, DeviceTiles
 from .validation import calibration_subset, epoch_subset, memory_format, pixels
 
@@ -247,7 +247,7 @@ def build_loader(cfg: TrainConfig, train_items: list[LabelledImage], tile: int |
                  soft_labels: bool) -> tuple[DataLoader | DeviceLoader, EpochSampler, int]:
     """The loader of augmented training tiles -> (loader, its sampler, optimiser steps per epoch)."""
     aug = Augmentation(elastic=cfg.elastic, elastic_sigma=cfg.elastic_sigma, flips=cfg.flips, grey=cfg.grey,
-                       soft_labels=soft_labels, **volume_augmentation(cfg, tile))
+                       soft_labels=soft_labels, zoom=cfg.zoom, **volume_augmentation(cfg, tile))
     dataset = TileDataset(train_items, tile, out_size, aug, cfg.seed, centre_crop=cfg.centre_crop,
                           skeleton=cfg.skeleton_recall > 0)
     per_epoch = cfg.samples_per_epoch or len(train_items)
@@ -285,13 +285,13 @@ def volume_augmentation(cfg: TrainConfig, tile: int | tuple[int, ...]) -> dict:
 def tiles_on_device(cfg: TrainConfig, device: torch.device, train_items: list[LabelledImage]) -> bool:
     """``--tiles-on``: "device" or "cpu" as asked; "auto": the device where it is a GPU, the
     skeleton recall is off (its skeletons are computed on the CPU) and the training images,
-    labels and weights take less than a quarter of its free memory."""
+    labels and weights take less than a quarter of its free memory (flows and ``--zoom``: the CPU)."""
     flows = cfg.cell_target == "flows"  # their flows are warped and turned on the CPU (data.TileDataset)
     if cfg.tiles_on == "device" and flows:
         raise UserInputError("--tiles-on device cannot turn the flows of --cell-target flows; use --tiles-on cpu")
     if cfg.tiles_on != "auto":
         return cfg.tiles_on == "device"
-    if flows:
+    if flows or cfg.zoom != 1.0:
         return False
     if device.type != "cuda" or cfg.skeleton_recall > 0:
         return False
@@ -385,8 +385,11 @@ def prepared(cfg: TrainConfig, pairs: list[tuple]) -> list[LabelledImage]:
     decided) wants them."""
     # cfg.classes stays None unless given, so that labels with many values read as instance ids.
     spacing = (cfg.voxel_size or (1.0, 1.0, 1.0)) if cfg.dims == 3 else None  # physical distances in volumes
-    return prepare(pairs, cfg.classes, Normalization.from_dict(cfg.normalization), cfg.weight_map, cfg.w0, cfg.sigma,
-                   cfg.class_balance, cfg.cell_target, spacing, cfg.ignore_label, cfg.net_diameter)
+    targets = Targets(n_classes=cfg.classes, normalization=Normalization.from_dict(cfg.normalization),
+                      weight_map=cfg.weight_map, w0=cfg.w0, sigma=cfg.sigma, class_balance=cfg.class_balance,
+                      cell_target=cfg.cell_target, spacing=spacing, ignore_label=cfg.ignore_label,
+                      net_diameter=cfg.net_diameter)
+    return prepare(pairs, targets)
 
 
 def net_cell_diameter(cfg: TrainConfig, ids: list[np.ndarray], start: dict | None = None) -> float | str:

@@ -364,15 +364,3 @@ def cell_count(ids: np.ndarray) -> int:
 FLOW_ERROR_GRID = (0.4, 0.6, 0.8, 1.0, None)
 
 
-def choose_instance_settings(probs: list[np.ndarray], truths: list[np.ndarray], threshold: float,
-                             base: InstanceSettings = InstanceSettings()) -> tuple[InstanceSettings, float]:
-    """The watershed settings of `INSTANCE_GRID` with the best mean AP (IoU 0.5:0.95, counts
-    pooled over the images) -> (settings, that mean AP).
-
-    ``probs``: (C, H, W) probabilities as the net gives them; one-class maps are calibrated
-    to ``threshold`` first, as `unetile predict` writes them. ``truths``: (H, W) instance ids.
-    ``base``: the method and the map seeds come from (the checkpoint's, `InstanceSettings.from_metadata`);
-    the grid's settings replace the rest. Ties keep the first in grid order (the least
-    smoothing and filtering).
-    """
-    return choose_settings([calibrate_map(p, threshold) for p in probs], truths, INSTANCE_GRID, base)
