@@ -38,9 +38,8 @@ import torch
 
 from unetile.device import choose_precision, uses_channels_last
 from unetile.inference.benchmark import monai_predict, peak_flops
-from unetile.inference.layout import default_tile_shape
 from unetile.inference.predictor import inference_model
-from unetile.inference.tiling import default_batch_size, predict_tiled, volume_tile_voxels
+from unetile.inference.tiling import default_batch_size, default_tile, predict_tiled
 from unetile.nn.model import UNet, UNetConfig, init_he
 
 
@@ -69,7 +68,7 @@ def timed_prediction(model: UNet, volume: np.ndarray, precision: str,
     """(seconds, probabilities, tile shape) of predict_tiled at ``precision`` on ``device`` (after a
     warm-up batch)."""
     net = inference_model(copy.deepcopy(model).to(device), precision)
-    tile = default_tile_shape(net, volume.shape, volume_tile_voxels(net, precision, device))
+    tile = default_tile(net, volume.shape, precision, device)
     batch = default_batch_size(net, tile, precision, device)
     channels_last = uses_channels_last(precision, device, 3)
     small = volume[: tile[0], : tile[1], : tile[2]]

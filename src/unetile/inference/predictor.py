@@ -45,8 +45,7 @@ from ..nn.model import UNet, fold_batch_norm
 from ..normalization import Normalization
 from .instances import DEFAULT_METHOD, InstanceSettings
 from .streaming import open_input, predict_to_tiff
-from .layout import default_tile_shape, default_tile_size
-from .tiling import default_batch_size, predict_tiled, volume_tile_voxels
+from .tiling import default_batch_size, default_tile, predict_tiled
 
 log = logging.getLogger(__name__)
 
@@ -239,9 +238,7 @@ class Predictor:
         (every axis, for a volume), else the tool's choice."""
         if self.options.tile_size:
             return self.options.tile_size if len(shape) == 2 else (self.options.tile_size,) * len(shape)
-        if len(shape) == 2:
-            return default_tile_size(self.model, *shape)
-        return default_tile_shape(self.model, shape, volume_tile_voxels(self.model, self.precision, self.device))
+        return default_tile(self.model, shape, self.precision, self.device)
 
     @property
     def channels_last(self) -> bool:

@@ -128,12 +128,8 @@ def image_layouts(model: UNet, shape: tuple[int, ...], tile_size: int | tuple[in
                   precision: str = "fp32", device: torch.device | None = None) -> tuple[TileLayout, ...]:
     """The tile layout of each spatial axis of an image (H, W) or volume (Z, Y, X); a volume's
     default tile is the largest that ``device`` holds at ``precision`` (`volume_tile_voxels`)."""
-    if len(shape) == 2:
-        tile = tile_size or default_tile_size(model, *shape)
-        tiles = (tile, tile)
-    else:
-        tiles = tile_size or default_tile_shape(model, shape, volume_tile_voxels(model, precision, device))
-        tiles = (tiles,) * len(shape) if isinstance(tiles, int) else tuple(tiles)
+    tiles = tile_size or default_tile(model, shape, precision, device)
+    tiles = (tiles,) * len(shape) if isinstance(tiles, int) else tuple(tiles)
     if len(tiles) != len(shape):
         raise UserInputError(f"tile size {tile_size}: give one size, or one per axis of {len(shape)}")
     return tuple(tile_layout(model, length, tile, axis)
@@ -237,6 +233,16 @@ def default_batch_size(model_like, tile_size: int | tuple[int, ...], precision: 
     else:
         budget, most = 1.5 * 2**30, 8
     return int(max(1, min(most, budget // per_tile)))
+
+
+def default_tile(model_like, shape: tuple[int, ...], precision: str = "fp32",
+                 device: torch.device | None = None) -> int | tuple[int, ...]:
+    """The tool's own tile for an image (H, W): one side (`layout.default_tile_size`); for a volume
+    (Z, Y, X): one per axis, the largest ``device`` holds at ``precision`` (`layout.default_tile_shape`
+    under `volume_tile_voxels`)."""
+    if len(shape) == 2:
+        return default_tile_size(model_like, *shape)
+    return default_tile_shape(model_like, shape, volume_tile_voxels(model_like, precision, device))
 
 
 def volume_tile_voxels(model_like, precision: str = "fp32", device: torch.device | None = None) -> int:
