@@ -174,7 +174,9 @@ def spatial_settings(cfg: TrainConfig, start: dict | None = None) -> tuple[int, 
     files = [] if cfg.dims == 2 or (cfg.dims == 3 and given) else _image_files(cfg)
     sizes = {f: voxel_size(f) for f in files}
     known = [(f, v) for f, v in sizes.items() if v is not None]
-    init = {} if cfg.init is None else start if start is not None else load_payload(cfg.init)
+    if start is None and cfg.init is not None:
+        start = load_payload(cfg.init)
+    init = start or {}
     if cfg.dims is not None:
         dims, why = cfg.dims, "--dims"
     elif cfg.init is not None:
