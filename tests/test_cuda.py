@@ -210,3 +210,33 @@ def test_3d_training_on_cuda_then_cells_of_a_volume(tmp_path):
         outs[device] = read_image(tmp_path / device / "v2.tif")[:, 0]  # (Z, 1, Y, X) as written
     assert outs["cpu"].shape == (16, 32, 32) and outs["cpu"].max() >= 1
     assert np.mean((outs["cpu"] > 0) != (outs["cuda"] > 0)) < 0.001  # one model, two devices: the same cells
+
+
+def test_a_cluster_of_gpu_workers_plans_the_gpus_tiles(tmp_path, rng):
+    """A client on the CPU plans a volume's blocks with the tile its GPU worker picks (larger
+    than the CPU's), and what they write equals the client's own plan run on its CPU."""
+    pytest.importorskip("ome_zarr")
+    distributed = pytest.importorskip("distributed")
+    from unetile.inference.predictor import PredictOptions, Predictor
+    from unetile.slides import block_run
+    from unetile.slides.chunked import open_chunked
+
+    from .test_zarr_3d import smooth_volume, write_ome_volume
+
+    model = tmp_path / "net3d.pt"
+    save_model(_anisotropic_3d_net(), model)
+    shape = (128, 512, 512)  # larger than the CPU's tile cap for this net (96 x 360 x 360)
+    volume = smooth_volume(rng, shape)
+    source = write_ome_volume(tmp_path / "vol.zarr", volume, chunks=(64, 256, 256))
+    client_side = Predictor.load(model, PredictOptions(precision="fp32"), "cpu")
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)
+    with cluster, distributed.Client(cluster) as client:
+        tile = block_run.workers_tile(client_side, open_chunked(source, "zyx"), client, "cuda")
+        assert np.prod(tile) > np.prod(client_side.tile_size(shape))
+        block_run.predict_to_zarr(client_side, source, tmp_path / "out.zarr", client, progress=False,
+                                  worker_device="cuda")
+    import zarr
+
+    block_run.predict_to_zarr(client_side, source, tmp_path / "here.zarr", progress=False)  # the CPU's tiles
+    written, here = (zarr.open_group(str(tmp_path / name), mode="r")["0"][:] for name in ("out.zarr", "here.zarr"))
+    assert written.shape == (1, *shape) and written.std() > 0.01 and np.abs(written - here).max() <= 1e-4

@@ -97,6 +97,48 @@ def test_volume_blocks_equal_one_pass_here_and_on_a_cluster(tmp_path, model_3d, 
     assert scale["scale"] == [1.0, *VOXEL]
 
 
+class WorkerOfAnotherDevice:
+    """`block_run._worker_state` on a worker whose device picks a tile of its own."""
+
+    TILE = (20, 28, 28)
+
+    def __init__(self):
+        self.asked_on = []
+
+    def state(self, *args):
+        return self, None
+
+    def tile_size(self, shape):
+        from distributed import get_worker
+
+        self.asked_on.append(get_worker().address)  # raises outside a Dask worker
+        return self.TILE
+
+
+def test_a_cluster_plans_the_tiles_its_workers_pick(tmp_path, model_3d, rng, monkeypatch):
+    """A volume's tile is sized to the device that predicts (a GPU holds larger tiles than a
+    CPU): on a cluster the plan asks a worker for its tile and cuts the blocks with it; without a
+    cluster, or with a tile the user gave, the client's own choice holds."""
+    from distributed import Client
+
+    source = write_ome_volume(tmp_path / "vol.zarr", smooth_volume(rng, (20, 32, 32)))
+    image = open_chunked(source, "zyx")
+    own = Predictor.load(model_3d, PredictOptions(precision="fp32"), "cpu")
+    given = Predictor.load(model_3d, PredictOptions(precision="fp32", tile_size=TILE), "cpu")
+    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+        assert block_run.workers_tile(own, image, None, None) is None
+        assert block_run.workers_tile(given, image, client, None) is None
+        # the worker's real answer: on this CPU-only machine, the tile the client picks too
+        assert block_run.workers_tile(own, image, client, None) == tuple(own.tile_size((20, 32, 32)))
+        # a worker whose device picks another tile (a GPU's is larger): the plan is the worker's
+        gpu_worker = WorkerOfAnotherDevice()
+        monkeypatch.setattr(block_run, "_worker_state", gpu_worker.state)
+        tile = block_run.workers_tile(own, image, client, None)
+        assert tile == WorkerOfAnotherDevice.TILE and len(gpu_worker.asked_on) == 1
+        grid = block_run.plan(own, image, tmp_path / "x.zarr", SIDES, tile).grid
+        assert tuple(layout.input_size for layout in grid.layouts) == WorkerOfAnotherDevice.TILE
+
+
 def test_tiff_volume_into_ome_zarr_resumes_and_equals_the_tiff_path(tmp_path, model_3d, rng, monkeypatch):
     """A TIFF stack (its voxel size in OME metadata) predicted into OME-Zarr in blocks, stopped
     after two blocks and resumed, equals the whole-volume TIFF output; the output is (c, z, y, x)

@@ -76,7 +76,8 @@ def predict_to_zarr(predictor, source: Path, target: Path, client=None, block_px
     the Dask ``client``'s cluster (`cluster_client`), whose workers run on ``worker_device``
     (None: their CUDA device where they have one, else their CPU)."""
     image = open_chunked(source, _spatial(predictor))
-    job = replace(plan(predictor, image, target, block_px), device=worker_device)
+    tile = workers_tile(predictor, image, client, worker_device)
+    job = replace(plan(predictor, image, target, block_px, tile), device=worker_device)
     output = job.output()
     fingerprint = {**predictor.resume_fingerprint(), "stats": job.stats}
     output.create(job.shape, np.dtype(job.dtype), fingerprint, predictor.options.resume)
@@ -140,12 +141,13 @@ def _labels_layout(job: BlockJob, image: Path | None) -> tuple[str, tuple[int, .
     return source.axes, tuple(1 if a == "c" else n for a, n in zip(source.axes, source.array.shape)), source.scale
 
 
-def plan(predictor, image: ChunkedImage, target: Path, block_px: int | tuple[int, ...] = DEFAULT_BLOCK_PX
-         ) -> BlockJob:
+def plan(predictor, image: ChunkedImage, target: Path, block_px: int | tuple[int, ...] = DEFAULT_BLOCK_PX,
+         tile: int | tuple[int, ...] | None = None) -> BlockJob:
     """The blocks, the output's layout and dtype, and each plane's (volume's) percentiles;
-    ``image`` as the net reads it (``open_chunked(path, _spatial(predictor))``)."""
+    ``image`` as the net reads it (``open_chunked(path, _spatial(predictor))``); ``tile``: the
+    tile of the device that predicts (default: ``predictor``'s own, `workers_tile`)."""
     n, _, *shape = image.shape
-    grid = grid_of(predictor.model, n, tuple(shape), predictor.tile_size(tuple(shape)), block_px)
+    grid = grid_of(predictor.model, n, tuple(shape), tile or predictor.tile_size(tuple(shape)), block_px)
     convert = functools.partial(match_channels_first, channels=predictor.config.in_channels, path=image.path,
                                 convert=predictor.options.convert_channels)
     stats = []
@@ -159,6 +161,28 @@ def plan(predictor, image: ChunkedImage, target: Path, block_px: int | tuple[int
     voxel = (image.voxel_size or predictor.voxel_size) if image.spatial == "zyx" else None
     return BlockJob(predictor.source, predictor.options, image.path, target, axes, shape, grid, tuple(stats),
                     image.ngff_version or "0.5", _output_scale(image, axes, voxel), dtype, voxel_size=voxel)
+
+
+def workers_tile(predictor, image: ChunkedImage, client, worker_device: str | None) -> tuple[int, ...] | None:
+    """The tile the cluster's workers pick for ``image`` on their own device, asked of one of
+    them (a GPU worker where any offers one); None: ``predictor``'s own choice holds (no
+    cluster, an image, or a tile the user gave). Why ask: a volume's tile is sized to the
+    memory of the device that runs it (`tiling.volume_tile_voxels`); a client on a CPU would
+    plan a GPU worker's tiles with the CPU's cap (9% of each tile's voxels kept by the
+    paper-sized net), a client on a GPU a CPU worker's with the GPU's. The workers are taken
+    to be alike: the plan is one worker's."""
+    if client is None or predictor.spatial_dims == 2 or predictor.options.tile_size:
+        return None
+    spatial = tuple(image.shape[2:])
+    future = client.submit(_tile_on_worker, predictor.source, predictor.options, worker_device, image.path,
+                           _spatial(predictor), spatial, pure=False, resources=_gpu_if_offered(client))
+    return tuple(future.result())
+
+
+def _tile_on_worker(model: Path, options, device: str | None, source: Path, spatial: str,
+                    shape: tuple[int, ...]) -> tuple[int, ...]:
+    predictor, _ = _worker_state(model, options, device, source, spatial)
+    return tuple(predictor.tile_size(shape))
 
 
 def _spatial(predictor) -> str:
