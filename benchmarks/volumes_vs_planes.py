@@ -38,9 +38,12 @@ from volume_cells import UNETILE, score, summary_table, write_cells
 ROWS = ["3d", "2d planes", "2d map + tuned 3D cells"]
 
 
-def start_training(data: Path, out: Path, dims: int, minutes: float, seed: int) -> subprocess.Popen:
+def start_training(data: Path, out: Path, dims: int, minutes: float, seed: int,
+                   options: list[str] | None = None) -> subprocess.Popen:
+    """`unetile train` on DATA/train, validated on DATA/val, in the background (one compute thread),
+    with ``options`` added; its log is OUT.log."""
     args = [*UNETILE, "train", "--data", str(data / "train"), "--val", str(data / "val"), "--dims", str(dims),
-            "--time-limit", f"{minutes}m", "--seed", str(seed), "--out", str(out), "--overwrite"]
+            "--time-limit", f"{minutes}m", "--seed", str(seed), "--out", str(out), "--overwrite", *(options or [])]
     log = open(out.with_suffix(".log"), "w")
     # One compute thread each: the two runs share two cores, and idle OpenMP threads spinning on an
     # oversubscribed core would count as CPU time that trained nothing.
