@@ -174,9 +174,11 @@ def workers_tile(predictor, image: ChunkedImage, client, worker_device: str | No
     if client is None or predictor.spatial_dims == 2 or predictor.options.tile_size:
         return None
     spatial = tuple(image.shape[2:])
-    future = client.submit(_tile_on_worker, predictor.source, predictor.options, worker_device, image.path,
-                           _spatial(predictor), spatial, pure=False, resources=_gpu_if_offered(client))
-    return tuple(future.result())
+    answer = client.submit(_answer, predictor.source, predictor.options, worker_device, image.path, _spatial(predictor),
+                           spatial, task=_tile_on_worker, pure=False, resources=_gpu_if_offered(client)).result()
+    if isinstance(answer, UserInputError):  # the input, opened there: one line, as for a block
+        raise answer
+    return tuple(answer)
 
 
 def _tile_on_worker(model: Path, options, device: str | None, source: Path, spatial: str,
