@@ -201,7 +201,7 @@ def test_dims_and_voxel_size_come_from_the_data(volumes, tmp_path, caplog, isbi)
     from_init = TrainConfig(data=str(tmp_path / "plain"), init=str(tmp_path / "m.pt"))
     assert spatial_settings(from_init) == (3, [2.0, 1.0, 1.0])  # 3D by the model, its voxels where the files say none
     cfg = TrainConfig(data=str(volumes / "train"), preset="fast").resolved()
-    assert (cfg.dims, cfg.width, cfg.depth, cfg.tile_size, cfg.label_offset) == (3, 16, 3, 48, "none")
+    assert (cfg.dims, cfg.width, cfg.depth, cfg.tile_size, cfg.label_offset) == (3, 8, 3, 64, "none")
     with pytest.raises(UserInputError, match="--tiles-on device"):
         TrainConfig(data=str(volumes / "train"), tiles_on="device").resolved()
     with pytest.raises(UserInputError, match="--zoom is for 2D images"):
