@@ -173,9 +173,9 @@ def workers_tile(predictor, image: ChunkedImage, client, worker_device: str | No
     to be alike: the plan is one worker's."""
     if client is None or predictor.spatial_dims == 2 or predictor.options.tile_size:
         return None
-    spatial = tuple(image.shape[2:])
+    shape = tuple(image.shape[2:])  # (Z, Y, X)
     answer = client.submit(_answer, predictor.source, predictor.options, worker_device, image.path, _spatial(predictor),
-                           spatial, task=_tile_on_worker, pure=False, resources=_gpu_if_offered(client)).result()
+                           shape, task=_tile_on_worker, pure=False, resources=_gpu_if_offered(client)).result()
     if isinstance(answer, UserInputError):  # the input, opened there: one line, as for a block
         raise answer
     return tuple(answer)
