@@ -75,3 +75,18 @@ def test_error_floor_reads_8_bit_maps(tmp_path):
     assert done.returncode == 0, done.stderr
     assert f"| {tmp_path / 'a'} | 0.12500 | 0.00000 | 0.50 |" in done.stdout
     assert "Every pair of runs (1): averaged maps 0.00000, their single runs 0.06250" in done.stdout
+
+
+def test_object_misses_finds_each_objects_best_iou_and_the_false_cells():
+    misses = _module("object_misses")
+    truth = np.zeros((10, 10, 10), np.uint16)
+    truth[2:5, 2:5, 2:5] = 1  # 27 voxels inside the volume
+    truth[0:2, 6:9, 6:9] = 2  # 18 voxels on the z = 0 face
+    cells = np.zeros_like(truth)
+    cells[2:5, 2:5, 2:4] = 7  # 18 of object 1's voxels: IoU 18 / 27
+    cells[6:8, 0:2, 0:2] = 9  # 8 voxels over no object, on the y = 0 and x = 0 faces
+    rows = misses.object_rows(truth, {"a": cells})
+    assert [(r["id"], r["size"], r["border"]) for r in rows] == [(1, 27, False), (2, 18, True)]
+    assert rows[0]["iou"]["a"] == pytest.approx(18 / 27) and rows[1]["iou"]["a"] == 0.0
+    assert misses.false_cells(truth, cells, 0.5) == [(8, True)]
+    assert misses.false_cells(truth, cells, 0.7) == [(18, False), (8, True)]  # 2/3 < 0.7: object 1's cell too
