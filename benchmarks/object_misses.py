@@ -31,7 +31,8 @@ def best_iou(truth: np.ndarray, cells: np.ndarray) -> dict[int, float]:
 
 def false_cells(truth: np.ndarray, cells: np.ndarray, threshold: float) -> list[tuple[int, bool]]:
     """(voxels, touches the border) of each predicted cell whose best IoU with a true object is
-    below ``threshold``: the false positives at that threshold, largest first."""
+    below ``threshold``, largest first: the false positives at that threshold where it is >= 0.5
+    (above 0.5 a cell can match one object only, so its best is its match)."""
     table = overlaps(truth, cells)
     best = np.zeros(len(table.pred_ids))
     np.maximum.at(best, table.pairs[:, 1], table.iou)
@@ -40,9 +41,9 @@ def false_cells(truth: np.ndarray, cells: np.ndarray, threshold: float) -> list[
                    if b < threshold), reverse=True)
 
 
-def touches_border(truth: np.ndarray) -> set[int]:
-    """The ids of the objects that reach a face of the volume (Z, Y, X)."""
-    faces = [np.take(truth, index, axis=axis) for axis in range(truth.ndim) for index in (0, -1)]
+def touches_border(labels: np.ndarray) -> set[int]:
+    """The ids of the objects of ``labels`` (Z, Y, X) that reach a face of the volume."""
+    faces = [np.take(labels, index, axis=axis) for axis in range(labels.ndim) for index in (0, -1)]
     return {int(i) for face in faces for i in np.unique(face) if i}
 
 
@@ -56,6 +57,8 @@ def object_rows(truth: np.ndarray, predictions: dict[str, np.ndarray]) -> list[d
 
 
 def print_report(name: str, rows: list[dict], falses: dict[str, list], threshold: float) -> None:
+    """The per-object table of one volume, then what every row misses and each row's own misses
+    and false cells (``falses``: {prediction name: `false_cells`})."""
     names = list(falses)
     print(f"\n{name}: {len(rows)} true objects; best IoU of a predicted cell per row")
     print(f"{'id':>5} {'size':>8} {'border':>6} " + " ".join(f"{n:>12}" for n in names))
@@ -87,6 +90,7 @@ def main() -> None:
         truth = first.truths[index]
         falses = {name: false_cells(truth, cells, args.iou) for name, cells in predictions.items()}
         print_report(volume, object_rows(truth, predictions), falses, args.iou)
+
 
 if __name__ == "__main__":
     main()
