@@ -7,7 +7,8 @@ volume's border, and the best IoU any predicted cell reaches with it, several pr
 AP@0.5 on a volume of 32 objects moves by 0.02-0.03 per object, so the question behind a
 difference is which objects make it: the table shows whether the misses are the same for every
 row (fragments cut by the crop, specks) or objects one model finds and another does not. Volumes
-are read and paired by name as `unetile evaluate --dims 3` reads them; IoU is `objects.overlaps`'s.
+are read and paired by name as `unetile evaluate --dims 3` reads them; IoU and the matching are
+`objects.overlaps`'s and `objects.match`'s.
 """
 
 from __future__ import annotations
@@ -17,28 +18,24 @@ from pathlib import Path
 
 import numpy as np
 
-from unetile.evaluation.metrics.objects import overlaps
+from unetile.evaluation.metrics.objects import Overlaps, match, overlaps
 from unetile.evaluation.volumes import load_volume_pairs
 
 
-def best_iou(truth: np.ndarray, cells: np.ndarray) -> dict[int, float]:
+def best_iou(table: Overlaps) -> dict[int, float]:
     """{true id: the highest IoU of any predicted cell with it (0 where none overlaps)}."""
-    table = overlaps(truth, cells)
     best = np.zeros(len(table.true_ids))
     np.maximum.at(best, table.pairs[:, 0], table.iou)
     return dict(zip(table.true_ids.tolist(), best.tolist()))
 
 
-def false_cells(truth: np.ndarray, cells: np.ndarray, threshold: float) -> list[tuple[int, bool]]:
-    """(voxels, touches the border) of each predicted cell whose best IoU with a true object is
-    below ``threshold``, largest first: the false positives at that threshold where it is >= 0.5
-    (above 0.5 a cell can match one object only, so its best is its match)."""
-    table = overlaps(truth, cells)
-    best = np.zeros(len(table.pred_ids))
-    np.maximum.at(best, table.pairs[:, 1], table.iou)
+def false_cells(table: Overlaps, cells: np.ndarray, threshold: float) -> list[tuple[int, bool]]:
+    """(voxels, touches the border) of each predicted cell of ``cells`` that `objects.match` leaves
+    unmatched at ``threshold`` (the false positives `unetile evaluate` counts), largest first."""
+    matched = set(match(table, threshold)[0][:, 1].tolist())
     on_border = touches_border(cells)
-    return sorted(((int(n), int(i) in on_border) for i, n, b in zip(table.pred_ids, table.pred_sizes, best)
-                   if b < threshold), reverse=True)
+    return sorted(((int(n), int(i) in on_border) for k, (i, n) in enumerate(zip(table.pred_ids, table.pred_sizes))
+                   if k not in matched), reverse=True)
 
 
 def touches_border(labels: np.ndarray) -> set[int]:
@@ -47,13 +44,14 @@ def touches_border(labels: np.ndarray) -> set[int]:
     return {int(i) for face in faces for i in np.unique(face) if i}
 
 
-def object_rows(truth: np.ndarray, predictions: dict[str, np.ndarray]) -> list[dict]:
-    """One row per true object: id, voxels, border, and {prediction name: best IoU}."""
+def object_rows(truth: np.ndarray, tables: dict[str, Overlaps]) -> list[dict]:
+    """One row per true object: id, voxels, border, and {prediction name: best IoU}; ``tables``:
+    {prediction name: `objects.overlaps` of ``truth`` and that prediction's cells}."""
     ids, sizes = np.unique(truth[truth > 0], return_counts=True)
     on_border = touches_border(truth)
-    ious = {name: best_iou(truth, cells) for name, cells in predictions.items()}
+    ious = {name: best_iou(table) for name, table in tables.items()}
     return [{"id": int(i), "size": int(n), "border": int(i) in on_border,
-             "iou": {name: ious[name].get(int(i), 0.0) for name in predictions}} for i, n in zip(ids, sizes)]
+             "iou": {name: ious[name].get(int(i), 0.0) for name in tables}} for i, n in zip(ids, sizes)]
 
 
 def print_report(name: str, rows: list[dict], falses: dict[str, list], threshold: float) -> None:
@@ -88,8 +86,9 @@ def main() -> None:
     for index, volume in enumerate(first.names):
         predictions = {name: pairs[name].preds[pairs[name].names.index(volume)] for name in folders}
         truth = first.truths[index]
-        falses = {name: false_cells(truth, cells, args.iou) for name, cells in predictions.items()}
-        print_report(volume, object_rows(truth, predictions), falses, args.iou)
+        tables = {name: overlaps(truth, cells) for name, cells in predictions.items()}  # once per prediction
+        falses = {name: false_cells(tables[name], cells, args.iou) for name, cells in predictions.items()}
+        print_report(volume, object_rows(truth, tables), falses, args.iou)
 
 
 if __name__ == "__main__":

@@ -85,8 +85,9 @@ def test_object_misses_finds_each_objects_best_iou_and_the_false_cells():
     cells = np.zeros_like(truth)
     cells[2:5, 2:5, 2:4] = 7  # 18 of object 1's voxels: IoU 18 / 27
     cells[6:8, 0:2, 0:2] = 9  # 8 voxels over no object, on the y = 0 and x = 0 faces
-    rows = misses.object_rows(truth, {"a": cells})
+    table = misses.overlaps(truth, cells)
+    rows = misses.object_rows(truth, {"a": table})
     assert [(r["id"], r["size"], r["border"]) for r in rows] == [(1, 27, False), (2, 18, True)]
     assert rows[0]["iou"]["a"] == pytest.approx(18 / 27) and rows[1]["iou"]["a"] == 0.0
-    assert misses.false_cells(truth, cells, 0.5) == [(8, True)]
-    assert misses.false_cells(truth, cells, 0.7) == [(18, False), (8, True)]  # 2/3 < 0.7: object 1's cell too
+    assert misses.false_cells(table, cells, 0.5) == [(8, True)]
+    assert misses.false_cells(table, cells, 0.7) == [(18, False), (8, True)]  # 2/3 < 0.7: object 1's cell too
