@@ -91,3 +91,24 @@ def test_object_misses_finds_each_objects_best_iou_and_the_false_cells():
     assert rows[0]["iou"]["a"] == pytest.approx(18 / 27) and rows[1]["iou"]["a"] == 0.0
     assert misses.false_cells(table, cells, 0.5) == [(8, True)]
     assert misses.false_cells(table, cells, 0.7) == [(18, False), (8, True)]  # 2/3 < 0.7: object 1's cell too
+
+
+def test_cell_pictures_draws_one_row_per_image_and_two_per_volume(tmp_path):
+    """An image: one overlay, the merged pair red under a yellow outline; a volume: z and y planes,
+    the y plane drawn at z's physical length (voxel 2 x 1 x 1: each plane 2 px high)."""
+    pictures = _module("cell_pictures")
+    truth = np.zeros((20, 20), np.uint16)
+    truth[2:10, 2:9], truth[2:10, 9:16], truth[12:18, 2:8] = 1, 2, 3
+    pred = np.where(truth == 3, 2, 0).astype(np.uint16)  # 3 found
+    pred[2:10, 2:17] = 1  # 1 and 2 merged: IoU 56 / 120 with each
+    [flat] = pictures.panels(pred, truth, None, None)
+    rgb = np.asarray(flat)
+    assert rgb.shape == (20, 20, 3) and tuple(rgb[5, 5]) == (255, 60, 60) and tuple(rgb[2, 5]) == (255, 200, 0)
+    assert tuple(rgb[12, 4]) == (0, 200, 80)  # the found cell's outline
+    assert pictures.title("ours", pred, truth) == "ours: AP@0.5 0.250\n1/3 found, 1 false, 2 merged"
+    volume = np.repeat(truth[None], 6, axis=0)
+    z_plane, y_plane = pictures.panels(volume, volume, None, (2.0, 1.0, 1.0))
+    assert z_plane.size == (20, 20) and y_plane.size == (20, 12)  # PIL: (width, height)
+    out = tmp_path / "p.png"
+    pictures.draw([("truth", [z_plane, y_plane]), ("ours", [z_plane, y_plane])], out)
+    assert out.stat().st_size > 0

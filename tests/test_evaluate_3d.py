@@ -132,7 +132,41 @@ def test_two_class_map_uses_channel_1_and_report(tmp_path):
                                   "--report", str(tmp_path / "rep"), "--images", str(tmp_path / "i")])
     assert result["objects"]["pooled"]["mean_ap"] == 1.0
     page = (tmp_path / "rep" / "index.html").read_text()
-    assert page.count("data:image/png;base64,") == 3 and "z = 3" in page and "<td>1.0000</td>" in page
+    assert page.count("data:image/png;base64,") == 5 and "z = 3" in page and "<td>1.0000</td>" in page
+    assert "3D cells at IoU 0.5 in the volume: 2 matched, 0 true cells unmatched" in page and "plane y = 6" in page
+
+
+def test_the_cells_overlay_of_a_volume_shows_the_3d_matching_on_each_plane():
+    """In plane z = 4 the blob over objects 1 and 2 covers object 2 with IoU 2/3, a match in 2D; in 3D
+    it holds both at IoU 1/3, so the plane shows object 2 unmatched (filled) and the blob's outline as
+    an unmatched cell. Object 3, matched in 3D, is outlined as matched."""
+    from unetile.evaluation import metrics
+    from unetile.evaluation.report import cell_classes, matched_cells, outline_cells
+
+    pred, truth = _volume_a()
+    true_ids, pred_ids = metrics.truth_labels(truth), metrics.prediction_labels(pred)
+    matched = matched_cells(true_ids, pred_ids)
+    assert matched[0].tolist() == [3] and len(matched[1]) == 1
+    plane = outline_cells(true_ids[4], pred_ids[4], *matched)
+    assert plane[3, 3] == 2 and plane[2, 2] == 3 and plane[2, 7] == 3  # object 2 missed, the blob unmatched
+    assert plane[10, 10] == 1 and plane[12, 12] == 0  # object 3: outlined as matched, inside untouched
+    planar = cell_classes(pred[4], truth[4])  # the same plane matched on its own: object 2 is found
+    assert planar[3, 3] == 0 and planar[2, 2] == 1
+
+
+def test_the_volume_report_draws_z_at_its_physical_length(tmp_path):
+    from unetile.evaluation.volume_report import _z_stretch
+
+    assert _z_stretch([2.0, 0.5, 0.5]) == 4 and _z_stretch(None) == 1 and _z_stretch([0.2, 0.5, 0.5]) == 1
+    pred, truth = _volume_a()
+    _write(tmp_path / "p" / "a.tif", pred, imagej=True)
+    (tmp_path / "t").mkdir()
+    tifffile.imwrite(tmp_path / "t" / "a.tif", truth, imagej=True, resolution=(2.0, 2.0),
+                     metadata={"axes": "ZYX", "spacing": 1.5, "unit": "um"})  # voxels 1.5 x 0.5 x 0.5 um
+    main(["evaluate", "--pred", str(tmp_path / "p"), "--labels", str(tmp_path / "t"), "--report", str(tmp_path / "r")])
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert "1 matched, 2 true cells unmatched, 1 predicted cells unmatched; 2 merged" in page
+    assert "each plane drawn 3 px high" in page
 
 
 def test_isbi_like_stacks_stay_2d(tmp_path):

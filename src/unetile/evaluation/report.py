@@ -95,15 +95,41 @@ def cell_classes(pred: np.ndarray, truth: np.ndarray, threshold: float = 0.5, io
     matched predicted cell, 2 an unmatched true cell (filled), 3 the outline of an unmatched
     predicted cell (cells matched one to one at ``iou``, as `metrics.cell_scores` does)."""
     true_ids, pred_ids = metrics.truth_labels(truth), metrics.prediction_labels(pred, threshold)
+    return outline_cells(true_ids, pred_ids, *matched_cells(true_ids, pred_ids, iou))
+
+
+def matched_cells(true_ids: np.ndarray, pred_ids: np.ndarray, iou: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """The ids of the true and of the predicted cells that `objects.match` pairs one to one at
+    ``iou`` -> (true ids, predicted ids); the labels are (H, W) images or (Z, Y, X) volumes."""
     table = objects.overlaps(true_ids, pred_ids)
     pairs, _ = objects.match(table, iou)
-    matched_pred = np.isin(pred_ids, table.pred_ids[pairs[:, 1]]) & (pred_ids > 0)
+    return table.true_ids[pairs[:, 0]], table.pred_ids[pairs[:, 1]]
+
+
+def outline_cells(true_ids: np.ndarray, pred_ids: np.ndarray, matched_true: np.ndarray,
+                  matched_pred: np.ndarray) -> np.ndarray:
+    """`cell_classes` of one plane (H, W) of labels whose matched ids were found elsewhere (a
+    volume's cells are matched in 3D and drawn plane by plane)."""
+    matched = np.isin(pred_ids, matched_pred) & (pred_ids > 0)
     out = np.zeros(true_ids.shape, np.uint8)
-    out[(true_ids > 0) & ~np.isin(true_ids, table.true_ids[pairs[:, 0]])] = _MISSED
-    out[find_boundaries(np.where(matched_pred, pred_ids, 0), mode="inner")] = _MATCHED
+    out[(true_ids > 0) & ~np.isin(true_ids, matched_true)] = _MISSED
+    out[find_boundaries(np.where(matched, pred_ids, 0), mode="inner")] = _MATCHED
     # Outlines, so that a true cell missed under an unmatched predicted one stays visible.
-    out[find_boundaries(np.where(matched_pred, 0, pred_ids), mode="inner")] = _FALSE
+    out[find_boundaries(np.where(matched, 0, pred_ids), mode="inner")] = _FALSE
     return out
+
+
+def overlay_background(image: np.ndarray | None, prob8: np.ndarray) -> np.ndarray:
+    """What the overlays are drawn on: the input (H, W) or (3, H, W) as grey uint8, else the
+    prediction ``prob8`` (H, W) uint8."""
+    if image is None:
+        return prob8
+    return _to_grey8(image) if image.ndim == 2 else _to_grey8(image[:3].astype(np.float64).mean(axis=0))
+
+
+def prob8_of(pred: np.ndarray) -> np.ndarray:
+    """A prediction (map, mask or labels; (H, W)) as uint8 for display, 255 = certain object."""
+    return (metrics.as_probability(pred) * 255).round().astype(np.uint8)
 
 
 def _display_factor(h: int, w: int) -> int:
@@ -387,7 +413,7 @@ def _image_section(entry: dict, pred: np.ndarray, truth: np.ndarray, image: np.n
     (with ``cells``, the image's `metrics.cell_scores` summary) and its scores."""
     h, w = truth.shape
     factor = _display_factor(h, w)
-    prob8 = (metrics.as_probability(pred) * 255).round().astype(np.uint8)
+    prob8 = prob8_of(pred)
     classes = error_classes(pred, truth, threshold)
     counts = {k: int(np.count_nonzero(classes == k)) for k in OVERLAY_COLOURS}
     figs = []
@@ -395,10 +421,7 @@ def _image_section(entry: dict, pred: np.ndarray, truth: np.ndarray, image: np.n
         figs.append(_figure(_png_uri(_grey_image(image, factor)), "input"))
     figs.append(_figure(_png_uri(_grey_image(prob8, factor)), "prediction"))
     figs.append(_figure(_png_uri(_grey_image(truth > 0, factor)), "truth (white = interior)"))
-    if image is None:
-        background = prob8
-    else:
-        background = _to_grey8(image) if image.ndim == 2 else _to_grey8(image[:3].astype(np.float64).mean(axis=0))
+    background = overlay_background(image, prob8)
     figs.append(_figure(
         _png_uri(overlay_rgb(background, classes, factor)),
         f"errors at threshold {threshold:g}: {counts[_PIXEL]} boundary px, "
