@@ -41,6 +41,25 @@ def test_touching_balls_are_split_in_3d_where_components_merge_them():
     assert np.unique(ws[ndi.binary_erosion(truth == 1, iterations=2)]) != np.unique(ws[ndi.binary_erosion(truth == 2, iterations=2)])
 
 
+def test_a_volumes_touching_cells_are_parted_by_a_line_on_their_lower_side():
+    """Volumes are flooded without skimage's watershed line (its line mode can take minutes on a
+    noisy map), then `_part_touching_cells` parts touching cells: no two face neighbours lie in
+    different cells, and where the map is level both sides of the contact go."""
+    from unetile.inference.instances import _part_touching_cells
+
+    truth = _balls()
+    ws = probabilities_to_instances((truth > 0).astype(np.float64), "watershed", sigma=2.0, spacing=SPACING)
+    assert ws.max() == 2
+    for axis in range(3):
+        a, b = np.moveaxis(ws, axis, 0)[:-1], np.moveaxis(ws, axis, 0)[1:]
+        assert not np.any((a > 0) & (b > 0) & (a != b))
+    basins = np.zeros((1, 1, 6), np.int64)
+    basins[..., :3], basins[..., 3:] = 1, 2
+    sloped = np.array([0.9, 0.8, 0.7, 0.6, 0.8, 0.9]).reshape(1, 1, 6)
+    assert _part_touching_cells(basins, sloped).ravel().tolist() == [1, 1, 1, 0, 2, 2]  # 0.6 < 0.7 goes
+    assert _part_touching_cells(basins, np.ones((1, 1, 6))).ravel().tolist() == [1, 1, 0, 0, 2, 2]
+
+
 def test_one_id_per_object_across_planes():
     """Balls apart in x and stacked in z: ids belong to objects, not planes (a 2D pass gives one per plane)."""
     truth = _balls(shape=(22, 16, 36), centres=((5, 8, 8), (15, 8, 8), (10, 8, 26)), radius=4.0, spacing=(1, 1, 1))
@@ -63,7 +82,7 @@ def _slab_with_neck(depth: int = 21, neck: float = 0.6) -> np.ndarray:
 def test_spacing_scales_the_smoothing_along_z():
     """sigma 2 in-plane px: isotropic voxels blur z by 2 voxels, lifting the neck plane to
     1 - 0.4 * w0(2) = 0.92 > 0.75 (one seed, one cell); with z 4x coarser sigma_z = 0.5 voxel,
-    1 - 0.4 * w0(0.5) = 0.685 < 0.75, so the neck stays a watershed line between two cells."""
+    1 - 0.4 * w0(0.5) = 0.685 < 0.75, so the neck stays a line between two cells."""
     prob = _slab_with_neck()
     iso = probabilities_to_instances(prob, "watershed", sigma=2.0, seed_threshold=0.75)
     assert np.array_equal(iso, np.ones(prob.shape, np.uint32))
