@@ -20,8 +20,8 @@ from PIL import Image
 from ..errors import UserInputError
 from ..io import atomic_path
 from . import metrics
-from .report import (_CSS, CELL_COLOURS, _display_factor, _figure, _grey_image, _legend_html, _png_uri,
-                     prob8_of, _readable, matched_cells, outline_cells, overlay_background, overlay_rgb)
+from .report import (_CSS, CELL_COLOURS, _display_factor, _figure, _grey_image, _legend_html, _png_uri, _readable,
+                     matched_cells, outline_cells, overlay_background, overlay_rgb, prob8_of)
 from .volumes import volume_headings, volume_rows
 
 __all__ = ["cells_on_planes", "write_volume_report"]
