@@ -26,7 +26,7 @@ from PIL import Image
 from unetile.evaluation import metrics
 from unetile.evaluation.evaluate import to_plane
 from unetile.evaluation.metrics.objects import cell_counts, summary
-from unetile.evaluation.report import CELL_COLOURS, cell_classes, overlay_background, overlay_rgb, prob8_of
+from unetile.evaluation.report import cell_classes, cells_overlay
 from unetile.evaluation.volume_report import cells_on_planes
 from unetile.evaluation.volumes import is_volume_file, read_volume
 from unetile.io import read_image, voxel_size
@@ -57,8 +57,7 @@ def panels(pred: np.ndarray, truth: np.ndarray, image: np.ndarray | None, voxel)
     """The cells overlay of one prediction: one picture for an image, the z and y planes for a volume."""
     if truth.ndim == 3:
         return [picture for _, picture in cells_on_planes(truth, pred, image, voxel=voxel)]
-    background = overlay_background(image, prob8_of(pred))
-    return [overlay_rgb(background, cell_classes(pred, truth), widen=0, colours=CELL_COLOURS)]
+    return [cells_overlay(cell_classes(pred, truth), image, pred)]
 
 
 def draw(columns: list[tuple[str, list[Image.Image]]], out: Path, inches: float = 3.2) -> None:

@@ -127,6 +127,12 @@ def overlay_background(image: np.ndarray | None, prob8: np.ndarray) -> np.ndarra
     return _to_grey8(image) if image.ndim == 2 else _to_grey8(image[:3].astype(np.float64).mean(axis=0))
 
 
+def cells_overlay(classes: np.ndarray, image: np.ndarray | None, pred: np.ndarray, factor: int = 1) -> Image.Image:
+    """The cells overlay of ``classes`` (`cell_classes` / `outline_cells`, (H, W)) on the input
+    (H, W) or (3, H, W), else on the prediction (H, W); downscaled by ``factor``."""
+    return overlay_rgb(overlay_background(image, prob8_of(pred)), classes, factor, widen=0, colours=CELL_COLOURS)
+
+
 def prob8_of(pred: np.ndarray) -> np.ndarray:
     """A prediction (map, mask or labels; (H, W)) as uint8 for display, 255 = certain object."""
     return (metrics.as_probability(pred) * 255).round().astype(np.uint8)
@@ -432,8 +438,7 @@ def _image_section(entry: dict, pred: np.ndarray, truth: np.ndarray, image: np.n
     if cells is not None:
         at = cells["at"][0]
         figs.append(_figure(
-            _png_uri(overlay_rgb(background, cell_classes(pred, truth, threshold, at["iou_threshold"]), factor,
-                                 widen=0, colours=CELL_COLOURS)),
+            _png_uri(cells_overlay(cell_classes(pred, truth, threshold, at["iou_threshold"]), image, pred, factor)),
             f"cells at IoU {at['iou_threshold']:g}: {at['tp']} matched, {at['fn']} true cells unmatched, "
             f"{at['fp']} predicted cells unmatched; {cells['merged']} merged, {cells['split']} split",
             big=True,

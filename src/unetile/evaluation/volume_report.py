@@ -21,7 +21,7 @@ from ..errors import UserInputError
 from ..io import atomic_path
 from . import metrics
 from .report import (_CSS, CELL_COLOURS, _display_factor, _figure, _grey_image, _legend_html, _png_uri, _readable,
-                     matched_cells, outline_cells, overlay_background, overlay_rgb, prob8_of)
+                     cells_overlay, matched_cells, outline_cells, prob8_of)
 from .volumes import volume_headings, volume_rows
 
 __all__ = ["cells_on_planes", "write_volume_report"]
@@ -85,18 +85,13 @@ def cells_on_planes(truth: np.ndarray, pred: np.ndarray, image: np.ndarray | Non
     z, y, stretch = depth // 2, h // 2, _z_stretch(voxel)
     # The y plane: (Z * stretch, X), or (3, Z * stretch, X) colour.
     side = [None if a is None else np.repeat(a[..., y, :], stretch, axis=-2) for a in (true_ids, pred_ids, pred, image)]
-    return [(f"plane z = {z}", _plane_overlay(true_ids[z], pred_ids[z], matched, pred[z],
-                                              None if image is None else image[..., z, :, :], _display_factor(h, w))),
+    side_true, side_pred, side_map, side_image = side
+    image_z = None if image is None else image[..., z, :, :]
+    return [(f"plane z = {z}", cells_overlay(outline_cells(true_ids[z], pred_ids[z], *matched), image_z, pred[z],
+                                             _display_factor(h, w))),
             (f"plane y = {y} (z down" + (f", each plane drawn {stretch} px high)" if stretch > 1 else ")"),
-             _plane_overlay(*side[:2], matched, *side[2:], _display_factor(depth * stretch, w)))]
-
-
-def _plane_overlay(true_ids: np.ndarray, pred_ids: np.ndarray, matched: tuple[np.ndarray, np.ndarray],
-                   pred: np.ndarray, image: np.ndarray | None, factor: int) -> Image.Image:
-    """The cells overlay of one plane (H, W) of a volume whose cells were matched in 3D (``matched``:
-    `report.matched_cells` of the whole volume), drawn on the input plane or the prediction."""
-    background = overlay_background(image, prob8_of(pred))
-    return overlay_rgb(background, outline_cells(true_ids, pred_ids, *matched), factor, widen=0, colours=CELL_COLOURS)
+             cells_overlay(outline_cells(side_true, side_pred, *matched), side_image, side_map,
+                           _display_factor(depth * stretch, w)))]
 
 
 def _z_stretch(voxel: list[float] | None) -> int:
