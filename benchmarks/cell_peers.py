@@ -15,7 +15,7 @@ Each peer lives in a venv of its own (created when missing; neither is ever our 
   cellpose 3.1 accepts it). `cellpose_peer.py`: Cellpose 3's own net and flows, from scratch,
   with the documented from-scratch settings (``python -m cellpose --train --pretrained_model
   None``: SGD, rate 0.2, weight decay 1e-5, batch 8, all images every epoch, images with fewer
-  than 5 cells dropped, diameter 30), its epoch count fitted to the clock by a timed probe;
+  than 5 cells dropped, diameter 30), stopped after the last whole epoch that fits the clock;
 - ``VENV_ROOT/stardist``: ``tensorflow-cpu stardist tifffile``. `stardist_peer.py`: StarDist's
   2D training notebook (``Config2D(n_rays=32, grid=(2, 2), n_channel_in=1)``, its normalisation,
   flips / rot90 / intensity / noise augmentation), stopped by a callback at the clock, then

@@ -23,15 +23,16 @@ would run, ``python -m cellpose --train --dir TRAIN --test_dir VAL --pretrained_
   and cell probability (0.0) thresholds. Labels -> ``OUT/pred/NAME.tif``.
 
 Stopping at the clock: ``train_seg`` has no callback and fixes its learning-rate schedule from
-``n_epochs`` (10 warm-up epochs from rate 0, the last 50 or 100 epochs halving it), and it
-restarts the optimiser, the schedule and ``np.random.seed(epoch)`` on every call, so chained
-1-epoch calls would train at rate 0 forever. Instead a probe (copies of the net, 1 and 5 batches,
-at that warm-up rate 0) times a step (``train_seg``'s preparation of the data timed apart); the run
-then gets ``n_epochs`` = the epochs that fit in what is left of the clock, and one ``train_seg``
-call trains them with Cellpose's own schedule. The probe's time is part of the clock; where not
-even one epoch fits (a smoke test), one epoch of the batches that fit is trained, at rate 0. The
-real training may end a little before or after the clock (its validation passes are not in the
-estimate); ``log.json`` says when it did.
+``n_epochs``: 10 warm-up epochs from rate 0, then the full rate, and only where ``n_epochs`` > 100
+a halving over the last 50 or 100 epochs. So with ``n_epochs`` = 100 the rate of epoch k is the
+same as in a run of any length up to 100 epochs, and a run stopped after epoch k is the run that
+``n_epochs`` = k + 1 gives. The run is given 100 epochs and ``save_every`` 1 (the model saved after
+every epoch but the first); after each save the average epoch so far (validation passes
+included) predicts whether one more ends inside the clock, and where it does not the call is
+stopped there (``ClockedSave``), its last saved model kept. The epochs are the real ones, timed,
+not a probe's estimate: an earlier probe (copies of the net, 1 and 5 batches) timed a step at
+13.1 s where training then took 8.0 s, and gave Cellpose 7 epochs where 12 fitted. A clock
+shorter than two epochs (a smoke test) still trains two; ``log.json`` says when training ended.
 
 Mind the scale on a CPU: a step (8 crops of 224x224) took about 24 s on one thread here, and an
 epoch is about 45 steps, so a 15-minute clock trains a couple of epochs, all inside Cellpose's
@@ -44,7 +45,6 @@ initial weights (``torch.manual_seed``) and not the order of the images or the c
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -60,7 +60,7 @@ from peer_args import peer_arguments
 # The CLI's from-scratch defaults (cellpose 3.1 `python -m cellpose --help`).
 LEARNING_RATE, WEIGHT_DECAY, BATCH, MIN_MASKS, DIAM_MEAN = 0.2, 1e-5, 8, 5, 30.0
 CHANNELS = [0, 0]
-PROBE_BATCHES = 4
+MAX_EPOCHS = 100  # the longest run whose schedule has no final halving (see above)
 
 
 def read_pairs(folder: Path) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
@@ -78,48 +78,55 @@ def fit(net: torch.nn.Module, data: tuple, val: tuple, out: Path, n_epochs: int,
                            n_epochs=n_epochs, save_path=str(out), **options)[0]
 
 
-def time_preparation() -> list[float]:
-    """Make ``train_seg`` append the seconds of its data preparation (normalising every image, the
-    diameters) to the list returned, its behaviour unchanged: the probe's steps are timed without it."""
-    seconds, prepare = [], train._process_train_test
+class ClockStop(Exception):
+    """Raised after a saved epoch when the next would end past the clock."""
 
-    def timed(*args, **kwargs):
-        started = time.time()
+
+class ClockedSave:
+    """Stands in for ``net.save_model`` during ``train_seg``: saves, counts the epoch, and stops the
+    call (``ClockStop``) where one more epoch, at the average epoch so far, would end past ``deadline``
+    (seconds since the epoch). ``started`` is when the training loop began (after the data preparation)."""
+
+    def __init__(self, net: torch.nn.Module, deadline: float) -> None:
+        self.save, self.deadline = net.save_model, deadline
+        self.started, self.epochs = time.time(), 0
+
+    def __call__(self, filename: str) -> None:
+        self.save(filename)
+        self.epochs += 1 if self.epochs else 2  # the first save comes after epochs 0 and 1
+        now = time.time()
+        if now + (now - self.started) / self.epochs > self.deadline:
+            raise ClockStop
+
+
+def start_clock_after_preparation(clocked: ClockedSave) -> None:
+    """Make ``train_seg``'s data preparation (normalising every image, the diameters) restart
+    ``clocked``'s epoch timer when it ends, its behaviour unchanged."""
+    prepare = train._process_train_test
+
+    def prepare_then_start(*args, **kwargs):
         try:
             return prepare(*args, **kwargs)
         finally:
-            seconds.append(time.time() - started)
+            clocked.started = time.time()
 
-    train._process_train_test = timed
-    return seconds
-
-
-def timed_fit(net: torch.nn.Module, data: tuple, out: Path, batches: int, preparation: list[float]) -> float:
-    """Seconds of one `train_seg` call of ``batches`` steps on a copy of the net, its data preparation left out."""
-    started = time.time()
-    fit(copy.deepcopy(net), data, (None, None), out, 1, nimg_per_epoch=batches * BATCH, model_name="probe")
-    return time.time() - started - preparation[-1]
+    train._process_train_test = prepare_then_start
 
 
-def probe(net: torch.nn.Module, data: tuple, out: Path) -> tuple[float, float]:
-    """(seconds of one training step of batch 8, seconds of train_seg's preparation of the training
-    images), timed on copies of the net at rate 0 (epoch 0 of Cellpose's schedule: it learns nothing).
-    A call of 1 step and one of 1 + ``PROBE_BATCHES``: their difference leaves out what a call costs
-    besides its steps (the first step's set-up, saving the model), which a single 4-step call counted
-    as steps (12.6 s a step against 7.7 in the training that followed: 7 epochs where 12 fitted)."""
-    preparation = time_preparation()
-    once = timed_fit(net, data, out, 1, preparation)
-    more = timed_fit(net, data, out, 1 + PROBE_BATCHES, preparation)
-    return max(more - once, 1e-3) / PROBE_BATCHES, preparation[-1]
-
-
-def epochs_left(seconds: float, step: float, steps_per_epoch: int) -> tuple[int, int | None]:
-    """(n_epochs, nimg_per_epoch) that fit in ``seconds``: whole epochs of every image, or where not
-    even one fits (a smoke test's clock), one epoch of the batches that fit."""
-    steps = int(seconds / step)
-    if steps >= steps_per_epoch:
-        return steps // steps_per_epoch, None
-    return 1, max(1, steps) * BATCH
+def fit_to_clock(net: torch.nn.Module, data: tuple, val: tuple, out: Path, deadline: float) -> tuple[Path, int, float]:
+    """``train_seg`` with Cellpose's schedule of ``MAX_EPOCHS``, stopped after the last epoch that
+    ends inside ``deadline`` -> (the saved model's path, epochs trained, seconds of its epochs)."""
+    clocked = ClockedSave(net, deadline)
+    start_clock_after_preparation(clocked)
+    net.save_model = clocked
+    try:
+        fit(net, data, val, out, MAX_EPOCHS, save_every=1, model_name="cellpose_scratch")
+    except ClockStop:
+        pass
+    finally:
+        net.save_model = clocked.save
+    # train_seg saves once more after its last epoch: count at most MAX_EPOCHS
+    return out / "models" / "cellpose_scratch", min(clocked.epochs, MAX_EPOCHS), time.time() - clocked.started
 
 
 def kept(labels: list[np.ndarray]) -> int:
@@ -153,20 +160,13 @@ def main() -> None:
     data = (images, dynamics.labels_to_flows(labels, device=cpu))
     val = (val_images, dynamics.labels_to_flows(val_labels, device=cpu))
     net = models.CellposeModel(pretrained_model=False, model_type=None, diam_mean=DIAM_MEAN, device=cpu).net
-    step, preparation = probe(net, data, args.out)
-    steps_per_epoch = math.ceil(kept(data[1]) / BATCH)
-    # the real call prepares the validation images too before its first step
-    preparation *= (len(images) + len(val_images)) / len(images)
-    n_epochs, n_images = epochs_left(deadline - time.time() - preparation, step, steps_per_epoch)
-    print(f"probe: {step:.2f} s a step, {steps_per_epoch} steps an epoch -> {n_epochs} epochs", flush=True)
-    loop_started = time.time()
-    model_path = fit(net, data, val, args.out, n_epochs, nimg_per_epoch=n_images, model_name="cellpose_scratch")
+    model_path, n_epochs, epoch_seconds = fit_to_clock(net, data, val, args.out, deadline)
     trained = time.time()
-    steps = n_epochs * (steps_per_epoch if n_images is None else math.ceil(n_images / BATCH))
-    log = {"epochs": n_epochs, "steps": steps, "probe_step_seconds": step,
-           "train_seconds": trained - started, "train_loop_seconds": trained - loop_started,
-           "train_cpu_seconds": time.process_time(), "seconds_per_epoch": (trained - loop_started) / n_epochs,
+    log = {"epochs": n_epochs, "steps": n_epochs * math.ceil(kept(data[1]) / BATCH),
+           "train_seconds": trained - started, "train_cpu_seconds": time.process_time(),
+           "train_loop_seconds": epoch_seconds, "seconds_per_epoch": epoch_seconds / n_epochs,
            "diam_labels": float(net.diam_labels.item()), "model": str(model_path)}
+    print(f"trained {n_epochs} epochs in {trained - started:.0f} s of a {60 * args.minutes:.0f} s clock", flush=True)
     log["predict_seconds"] = predict(model_path, args.test, args.out / "pred")
     (args.out / "log.json").write_text(json.dumps(log, indent=1))
 
