@@ -3,6 +3,7 @@ or a shipped model by name), Train trains on layers (from scratch, a shipped mod
 can be stopped, its run joins the model lists, bad input is a one-line notification."""
 
 import os
+import threading
 from pathlib import Path
 
 if not os.environ.get("DISPLAY"):
@@ -86,6 +87,41 @@ def test_segment_widget_equals_unet_predict(viewer_model, qtbot, tmp_path, rng, 
                  str(tmp_path / "pred"), "--format", "tif", *flag]) == 0
     expected = read_image(tmp_path / "pred" / "image.tif")[0, 0]
     assert np.array_equal(np.asarray(result.data), expected)
+
+
+def threads_of_new_threads(count: int) -> int:
+    """Set torch's compute threads from a thread of its own, as an in-process Dask worker does: the
+    count then holds in every thread that computes for the first time later, not in those (like
+    this one) that already did. Returns the count before."""
+    import torch
+
+    seen = []
+    thread = threading.Thread(target=lambda: (seen.append(torch.get_num_threads()), torch.set_num_threads(count)))
+    thread.start()
+    thread.join()
+    return seen[0]
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: every thread computes alike")
+def test_segment_widget_computes_with_the_ui_threads_count_whatever_another_thread_set(
+        viewer_model, qtbot, tmp_path, rng, model_path):
+    """A Dask worker in this process (`unetile predict --cluster` from Python) leaves new threads one
+    compute thread; the widget's worker thread still sums as the UI thread does (the maps' last bits
+    depend on the count), so its map equals `unetile predict`'s in this process."""
+    import torch
+
+    assert torch.get_num_threads() > 1  # this thread's count, settled before another thread changes it
+    before = threads_of_new_threads(1)
+    try:
+        image = (rng.random((140, 120)) * 255).astype(np.uint8)
+        segment(viewer_model, qtbot, model_path, viewer_model.add_image(image))
+        write_image(tmp_path / "image.tif", image)
+        assert main(["predict", "--model", str(model_path), "--input", str(tmp_path / "image.tif"),
+                     "--out", str(tmp_path / "pred"), "--format", "tif"]) == 0
+        expected = read_image(tmp_path / "pred" / "image.tif")[0, 0]
+        assert np.array_equal(np.asarray(viewer_model.layers[-1].data), expected)
+    finally:
+        threads_of_new_threads(before)
 
 
 def test_segment_widget_rescales_for_a_model_trained_with_a_cell_diameter(viewer_model, qtbot, tmp_path):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, ProgressBar, PushButton
 
 from ..errors import UserInputError
@@ -38,6 +39,9 @@ class SegmentRequest:
     tta: bool = False
     device: str = "auto"  # auto (CUDA where present), cpu, cuda
     diameter: float | None = None  # px across of the cells (models trained with a cell diameter); None: estimated
+    # torch's compute threads, the UI thread's: a new thread takes the count another thread set
+    # last (a Dask worker in this process sets 1), and the maps' last bits depend on it
+    threads: int | None = None
 
     def options(self) -> PredictOptions:
         return PredictOptions(tta=self.tta, threshold=0.5 if self.output == "mask" else None,
@@ -51,6 +55,8 @@ def predict_planes(request: SegmentRequest, layer):
 
     A 3D model takes the layer's last three axes as one volume (Z, Y, X), its voxel size from
     the layer's scale where set (else the model's), and counts volumes instead of planes."""
+    if request.threads:
+        torch.set_num_threads(request.threads)
     predictor = Predictor.load(request.model, request.options(), None if request.device == "auto" else request.device)
     planes = LayerSlices(layer, predictor.spatial_dims)
     yield 0, planes.count
@@ -103,7 +109,7 @@ class SegmentWidget(Container):
             show_one_line(e)
             return None
         request = SegmentRequest(model, self.output.value, self.tta.value, self.device.value,
-                                 self.diameter.value or None)
+                                 self.diameter.value or None, torch.get_num_threads())
         self.progress.value = 0
         from napari.qt.threading import create_worker
 

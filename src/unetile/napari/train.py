@@ -116,6 +116,17 @@ def read_curves(run: Path) -> dict[str, list[float]]:
     return curves
 
 
+def train_with_threads(threads: int, cfg: TrainConfig, **options):
+    """`training.loop.train` in a worker thread with ``threads`` torch compute threads (the UI
+    thread's: a new thread takes the count another thread set last, e.g. a Dask worker's 1)."""
+    import torch
+
+    from ..training.loop import train
+
+    torch.set_num_threads(threads)
+    return train(cfg, **options)
+
+
 class TrainWidget(Container):
     """Train a U-Net on an image layer and its Labels layer, with live curves and Stop."""
 
@@ -147,9 +158,8 @@ class TrainWidget(Container):
 
     def start(self):
         """Write the layers and start training; returns the worker (None when it cannot start)."""
+        import torch
         from napari.qt.threading import create_worker
-
-        from ..training.loop import train
 
         run = Path(self.run_folder.value)
         if self.image_layer.value is None or self.labels_layer.value is None:
@@ -171,7 +181,8 @@ class TrainWidget(Container):
         cfg = TrainConfig(out=str(run), preset=self.preset.value, init=None if init is None else str(init),
                           time_limit=60.0 * self.minutes.value, **inputs, **self.overrides)
         self.stop_event = threading.Event()
-        self.worker = create_worker(train, cfg, resume=run if self.resume.value else None,
+        self.worker = create_worker(train_with_threads, torch.get_num_threads(), cfg,
+                                    resume=run if self.resume.value else None,
                                     stop=self.stop_event, _ignore_errors=True)  # shown, not raised
         self.worker.returned.connect(self._trained)
         self.worker.errored.connect(self._failed)
