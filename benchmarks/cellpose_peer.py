@@ -85,7 +85,7 @@ class ClockStop(Exception):
 class ClockedSave:
     """Stands in for ``net.save_model`` during ``train_seg``: saves, counts the epoch, and stops the
     call (``ClockStop``) where one more epoch, at the average epoch so far, would end past ``deadline``
-    (seconds since the epoch). ``started`` is when the training loop began (after the data preparation)."""
+    (a ``time.time()`` value). ``started`` is when the training loop began (after the data preparation)."""
 
     def __init__(self, net: torch.nn.Module, deadline: float) -> None:
         self.save, self.deadline = net.save_model, deadline
