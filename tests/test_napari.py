@@ -89,14 +89,16 @@ def test_segment_widget_equals_unet_predict(viewer_model, qtbot, tmp_path, rng, 
     assert np.array_equal(np.asarray(result.data), expected)
 
 
-def threads_of_new_threads(count: int) -> int:
-    """Set torch's compute threads from a thread of its own, as an in-process Dask worker does: the
-    count then holds in every thread that computes for the first time later, not in those (like
-    this one) that already did. Returns the count before."""
+def threads_of_new_threads(count: int | None = None) -> int:
+    """The torch compute threads a new thread starts with (the count last set by any thread),
+    set to ``count`` from a thread of its own where given, as an in-process Dask worker does: it
+    then holds in every thread that computes for the first time later, not in those that already
+    did. Returns the count before."""
     import torch
 
     seen = []
-    thread = threading.Thread(target=lambda: (seen.append(torch.get_num_threads()), torch.set_num_threads(count)))
+    thread = threading.Thread(target=lambda: (seen.append(torch.get_num_threads()),
+                                              count and torch.set_num_threads(count)))
     thread.start()
     thread.join()
     return seen[0]
@@ -110,8 +112,9 @@ def test_segment_widget_computes_with_the_ui_threads_count_whatever_another_thre
     depend on the count), so its map equals `unetile predict`'s in this process."""
     import torch
 
-    assert torch.get_num_threads() > 1  # this thread's count, settled before another thread changes it
-    before = threads_of_new_threads(1)
+    ui_before, new_before = torch.get_num_threads(), threads_of_new_threads()
+    torch.set_num_threads(2)  # this (the UI) thread sums with 2 threads, new threads with 1
+    threads_of_new_threads(1)
     try:
         image = (rng.random((140, 120)) * 255).astype(np.uint8)
         segment(viewer_model, qtbot, model_path, viewer_model.add_image(image))
@@ -121,7 +124,8 @@ def test_segment_widget_computes_with_the_ui_threads_count_whatever_another_thre
         expected = read_image(tmp_path / "pred" / "image.tif")[0, 0]
         assert np.array_equal(np.asarray(viewer_model.layers[-1].data), expected)
     finally:
-        threads_of_new_threads(before)
+        torch.set_num_threads(ui_before)
+        threads_of_new_threads(new_before)
 
 
 def test_segment_widget_rescales_for_a_model_trained_with_a_cell_diameter(viewer_model, qtbot, tmp_path):
