@@ -104,28 +104,50 @@ def threads_of_new_threads(count: int | None = None) -> int:
     return seen[0]
 
 
-@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: every thread computes alike")
-def test_segment_widget_computes_with_the_ui_threads_count_whatever_another_thread_set(
-        viewer_model, qtbot, tmp_path, rng, model_path):
-    """A Dask worker in this process (`unetile predict --cluster` from Python) leaves new threads one
-    compute thread; the widget's worker thread still sums as the UI thread does (the maps' last bits
-    depend on the count), so its map equals `unetile predict`'s in this process."""
+@pytest.fixture
+def ui_threads_two_new_threads_one():
+    """This (the UI) thread sums with 2 torch threads, threads that compute later with 1, as after an
+    in-process Dask worker (`unetile predict --cluster` from Python); both counts restored after."""
     import torch
 
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: every thread computes alike")
     ui_before, new_before = torch.get_num_threads(), threads_of_new_threads()
-    torch.set_num_threads(2)  # this (the UI) thread sums with 2 threads, new threads with 1
+    torch.set_num_threads(2)
     threads_of_new_threads(1)
-    try:
-        image = (rng.random((140, 120)) * 255).astype(np.uint8)
-        segment(viewer_model, qtbot, model_path, viewer_model.add_image(image))
-        write_image(tmp_path / "image.tif", image)
-        assert main(["predict", "--model", str(model_path), "--input", str(tmp_path / "image.tif"),
-                     "--out", str(tmp_path / "pred"), "--format", "tif"]) == 0
-        expected = read_image(tmp_path / "pred" / "image.tif")[0, 0]
-        assert np.array_equal(np.asarray(viewer_model.layers[-1].data), expected)
-    finally:
-        torch.set_num_threads(ui_before)
-        threads_of_new_threads(new_before)
+    yield 2
+    torch.set_num_threads(ui_before)
+    threads_of_new_threads(new_before)
+
+
+def test_segment_widget_computes_with_the_ui_threads_count_whatever_another_thread_set(
+        viewer_model, qtbot, tmp_path, rng, model_path, ui_threads_two_new_threads_one):
+    """The widget's worker thread sums as the UI thread does (the maps' last bits depend on the
+    count), so its map equals `unetile predict`'s in this process."""
+    image = (rng.random((140, 120)) * 255).astype(np.uint8)
+    segment(viewer_model, qtbot, model_path, viewer_model.add_image(image))
+    write_image(tmp_path / "image.tif", image)
+    assert main(["predict", "--model", str(model_path), "--input", str(tmp_path / "image.tif"),
+                 "--out", str(tmp_path / "pred"), "--format", "tif"]) == 0
+    expected = read_image(tmp_path / "pred" / "image.tif")[0, 0]
+    assert np.array_equal(np.asarray(viewer_model.layers[-1].data), expected)
+
+
+def test_train_widget_trains_with_the_ui_threads_count_whatever_another_thread_set(
+        viewer_model, qtbot, tmp_path, monkeypatch, ui_threads_two_new_threads_one):
+    import torch
+
+    from unetile.napari.train import TrainWidget
+
+    seen = []  # the worker thread's count, in place of training
+    monkeypatch.setattr("unetile.training.loop.train",
+                        lambda cfg, **kw: seen.append(torch.get_num_threads()) or Path(cfg.out))
+    widget = TrainWidget(viewer_model)
+    train_layers(viewer_model, widget)
+    widget.run_folder.value = tmp_path / "run"
+    widget.start()
+    qtbot.waitUntil(lambda: widget.start_button.enabled, timeout=WAIT_MS)
+    assert seen == [ui_threads_two_new_threads_one]
 
 
 def test_segment_widget_rescales_for_a_model_trained_with_a_cell_diameter(viewer_model, qtbot, tmp_path):
