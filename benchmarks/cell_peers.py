@@ -120,7 +120,11 @@ def one_run(python: Path, peer: str, split: dict[str, Path], folder: Path, minut
 
 
 def mean_std(values: list[float]) -> str:
-    return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+    """"mean ± sd" over seeds (the sample sd, as results.md states spreads); counts without decimals."""
+    places = 0 if all(float(v).is_integer() for v in values) else 3
+    if len(values) == 1:
+        return f"{values[0]:.{places}f}"
+    return f"{np.mean(values):.{places or 1}f} ± {np.std(values, ddof=1):.{places or 1}f}"
 
 
 def summary_table(rows: list[dict]) -> str:

@@ -112,3 +112,15 @@ def test_cell_pictures_draws_one_row_per_image_and_two_per_volume(tmp_path):
     out = tmp_path / "p.png"
     pictures.draw([("truth", [z_plane, y_plane]), ("ours", [z_plane, y_plane])], out)
     assert out.stat().st_size > 0
+
+
+def test_cell_peers_table_gives_the_sample_sd_and_counts_without_decimals():
+    """The spreads in docs/results.md are sample sds (over 2-3 seeds); the table must say the same."""
+    sys.path.insert(0, str(BENCHMARKS))  # cell_peers imports its sibling scripts
+    try:
+        mean_std = _module("cell_peers").mean_std
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    assert mean_std([0.618, 0.541, 0.605]) == "0.588 ± 0.041"  # sd with ddof=1 (0.034 with ddof=0)
+    assert mean_std([12]) == "12" and mean_std([0.746]) == "0.746"
+    assert mean_std([95, 44]) == "69.5 ± 36.1"
