@@ -52,6 +52,7 @@ from scipy import ndimage as ndi
 
 from ..errors import UserInputError
 from ..flows import FLOW_ERROR, drop_by_flow_error, flow_errors, flows_to_instances
+from ..neighbours import shifted
 from ..evaluation.metrics import as_probability
 from ..evaluation.metrics.common import face_connected
 from ..evaluation.metrics.objects import cell_counts, pooled, summary
@@ -282,19 +283,19 @@ def _seeded_watershed(p: np.ndarray, mask: np.ndarray, sigma: float | tuple[floa
 def _part_touching_cells(basins: np.ndarray, smoothed: np.ndarray) -> np.ndarray:
     """``basins`` (any shape) with a line between touching cells: of two face neighbours in
     different cells, the one lower on ``smoothed`` goes to the background (both where they are
-    level). The rule reads the map, never the ids, so a block of a volume cut with a margin parts
-    its cells as the whole volume does (slides/zarr_labels.py joins the cells that touch across
-    block faces)."""
-    out = basins.copy()
+    level), i.e. a voxel goes where a face neighbour (`neighbours.shifted`) in another cell is
+    at least as high. The rule reads the map, never the ids, so a block of a volume cut with a
+    margin parts its cells as the whole volume does (slides/zarr_labels.py joins the cells that
+    touch across block faces)."""
+    ids, heights = np.pad(basins, 1), np.pad(smoothed, 1)
+    parted = np.zeros(basins.shape, dtype=bool)
     for axis in range(basins.ndim):
-        head = [slice(None)] * basins.ndim
-        tail = [slice(None)] * basins.ndim
-        head[axis], tail[axis] = slice(None, -1), slice(1, None)
-        a, b = basins[tuple(head)], basins[tuple(tail)]
-        touching = (a > 0) & (b > 0) & (a != b)
-        lower_a, lower_b = smoothed[tuple(head)], smoothed[tuple(tail)]
-        out[tuple(head)][touching & (lower_a <= lower_b)] = 0
-        out[tuple(tail)][touching & (lower_b <= lower_a)] = 0
+        for step in (-1, 1):
+            offset = tuple(step if a == axis else 0 for a in range(basins.ndim))
+            neighbour = shifted(ids, offset)
+            parted |= (neighbour > 0) & (neighbour != basins) & (smoothed <= shifted(heights, offset))
+    out = basins.copy()
+    out[parted & (basins > 0)] = 0
     return out
 
 
