@@ -21,11 +21,11 @@ several workers share one GPU). One run at a time.
 
 What to expect: a worker holds one block (its read window, the uint8 output box) and one batch
 of tiles (at most `layout.VOLUME_TILE_BYTES` of estimated activations), so its peak grows with
-the volume only while a whole z fits in one block and one tile, and is flat beyond. Measured on
-2 shared cores (2 workers, fp32) with the earlier tile rule (at most 132 voxels a side, 5 a
-batch for this net): 639 MB at 32x512x512, 799 at 64x1024x1024, then 1136-1191 MB from
-128x1024x1024 to 512x512x512 and 192x1024x1024 (201 Mvoxel, 0.25-0.4 Mvoxel/s); the current
-rule picks larger tiles (less halo computed), so a worker's flat level is higher: re-measure.
+the volume only while a whole z fits in one block and one tile, and is flat beyond. Measured
+alone on 2 cores (2 workers, fp32; docs/results.md, fourteenth session): 2.3 GB a worker at
+256x512x512 and 256x1024x1024 (256^3 blocks), 3.1 GB at 512x2048x2048 (256x296x296 blocks: the
+tile rule picks per volume the tile that computes least under the cap), 3.3-4.5 Mvoxel/s; the
+client 0.47-0.67 GB.
 """
 
 from __future__ import annotations
