@@ -6,6 +6,15 @@ over the test images of each image size (the DSB 2018 proxy for an acquisition: 
         --images runs/nuclei/split/test/images
 
 Prints one row per size: images, AP@0.5, AP@0.75, mean AP, PQ, merged and split cells.
+
+Where the cells are lost, by their size: with ``--pred PRED --labels LABELS`` (what `unetile
+evaluate` was given), a second table counts the true cells of each diameter (px, the disc of
+their area): found (matched one to one at IoU 0.5), and those not found: merged with another
+(by majority overlap, as `unetile evaluate` counts merges) or missed otherwise.
+
+    .venv/bin/python benchmarks/cell_groups.py runs/nuclei/default---seed-0/scores.json \
+        --images runs/nuclei/split/test/images --pred runs/nuclei/default---seed-0/pred \
+        --labels runs/nuclei/split/test/labels
 """
 
 from __future__ import annotations
@@ -15,8 +24,15 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from unetile.evaluation.metrics.objects import CellCounts, pooled, summary
+import numpy as np
+
+from unetile.evaluation.evaluate import load_pairs
+from unetile.evaluation.metrics.common import prediction_labels, truth_labels
+from unetile.evaluation.metrics.objects import CellCounts, match, merged_and_split, overlaps, pooled, summary
 from unetile.io import list_images, read_image
+
+#: Diameter bins (px) of the size table: the DSB 2018 nuclei run from 4 to 100 px, most 8-35.
+DIAMETER_EDGES = (0, 8, 10, 12, 14, 17, 20, 25, 35, np.inf)
 
 
 def image_sizes(folder: Path) -> dict[str, str]:
@@ -43,10 +59,44 @@ def group_rows(scores: dict, sizes: dict[str, str]) -> list[dict]:
     return rows
 
 
+def cell_fates(truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Label images (H, W) -> for each true cell: its diameter (px, the disc of its area), whether
+    it is found (matched one to one at IoU 0.5) and whether it is merged."""
+    table = overlaps(truth_labels(truth), prediction_labels(pred))
+    found = np.zeros(len(table.true_sizes), dtype=bool)
+    found[match(table, 0.5)[0][:, 0]] = True
+    merged, _ = merged_and_split(table)
+    return 2.0 * np.sqrt(table.true_sizes / np.pi), found, merged
+
+
+def size_rows(pred: Path, labels: Path) -> list[dict]:
+    """True cells pooled over all pairs of ``pred`` and ``labels``, counted per diameter bin."""
+    pairs = load_pairs(pred, labels)
+    fates = [cell_fates(t, p) for t, p in zip(pairs.truths, pairs.preds)]
+    diameter, found, merged = (np.concatenate(column) for column in zip(*fates))
+    rows = []
+    for low, high in zip(DIAMETER_EDGES, DIAMETER_EDGES[1:]):
+        inside = (diameter >= low) & (diameter < high)
+        rows.append({"diameter": f"{low}-{high}" if np.isfinite(high) else f">= {low}", "cells": int(inside.sum()),
+                     "found": int((inside & found).sum()), "merged": int((inside & ~found & merged).sum()),
+                     "missed": int((inside & ~found & ~merged).sum())})
+    return rows
+
+
+def print_size_rows(rows: list[dict]) -> None:
+    print("\n| true cells, diameter px | cells | found at IoU 0.5 | not found: merged | not found: missed |")
+    print("|---|---:|---:|---:|---:|")
+    for r in rows:
+        share = {k: f"{r[k]} ({r[k] / max(r['cells'], 1):.0%})" for k in ("found", "merged", "missed")}
+        print(f"| {r['diameter']} | {r['cells']} | {share['found']} | {share['merged']} | {share['missed']} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("scores", nargs="+", type=Path, help="unetile evaluate --json files")
     parser.add_argument("--images", type=Path, required=True, help="the test images (their sizes)")
+    parser.add_argument("--pred", type=Path, help="the cells scored (a folder of label images): the size table")
+    parser.add_argument("--labels", type=Path, help="their true cells (with --pred)")
     args = parser.parse_args()
     sizes = image_sizes(args.images)
     print("| scores | size | images | AP@0.5 | AP@0.75 | mean AP | PQ | merged | split |")
@@ -55,6 +105,8 @@ def main() -> None:
         for r in group_rows(json.loads(path.read_text()), sizes):
             print(f"| {path.parent.name} | {r['size']} | {r['images']} | {r['ap_50']:.3f} | {r['ap_75']:.3f} | "
                   f"{r['mean_ap']:.3f} | {r['pq']:.3f} | {r['merged']} | {r['split']} |")
+    if args.pred and args.labels:
+        print_size_rows(size_rows(args.pred, args.labels))
 
 
 if __name__ == "__main__":

@@ -124,3 +124,21 @@ def test_cell_peers_table_gives_the_sample_sd_and_counts_without_decimals():
     assert mean_std([0.618, 0.541, 0.605]) == "0.588 ± 0.041"  # sd with ddof=1 (0.034 with ddof=0)
     assert mean_std([12]) == "12" and mean_std([0.746]) == "0.746"
     assert mean_std([95, 44]) == "69.5 ± 36.1"
+
+
+def test_cell_groups_counts_true_cells_found_merged_and_missed_by_diameter(tmp_path):
+    """A 4-px cell missed, two 8-px cells merged (not found), an 11-px cell found."""
+    truth = np.zeros((40, 40), np.uint16)
+    truth[2:6, 2:5] = 1  # 12 px: 3.9 px across
+    truth[10:17, 2:9], truth[10:17, 10:17] = 2, 3  # 49 px each: 7.9 px across
+    truth[25:35, 25:35] = 4  # 100 px: 11.3 px across
+    pred = np.zeros_like(truth)
+    pred[10:17, 2:17] = 1
+    pred[25:35, 25:34] = 2  # IoU 0.9
+    for folder, image in (("truth", truth), ("pred", pred)):
+        (tmp_path / folder).mkdir()
+        write_image(tmp_path / folder / "a.tif", image)
+    rows = {r["diameter"]: r for r in _module("cell_groups").size_rows(tmp_path / "pred", tmp_path / "truth")}
+    assert (rows["0-8"]["cells"], rows["0-8"]["found"], rows["0-8"]["merged"], rows["0-8"]["missed"]) == (3, 0, 2, 1)
+    assert (rows["10-12"]["cells"], rows["10-12"]["found"], rows["10-12"]["merged"]) == (1, 1, 0)
+    assert sum(r["cells"] for r in rows.values()) == 4

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from unetile import metrics
-from unetile.evaluation.metrics.objects import cell_counts, match, overlaps
+from unetile.evaluation.metrics.objects import cell_counts, match, merged_and_split, overlaps
 
 
 def _at(counts, t):
@@ -52,6 +52,20 @@ def test_a_split_matches_the_larger_piece_and_counts_one_split_cell():
     assert c.precision == 0.5 and c.recall == 1.0 and c.f1 == pytest.approx(2 / 3) and c.ap == 0.5
     assert c.mean_matched_iou == pytest.approx(0.7) and c.pq == pytest.approx(0.7 * 2 / 3)
     assert _at(counts, 0.7).tp == 1 and _at(counts, 0.75).tp == 0
+
+
+def test_merged_and_split_flag_each_true_cell():
+    """Cells 1 and 2 merged into one predicted cell, cell 3 split in two, cell 4 found, cell 5 missed."""
+    truth = np.zeros((12, 40), np.uint16)
+    truth[2:8, 2:8], truth[2:8, 9:15], truth[2:8, 18:28], truth[2:8, 30:34], truth[9:11, 36:38] = 1, 2, 3, 4, 5
+    pred = np.zeros_like(truth, dtype=np.int32)
+    pred[2:8, 2:15] = 1
+    pred[2:8, 18:23], pred[2:8, 23:28], pred[2:8, 30:34] = 2, 3, 4
+    merged, split = merged_and_split(overlaps(truth, pred))
+    assert merged.tolist() == [True, True, False, False, False]
+    assert split.tolist() == [False, False, True, False, False]
+    nothing = merged_and_split(overlaps(truth, np.zeros_like(pred)))  # no predicted cell: no holder
+    assert not nothing[0].any() and not nothing[1].any() and len(nothing[0]) == 5
 
 
 def test_empty_prediction_and_empty_images():

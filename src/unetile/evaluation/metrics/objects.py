@@ -203,18 +203,25 @@ def _assign(pairs: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return picked[picked >= 0]
 
 
-def merges_and_splits(table: Overlaps) -> tuple[int, int]:
-    """(merged, split) true cells by majority overlap (see the module docstring)."""
+def merged_and_split(table: Overlaps) -> tuple[np.ndarray, np.ndarray]:
+    """(merged, split): (N_true,) bool, for each of the table's true cells, whether it is merged
+    and whether it is split, by majority overlap (see the module docstring)."""
     counts, (ti, pi) = table.counts, table.pairs.T
     # The predicted cell holding more than half of each true cell, and vice versa.
     t_major = counts * 2 > table.true_sizes[ti]
     holder = np.full(len(table.true_sizes), -1)
     holder[ti[t_major]] = pi[t_major]
-    held = holder[holder >= 0]
-    merged = int(np.count_nonzero(np.bincount(held, minlength=len(table.pred_sizes))[held] > 1))
+    holds_two = np.bincount(holder[holder >= 0], minlength=len(table.pred_sizes) + 1) > 1
+    merged = (holder >= 0) & holds_two[holder]  # holder -1 reads the unused last entry: False
     p_major = counts * 2 > table.pred_sizes[pi]
-    pieces = np.bincount(ti[p_major], minlength=len(table.true_sizes))
-    return merged, int(np.count_nonzero(pieces > 1))
+    split = np.bincount(ti[p_major], minlength=len(table.true_sizes)) > 1
+    return merged, split
+
+
+def merges_and_splits(table: Overlaps) -> tuple[int, int]:
+    """(merged, split) true cells by majority overlap (see the module docstring)."""
+    merged, split = merged_and_split(table)
+    return int(np.count_nonzero(merged)), int(np.count_nonzero(split))
 
 
 def cell_counts(truth_ids: np.ndarray, pred_ids: np.ndarray,
