@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from unetile.cell_size import disc_diameter
 from unetile.evaluation.evaluate import load_pairs
 from unetile.evaluation.metrics.common import prediction_labels, truth_labels
 from unetile.evaluation.metrics.objects import CellCounts, match, merged_and_split, overlaps, pooled, summary
@@ -60,13 +61,13 @@ def group_rows(scores: dict, sizes: dict[str, str]) -> list[dict]:
 
 
 def cell_fates(truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Label images (H, W) -> for each true cell: its diameter (px, the disc of its area), whether
+    """Label images (H, W) -> for each true cell: its diameter (px, `disc_diameter`), whether
     it is found (matched one to one at IoU 0.5) and whether it is merged."""
     table = overlaps(truth_labels(truth), prediction_labels(pred))
     found = np.zeros(len(table.true_sizes), dtype=bool)
     found[match(table, 0.5)[0][:, 0]] = True
     merged, _ = merged_and_split(table)
-    return 2.0 * np.sqrt(table.true_sizes / np.pi), found, merged
+    return disc_diameter(table.true_sizes), found, merged
 
 
 def size_rows(pred: Path, labels: Path) -> list[dict]:

@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 from skimage.transform import resize
 
-__all__ = ["MIN_FACTOR", "MAX_FACTOR", "SAME_SCALE", "median_diameter", "scale_factor", "scaled_shape", "resize_image",
-           "resize_labels"]
+__all__ = ["MIN_FACTOR", "MAX_FACTOR", "SAME_SCALE", "disc_diameter", "median_diameter", "scale_factor",
+           "scaled_shape", "resize_image", "resize_labels"]
 
 #: Rescaling is held to this range: past 4x a 256 x 256 image costs 16x the time, and below
 #: 1/4 a nucleus of 100 px keeps too few pixels of its edge.
@@ -29,6 +29,11 @@ MIN_FACTOR, MAX_FACTOR = 0.25, 4.0
 SAME_SCALE = 0.1
 
 
+def disc_diameter(area: float | np.ndarray) -> float | np.ndarray:
+    """A cell's diameter (px) from its area (px): that of the disc of that area."""
+    return 2.0 * np.sqrt(area / np.pi)
+
+
 def median_diameter(ids: np.ndarray) -> float | None:
     """Instance ids (H, W), 0 background -> the diameter (px) of the disc with the median cell's
     area; None where there is no cell."""
@@ -36,7 +41,7 @@ def median_diameter(ids: np.ndarray) -> float | None:
     areas = areas[areas > 0]
     if areas.size == 0:
         return None
-    return float(2.0 * np.sqrt(np.median(areas) / np.pi))
+    return float(disc_diameter(np.median(areas)))
 
 
 def scale_factor(diameter: float | None, net_diameter: float | None) -> float:
