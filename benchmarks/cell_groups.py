@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from unetile.cell_size import disc_diameter
 from unetile.evaluation.evaluate import load_pairs
 from unetile.evaluation.metrics.common import prediction_labels, truth_labels
-from unetile.evaluation.metrics.objects import CellCounts, match, merged_and_split, overlaps, pooled, summary
+from unetile.evaluation.metrics.objects import CellCounts, cell_fates, overlaps, pooled, summary
+from unetile.evaluation.metrics.sizes import size_table
 from unetile.io import list_images, read_image
 
 #: Diameter bins (px) of the size table: the DSB 2018 nuclei run from 4 to 100 px, most 8-35.
@@ -60,28 +60,11 @@ def group_rows(scores: dict, sizes: dict[str, str]) -> list[dict]:
     return rows
 
 
-def cell_fates(truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Label images (H, W) -> for each true cell: its diameter (px, `disc_diameter`), whether
-    it is found (matched one to one at IoU 0.5) and whether it is merged."""
-    table = overlaps(truth_labels(truth), prediction_labels(pred))
-    found = np.zeros(len(table.true_sizes), dtype=bool)
-    found[match(table, 0.5)[0][:, 0]] = True
-    merged, _ = merged_and_split(table)
-    return disc_diameter(table.true_sizes), found, merged
-
-
 def size_rows(pred: Path, labels: Path) -> list[dict]:
-    """True cells pooled over all pairs of ``pred`` and ``labels``, counted per diameter bin."""
+    """True cells pooled over all pairs of ``pred`` and ``labels``, counted per diameter bin (px)."""
     pairs = load_pairs(pred, labels)
-    fates = [cell_fates(t, p) for t, p in zip(pairs.truths, pairs.preds)]
-    diameter, found, merged = (np.concatenate(column) for column in zip(*fates))
-    rows = []
-    for low, high in zip(DIAMETER_EDGES, DIAMETER_EDGES[1:]):
-        inside = (diameter >= low) & (diameter < high)
-        rows.append({"diameter": f"{low}-{high}" if np.isfinite(high) else f">= {low}", "cells": int(inside.sum()),
-                     "found": int((inside & found).sum()), "merged": int((inside & ~found & merged).sum()),
-                     "missed": int((inside & ~found & ~merged).sum())})
-    return rows
+    fates = [cell_fates(overlaps(truth_labels(t), prediction_labels(p))) for t, p in zip(pairs.truths, pairs.preds)]
+    return size_table(fates, DIAMETER_EDGES, relative=False)["rows"]
 
 
 def print_size_rows(rows: list[dict]) -> None:
@@ -89,7 +72,8 @@ def print_size_rows(rows: list[dict]) -> None:
     print("|---|---:|---:|---:|---:|")
     for r in rows:
         share = {k: f"{r[k]} ({r[k] / max(r['cells'], 1):.0%})" for k in ("found", "merged", "missed")}
-        print(f"| {r['diameter']} | {r['cells']} | {share['found']} | {share['merged']} | {share['missed']} |")
+        span = f"{r['low']:g}-{r['high']:g}" if r["high"] is not None else f">= {r['low']:g}"
+        print(f"| {span} | {r['cells']} | {share['found']} | {share['merged']} | {share['missed']} |")
 
 
 def main() -> None:

@@ -138,7 +138,8 @@ def test_cell_groups_counts_true_cells_found_merged_and_missed_by_diameter(tmp_p
     for folder, image in (("truth", truth), ("pred", pred)):
         (tmp_path / folder).mkdir()
         write_image(tmp_path / folder / "a.tif", image)
-    rows = {r["diameter"]: r for r in _module("cell_groups").size_rows(tmp_path / "pred", tmp_path / "truth")}
-    assert (rows["0-8"]["cells"], rows["0-8"]["found"], rows["0-8"]["merged"], rows["0-8"]["missed"]) == (3, 0, 2, 1)
-    assert (rows["10-12"]["cells"], rows["10-12"]["found"], rows["10-12"]["merged"]) == (1, 1, 0)
+    rows = {(r["low"], r["high"]): r for r in _module("cell_groups").size_rows(tmp_path / "pred", tmp_path / "truth")}
+    small, mid = rows[(0, 8)], rows[(10, 12)]
+    assert (small["cells"], small["found"], small["merged"], small["missed"]) == (3, 0, 2, 1)
+    assert (mid["cells"], mid["found"], mid["merged"]) == (1, 1, 0)
     assert sum(r["cells"] for r in rows.values()) == 4

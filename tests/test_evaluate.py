@@ -217,11 +217,17 @@ def test_format_table_rows_and_stack_only_column(folders) -> None:
     widths = {len(ln) for ln in lines[:1] + [ln for ln in lines if ln.startswith(("a ", "mean"))]}
     assert len(widths) == 1
     assert any(ln.startswith("best thresholds:") and "warping_error" in ln for ln in text.splitlines())
-    cells = text.split("\n\n")[-1].splitlines()
+    cells, sizes = (block.splitlines() for block in text.split("\n\n")[-2:])
     assert cells[0].startswith("cells, matched one to one by IoU")
     cell_rows = {ln.split()[0]: ln.split()[1:] for ln in cells[1:] if ln[:1] != "-"}
     assert set(cell_rows) == {"image", "a", "b", "c", "pooled"}
     assert float(cell_rows["pooled"][2]) == pytest.approx(result["cells"]["pooled"]["ap_50"], abs=5e-5)
+    # Below: the true cells by size, one row per bin, their counts adding up to the true cells.
+    assert sizes[0].startswith("true cells by size") and sizes[-1].startswith("(found: matched at IoU 0.5")
+    by_size = result["cells"]["by_size"]["rows"]
+    assert len(sizes) == 4 + len(by_size)  # title, heading, rule, the bins, legend
+    assert sum(r["cells"] for r in by_size) == result["cells"]["pooled"]["n_true"]
+    assert sum(r["found"] for r in by_size) == result["cells"]["pooled"]["at"][0]["tp"]
 
 
 # --------------------------------------------------------------------------------------
@@ -246,6 +252,7 @@ def test_report_is_one_self_contained_file(tmp_path: Path, folders, capsys) -> N
     assert page.count('src="data:image/png;base64,') == 5 * 3 + 1  # input, prediction, truth, errors, cells; curves
     for e in result["images"]:
         assert f"<h3>{e['name']} " in page
+    assert "True cells by size" in page and page.count("<tr>") >= len(result["cells"]["by_size"]["rows"])
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page, re.I)
     assert "<script" not in page.lower() and "@import" not in page and "url(" not in page
     assert "http" not in page

@@ -81,6 +81,10 @@ def test_volumes_are_scored_in_3d(folders, tmp_path, capsys):
     assert result["volumes"][0]["voi_split"] == 1.0 and result["volumes"][0]["voi_merge"] < 0.6
     table = capsys.readouterr().out
     assert "VOI split" in table and "pooled" in table and "0.2500" in table
+    # The true objects by size (balls of their volume): a's two merged ones are not found.
+    by_size = result["objects"]["by_size"]["rows"]
+    assert sum(r["cells"] for r in by_size) == pooled["n_true"] and sum(r["merged"] for r in by_size) == 2
+    assert sum(r["found"] for r in by_size) == 3 and "true cells by size (diameter of the ball" in table
 
 
 def test_dims_2_scores_the_planes(folders, tmp_path):
@@ -134,6 +138,7 @@ def test_two_class_map_uses_channel_1_and_report(tmp_path):
     page = (tmp_path / "rep" / "index.html").read_text()
     assert page.count("data:image/png;base64,") == 5 and "z = 3" in page and "<td>1.0000</td>" in page
     assert "3D cells at IoU 0.5 in the volume: 2 matched, 0 true cells unmatched" in page and "plane y = 6" in page
+    assert "True cells by size (diameter of the ball of their volume" in page
 
 
 def test_the_cells_overlay_of_a_volume_shows_the_3d_matching_on_each_plane():

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from unetile import metrics
-from unetile.evaluation.metrics.objects import cell_counts, match, merged_and_split, overlaps
+from unetile.evaluation.metrics.objects import cell_counts, cell_fates, match, merged_and_split, overlaps
+from unetile.evaluation.metrics.sizes import equivalent_diameter, size_table
 
 
 def _at(counts, t):
@@ -182,3 +183,33 @@ def test_sparse_and_dense_overlap_tables_agree(monkeypatch):
     sparse = objects.overlaps(truth % 997, pred)
     for field in ("true_ids", "true_sizes", "pred_ids", "pred_sizes", "pairs", "counts"):
         np.testing.assert_array_equal(getattr(dense, field), getattr(sparse, field))
+
+
+def test_cell_fates_and_size_table_count_each_true_cell_once_by_its_median_relative_size():
+    """The cells of the merge/split case: 1 and 2 (36 px, 6.8 px across) merged, 3 (60 px) split
+    into halves but still matched at IoU exactly 0.5, 4 (24 px) found, 5 (4 px) missed."""
+    truth = np.zeros((12, 40), np.uint16)
+    truth[2:8, 2:8], truth[2:8, 9:15], truth[2:8, 18:28], truth[2:8, 30:34], truth[9:11, 36:38] = 1, 2, 3, 4, 5
+    pred = np.zeros_like(truth, dtype=np.int32)
+    pred[2:8, 2:15] = 1
+    pred[2:8, 18:23], pred[2:8, 23:28], pred[2:8, 30:34] = 2, 3, 4
+    fates = cell_fates(overlaps(truth, pred))
+    assert fates.found.tolist() == [False, False, True, True, False]
+    assert fates.merged.tolist() == [True, True, False, False, False]
+    np.testing.assert_allclose(fates.diameter, 2 * np.sqrt(np.array([36, 36, 60, 24, 4]) / np.pi))
+    table = size_table([fates, fates])  # two copies pooled: each count doubles, the median stays
+    assert table["median_diameter"] == pytest.approx(2 * np.sqrt(36 / np.pi))
+    rows = {(r["low"], r["high"]): (r["cells"], r["found"], r["merged"], r["missed"]) for r in table["rows"]}
+    assert rows[(0.0, 0.5)] == (2, 0, 0, 2)  # cell 5: 0.33 of the median
+    assert rows[(0.75, 1.0)] == (2, 2, 0, 0)  # cell 4: 0.82
+    assert rows[(1.0, 1.5)] == (6, 2, 4, 0)  # cells 1, 2 (the median itself) and 3 (1.29)
+    assert sum(r["cells"] for r in table["rows"]) == 10
+    absolute = size_table([fates], edges=(0, 5, 7, np.inf), relative=False)["rows"]
+    assert [r["cells"] for r in absolute] == [1, 3, 1] and absolute[-1]["high_px"] is None
+
+
+def test_equivalent_diameter_of_discs_and_balls():
+    np.testing.assert_allclose(equivalent_diameter(np.array([np.pi * 9]), 2), [6.0])
+    np.testing.assert_allclose(equivalent_diameter(np.array([4 / 3 * np.pi * 27]), 3), [6.0])
+    empty = size_table([])
+    assert np.isnan(empty["median_diameter"]) and all(r["cells"] == 0 for r in empty["rows"])

@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import UserInputError
 from ..io import atomic_path, list_images, read_image
 from . import metrics
-from .report import CELL_COLUMNS, _readable, cell_rows
+from .report import CELL_COLUMNS, _readable, aligned, cell_rows, format_size_table
 
 __all__ = [
     "TABLE_COLUMNS",
@@ -43,7 +43,6 @@ __all__ = [
     "evaluate_paths",
     "format_table",
     "format_cells_table",
-    "aligned",
     "match_stems",
     "check_values",
     "to_plane",
@@ -298,20 +297,14 @@ def format_table(result: dict, threshold: float | None = None) -> str:
     return "\n".join(lines)
 
 
-def aligned(rows: list[tuple[str, list[str]]]) -> list[str]:
-    """(name, values) rows as text lines: names left-aligned, values right-aligned in columns."""
-    widths = [max(len(r[0]) for r in rows)] + [max(len(r[1][i]) for r in rows) for i in range(len(rows[0][1]))]
-    return ["  ".join([name.ljust(widths[0])] + [v.rjust(w) for v, w in zip(values, widths[1:])])
-            for name, values in rows]
-
-
 def format_cells_table(result: dict) -> str:
     """The object metrics of an `evaluate_paths` result: one row per image and the pooled row."""
     text = aligned([("image", [h for _, h in CELL_COLUMNS]), *cell_rows(result)])
     ts = result["cells"]["iou_thresholds"]
     head = (f"cells, matched one to one by IoU (AP = TP / (TP + FP + FN); mAP over IoU {ts[0]:g}-{ts[-1]:g}; "
             "PQ at 0.5; pooled: counts summed over the images)")
-    return "\n".join([head, text[0], "-" * len(text[0]), *text[1:-1], "-" * len(text[0]), text[-1]])
+    return "\n".join([head, text[0], "-" * len(text[0]), *text[1:-1], "-" * len(text[0]), text[-1], "",
+                      format_size_table(result["cells"]["by_size"])])
 
 
 def write_json(result: dict, path: str | Path) -> Path:

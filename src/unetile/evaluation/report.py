@@ -344,6 +344,57 @@ def cell_rows(result: dict) -> list[tuple[str, list[str]]]:
     return [(name, cell_values(s)) for name, s in zip(names, cells["images"] + [cells["pooled"]])]
 
 
+def aligned(rows: list[tuple[str, list[str]]]) -> list[str]:
+    """(name, values) rows as text lines: names left-aligned, values right-aligned in columns."""
+    widths = [max(len(r[0]) for r in rows)] + [max(len(r[1][i]) for r in rows) for i in range(len(rows[0][1]))]
+    return ["  ".join([name.ljust(widths[0])] + [v.rjust(w) for v, w in zip(values, widths[1:])])
+            for name, values in rows]
+
+
+#: Headings of the size tables (text and HTML), one row per bin of `sizes.size_table`.
+SIZE_HEADINGS = ("diameter / median", "diameter px", "true cells", "found", "merged", "missed")
+
+
+def size_rows(by_size: dict) -> list[tuple[str, list[str]]]:
+    """(bin, [its diameters in px, true cells, found, merged, missed]) for each bin of a
+    `sizes.size_table`; the counts with their share of the bin's cells."""
+    rows = []
+    for r in by_size["rows"]:
+        shares = [f"{r[k]} ({r[k] / r['cells']:.0%})" if r["cells"] else "0" for k in ("found", "merged", "missed")]
+        if r["high"] is None:
+            rows.append((f">= {r['low']:g}", [f">= {r['low_px']:.1f}", str(r["cells"]), *shares]))
+        else:
+            rows.append((f"{r['low']:g}-{r['high']:g}", [f"{r['low_px']:.1f}-{r['high_px']:.1f}", str(r["cells"]),
+                                                         *shares]))
+    return rows
+
+
+def size_note(by_size: dict, unit: str = "px") -> tuple[str, str]:
+    """(title, legend) of a size table: what its bins and its columns mean."""
+    shape = "disc of their area" if unit == "px" else "ball of their volume"
+    return (f"true cells by size (diameter of the {shape}; median {by_size['median_diameter']:.1f} {unit})",
+            "(found: matched at IoU 0.5; merged: not found, joined with another true cell; missed: neither)")
+
+
+def format_size_table(by_size: dict, unit: str = "px") -> str:
+    """A `sizes.size_table` as fixed-width text between its `size_note` lines."""
+    headings = [h.replace("px", unit) for h in SIZE_HEADINGS]
+    text = aligned([(headings[0], headings[1:]), *size_rows(by_size)])
+    title, legend = size_note(by_size, unit)
+    return "\n".join([title, text[0], "-" * len(text[0]), *text[1:], legend])
+
+
+def size_table_html(by_size: dict, unit: str = "px") -> str:
+    """A `sizes.size_table` as an HTML table under its `size_note`."""
+    head = "".join(f"<th>{html.escape(h.replace('px', unit))}</th>" for h in SIZE_HEADINGS[1:])
+    rows = "".join(f'<tr><td class="name">{html.escape(name)}</td>{"".join(f"<td>{v}</td>" for v in values)}</tr>'
+                   for name, values in size_rows(by_size))
+    title, legend = size_note(by_size, unit)
+    return (f'<p class="meta">{html.escape(title.capitalize())} {html.escape(legend)}</p>'
+            f'<table class="metrics"><thead><tr><th class="name">{SIZE_HEADINGS[0]}</th>{head}</tr></thead>'
+            f"<tbody>{rows}</tbody></table>")
+
+
 def _cells_table_html(result: dict) -> str:
     if "cells" not in result:
         return ""
@@ -356,7 +407,7 @@ def _cells_table_html(result: dict) -> str:
     return ('<h2>Cells</h2><p class="meta">Cells matched one to one by IoU; AP = TP / (TP + FP + FN), mAP over '
             'IoU 0.5-0.95, PQ at 0.5; the pooled row sums the counts over the images.</p>'
             f'<table class="metrics"><thead><tr><th class="name">image</th>{head}</tr></thead>'
-            f"<tbody>{''.join(rows)}</tbody></table>")
+            f"<tbody>{''.join(rows)}</tbody></table>{size_table_html(result['cells']['by_size'])}")
 
 
 def _legend_html(colours: dict[int, tuple[tuple[int, int, int], str]] = OVERLAY_COLOURS) -> str:

@@ -21,7 +21,7 @@ from ..errors import UserInputError
 from ..io import atomic_path
 from . import metrics
 from .report import (_CSS, CELL_COLOURS, _display_factor, _figure, _grey_image, _legend_html, _png_uri, _readable,
-                     cells_overlay, matched_cells, outline_cells, prob8_of)
+                     cells_overlay, matched_cells, outline_cells, prob8_of, size_table_html)
 from .volumes import volume_headings, volume_rows
 
 __all__ = ["cells_on_planes", "write_volume_report"]
@@ -129,6 +129,7 @@ mAP over IoU 0.5-0.95, PQ at 0.5); maps thresholded at {threshold:g}. The pooled
 counts over the volumes and averages VOI, adapted Rand error, Dice and IoU.</p>
 <h2>Metrics</h2>
 {_table_html(result)}
+{size_table_html(result["objects"]["by_size"], unit="voxels")}
 <h2>Volumes</h2>
 <p class="meta">The middle z plane of each volume; cells matched in 3D at IoU 0.5, drawn on the middle z and y
 planes (a true cell is unmatched in every plane it crosses).</p>

@@ -24,8 +24,8 @@ import tifffile
 from ..errors import UserInputError, reading
 from ..io import TIFF_SUFFIXES, list_images, read_image, voxel_size
 from . import metrics
-from .evaluate import aligned, check_values, match_stems, to_plane, write_json
-from .report import CELL_COLUMNS, cell_values
+from .evaluate import check_values, match_stems, to_plane, write_json
+from .report import CELL_COLUMNS, aligned, cell_values, format_size_table
 
 __all__ = ["DIMS", "VolumePairs", "is_volume_file", "resolve_dims", "read_volume", "load_volume_pairs",
            "format_volume_table", "run_evaluate_volumes"]
@@ -167,7 +167,7 @@ def format_volume_table(result: dict) -> str:
         "PQ at 0.5); voxels above threshold "
         f"{result['threshold']:g} for maps", text[0], rule, *text[1:-1], rule, text[-1],
         "(VOI split / merge: information scores, 1 = no split / merge; pooled: object counts summed over the "
-        "volumes, the voxel scores averaged)"])
+        "volumes, the voxel scores averaged)", "", format_size_table(result["objects"]["by_size"], unit="voxels")])
 
 
 def run_evaluate_volumes(pred: str | Path, labels: str | Path, threshold: float = 0.5,

@@ -42,6 +42,7 @@ from scipy.sparse.csgraph import connected_components
 
 from ...errors import UserInputError
 from .common import check_pair, paired_stack, prediction_labels, truth_labels
+from .sizes import equivalent_diameter, size_table
 
 #: IoU thresholds of the 2018 Data Science Bowl score: 0.5, 0.55, ..., 0.95.
 IOU_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
@@ -224,10 +225,32 @@ def merges_and_splits(table: Overlaps) -> tuple[int, int]:
     return int(np.count_nonzero(merged)), int(np.count_nonzero(split))
 
 
+@dataclass(frozen=True)
+class CellFates:
+    """Per true cell (N,) of one image: its diameter (px, `sizes.equivalent_diameter`), whether
+    it is found (matched at IoU 0.5), whether it is merged and not found (see `sizes`)."""
+
+    diameter: np.ndarray
+    found: np.ndarray
+    merged: np.ndarray
+
+
+def cell_fates(table: Overlaps, ndim: int = 2) -> CellFates:
+    """The fate of each true cell of one image's (volume's, ``ndim`` 3) `overlaps` table."""
+    found = np.zeros(len(table.true_sizes), dtype=bool)
+    found[match(table, 0.5)[0][:, 0]] = True
+    merged, _ = merged_and_split(table)
+    return CellFates(equivalent_diameter(table.true_sizes, ndim), found, merged & ~found)
+
+
 def cell_counts(truth_ids: np.ndarray, pred_ids: np.ndarray,
                 iou_thresholds: Sequence[float] = IOU_THRESHOLDS) -> list[CellCounts]:
     """Matched cells of two label images (H, W) at each IoU threshold (0 = no cell)."""
-    table = overlaps(truth_ids, pred_ids)
+    return table_counts(overlaps(truth_ids, pred_ids), iou_thresholds)
+
+
+def table_counts(table: Overlaps, iou_thresholds: Sequence[float] = IOU_THRESHOLDS) -> list[CellCounts]:
+    """`cell_counts` of one image's `overlaps` table."""
     merged, split = merges_and_splits(table)
     out = []
     for t in iou_thresholds:
@@ -261,7 +284,8 @@ def cell_scores(
 
         {"iou_thresholds": [0.5, ..., 0.95],
          "pooled": {"at": [CellCounts.to_dict() per IoU threshold], **summary},
-         "images": [{"at": [...], **summary}, ...]}
+         "images": [{"at": [...], **summary}, ...],
+         "by_size": sizes.size_table(...)}  # the true cells found, merged, missed by size
 
     where summary = ap_50, ap_75, mean_ap (AP averaged over the thresholds), f1_50,
     precision_50, recall_50, pq_50, mean_matched_iou_50, merged, split, n_true, n_pred
@@ -269,12 +293,14 @@ def cell_scores(
     """
     p_list, t_list = paired_stack(preds, truths)
     ts = check_iou_thresholds(iou_thresholds)
-    per_image = []
+    per_image, fates = [], []
     for p, t in zip(p_list, t_list):
         check_pair(p, t)
-        per_image.append(cell_counts(truth_labels(t), prediction_labels(p, threshold), ts))
+        table = overlaps(truth_labels(t), prediction_labels(p, threshold))
+        per_image.append(table_counts(table, ts))
+        fates.append(cell_fates(table))
     return {"iou_thresholds": list(ts), "pooled": summary(pooled(per_image)),
-            "images": [summary(c) for c in per_image]}
+            "images": [summary(c) for c in per_image], "by_size": size_table(fates)}
 
 
 def pooled(per_image: list[list[CellCounts]]) -> list[CellCounts]:

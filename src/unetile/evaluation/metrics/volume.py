@@ -18,9 +18,10 @@ import numpy as np
 
 from ...errors import UserInputError
 from .common import check_pair, prediction_labels, truth_labels
-from .objects import IOU_THRESHOLDS, check_iou_thresholds, summary, cell_counts, pooled
+from .objects import IOU_THRESHOLDS, cell_fates, check_iou_thresholds, overlaps, pooled, summary, table_counts
 from .pixel import foreground_scores
 from .rand import adapted_rand_error, foreground_restricted_info
+from .sizes import size_table
 
 VOLUME_METRICS = ("voi_split", "voi_merge", "voi_fscore", "adapted_rand_error", "dice", "iou")
 
@@ -38,25 +39,29 @@ def evaluate_volumes(
     volumes; ``truths``: instance ids or masks. Returns::
 
         {"mean": {metric: value}, "volumes": [{"name": ..., metric: value}, ...],
-         "objects": {"iou_thresholds": [...], "pooled": {...}, "volumes": [{...}, ...]}}
+         "objects": {"iou_thresholds": [...], "pooled": {...}, "volumes": [{...}, ...],
+                     "by_size": {...}}}
 
-    where the object summaries are `objects.cell_scores`' (ap_50, ap_75, mean_ap, f1_50, ...).
+    where the object summaries are `objects.cell_scores`' (ap_50, ap_75, mean_ap, f1_50, ...)
+    and "by_size" counts the true objects found, merged and missed by size (`sizes`, in 3D).
     """
     preds, truths = _volumes(preds, "predictions"), _volumes(truths, "truths")
     if len(preds) != len(truths) or not preds:
         raise UserInputError(f"{len(preds)} predicted volumes for {len(truths)} true ones (give the same number, > 0)")
     names = [str(i) for i in range(len(preds))] if names is None else list(names)
     ts = check_iou_thresholds(iou_thresholds)
-    entries, counts = [], []
+    entries, counts, fates = [], [], []
     for name, pred, truth in zip(names, preds, truths):
         check_pair(pred, truth)
         true_ids, pred_ids = truth_labels(truth), prediction_labels(pred, threshold)
-        counts.append(cell_counts(true_ids, pred_ids, ts))
+        table = overlaps(true_ids, pred_ids)
+        counts.append(table_counts(table, ts))
+        fates.append(cell_fates(table, ndim=3))
         entries.append({"name": name, **_voxel_metrics(pred, truth, true_ids, pred_ids, threshold)})
     mean = {m: float(np.mean([e[m] for e in entries])) for m in VOLUME_METRICS}
     return {"mean": mean, "volumes": entries,
             "objects": {"iou_thresholds": list(ts), "pooled": summary(pooled(counts)),
-                        "volumes": [summary(c) for c in counts]}}
+                        "volumes": [summary(c) for c in counts], "by_size": size_table(fates)}}
 
 
 def _voxel_metrics(pred: np.ndarray, truth: np.ndarray, true_ids: np.ndarray, pred_ids: np.ndarray,

@@ -1,0 +1,62 @@
+"""True cells by size: how many of each size are found, merged or missed.
+
+Users of nuclei tools ask whether the small ones are lost: a data set's AP cannot say, since
+a few large cells weigh as much as many small ones. `objects.cell_fates` gives each true cell
+one fate:
+
+- *found*: matched one to one at IoU 0.5 (`objects.match`, as AP@0.5 counts it);
+- *merged*: not found, and joined with another true cell by majority overlap
+  (`objects.merged_and_split`, the rule of the ``merged`` count);
+- *missed*: neither (no predicted cell, or one too far from its shape).
+
+The three add up to the true cells. A cell's size is the diameter of the disc (2D) or ball (3D)
+of its area (volume) in px (voxels). The bins are multiples of the data set's median true
+diameter (`SIZE_EDGES`), so that one table reads the same for nuclei 8 px across and 50 px
+across, and for anisotropic voxels (every volume scales by the same factor).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from ...cell_size import disc_diameter
+
+if TYPE_CHECKING:  # objects builds the fates with this module's diameters
+    from .objects import CellFates
+
+__all__ = ["SIZE_EDGES", "equivalent_diameter", "size_table"]
+
+#: Bin edges of `size_table`, in multiples of the median true diameter.
+SIZE_EDGES: tuple[float, ...] = (0.0, 0.5, 0.75, 1.0, 1.5, 2.0, np.inf)
+
+
+def equivalent_diameter(size: np.ndarray, ndim: int = 2) -> np.ndarray:
+    """Areas (2D) or volumes (3D) in px -> the diameters of the discs or balls of those sizes."""
+    size = np.asarray(size, dtype=np.float64)
+    return disc_diameter(size) if ndim == 2 else np.cbrt(6.0 * size / np.pi)
+
+
+def size_table(fates: Sequence["CellFates"], edges: Sequence[float] = SIZE_EDGES, relative: bool = True) -> dict:
+    """The true cells of all images pooled and counted per diameter bin, as a JSON-ready dict::
+
+        {"median_diameter": px, "relative": bool,
+         "rows": [{"low": x, "high": x, "low_px": px, "high_px": px, "cells": n, "found": n,
+                   "merged": n, "missed": n}, ...]}
+
+    ``edges`` are multiples of the median true diameter where ``relative``, else px; a bin holds
+    low <= diameter < high (``high_px`` None for the open last bin, in JSON's terms)."""
+    diameter = np.concatenate([f.diameter for f in fates]) if fates else np.zeros(0)
+    found = np.concatenate([f.found for f in fates]) if fates else np.zeros(0, bool)
+    merged = np.concatenate([f.merged for f in fates]) if fates else np.zeros(0, bool)
+    median = float(np.median(diameter)) if diameter.size else float("nan")
+    unit = median if relative else 1.0
+    rows = []
+    for low, high in zip(edges, edges[1:]):
+        inside = (diameter >= low * unit) & (diameter < high * unit)
+        rows.append({"low": float(low), "high": float(high) if np.isfinite(high) else None,
+                     "low_px": float(low * unit), "high_px": float(high * unit) if np.isfinite(high) else None,
+                     "cells": int(inside.sum()), "found": int((inside & found).sum()),
+                     "merged": int((inside & merged).sum()), "missed": int((inside & ~found & ~merged).sum())})
+    return {"median_diameter": median, "relative": relative, "rows": rows}
