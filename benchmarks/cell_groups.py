@@ -30,6 +30,7 @@ from unetile.evaluation.evaluate import load_pairs
 from unetile.evaluation.metrics.common import prediction_labels, truth_labels
 from unetile.evaluation.metrics.objects import CellCounts, cell_fates, overlaps, pooled, summary
 from unetile.evaluation.metrics.sizes import size_table
+from unetile.evaluation.report import bin_span, share
 from unetile.io import list_images, read_image
 
 #: Diameter bins (px) of the size table: the DSB 2018 nuclei run from 4 to 100 px, most 8-35.
@@ -71,9 +72,8 @@ def print_size_rows(rows: list[dict]) -> None:
     print("\n| true cells, diameter px | cells | found at IoU 0.5 | not found: merged | not found: missed |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:
-        share = {k: f"{r[k]} ({r[k] / max(r['cells'], 1):.0%})" for k in ("found", "merged", "missed")}
-        span = f"{r['low']:g}-{r['high']:g}" if r["high"] is not None else f">= {r['low']:g}"
-        print(f"| {span} | {r['cells']} | {share['found']} | {share['merged']} | {share['missed']} |")
+        found, merged, missed = (share(r[k], r["cells"]) for k in ("found", "merged", "missed"))
+        print(f"| {bin_span(r['low'], r['high'])} | {r['cells']} | {found} | {merged} | {missed} |")
 
 
 def main() -> None:

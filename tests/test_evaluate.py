@@ -228,6 +228,9 @@ def test_format_table_rows_and_stack_only_column(folders) -> None:
     assert len(sizes) == 4 + len(by_size)  # title, heading, rule, the bins, legend
     assert sum(r["cells"] for r in by_size) == result["cells"]["pooled"]["n_true"]
     assert sum(r["found"] for r in by_size) == result["cells"]["pooled"]["at"][0]["tp"]
+    for line, r in zip(sizes[3:-1], by_size):  # each printed row ends with its bin's counts
+        counts = re.sub(r" \(\d+%\)", "", line).split()[-4:]
+        assert counts == [str(r[k]) for k in ("cells", "found", "merged", "missed")]
 
 
 # --------------------------------------------------------------------------------------
@@ -252,7 +255,9 @@ def test_report_is_one_self_contained_file(tmp_path: Path, folders, capsys) -> N
     assert page.count('src="data:image/png;base64,') == 5 * 3 + 1  # input, prediction, truth, errors, cells; curves
     for e in result["images"]:
         assert f"<h3>{e['name']} " in page
-    assert "True cells by size" in page and page.count("<tr>") >= len(result["cells"]["by_size"]["rows"])
+    sizes = page[page.index("True cells by size"):]
+    sizes = sizes[:sizes.index("</table>")]
+    assert sizes.count("<tr>") == 1 + len(result["cells"]["by_size"]["rows"])  # heading + a row per bin
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page, re.I)
     assert "<script" not in page.lower() and "@import" not in page and "url(" not in page
     assert "http" not in page

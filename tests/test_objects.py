@@ -195,7 +195,7 @@ def test_cell_fates_and_size_table_count_each_true_cell_once_by_its_median_relat
     pred[2:8, 18:23], pred[2:8, 23:28], pred[2:8, 30:34] = 2, 3, 4
     fates = cell_fates(overlaps(truth, pred))
     assert fates.found.tolist() == [False, False, True, True, False]
-    assert fates.merged.tolist() == [True, True, False, False, False]
+    assert fates.merged_not_found.tolist() == [True, True, False, False, False]
     np.testing.assert_allclose(fates.diameter, 2 * np.sqrt(np.array([36, 36, 60, 24, 4]) / np.pi))
     table = size_table([fates, fates])  # two copies pooled: each count doubles, the median stays
     assert table["median_diameter"] == pytest.approx(2 * np.sqrt(36 / np.pi))
@@ -204,12 +204,33 @@ def test_cell_fates_and_size_table_count_each_true_cell_once_by_its_median_relat
     assert rows[(0.75, 1.0)] == (2, 2, 0, 0)  # cell 4: 0.82
     assert rows[(1.0, 1.5)] == (6, 2, 4, 0)  # cells 1, 2 (the median itself) and 3 (1.29)
     assert sum(r["cells"] for r in table["rows"]) == 10
+    assert all(r["found"] + r["merged"] + r["missed"] == r["cells"] for r in table["rows"])
     absolute = size_table([fates], edges=(0, 5, 7, np.inf), relative=False)["rows"]
     assert [r["cells"] for r in absolute] == [1, 3, 1] and absolute[-1]["high_px"] is None
+
+
+def test_a_merged_cell_that_still_matches_is_found_not_merged():
+    """A 100-px cell matched at IoU 0.96 by a prediction that also takes most of a 4-px cell:
+    the large cell is found, the small one merged (both count in the summary's merges)."""
+    truth = np.zeros((12, 16), np.uint16)
+    truth[1:11, 1:11], truth[4:6, 11:13] = 1, 2
+    pred = np.zeros_like(truth, dtype=np.int32)
+    pred[1:11, 1:11], pred[4:6, 11:13] = 1, 1
+    table = overlaps(truth, pred)
+    fates = cell_fates(table)
+    assert fates.found.tolist() == [True, False] and fates.merged_not_found.tolist() == [False, True]
+    assert merged_and_split(table)[0].tolist() == [True, True]
+    rows = size_table([fates])["rows"]
+    assert sum(r["merged"] for r in rows) == 1 and sum(r["found"] for r in rows) == 1
 
 
 def test_equivalent_diameter_of_discs_and_balls():
     np.testing.assert_allclose(equivalent_diameter(np.array([np.pi * 9]), 2), [6.0])
     np.testing.assert_allclose(equivalent_diameter(np.array([4 / 3 * np.pi * 27]), 3), [6.0])
-    empty = size_table([])
-    assert np.isnan(empty["median_diameter"]) and all(r["cells"] == 0 for r in empty["rows"])
+    volume = np.zeros((8, 8, 8), np.uint16)
+    volume[1:4, 1:4, 1:4] = 1  # 27 voxels
+    fates = cell_fates(overlaps(volume, volume.astype(np.int32)), ndim=3)
+    table = size_table([fates])
+    assert table["ndim"] == 3 and table["median_diameter"] == pytest.approx(np.cbrt(6 * 27 / np.pi))
+    empty = size_table([cell_fates(overlaps(volume * 0, volume.astype(np.int32)))])  # no true cell
+    assert empty["median_diameter"] is None and all(r["cells"] == 0 and r["low_px"] is None for r in empty["rows"])

@@ -355,43 +355,64 @@ def aligned(rows: list[tuple[str, list[str]]]) -> list[str]:
 SIZE_HEADINGS = ("diameter / median", "diameter px", "true cells", "found", "merged", "missed")
 
 
+def bin_span(low: float | None, high: float | None, spec: str = "g") -> str:
+    """A size bin as text (``spec`` formats each edge): "low-high", ">= low" for the open last
+    bin, "-" where unknown."""
+    if low is None:
+        return "-"
+    return f">= {low:{spec}}" if high is None else f"{low:{spec}}-{high:{spec}}"
+
+
+def share(count: int, total: int) -> str:
+    """``count`` with its share of ``total``: "12 (40%)"; "0" for an empty bin."""
+    return f"{count} ({count / total:.0%})" if total else "0"
+
+
 def size_rows(by_size: dict) -> list[tuple[str, list[str]]]:
     """(bin, [its diameters in px, true cells, found, merged, missed]) for each bin of a
     `sizes.size_table`; the counts with their share of the bin's cells."""
-    rows = []
-    for r in by_size["rows"]:
-        shares = [f"{r[k]} ({r[k] / r['cells']:.0%})" if r["cells"] else "0" for k in ("found", "merged", "missed")]
-        if r["high"] is None:
-            rows.append((f">= {r['low']:g}", [f">= {r['low_px']:.1f}", str(r["cells"]), *shares]))
-        else:
-            rows.append((f"{r['low']:g}-{r['high']:g}", [f"{r['low_px']:.1f}-{r['high_px']:.1f}", str(r["cells"]),
-                                                         *shares]))
-    return rows
+    return [(bin_span(r["low"], r["high"]),
+             [bin_span(r["low_px"], r["high_px"], ".1f"), str(r["cells"]),
+              *(share(r[k], r["cells"]) for k in ("found", "merged", "missed"))]) for r in by_size["rows"]]
 
 
-def size_note(by_size: dict, unit: str = "px") -> tuple[str, str]:
+def size_note(by_size: dict) -> tuple[str, str]:
     """(title, legend) of a size table: what its bins and its columns mean."""
-    shape = "disc of their area" if unit == "px" else "ball of their volume"
-    return (f"true cells by size (diameter of the {shape}; median {by_size['median_diameter']:.1f} {unit})",
+    shape, unit = ("disc of their area", "px") if by_size["ndim"] == 2 else ("ball of their volume", "voxels")
+    median = by_size["median_diameter"]
+    return (f"true cells by size (diameter of the {shape}; "
+            + ("no true cells)" if median is None else f"median {median:.1f} {unit})"),
             "(found: matched at IoU 0.5; merged: not found, joined with another true cell; missed: neither)")
 
 
-def format_size_table(by_size: dict, unit: str = "px") -> str:
-    """A `sizes.size_table` as fixed-width text between its `size_note` lines."""
-    headings = [h.replace("px", unit) for h in SIZE_HEADINGS]
+def size_headings(by_size: dict) -> list[str]:
+    """`SIZE_HEADINGS` in the table's unit (px, or voxels for volumes)."""
+    return [h.replace("px", "px" if by_size["ndim"] == 2 else "voxels") for h in SIZE_HEADINGS]
+
+
+def format_size_table(by_size: dict) -> str:
+    """A `sizes.size_table` as fixed-width text between its `size_note` lines (the title alone
+    where there is no true cell)."""
+    if by_size["median_diameter"] is None:
+        return size_note(by_size)[0]
+    headings = size_headings(by_size)
     text = aligned([(headings[0], headings[1:]), *size_rows(by_size)])
-    title, legend = size_note(by_size, unit)
+    title, legend = size_note(by_size)
     return "\n".join([title, text[0], "-" * len(text[0]), *text[1:], legend])
 
 
-def size_table_html(by_size: dict, unit: str = "px") -> str:
-    """A `sizes.size_table` as an HTML table under its `size_note`."""
-    head = "".join(f"<th>{html.escape(h.replace('px', unit))}</th>" for h in SIZE_HEADINGS[1:])
-    rows = "".join(f'<tr><td class="name">{html.escape(name)}</td>{"".join(f"<td>{v}</td>" for v in values)}</tr>'
-                   for name, values in size_rows(by_size))
-    title, legend = size_note(by_size, unit)
+def size_table_html(by_size: dict) -> str:
+    """A `sizes.size_table` as an HTML table under its `size_note` (the note alone where there
+    is no true cell)."""
+    title, legend = size_note(by_size)
+    if by_size["median_diameter"] is None:
+        return f'<p class="meta">{html.escape(title.capitalize())}</p>'
+    name, *headings = (html.escape(h) for h in size_headings(by_size))
+    head = "".join(f"<th>{h}</th>" for h in headings)
+    rows = "".join(f'<tr><td class="name">{html.escape(span)}</td>{"".join(f"<td>{v}</td>" for v in values)}</tr>'
+                   for span, values in size_rows(by_size))
     return (f'<p class="meta">{html.escape(title.capitalize())} {html.escape(legend)}</p>'
-            f'<table class="metrics"><thead><tr><th class="name">{SIZE_HEADINGS[0]}</th>{head}</tr></thead>'
+            f'<table class="metrics sizes"><thead><tr><th class="name">{name}</th>{head}</tr></thead>'
             f"<tbody>{rows}</tbody></table>")
 
 

@@ -129,7 +129,7 @@ mAP over IoU 0.5-0.95, PQ at 0.5); maps thresholded at {threshold:g}. The pooled
 counts over the volumes and averages VOI, adapted Rand error, Dice and IoU.</p>
 <h2>Metrics</h2>
 {_table_html(result)}
-{size_table_html(result["objects"]["by_size"], unit="voxels")}
+{size_table_html(result["objects"]["by_size"])}
 <h2>Volumes</h2>
 <p class="meta">The middle z plane of each volume; cells matched in 3D at IoU 0.5, drawn on the middle z and y
 planes (a true cell is unmatched in every plane it crosses).</p>

@@ -167,7 +167,7 @@ def format_volume_table(result: dict) -> str:
         "PQ at 0.5); voxels above threshold "
         f"{result['threshold']:g} for maps", text[0], rule, *text[1:-1], rule, text[-1],
         "(VOI split / merge: information scores, 1 = no split / merge; pooled: object counts summed over the "
-        "volumes, the voxel scores averaged)", "", format_size_table(result["objects"]["by_size"], unit="voxels")])
+        "volumes, the voxel scores averaged)", "", format_size_table(result["objects"]["by_size"])])
 
 
 def run_evaluate_volumes(pred: str | Path, labels: str | Path, threshold: float = 0.5,

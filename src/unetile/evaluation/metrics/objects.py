@@ -42,7 +42,7 @@ from scipy.sparse.csgraph import connected_components
 
 from ...errors import UserInputError
 from .common import check_pair, paired_stack, prediction_labels, truth_labels
-from .sizes import equivalent_diameter, size_table
+from .sizes import CellFates, equivalent_diameter, size_table
 
 #: IoU thresholds of the 2018 Data Science Bowl score: 0.5, 0.55, ..., 0.95.
 IOU_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
@@ -225,22 +225,12 @@ def merges_and_splits(table: Overlaps) -> tuple[int, int]:
     return int(np.count_nonzero(merged)), int(np.count_nonzero(split))
 
 
-@dataclass(frozen=True)
-class CellFates:
-    """Per true cell (N,) of one image: its diameter (px, `sizes.equivalent_diameter`), whether
-    it is found (matched at IoU 0.5), whether it is merged and not found (see `sizes`)."""
-
-    diameter: np.ndarray
-    found: np.ndarray
-    merged: np.ndarray
-
-
 def cell_fates(table: Overlaps, ndim: int = 2) -> CellFates:
     """The fate of each true cell of one image's (volume's, ``ndim`` 3) `overlaps` table."""
     found = np.zeros(len(table.true_sizes), dtype=bool)
     found[match(table, 0.5)[0][:, 0]] = True
     merged, _ = merged_and_split(table)
-    return CellFates(equivalent_diameter(table.true_sizes, ndim), found, merged & ~found)
+    return CellFates(equivalent_diameter(table.true_sizes, ndim), found, merged & ~found, ndim)
 
 
 def cell_counts(truth_ids: np.ndarray, pred_ids: np.ndarray,
@@ -285,11 +275,14 @@ def cell_scores(
         {"iou_thresholds": [0.5, ..., 0.95],
          "pooled": {"at": [CellCounts.to_dict() per IoU threshold], **summary},
          "images": [{"at": [...], **summary}, ...],
-         "by_size": sizes.size_table(...)}  # the true cells found, merged, missed by size
+         "by_size": sizes.size_table(...)}
 
     where summary = ap_50, ap_75, mean_ap (AP averaged over the thresholds), f1_50,
     precision_50, recall_50, pq_50, mean_matched_iou_50, merged, split, n_true, n_pred
-    ("_50": at IoU 0.5, or at the first threshold if 0.5 is not among them).
+    ("_50": at IoU 0.5, or at the first threshold if 0.5 is not among them), and "by_size"
+    the true cells of each size found at IoU 0.5, merged or missed: its "merged" counts only
+    the merged cells left unmatched, so that its columns add up to the cells (the summary's
+    ``merged`` counts every merged cell, matched or not).
     """
     p_list, t_list = paired_stack(preds, truths)
     ts = check_iou_thresholds(iou_thresholds)
