@@ -30,7 +30,7 @@ from unetile.evaluation.evaluate import load_pairs
 from unetile.evaluation.metrics.common import prediction_labels, truth_labels
 from unetile.evaluation.metrics.objects import CellCounts, cell_fates, overlaps, pooled, summary
 from unetile.evaluation.metrics.sizes import size_table
-from unetile.evaluation.report import bin_span, share
+from unetile.evaluation.tables import bin_span, share
 from unetile.io import list_images, read_image
 
 #: Diameter bins (px) of the size table: the DSB 2018 nuclei run from 4 to 100 px, most 8-35.

@@ -33,7 +33,8 @@ import numpy as np
 from ..errors import UserInputError
 from ..io import atomic_path, list_images, read_image
 from . import metrics
-from .report import CELL_COLUMNS, _readable, aligned, cell_rows, format_size_table
+from .report import _readable
+from .tables import CELL_COLUMNS, aligned, cell_rows, format_size_table
 
 __all__ = [
     "TABLE_COLUMNS",

@@ -21,7 +21,8 @@ from ..errors import UserInputError
 from ..io import atomic_path
 from . import metrics
 from .report import (_CSS, CELL_COLOURS, _display_factor, _figure, _grey_image, _legend_html, _png_uri, _readable,
-                     cells_overlay, matched_cells, outline_cells, prob8_of, size_table_html)
+                     cells_overlay, matched_cells, outline_cells, prob8_of)
+from .tables import size_table_html
 from .volumes import volume_headings, volume_rows
 
 __all__ = ["cells_on_planes", "write_volume_report"]

@@ -25,7 +25,7 @@ from ..errors import UserInputError, reading
 from ..io import TIFF_SUFFIXES, list_images, read_image, voxel_size
 from . import metrics
 from .evaluate import check_values, match_stems, to_plane, write_json
-from .report import CELL_COLUMNS, aligned, cell_values, format_size_table
+from .tables import CELL_COLUMNS, aligned, cell_values, format_size_table
 
 __all__ = ["DIMS", "VolumePairs", "is_volume_file", "resolve_dims", "read_volume", "load_volume_pairs",
            "format_volume_table", "run_evaluate_volumes"]
