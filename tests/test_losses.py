@@ -68,3 +68,21 @@ def test_skeleton_recall_without_a_skeleton_is_an_error():
     target, _ = _gap_case()
     with pytest.raises(ValueError, match="skeleton"):
         segmentation_loss(torch.zeros(1, 1, 40, 9), target, torch.ones(1, 40, 9), "bce", None, 1.0)
+
+
+def test_flow_loss_weighs_the_cell_and_the_flows_by_the_weight():
+    """Doubling a pixel's weight doubles both its cross entropy and its flow error; weight 0
+    removes both (a flows net's sparse labels and small-cell weights)."""
+    torch.manual_seed(0)
+    logits, target = torch.randn(1, 3, 4, 4), torch.rand(1, 3, 4, 4)
+    target[:, 0] = (target[:, 0] > 0.5).float()
+    ones = torch.ones(1, 4, 4)
+    heavy = ones.clone()
+    heavy[0, 1, 2] = 3.0
+    def loss(weight: torch.Tensor) -> float:
+        return segmentation_loss(logits, target, weight, "weighted-ce").item()
+
+    only = torch.zeros(1, 4, 4)
+    only[0, 1, 2] = 1.0
+    assert loss(heavy) - loss(ones) == pytest.approx(2 * loss(only), rel=1e-5)
+    assert loss(torch.zeros(1, 4, 4)) == 0.0

@@ -418,3 +418,17 @@ def test_the_automatic_cell_diameter_is_off_for_flows_the_median_for_others_and_
     assert net_cell_diameter(dataclasses.replace(flows, cell_target="foreground"), ids) == pytest.approx(median)
     assert net_cell_diameter(flows, ids, {"metadata": {"cell_diameter": 17.0}}) == 17.0
     assert net_cell_diameter(dataclasses.replace(flows, cell_diameter=12.0), ids) == 12.0
+
+
+def test_small_cells_weigh_4_by_default_and_runs_from_before_resume_at_1(tmp_path, data):
+    """New runs get SMALL_CELL_WEIGHT; resuming a run whose config.json predates the setting keeps
+    its loss (every cell 1), and a saved value is kept."""
+    from unetile.training.config import SMALL_CELL_WEIGHT, resume_config
+
+    assert tiny(data, tmp_path / "new").resolved().small_cell_weight == SMALL_CELL_WEIGHT == 4.0
+    (tmp_path / "config.json").write_text(json.dumps({"train": {"data": str(data), "seed": 3}}))
+    assert resume_config(TrainConfig(), tmp_path).small_cell_weight == 1.0
+    (tmp_path / "config.json").write_text(json.dumps({"train": {"data": str(data), "small_cell_weight": 2.0}}))
+    assert resume_config(TrainConfig(), tmp_path).small_cell_weight == 2.0
+    with pytest.raises(UserInputError, match="--small-cell-weight must be >= 1"):
+        tiny(data, tmp_path / "bad", small_cell_weight=0.5).resolved()

@@ -9,6 +9,7 @@ from unetile.training.weights import (
     cells_from_mask,
     class_balance_weights,
     nearest_two_distances,
+    small_cell_weights,
 )
 
 
@@ -64,3 +65,30 @@ def test_background_skeleton_is_the_centre_line_of_each_gap():
     assert np.array_equal(np.nonzero(skeleton[2:-2])[1], np.full(16, 5))
     # Soft labels (foreground fractions): background is a fraction below one half.
     assert np.array_equal(background_skeleton(np.where(classes > 0, 0.9, 0.2).astype(np.float32)), skeleton)
+
+
+def test_small_cell_weights_lift_cells_below_the_median_to_its_weight():
+    """Cells of 100, 40 and 4 px: the median is 40, so the 100-px cell weighs 1 (never less), the
+    40-px one 1 and the 4-px one 40 / 4 = 10, held to ``most``; background 1; 1 turns it off."""
+    ids = np.zeros((20, 20), np.int64)
+    ids[0:10, 0:10], ids[12:14, 12:14], ids[15:19, 0:10] = 1, 3, 2
+    w = small_cell_weights(ids, most=4.0)
+    assert w.dtype == np.float32 and w[ids == 0].tolist() == [1.0] * int((ids == 0).sum())
+    assert (w[ids == 1] == 1.0).all() and (w[ids == 2] == 1.0).all() and (w[ids == 3] == 4.0).all()
+    assert (small_cell_weights(ids, most=20.0)[ids == 3] == 10.0).all()
+    assert (small_cell_weights(ids, most=1.0) == 1.0).all() and (small_cell_weights(ids * 0, 4.0) == 1.0).all()
+
+
+def test_a_flows_items_weights_are_its_small_cell_weights_times_the_annotation():
+    """prepare: a flows run's weight is 1 without --small-cell-weight (the loss as before), the
+    small-cell weights with it, and 0 where a sparse label marks pixels not annotated."""
+    from unetile.training.data import Targets, prepare
+
+    ids = np.zeros((32, 32), np.int64)
+    ids[2:12, 2:12], ids[20:22, 20:22], ids[14:18, 2:12] = 1, 3, 2
+    ids[30:, 30:] = 9  # not annotated
+    pair = [("a", ids[None].astype(np.float32), ids, None, "a")]
+    plain = prepare(pair, Targets(weight_map=True, cell_target="flows", ignore_label=9))[0].weight
+    heavy = prepare(pair, Targets(weight_map=True, cell_target="flows", ignore_label=9, small_cell_weight=4.0))[0].weight
+    assert set(np.unique(plain).tolist()) == {0.0, 1.0} and (plain[30:, 30:] == 0).all()
+    assert (heavy[ids == 3] == 4.0).all() and (heavy[30:, 30:] == 0).all() and (heavy[ids == 1] == 1.0).all()

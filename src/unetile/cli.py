@@ -214,6 +214,9 @@ def _add_train_model(m: argparse._ArgumentGroup) -> None:
     m.add_argument("--zoom", type=float, metavar="Z",
                    help="images: zoom each training tile by a factor drawn log-uniform in [1/Z, Z], so that the net "
                         "sees cells at several sizes (default: 1, off)")
+    m.add_argument("--small-cell-weight", type=float, metavar="W",
+                   help="flows: a cell smaller than its image's median weighs the median area / its area in the "
+                        "loss, at most W (default: 4; 1: every cell the same)")
     m.add_argument("--label-offset", metavar="auto|none|DY,DX",
                    help="labels drawn off the image's pixel grid: estimate the offset (auto), give it in px, or "
                         "none; images are resampled onto the labels' grid, in training and by predict "
@@ -232,9 +235,9 @@ def _run_train(args: argparse.Namespace) -> int | None:
     names = ["data", "images", "labels", "val", "val_fraction", "classes", "out", "preset", "init", "epochs", "seed",
              "device", "precision", "workers", "tiles_on", "select_by", "width", "depth", "padding", "up_mode", "dropout",
              "tile_size", "batch_size", "samples_per_epoch", "loss", "optimizer", "lr", "momentum", "ema",
-             "weight_map", "w0", "sigma", "class_balance", "skeleton_recall", "cell_target", "cell_diameter", "elastic",
-             "elastic_sigma", "flips", "grey", "soft_labels", "zoom", "label_offset", "batch_norm", "dist_timeout",
-             "dims", "voxel_size", "ignore_label"]
+             "weight_map", "w0", "sigma", "class_balance", "skeleton_recall", "cell_target", "cell_diameter",
+             "small_cell_weight", "elastic", "elastic_sigma", "flips", "grey", "soft_labels", "zoom", "label_offset",
+             "batch_norm", "dist_timeout", "dims", "voxel_size", "ignore_label"]
     cfg = TrainConfig(**{n: getattr(args, n) for n in names if getattr(args, n) is not None},
                       time_limit=parse_duration(args.time_limit) if args.time_limit else None,
                       calibrate_tta=not args.no_calibrate_tta, skip_nonfinite=args.skip_nonfinite)

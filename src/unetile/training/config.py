@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 
 SELECT_BY = ("score", "loss", "pixel_error", "adapted_rand_error", "rand_error", "v_rand", "dice")
 MAXIMISE = {"v_rand", "dice"}
+#: Flows: the most a small cell weighs (`weights.small_cell_weights`). 4 lifts a nucleus of half the
+#: median's diameter to the median's weight; on the DSB split at 15 minutes it raised AP@0.5 from
+#: 0.775 (4 seeds) to 0.783 and 0.790 (2 seeds; mean AP unchanged: docs/results.md, fifteenth session).
+SMALL_CELL_WEIGHT = 4.0
 
 
 @dataclass
@@ -77,6 +81,9 @@ class TrainConfig:
     # the net (cell_size.py); "auto": the training labels' median (an --init model's where it has one);
     # "off": images at their own size. Resolved by setup.load_data to a number or "off".
     cell_diameter: float | str | None = None
+    # Flows: a cell smaller than its image's median weighs median area / its area in the loss, at
+    # most this (default 4; 1: every cell weighs 1; weights.small_cell_weights).
+    small_cell_weight: float | None = None
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     device: str | None = None
     workers: int | None = None
@@ -109,7 +116,7 @@ class TrainConfig:
         base = dict(depth=4, up_mode="transpose", batch_norm=True, momentum=0.9, centre_crop=False, workers=None,
                     ema=0.0, class_balance=True, w0=10.0, sigma=5.0, skeleton_recall=0.0, label_offset="none",
                     soft_labels=False, cell_target="auto", elastic_sigma=10.0,
-                    cell_diameter="auto")
+                    cell_diameter="auto", small_cell_weight=SMALL_CELL_WEIGHT)
         out = dataclasses.replace(self, dims=dims, voxel_size=voxels)
         for name, value in {**base, **values}.items():
             if getattr(out, name) is None:
@@ -148,6 +155,8 @@ class TrainConfig:
             raise UserInputError(f"--zoom must be >= 1 (1: off), got {out.zoom}")
         if out.zoom != 1.0 and out.tiles_on == "device":
             raise UserInputError("--tiles-on device cannot zoom tiles (--zoom); use --tiles-on cpu")
+        if not 1.0 <= out.small_cell_weight < math.inf:
+            raise UserInputError(f"--small-cell-weight must be >= 1 (1: off), got {out.small_cell_weight}")
         if out.elastic_sigma <= 0:
             raise UserInputError(f"--elastic-sigma must be > 0, got {out.elastic_sigma}")
         if out.classes is not None and out.classes < 2:
@@ -262,6 +271,7 @@ def resume_config(cfg: TrainConfig, run: Path) -> TrainConfig:
     except (OSError, ValueError, KeyError) as e:
         raise UserInputError(f"{run / 'config.json'}: cannot resume from this run folder ({e})") from e
     known = {f.name for f in dataclasses.fields(TrainConfig)}
+    saved.setdefault("small_cell_weight", 1.0)  # runs from before the setting weighed every cell 1
     overrides = {k: v for k, v in dataclasses.asdict(cfg).items()
                  if k in ("epochs", "time_limit", "device", "workers", "tiles_on") and v is not None}
     resumed = dataclasses.replace(TrainConfig(**{k: v for k, v in saved.items() if k in known}), **overrides)

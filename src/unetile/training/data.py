@@ -44,7 +44,7 @@ from ..io import list_images, read_image
 from ..neighbours import shifted
 from ..normalization import Normalization, normalize
 from .augment import Augmentation, AugmentDraw, augment_region, draw_augmentation, region_margins
-from .weights import background_skeleton, border_weight_map, cells_from_mask
+from .weights import background_skeleton, border_weight_map, cells_from_mask, small_cell_weights
 
 
 @dataclass
@@ -268,7 +268,8 @@ class Targets:
     `setup.automatic_weight_map`). ``spacing``: a volume's voxel size (z, y, x), for physical
     distances; ``ignore_label``: the value of not-annotated pixels (`without_ignored`);
     ``net_diameter``: images with instance ids are first rescaled so that their median cell is
-    this many px across (`at_net_scale`).
+    this many px across (`at_net_scale`); ``small_cell_weight``: flows, the most a cell smaller
+    than the image's median weighs (`weights.small_cell_weights`; 1: all cells weigh 1).
     """
 
     n_classes: int | None = None
@@ -281,6 +282,7 @@ class Targets:
     spacing: tuple[float, ...] | None = None
     ignore_label: int | None = None
     net_diameter: float | None = None
+    small_cell_weight: float = 1.0
 
 
 def prepare(pairs: list[tuple[str, np.ndarray, np.ndarray, Path, Path]], targets: Targets) -> list[LabelledImage]:
@@ -309,6 +311,8 @@ def prepare(pairs: list[tuple[str, np.ndarray, np.ndarray, Path, Path]], targets
             weight = border_weight_map(cells, t.w0, t.sigma, n_out, ids, t.class_balance, t.spacing, annotated)
         else:
             weight = np.ones(classes.shape, np.float32) if annotated is None else annotated.astype(np.float32)
+            if flows is not None:
+                weight *= small_cell_weights(label if is_ids else cells, t.small_cell_weight)
         items.append(LabelledImage(name, normalize(image, t.normalization), classes, weight,
                                    label.astype(np.int32) if is_ids else None, annotated, flows, factor, own_ids))
     return items

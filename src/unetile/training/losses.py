@@ -53,13 +53,13 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.
 def flow_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """A flows net (flows.py): logits (N, 3, H, W) (cell logit, flows y and x times `FLOW_SCALE`)
     against the target (N, 3, H, W) (cell 0/1, unit flows): binary cross entropy of the cell
-    (weighted by ``weight``) plus, on pixels of weight > 0, the squared error of the flows
-    summed over y and x and divided by 4 (Cellpose 3's loss: the mean over both components, halved).
-    Divided by the pixel count, as `segmentation_loss`."""
-    mask = (weight > 0).float()
+    plus the squared error of the flows summed over y and x and divided by 4 (Cellpose 3's loss:
+    the mean over both components, halved), both weighted by ``weight`` (0 where not annotated,
+    more on small cells: `weights.small_cell_weights`). Divided by the pixel count, as
+    `segmentation_loss`."""
     cell = F.binary_cross_entropy_with_logits(logits[:, 0], target[:, 0], reduction="none")
     flow_error = ((logits[:, 1:] - FLOW_SCALE * target[:, 1:]) ** 2).sum(dim=1)
-    return ((cell * weight).sum() + (flow_error * mask).sum() / 4) / cell.numel()
+    return ((cell * weight).sum() + (flow_error * weight).sum() / 4) / cell.numel()
 
 
 def skeleton_recall_loss(background: torch.Tensor, skeleton: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:

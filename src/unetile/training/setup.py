@@ -125,7 +125,7 @@ def build_run(cfg: TrainConfig, folder: Path, ctx: distributed.Context, device: 
     log.info("training %s: %d train / %d val %s, tile %s -> %s, batch %d x %d process(es), %s, %s on %s",
              cfg.preset, len(train_items), len(val_items), "volumes" if cfg.dims == 3 else "images",
              _size_text(tile), _size_text(out_size), cfg.batch_size, ctx.world,
-             "flows + cell cross entropy" if cell_target == "flows" else cfg.loss, precision, device)
+             _loss_text(cfg, cell_target), precision, device)
     calibration_items = calibration_subset(val_items, cfg.time_limit)
     return Run(cfg=cfg, folder=folder, ctx=ctx, device=device, precision=precision, raw=raw, model=raw, ema=ema,
                optimizer=optimizer, scaler=torch.amp.GradScaler("cuda", enabled=precision == "fp16"), loader=loader,
@@ -380,6 +380,15 @@ def with_weight_map_decided(cfg: TrainConfig, pairs: list[tuple]) -> TrainConfig
     return cfg
 
 
+def _loss_text(cfg: TrainConfig, cell_target: str) -> str:
+    """The loss as the log names it."""
+    if cell_target != "flows":
+        return cfg.loss
+    if cfg.small_cell_weight > 1.0:
+        return f"flows + cell cross entropy (cells under their image's median up to {cfg.small_cell_weight:g}x)"
+    return "flows + cell cross entropy"
+
+
 def prepared(cfg: TrainConfig, pairs: list[tuple]) -> list[LabelledImage]:
     """`read_pairs` tuples -> `LabelledImage` items as ``cfg`` (its weight map and cell settings
     decided) wants them."""
@@ -388,7 +397,7 @@ def prepared(cfg: TrainConfig, pairs: list[tuple]) -> list[LabelledImage]:
     targets = Targets(n_classes=cfg.classes, normalization=Normalization.from_dict(cfg.normalization),
                       weight_map=cfg.weight_map, w0=cfg.w0, sigma=cfg.sigma, class_balance=cfg.class_balance,
                       cell_target=cfg.cell_target, spacing=spacing, ignore_label=cfg.ignore_label,
-                      net_diameter=cfg.net_diameter)
+                      net_diameter=cfg.net_diameter, small_cell_weight=cfg.small_cell_weight)
     return prepare(pairs, targets)
 
 
