@@ -3,6 +3,13 @@
 Images of any bit depth (8/16-bit, float) are mapped per image and per channel so that the
 ``low`` percentile goes to 0 and the ``high`` percentile to 1. The settings are stored in
 every checkpoint, so prediction normalises exactly as training did.
+
+A nearly empty image (a nucleus or two in a field of noise) has its ``high`` percentile in the
+noise: stretched to 1, the noise looks like cells to the net (on the DSB 2018 split one such
+image gave 4-290 false nuclei, depending on the run). So the upper value is held to at least
+``floor`` of the way from the low value to the ``peak`` percentile (the brightest objects). In
+an image with a fair share of bright objects the ``high`` percentile is above that and nothing
+changes (every ISBI 2012 slice and 85% of the DSB fluorescence images at the default 0.5).
 """
 
 from __future__ import annotations
@@ -21,26 +28,41 @@ _MAX_SAMPLES = 4_000_000
 class Normalization:
     low: float = 1.0  # percentile (0-100) mapped to 0
     high: float = 99.0  # percentile (0-100) mapped to 1
+    # the value mapped to 1 is at least low + floor x (the peak percentile - low); 0: off, as in
+    # checkpoints from before the setting
+    floor: float = 0.5
+    peak: float = 99.9
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.low < self.high <= 100.0:
             raise ValueError(f"need 0 <= low < high <= 100 percentiles, got {self.low}, {self.high}")
+        if not (0.0 <= self.floor <= 1.0 and self.high <= self.peak <= 100.0):
+            raise ValueError(f"need 0 <= floor <= 1 and high <= peak <= 100, got {self.floor}, {self.peak}")
 
     def to_dict(self) -> dict:
         return {"kind": "percentile", **asdict(self)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Normalization":
-        return cls(low=float(d["low"]), high=float(d["high"]))
+        """Checkpoints from before the floor have none (0)."""
+        return cls(low=float(d["low"]), high=float(d["high"]), floor=float(d.get("floor", 0.0)),
+                   peak=float(d.get("peak", 99.9)))
 
     def statistics(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel (low, high) values of ``image`` (C, H, W) or a volume's (C, Z, Y, X);
         each array has shape (C,)."""
         c, spatial = image.shape[0], image.shape[1:]
         step = subsample_step(math.prod(spatial), _MAX_SAMPLES, len(spatial))
-        sample = np.asarray(image[(slice(None), *(slice(None, None, step),) * len(spatial))]).reshape(c, -1)
-        lo, hi = np.percentile(sample, [self.low, self.high], axis=1).astype(np.float32)
-        return lo, hi
+        return self.limits(np.asarray(image[(slice(None), *(slice(None, None, step),) * len(spatial))]).reshape(c, -1))
+
+    def limits(self, sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel (low, high) values, each (C,) float32, of a (C, N) sample of the pixels."""
+        if self.floor == 0.0:
+            lo, hi = np.percentile(sample, [self.low, self.high], axis=1).astype(np.float32)
+            return lo, hi
+        lo, hi, peak = np.percentile(sample, [self.low, self.high, self.peak], axis=1)
+        # np.maximum returns hi itself where it is larger: those images normalise to the same bits
+        return lo.astype(np.float32), np.maximum(hi, lo + self.floor * (peak - lo)).astype(np.float32)
 
 
 def subsample_step(count: int, budget: int, dims: int) -> int:

@@ -252,7 +252,7 @@ def _check_axes(path: Path, axes: str) -> None:
 def sample_statistics(image: ChunkedImage, n: int, normalization: Normalization,
                       max_pixels: int = _MAX_SAMPLE_PIXELS,
                       transform: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel (low, high) percentiles of plane (or volume) ``n`` from whole chunks on a
+    """Per-channel (low, high) values (`Normalization.limits`) of plane (or volume) ``n`` from whole chunks on a
     regular grid.
 
     At most ``max_pixels`` px (voxels) are read: every chunk where the plane is that small
@@ -270,6 +270,4 @@ def sample_statistics(image: ChunkedImage, n: int, normalization: Normalization,
         chunk = image.window(n, *(slice(i * c, (i + 1) * c) for i, c in zip(coords, chunks)))
         chunk = transform(chunk) if transform is not None else chunk
         parts.append(chunk.reshape(chunk.shape[0], -1))
-    sample = np.concatenate(parts, axis=1)
-    lo, hi = np.percentile(sample, [normalization.low, normalization.high], axis=1).astype(np.float32)
-    return lo, hi
+    return normalization.limits(np.concatenate(parts, axis=1))

@@ -27,7 +27,7 @@ SELECT_BY = ("score", "loss", "pixel_error", "adapted_rand_error", "rand_error",
 MAXIMISE = {"v_rand", "dice"}
 #: Flows: the most a small cell weighs (`weights.small_cell_weights`). 4 lifts a nucleus of half the
 #: median's diameter to the median's weight; on the DSB split at 15 minutes it raised AP@0.5 from
-#: 0.775 (4 seeds) to 0.783 and 0.790 (2 seeds; mean AP unchanged: docs/results.md, fifteenth session).
+#: 0.755 +- 0.028 (2 seeds, same code) to 0.787 +- 0.004 (3 seeds; mean AP unchanged: docs/results.md).
 SMALL_CELL_WEIGHT = 4.0
 
 
