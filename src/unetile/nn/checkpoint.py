@@ -103,6 +103,8 @@ def _record_problem(record: dict) -> str | None:
     norm = metadata.get("normalization", {"low": 1.0, "high": 99.0})
     if not isinstance(norm, dict) or not all(_is_number(norm.get(k)) for k in ("low", "high")):
         return f"its normalization {norm!r} is not {{low, high}} percentiles"
+    if any(k in norm and not _is_number(norm[k]) for k in ("floor", "peak")):
+        return f"its normalization {norm!r} has a floor or peak that is not a number"
     shift = metadata.get("input_shift", (0.0, 0.0))
     if not isinstance(shift, (list, tuple)) or len(shift) != 2 or not all(_is_number(s) for s in shift):
         return f"its input_shift {shift!r} is not two numbers (dy, dx)"

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import write_image
+from ..normalization import Normalization
 
 _VALIDATION_NAMES = {"pixel_error": "pixel error", "adapted_rand_error": "adapted Rand error",
                      "rand_error": "Rand error", "v_rand": "V_rand", "dice": "Dice", "loss": "validation loss",
@@ -64,14 +65,25 @@ def model_card(model_path: Path, model, metadata: dict, record: dict, info, samp
              "## Limitations", "",
              "- Trained on the images described above; other microscopes, stains or scales need checking "
              "(compare with a few hand-labelled images) and usually fine-tuning (`unetile train --init`).",
-             "- Each image is normalised by its own 1st and 99th percentiles; an image that is nearly empty "
-             "or saturated normalises badly.",
+             _normalization_line(metadata),
              f"- Cells: the package gives {_cells_line(metadata)} is done by `unetile predict --instances`.", "",
              "## Test image", "", f"`{sample}`" if sample else "a fixed random image (no training image was at hand)",
              "", "## Citation", "", f"{info.cite and 'See the citations of this package; ' or ''}"
              "Ronneberger O., Fischer P., Brox T. U-Net: Convolutional Networks for Biomedical Image "
              "Segmentation. MICCAI 2015. doi:10.1007/978-3-319-24574-4_28", ""]
     return "\n".join(lines)
+
+
+def _normalization_line(metadata: dict) -> str:
+    """How images are normalised, and where that goes wrong (`normalization.Normalization`)."""
+    norm = Normalization.from_dict(metadata.get("normalization", {"low": 1.0, "high": 99.0}))
+    own = f"- Each image is normalised by its own percentiles {norm.low:g} and {norm.high:g}"
+    if norm.floor == 0.0:
+        return f"{own}; an image that is nearly empty or saturated normalises badly."
+    return (f"{own}, the upper value held to at least {norm.floor:g} of the way to the {norm.peak:g} percentile, so "
+            "that a nearly empty field's noise is not stretched into cells. The package's `scale_range` "
+            "cannot hold that floor: on a nearly empty image use `unetile predict`. A saturated image "
+            "normalises badly.")
 
 
 def _cells_line(metadata: dict) -> str:

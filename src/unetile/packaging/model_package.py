@@ -120,6 +120,16 @@ def scale_range(image: np.ndarray, metadata: dict) -> np.ndarray:
     return ((image - low) / (high - low + _EPS)).astype(np.float32)
 
 
+def _input_text(spatial_dims: int, norm: dict) -> str:
+    """The input tensor's description: what is scaled, and the floor `scale_range` leaves out."""
+    text = ("the raw image; each channel scaled by its own percentiles" if spatial_dims == 2
+            else "the raw volume; each channel scaled by its own percentiles over the whole volume")
+    if norm.get("floor", 0.0) > 0.0:
+        text += (f" (unetile also holds the upper value to at least {norm['floor']:g} of the way to the "
+                 f"{norm['peak']:g} percentile, which scale_range cannot: nearly empty images differ)")
+    return text
+
+
 def _check_request(out: Path, info: PackageInfo) -> None:
     if not info.authors or not all(a.strip() for a in info.authors):
         raise UserInputError("--author is required for a BioImage.IO package (give each author's name; repeat it)")
@@ -217,8 +227,7 @@ def _describe(packaged: PackagedNet, kwargs: dict, metadata: dict, info: Package
     image = spec.TensorId("image")
     spatial, input_axes, output_axes = _space_axes(packaged, metadata, image)
     inputs = [spec.InputTensorDescr(
-        id=image, description="the raw image; each channel scaled by its own percentiles" if config.spatial_dims == 2
-        else "the raw volume; each channel scaled by its own percentiles over the whole volume",
+        id=image, description=_input_text(config.spatial_dims, norm),
         axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier(f"channel{i}")
                                                                 for i in range(config.in_channels)]), *input_axes],
         test_tensor=spec.FileDescr(source=work / "test_input.npy"),
