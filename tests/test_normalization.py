@@ -1,15 +1,19 @@
-"""Per-image normalisation: percentiles, and the floor that keeps a nearly empty image's noise low."""
+"""Per-image normalisation: percentiles, and the floor that keeps a nearly empty image's noise low
+in prediction."""
 
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from unetile import Normalization, UserInputError, load_model, save_model
+from unetile import Normalization, PredictOptions, UserInputError, load_model, save_model
+from unetile.inference.predictor import Predictor
 from unetile.normalization import normalize
 from unetile.packaging.model_card import model_card
 
 from .conftest import tiny_unet
+
+FLOORED = Normalization(floor=0.5)
 
 
 def _noise_and_one_nucleus(rng) -> np.ndarray:
@@ -21,39 +25,66 @@ def _noise_and_one_nucleus(rng) -> np.ndarray:
 
 def test_a_nearly_empty_image_is_not_stretched_into_its_noise(rng):
     image = _noise_and_one_nucleus(rng)
-    lo, hi = Normalization().statistics(image)
+    lo, hi = FLOORED.statistics(image)
     low, p99 = np.percentile(image, [1, 99])
     # the 99.9th percentile (the brightest 10 px) lies in the nucleus: 200
     assert hi[0] == pytest.approx(low + 0.5 * (200.0 - low)) and hi[0] > 10 * p99
-    out = normalize(image, Normalization())
+    out = normalize(image, FLOORED)
     assert out[0, 42, 62] == pytest.approx(2.0, abs=0.01)  # the nucleus twice the value mapped to 1
     assert out[0, :30].max() < 0.11  # the noise stays near 0 (without the floor it spans 0-1)
-    assert normalize(image, Normalization(floor=0.0))[0, :30].max() > 0.95
+    assert normalize(image, Normalization())[0, :30].max() > 0.95  # training's normalisation: no floor
 
 
 def test_an_image_with_many_bright_cells_normalises_to_the_same_bits_as_without_the_floor(rng):
     image = rng.uniform(0, 10, (1, 100, 100))
     image[0, :, :20] = rng.uniform(150, 200, (100, 20))  # 20% bright
-    plain = Normalization(floor=0.0)
-    assert np.array_equal(normalize(image, Normalization()), normalize(image, plain))
+    assert np.array_equal(normalize(image, FLOORED), normalize(image, Normalization()))
 
 
 def test_the_floor_is_per_channel(rng):
     image = np.concatenate([_noise_and_one_nucleus(rng), rng.uniform(0, 100, (1, 100, 100))])
-    lo, hi = Normalization().statistics(image)
-    plain_lo, plain_hi = Normalization(floor=0.0).statistics(image)
+    lo, hi = FLOORED.statistics(image)
+    plain_lo, plain_hi = Normalization().statistics(image)
     assert np.array_equal(lo, plain_lo)
     assert hi[0] > 5 * plain_hi[0] and hi[1] == plain_hi[1]
 
 
-def test_checkpoints_from_before_the_floor_keep_none_and_new_ones_record_it(tmp_path, rng):
+def test_checkpoints_hold_no_floor_and_prediction_adds_it(tmp_path, rng):
     old = Normalization.from_dict({"kind": "percentile", "low": 1.0, "high": 99.0})
-    assert old == Normalization(floor=0.0)
+    assert old == Normalization() and old.floor == 0.0
     image = _noise_and_one_nucleus(rng)
     assert np.array_equal(old.statistics(image)[1], np.percentile(image, [99], axis=(1, 2))[0].astype(np.float32))
     assert Normalization.from_dict(Normalization(2, 98, 0.3, 99.5).to_dict()) == Normalization(2, 98, 0.3, 99.5)
-    save_model(tiny_unet(), tmp_path / "m.pt")
-    assert load_model(tmp_path / "m.pt")[1]["normalization"]["floor"] == 0.5
+    save_model(tiny_unet(), tmp_path / "m.pt", normalization=Normalization(2, 98))
+    assert load_model(tmp_path / "m.pt")[1]["normalization"]["floor"] == 0.0
+    net, metadata = load_model(tmp_path / "m.pt")
+    assert Predictor(net, metadata).normalization == Normalization(2, 98, floor=0.5)
+    assert Predictor(net, metadata, PredictOptions(normalization_floor=0.0)).normalization == Normalization(2, 98)
+
+
+def test_predict_on_a_nearly_empty_image_uses_the_floor(tmp_path, rng):
+    """`unetile predict` (the default floor) against --normalization-floor 0 (as in training): the
+    image's normalised noise is what the net sees, so the two outputs differ, and the floored one
+    equals predict_tiled with the floored normalisation."""
+    from PIL import Image
+
+    from unetile import predict_tiled
+    from unetile.cli import main
+
+    net = tiny_unet()
+    save_model(net, tmp_path / "m.pt")
+    image = _noise_and_one_nucleus(rng)[0].astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    for floor in ("0.5", "0"):
+        assert main(["predict", "--model", str(tmp_path / "m.pt"), "--input", str(tmp_path / "a.png"), "--out",
+                     str(tmp_path / floor), "--format", "tif", "--precision", "fp32",
+                     "--normalization-floor", floor]) == 0
+    import tifffile
+
+    floored, plain = (tifffile.imread(tmp_path / f / "a.tif") for f in ("0.5", "0"))
+    assert not np.allclose(floored, plain)
+    expected = predict_tiled(net, image.astype(np.float32), normalization=FLOORED, precision="fp32")
+    np.testing.assert_allclose(floored, expected.squeeze(), atol=1e-5)
 
 
 @pytest.mark.parametrize("floor, peak", [(-0.1, 99.9), (1.5, 99.9), (0.5, 98.0), (0.5, 100.5)])
@@ -71,7 +102,5 @@ def test_a_checkpoint_whose_floor_is_not_a_number_is_refused(tmp_path):
 
 def test_the_model_card_says_where_the_package_differs(tmp_path):
     info = SimpleNamespace(name="nuclei", description=None, cite=None)
-    new = model_card(tmp_path / "m.pt", tiny_unet(), {"normalization": Normalization().to_dict()}, {}, info, None)
-    assert "0.5 of the way to the 99.9 percentile" in new and "scale_range" in new
-    old = model_card(tmp_path / "m.pt", tiny_unet(), {}, {}, info, None)
-    assert "nearly empty or saturated normalises badly" in old and "scale_range" not in old
+    card = model_card(tmp_path / "m.pt", tiny_unet(), {"normalization": Normalization().to_dict()}, {}, info, None)
+    assert "half-way to the 99.9 percentile" in card and "scale_range` cannot" in card

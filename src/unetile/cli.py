@@ -60,6 +60,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--diameter", type=float, metavar="PX",
                    help="models trained with a cell diameter: the cells' diameter in these images, px (default: "
                         "estimated per image by a first pass; images are rescaled to the model's cell size)")
+    p.add_argument("--normalization-floor", type=float, default=0.5, metavar="F",
+                   help="a nearly empty image's upper normalisation value is held to at least F of the way to "
+                        "its 99.9th percentile, so that its noise is not read as cells (default: 0.5; 0: as in training)")
     p.set_defaults(run=_run_predict)
 
 
@@ -86,6 +89,7 @@ def _run_predict(args: argparse.Namespace) -> int | None:
         resume=args.resume,
         compile=args.compile,
         diameter=args.diameter,
+        normalization_floor=args.normalization_floor,
     )
     written = predict_files(args.model, args.input, args.out, options, device=args.device, cluster=args.cluster,
                             block_px=args.block_size)

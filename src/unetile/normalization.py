@@ -6,10 +6,12 @@ every checkpoint, so prediction normalises exactly as training did.
 
 A nearly empty image (a nucleus or two in a field of noise) has its ``high`` percentile in the
 noise: stretched to 1, the noise looks like cells to the net (on the DSB 2018 split one such
-image gave 4-290 false nuclei, depending on the run). So the upper value is held to at least
-``floor`` of the way from the low value to the ``peak`` percentile (the brightest objects). In
-an image with a fair share of bright objects the ``high`` percentile is above that and nothing
-changes (every ISBI 2012 slice and 85% of the DSB fluorescence images at the default 0.5).
+image gave 0-290 false nuclei, depending on the run). So prediction holds the upper value to at
+least ``floor`` of the way from the low value to the ``peak`` percentile (the brightest objects;
+`PredictOptions.normalization_floor`, 0.5). In an image with a fair share of bright objects the
+``high`` percentile is above that and nothing changes (every ISBI 2012 slice, 84% of the DSB
+fluorescence images). Training normalises without it (``floor`` 0): nets trained with it made
+more cells out of fields of pure noise, whose 99.9th percentile is noise too (docs/results.md).
 """
 
 from __future__ import annotations
@@ -28,9 +30,8 @@ _MAX_SAMPLES = 4_000_000
 class Normalization:
     low: float = 1.0  # percentile (0-100) mapped to 0
     high: float = 99.0  # percentile (0-100) mapped to 1
-    # the value mapped to 1 is at least low + floor x (the peak percentile - low); 0: off, as in
-    # checkpoints from before the setting
-    floor: float = 0.5
+    # the value mapped to 1 is at least low + floor x (the peak percentile - low); 0: off
+    floor: float = 0.0
     peak: float = 99.9
 
     def __post_init__(self) -> None:
@@ -44,7 +45,7 @@ class Normalization:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Normalization":
-        """Checkpoints from before the floor have none (0)."""
+        """Checkpoints hold no floor (0): prediction sets it (`PredictOptions.normalization_floor`)."""
         return cls(low=float(d["low"]), high=float(d["high"]), floor=float(d.get("floor", 0.0)),
                    peak=float(d.get("peak", 99.9)))
 

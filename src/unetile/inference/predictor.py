@@ -28,7 +28,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +73,9 @@ class PredictOptions:
     compile: bool = False  # CUDA: torch.compile + CUDA graphs (~10 s per tile shape; pays on large images)
     diameter: float | None = None  # px across of the cells in the input (a model trained with a cell
     #                                diameter); None: estimated per image (`Predictor.cell_scale`)
+    # A nearly empty image's upper normalisation value is held to at least this fraction of the way
+    # to its 99.9th percentile (`normalization.Normalization.floor`); 0: exactly as in training
+    normalization_floor: float = 0.5
 
 
 class Predictor:
@@ -89,7 +92,8 @@ class Predictor:
                  device: torch.device = torch.device("cpu"), source: Path | None = None) -> None:
         self.options, self.device, self.source = options, device, source
         self.metadata = metadata
-        self.normalization = Normalization.from_dict(metadata.get("normalization", Normalization().to_dict()))
+        stored = Normalization.from_dict(metadata.get("normalization", Normalization().to_dict()))
+        self.normalization = replace(stored, floor=options.normalization_floor)
         self.threshold = float(metadata.get("threshold", 0.5))
         self.flips = metadata.get("flips", "dihedral")  # models saved before flips were stored: all 8
         self.input_shift = tuple(metadata.get("input_shift", (0.0, 0.0)))

@@ -77,13 +77,10 @@ def model_card(model_path: Path, model, metadata: dict, record: dict, info, samp
 def _normalization_line(metadata: dict) -> str:
     """How images are normalised, and where that goes wrong (`normalization.Normalization`)."""
     norm = Normalization.from_dict(metadata.get("normalization", {"low": 1.0, "high": 99.0}))
-    own = f"- Each image is normalised by its own percentiles {norm.low:g} and {norm.high:g}"
-    if norm.floor == 0.0:
-        return f"{own}; an image that is nearly empty or saturated normalises badly."
-    return (f"{own}, the upper value held to at least {norm.floor:g} of the way to the {norm.peak:g} percentile, so "
-            "that a nearly empty field's noise is not stretched into cells. The package's `scale_range` "
-            "cannot hold that floor: on a nearly empty image use `unetile predict`. A saturated image "
-            "normalises badly.")
+    return (f"- Each image is normalised by its own percentiles {norm.low:g} and {norm.high:g}; `unetile predict` "
+            f"holds the upper value to at least half-way to the {norm.peak:g} percentile, so that a nearly empty "
+            "field's noise is not read as cells (`--normalization-floor`). The package's `scale_range` cannot: "
+            "on a nearly empty image use `unetile predict`. A saturated image normalises badly.")
 
 
 def _cells_line(metadata: dict) -> str:

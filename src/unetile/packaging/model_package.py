@@ -124,10 +124,7 @@ def _input_text(spatial_dims: int, norm: dict) -> str:
     """The input tensor's description: what is scaled, and the floor `scale_range` leaves out."""
     text = ("the raw image; each channel scaled by its own percentiles" if spatial_dims == 2
             else "the raw volume; each channel scaled by its own percentiles over the whole volume")
-    if norm.get("floor", 0.0) > 0.0:
-        text += (f" (unetile also holds the upper value to at least {norm['floor']:g} of the way to the "
-                 f"{norm['peak']:g} percentile, which scale_range cannot: nearly empty images differ)")
-    return text
+    return text + " (unetile predict floors it: see card)"
 
 
 def _check_request(out: Path, info: PackageInfo) -> None:
