@@ -10,8 +10,9 @@ image gave 0-290 false nuclei, depending on the run). So prediction holds the up
 least ``floor`` of the way from the low value to the ``peak`` percentile (the brightest objects;
 `PredictOptions.normalization_floor`, 0.5). In an image with a fair share of bright objects the
 ``high`` percentile is above that and nothing changes (every ISBI 2012 slice, 84% of the DSB
-fluorescence images). Training normalises without it (``floor`` 0): nets trained with it made
-more cells out of fields of pure noise, whose 99.9th percentile is noise too (docs/results.md).
+fluorescence images). Training normalises without it (``floor`` 0), as before: with it in
+training too, three runs scored what the prediction-only floor gives (docs/results.md). A field of
+pure noise (no bright object: its 99.9th percentile is noise too) is not helped by the floor.
 """
 
 from __future__ import annotations
