@@ -93,6 +93,22 @@ def test_a_floor_or_peak_out_of_range_is_refused(floor, peak):
         Normalization(floor=floor, peak=peak)
 
 
+def test_a_floor_out_of_range_in_prediction_is_one_clear_error(tmp_path, rng, capsys):
+    from PIL import Image
+
+    from unetile.cli import main
+
+    save_model(tiny_unet(), tmp_path / "m.pt")
+    Image.fromarray(_noise_and_one_nucleus(rng)[0].astype(np.uint8)).save(tmp_path / "a.png")
+    net, metadata = load_model(tmp_path / "m.pt")
+    with pytest.raises(UserInputError, match="--normalization-floor must be between 0 and 1"):
+        Predictor(net, metadata, PredictOptions(normalization_floor=1.5))
+    assert main(["predict", "--model", str(tmp_path / "m.pt"), "--input", str(tmp_path / "a.png"), "--out",
+                 str(tmp_path / "out"), "--normalization-floor", "-1"]) == 2
+    assert "--normalization-floor must be between 0 and 1, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_checkpoint_whose_floor_is_not_a_number_is_refused(tmp_path):
     save_model(tiny_unet(), tmp_path / "m.pt", normalization={"kind": "percentile", "low": 1.0, "high": 99.0,
                                                               "floor": "half", "peak": 99.9})

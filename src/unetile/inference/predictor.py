@@ -92,6 +92,8 @@ class Predictor:
                  device: torch.device = torch.device("cpu"), source: Path | None = None) -> None:
         self.options, self.device, self.source = options, device, source
         self.metadata = metadata
+        if not 0.0 <= options.normalization_floor <= 1.0:
+            raise UserInputError(f"--normalization-floor must be between 0 and 1, got {options.normalization_floor}")
         stored = Normalization.from_dict(metadata.get("normalization", Normalization().to_dict()))
         self.normalization = replace(stored, floor=options.normalization_floor)
         self.threshold = float(metadata.get("threshold", 0.5))

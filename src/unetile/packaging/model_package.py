@@ -120,7 +120,7 @@ def scale_range(image: np.ndarray, metadata: dict) -> np.ndarray:
     return ((image - low) / (high - low + _EPS)).astype(np.float32)
 
 
-def _input_text(spatial_dims: int, norm: dict) -> str:
+def _input_text(spatial_dims: int) -> str:
     """The input tensor's description: what is scaled, and the floor `scale_range` leaves out."""
     text = ("the raw image; each channel scaled by its own percentiles" if spatial_dims == 2
             else "the raw volume; each channel scaled by its own percentiles over the whole volume")
@@ -224,7 +224,7 @@ def _describe(packaged: PackagedNet, kwargs: dict, metadata: dict, info: Package
     image = spec.TensorId("image")
     spatial, input_axes, output_axes = _space_axes(packaged, metadata, image)
     inputs = [spec.InputTensorDescr(
-        id=image, description=_input_text(config.spatial_dims, norm),
+        id=image, description=_input_text(config.spatial_dims),
         axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier(f"channel{i}")
                                                                 for i in range(config.in_channels)]), *input_axes],
         test_tensor=spec.FileDescr(source=work / "test_input.npy"),
