@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 SELECT_BY = ("score", "loss", "pixel_error", "adapted_rand_error", "rand_error", "v_rand", "dice")
 MAXIMISE = {"v_rand", "dice"}
 #: Flows: the most a small cell weighs (`weights.small_cell_weights`). 4 lifts a nucleus of half the
-#: median's diameter to the median's weight; on the DSB split at 15 minutes it raised AP@0.5 from
-#: 0.755 +- 0.028 (2 seeds, same code) to 0.787 +- 0.004 (3 seeds; mean AP unchanged: docs/results.md).
+#: median's diameter to the median's weight; on the DSB split at 15 minutes it raised AP@0.5 by about
+#: 0.01 (0.778, 0.777 -> 0.784, 0.793, 0.788 without one nearly empty test image; mean AP unchanged:
+#: docs/results.md, sixteenth session).
 SMALL_CELL_WEIGHT = 4.0
 
 
