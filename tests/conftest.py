@@ -13,7 +13,8 @@ import torch
 from unetile import UNet, init_he
 from unetile.training import TrainConfig
 
-ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+ISBI = SHARED_DATA / "isbi2012"
 
 
 def tiny_unet(seed: int = 0, **kwargs) -> UNet:

@@ -63,6 +63,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--normalization-floor", type=float, default=0.5, metavar="F",
                    help="a nearly empty image's upper normalisation value is held to at least F of the way to "
                         "its 99.9th percentile, so that its noise is not read as cells (default: 0.5; 0: as in training)")
+    p.add_argument("--normalization-noise-floor", type=float, default=10.0, metavar="K",
+                   help="and at least K standard deviations of its pixel noise above its low value, so that a field "
+                        "with no cells stays dark (default: 10; 0: as in training)")
     p.set_defaults(run=_run_predict)
 
 
@@ -90,6 +93,7 @@ def _run_predict(args: argparse.Namespace) -> int | None:
         compile=args.compile,
         diameter=args.diameter,
         normalization_floor=args.normalization_floor,
+        normalization_noise_floor=args.normalization_noise_floor,
     )
     written = predict_files(args.model, args.input, args.out, options, device=args.device, cluster=args.cluster,
                             block_px=args.block_size)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -76,6 +77,9 @@ class PredictOptions:
     # A nearly empty image's upper normalisation value is held to at least this fraction of the way
     # to its 99.9th percentile (`normalization.Normalization.floor`); 0: exactly as in training
     normalization_floor: float = 0.5
+    # ... and to at least this many sd of its pixel noise above its low value, so that a field of
+    # pure noise stays dark (`normalization.Normalization.noise_floor`); 0: off
+    normalization_noise_floor: float = 10.0
 
 
 class Predictor:
@@ -94,8 +98,12 @@ class Predictor:
         self.metadata = metadata
         if not 0.0 <= options.normalization_floor <= 1.0:
             raise UserInputError(f"--normalization-floor must be between 0 and 1, got {options.normalization_floor}")
+        if not 0.0 <= options.normalization_noise_floor < math.inf:
+            raise UserInputError("--normalization-noise-floor must be 0 or more, "
+                                 f"got {options.normalization_noise_floor}")
         stored = Normalization.from_dict(metadata.get("normalization", Normalization().to_dict()))
-        self.normalization = replace(stored, floor=options.normalization_floor)
+        self.normalization = replace(stored, floor=options.normalization_floor,
+                                     noise_floor=options.normalization_noise_floor)
         self.threshold = float(metadata.get("threshold", 0.5))
         self.flips = metadata.get("flips", "dihedral")  # models saved before flips were stored: all 8
         self.input_shift = tuple(metadata.get("input_shift", (0.0, 0.0)))

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserInputError, reading
-from ..normalization import Normalization, subsample_step
+from ..normalization import Normalization, noise_sd, subsample_step
 
 ZARR_SUFFIX = ".zarr"
 _MAX_SAMPLE_PIXELS = 4_000_000  # per plane or volume: as Normalization.statistics on images in memory
@@ -260,14 +260,15 @@ def sample_statistics(image: ChunkedImage, n: int, normalization: Normalization,
     of the chunk grid (k as small as the budget allows), so the sample spans the whole plane.
     Measured on a test image (tests/test_zarr.py): within 1% of the intensity range of the
     full-image percentiles. ``transform`` (C, *window) -> (C', *window) is applied to each
-    chunk first (the model's channel conversion).
+    chunk first (the model's channel conversion). With a ``noise_floor`` the pixel noise is
+    measured in the same chunks (`noise_sd`).
     """
     chunks = image.spatial_chunks
     grid = [math.ceil(length / c) for length, c in zip(image.shape[2:], chunks)]
     step = subsample_step(math.prod(grid) * math.prod(chunks), max_pixels, len(grid))
-    parts = []
+    windows = []
     for coords in itertools.product(*(range(0, g, step) for g in grid)):
         chunk = image.window(n, *(slice(i * c, (i + 1) * c) for i, c in zip(coords, chunks)))
-        chunk = transform(chunk) if transform is not None else chunk
-        parts.append(chunk.reshape(chunk.shape[0], -1))
-    return normalization.limits(np.concatenate(parts, axis=1))
+        windows.append(transform(chunk) if transform is not None else chunk)
+    sample = np.concatenate([w.reshape(w.shape[0], -1) for w in windows], axis=1)
+    return normalization.limits(sample, noise_sd(windows) if normalization.noise_floor else None)
