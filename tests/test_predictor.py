@@ -27,7 +27,8 @@ def test_stored_settings_are_read_and_applied(model_path, rng):
     assert predictor.input_shift == (0.4, -0.25) and predictor.precision == "fp32"
     image = (rng.random((61, 47)) * 255).astype(np.uint8)
     by_hand = predict_tiled(tiny_unet(width=4, depth=3), image, tta=True, flips="horizontal",
-                            normalization=Normalization(low=2.0, high=98.0, floor=0.5, noise_floor=10.0),  # + prediction's
+                            # the stored percentiles and prediction's floors
+                            normalization=Normalization(low=2.0, high=98.0, floor=0.5, noise_floor=10.0),
                             input_shift=(0.4, -0.25))
     np.testing.assert_allclose(predictor.probabilities(image), by_hand, atol=1e-5)
     # predict() writes the calibrated map: 0.5 is the stored threshold

@@ -261,14 +261,17 @@ def sample_statistics(image: ChunkedImage, n: int, normalization: Normalization,
     Measured on a test image (tests/test_zarr.py): within 1% of the intensity range of the
     full-image percentiles. ``transform`` (C, *window) -> (C', *window) is applied to each
     chunk first (the model's channel conversion). With a ``noise_floor`` the pixel noise is
-    measured in the same chunks (`noise_sd`).
+    measured in the same chunks (`noise_sd`); where every chunk is read, in the whole plane, as
+    `Normalization.statistics` does in memory (the same values to the bit).
     """
     chunks = image.spatial_chunks
     grid = [math.ceil(length / c) for length, c in zip(image.shape[2:], chunks)]
     step = subsample_step(math.prod(grid) * math.prod(chunks), max_pixels, len(grid))
-    windows = []
-    for coords in itertools.product(*(range(0, g, step) for g in grid)):
-        chunk = image.window(n, *(slice(i * c, (i + 1) * c) for i, c in zip(coords, chunks)))
-        windows.append(transform(chunk) if transform is not None else chunk)
+    if step == 1:  # every chunk: read as one window, so the noise is measured as on the image in memory
+        windows = [image.window(n, *(slice(0, length) for length in image.shape[2:]))]
+    else:
+        windows = [image.window(n, *(slice(i * c, (i + 1) * c) for i, c in zip(coords, chunks)))
+                   for coords in itertools.product(*(range(0, g, step) for g in grid))]
+    windows = [transform(w) for w in windows] if transform is not None else windows
     sample = np.concatenate([w.reshape(w.shape[0], -1) for w in windows], axis=1)
     return normalization.limits(sample, noise_sd(windows) if normalization.noise_floor else None)
