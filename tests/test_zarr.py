@@ -88,6 +88,20 @@ def test_sample_percentiles_match_the_full_image(tmp_path, image):
     assert abs(sampled[0][0] - full[0][0]) < 0.01 * span and abs(sampled[1][0] - full[1][0]) < 0.01 * span
 
 
+def test_the_noise_floor_is_measured_as_in_memory(tmp_path, rng):
+    """A field of noise (the floor acts): every chunk read gives the in-memory values to the bit;
+    every 2nd chunk the noise's sd within 2% (the chunks' edges have no response)."""
+    noise = rng.normal(100.0, 5.0, (300, 260)).astype(np.float32)
+    write_ome_zarr(tmp_path / "n.zarr", noise, chunks=(32, 32))
+    chunked, floored = open_chunked(tmp_path / "n.zarr"), Normalization(noise_floor=10.0)
+    full = floored.statistics(noise[None])
+    assert full[1][0] > Normalization().statistics(noise[None])[1][0] + 10  # the floor acts: 10 sd, not 2.3
+    exact = sample_statistics(chunked, 0, floored)
+    assert np.array_equal(exact[0], full[0]) and np.array_equal(exact[1], full[1])
+    sampled = sample_statistics(chunked, 0, floored, max_pixels=20_000)
+    assert abs((sampled[1][0] - sampled[0][0]) / (full[1][0] - full[0][0]) - 1) < 0.02
+
+
 @pytest.mark.parametrize("version", ["0.4", "0.5"])
 def test_ome_zarr_in_ome_zarr_out_equals_the_tiff_path(tmp_path, model_path, image, version):
     write_ome_zarr(tmp_path / "img.zarr", image, version)
