@@ -105,8 +105,9 @@ def central_region(image: np.ndarray, budget: int) -> np.ndarray:
     """The centre of ``image`` (C, *spatial) with at most about ``budget`` px (voxels), equal sides
     where the image allows: full resolution, for `noise_sd` (a strided sample has no neighbours)."""
     spatial = image.shape[1:]
-    side = budget ** (1 / len(spatial))
-    crop = tuple(slice((n - min(n, int(side))) // 2, (n - min(n, int(side))) // 2 + min(n, int(side))) for n in spatial)
+    side = int(budget ** (1 / len(spatial)))
+    lengths = [min(n, side) for n in spatial]
+    crop = tuple(slice((n - k) // 2, (n - k) // 2 + k) for n, k in zip(spatial, lengths))
     return np.asarray(image[(slice(None), *crop)])
 
 
