@@ -11,6 +11,7 @@ import logging
 import sys
 
 from .errors import Interrupted, UserInputError
+from .normalization import PREDICTION_FLOOR, PREDICTION_NOISE_FLOOR
 from .symmetries import GROUPS
 
 
@@ -60,12 +61,13 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--diameter", type=float, metavar="PX",
                    help="models trained with a cell diameter: the cells' diameter in these images, px (default: "
                         "estimated per image by a first pass; images are rescaled to the model's cell size)")
-    p.add_argument("--normalization-floor", type=float, default=0.5, metavar="F",
+    p.add_argument("--normalization-floor", type=float, default=PREDICTION_FLOOR, metavar="F",
                    help="a nearly empty image's upper normalisation value is held to at least F of the way to "
-                        "its 99.9th percentile, so that its noise is not read as cells (default: 0.5; 0: as in training)")
-    p.add_argument("--normalization-noise-floor", type=float, default=10.0, metavar="K",
+                        "its 99.9th percentile, so that its noise is not read as cells "
+                        f"(default: {PREDICTION_FLOOR:g}; 0: as in training)")
+    p.add_argument("--normalization-noise-floor", type=float, default=PREDICTION_NOISE_FLOOR, metavar="K",
                    help="and at least K standard deviations of its pixel noise above its low value, so that a field "
-                        "with no cells stays dark (default: 10; 0: as in training)")
+                        f"with no cells stays dark (default: {PREDICTION_NOISE_FLOOR:g}; 0: as in training)")
     p.set_defaults(run=_run_predict)
 
 

@@ -28,6 +28,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+# Prediction's floors, the defaults of `PredictOptions.normalization_floor` and
+# ``normalization_noise_floor`` and of the CLI (the model card's text says "half-way").
+PREDICTION_FLOOR = 0.5
+PREDICTION_NOISE_FLOOR = 10.0
+
 # Percentiles are estimated on at most this many pixels per image (a regular subsample),
 # so that a 16384^2 image costs no full-size float copy.
 _MAX_SAMPLES = 4_000_000

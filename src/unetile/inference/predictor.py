@@ -43,7 +43,7 @@ from ..errors import UserInputError
 from ..io import label_dtype, match_channels_first, voxel_size, write_image, write_volume
 from ..nn.checkpoint import load_model
 from ..nn.model import UNet, fold_batch_norm
-from ..normalization import Normalization
+from ..normalization import PREDICTION_FLOOR, PREDICTION_NOISE_FLOOR, Normalization
 from .instances import DEFAULT_METHOD, InstanceSettings
 from .streaming import open_input, predict_to_tiff
 from .tiling import default_batch_size, default_tile, predict_tiled
@@ -76,10 +76,10 @@ class PredictOptions:
     #                                diameter); None: estimated per image (`Predictor.cell_scale`)
     # A nearly empty image's upper normalisation value is held to at least this fraction of the way
     # to its 99.9th percentile (`normalization.Normalization.floor`); 0: exactly as in training
-    normalization_floor: float = 0.5
+    normalization_floor: float = PREDICTION_FLOOR
     # ... and to at least this many sd of its pixel noise above its low value, so that a field of
     # pure noise stays dark (`normalization.Normalization.noise_floor`); 0: off
-    normalization_noise_floor: float = 10.0
+    normalization_noise_floor: float = PREDICTION_NOISE_FLOOR
 
 
 class Predictor:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import write_image
-from ..normalization import Normalization
+from ..normalization import PREDICTION_NOISE_FLOOR, Normalization
 
 _VALIDATION_NAMES = {"pixel_error": "pixel error", "adapted_rand_error": "adapted Rand error",
                      "rand_error": "Rand error", "v_rand": "V_rand", "dice": "Dice", "loss": "validation loss",
@@ -78,7 +78,8 @@ def _normalization_line(metadata: dict) -> str:
     """How images are normalised, and where that goes wrong (`normalization.Normalization`)."""
     norm = Normalization.from_dict(metadata.get("normalization", {"low": 1.0, "high": 99.0}))
     return (f"- Each image is normalised by its own percentiles {norm.low:g} and {norm.high:g}; `unetile predict` "
-            f"holds the upper value to at least half-way to the {norm.peak:g} percentile and 10 sd of the pixel "
+            f"holds the upper value to at least half-way to the {norm.peak:g} percentile and "
+            f"{PREDICTION_NOISE_FLOOR:g} sd of the pixel "
             "noise above the lower one, so that a nearly empty field's noise is not read as cells "
             "(`--normalization-floor`, `--normalization-noise-floor`). The package's `scale_range` cannot: "
             "on a nearly empty image use `unetile predict`. A saturated image normalises badly.")
